@@ -113,7 +113,9 @@ def _verify(folder: Path, what: str) -> dict[str, Path]:
     if _verified.get(key) != tuple(stamp):
         for name, path in paths.items():
             if _sha256(path) != MODEL_SHA256[name]:
-                raise EngineError(f"{path} does not match the pinned sha256 of mediapipe=={MEDIAPIPE_VERSION}")
+                raise EngineError(
+                    f"{path} does not match the pinned sha256 of mediapipe=={MEDIAPIPE_VERSION}"
+                )
         _verified[key] = tuple(stamp)
     return paths
 
