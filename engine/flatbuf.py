@@ -1,0 +1,281 @@
+"""Schema-driven FlatBuffers decoding and encoding of whole TFLite files.
+
+Decoding walks the tables described in ``engine.schema`` and checks every offset, vtable and vector length
+against the file's size before reading, so a corrupt or hostile file gives one ``EngineError`` that says
+where it broke, in time linear in the file size.  (The ``tflite`` package's generated readers read blindly:
+a bad offset there raises an arbitrary exception or reads garbage.)  A field the schema does not know, or a
+union member it does not know, is refused rather than dropped.
+
+A decoded table is a plain ``dict`` of every schema field (defaults filled in); vectors of numbers are
+read-only numpy views into the file; a union is a ``(member table name, dict)`` pair or ``None``; an absent
+string, table or vector is ``None``.  Encoding takes the same form back.
+"""
+
+from __future__ import annotations
+
+import mmap
+import struct
+from typing import Any, Union
+
+import flatbuffers
+import numpy as np
+
+from engine.errors import EngineError
+from engine.schema import FILE_IDENTIFIER, TABLES, UNIONS
+
+_STRUCT = {
+    "bool": struct.Struct("<?"),
+    "int8": struct.Struct("<b"),
+    "uint8": struct.Struct("<B"),
+    "int16": struct.Struct("<h"),
+    "uint16": struct.Struct("<H"),
+    "int32": struct.Struct("<i"),
+    "uint32": struct.Struct("<I"),
+    "int64": struct.Struct("<q"),
+    "uint64": struct.Struct("<Q"),
+    "float32": struct.Struct("<f"),
+    "float64": struct.Struct("<d"),
+}
+_DTYPE = {name: np.dtype("<u1" if name == "bool" else "<" + np.dtype(name).str[1:]) for name in _STRUCT}
+_FLAGS = {
+    "bool": flatbuffers.number_types.BoolFlags,
+    "int8": flatbuffers.number_types.Int8Flags,
+    "uint8": flatbuffers.number_types.Uint8Flags,
+    "int16": flatbuffers.number_types.Int16Flags,
+    "uint16": flatbuffers.number_types.Uint16Flags,
+    "int32": flatbuffers.number_types.Int32Flags,
+    "uint32": flatbuffers.number_types.Uint32Flags,
+    "int64": flatbuffers.number_types.Int64Flags,
+    "uint64": flatbuffers.number_types.Uint64Flags,
+    "float32": flatbuffers.number_types.Float32Flags,
+    "float64": flatbuffers.number_types.Float64Flags,
+}
+BytesLike = Union[bytes, bytearray, memoryview, mmap.mmap]
+_U16 = struct.Struct("<H")
+_U32 = struct.Struct("<I")
+_I32 = struct.Struct("<i")
+_MAX_DEPTH = 64
+
+
+class _Decoder:
+    """One pass over one file; ``tables_left`` bounds the work so shared or cyclic offsets cannot blow up."""
+
+    def __init__(self, data: BytesLike) -> None:
+        self.data = data
+        self.size = len(memoryview(data))
+        self.tables_left = self.size // 4 + 64
+
+    def fail(self, where: str, problem: str) -> EngineError:
+        return EngineError(f"corrupt TFLite file at {where}: {problem}")
+
+    def check(self, where: str, pos: int, length: int) -> None:
+        if pos < 0 or length < 0 or pos + length > self.size:
+            raise self.fail(where, f"{length} bytes at offset {pos} run past the end of the {self.size}-byte file")
+
+    def u32(self, where: str, pos: int) -> int:
+        self.check(where, pos, 4)
+        return _U32.unpack_from(self.data, pos)[0]
+
+    def follow(self, where: str, pos: int) -> int:
+        """The absolute position an unsigned offset stored at ``pos`` points to."""
+        target = pos + self.u32(where, pos)
+        self.check(where, target, 4)
+        return target
+
+    def table(self, name: str, pos: int, where: str, depth: int = 0) -> dict[str, Any]:
+        self.tables_left -= 1
+        if self.tables_left < 0:
+            raise self.fail(where, "more tables than the file could hold (shared or cyclic offsets)")
+        if depth > _MAX_DEPTH:
+            raise self.fail(where, f"tables nested deeper than {_MAX_DEPTH}")
+        self.check(where, pos, 4)
+        vtable = pos - _I32.unpack_from(self.data, pos)[0]
+        self.check(where, vtable, 4)
+        vt_size, table_size = _U16.unpack_from(self.data, vtable)[0], _U16.unpack_from(self.data, vtable + 2)[0]
+        if vt_size < 4 or vt_size % 2:
+            raise self.fail(where, f"vtable size {vt_size} is not a valid vtable size")
+        self.check(where, vtable, vt_size)
+        self.check(where, pos, table_size)
+        schema = TABLES[name]
+        slots = [_U16.unpack_from(self.data, vtable + 4 + 2 * i)[0] for i in range((vt_size - 4) // 2)]
+        known = {f["id"] for f in schema["fields"]}
+        for slot, field_offset in enumerate(slots):
+            if field_offset and slot not in known:
+                raise EngineError(
+                    f"{where}: {name} field #{slot} is set but not in the supported schema "
+                    f"(deprecated or newer than the engine's schema); refusing to drop it"
+                )
+            if field_offset and field_offset >= table_size:
+                raise self.fail(where, f"{name} field #{slot} lies outside its table")
+        out: dict[str, Any] = {}
+        for field in schema["fields"]:
+            field_offset = slots[field["id"]] if field["id"] < len(slots) else 0
+            kind = field["kind"]
+            if kind == "union_type":
+                continue
+            at = f"{where}.{field['name']}"
+            if kind == "scalar":
+                out[field["name"]] = self.scalar(field["type"], pos + field_offset, at) if field_offset else field["default"]
+            elif not field_offset:
+                out[field["name"]] = None
+            elif kind == "union":
+                out[field["name"]] = self.union(schema, field, pos, slots, at, depth)
+            else:
+                out[field["name"]] = self.reference(field, self.follow(at, pos + field_offset), at, depth)
+        return out
+
+    def scalar(self, type_name: str, pos: int, where: str) -> Any:
+        codec = _STRUCT[type_name]
+        self.check(where, pos, codec.size)
+        return codec.unpack_from(self.data, pos)[0]
+
+    def union(
+        self, schema: dict[str, Any], field: dict[str, Any], pos: int, slots: list[int], where: str, depth: int
+    ) -> tuple[str, dict[str, Any]] | None:
+        type_field = next(f for f in schema["fields"] if f["name"] == field["name"] + "_type")
+        type_offset = slots[type_field["id"]] if type_field["id"] < len(slots) else 0
+        type_value = self.scalar("uint8", pos + type_offset, where) if type_offset else 0
+        if type_value == 0:
+            return None
+        member = UNIONS[field["union"]].get(str(type_value))
+        if member is None:
+            raise EngineError(
+                f"{where}: union {field['union']} member #{type_value} is not in the supported schema; "
+                f"refusing to drop it"
+            )
+        target = self.follow(where, pos + slots[field["id"]])
+        return member, self.table(member, target, f"{where}<{member}>", depth + 1)
+
+    def reference(self, field: dict[str, Any], target: int, where: str, depth: int) -> Any:
+        kind = field["kind"]
+        if kind == "table":
+            return self.table(field["table"], target, where, depth + 1)
+        count = self.u32(where, target)
+        start = target + 4
+        if kind == "string":
+            self.check(where, start, count)
+            return bytes(memoryview(self.data)[start : start + count]).decode("utf-8", "surrogateescape")
+        if kind == "vector":
+            dtype = _DTYPE[field["element"]]
+            self.check(where, start, count * dtype.itemsize)
+            array = np.frombuffer(self.data, dtype=dtype, count=count, offset=start)
+            return array.astype(bool) if field["element"] == "bool" else array
+        self.check(where, start, count * 4)
+        items = []
+        for i in range(count):
+            at = f"{where}[{i}]"
+            item = self.follow(at, start + 4 * i)
+            if kind == "vector_table":
+                items.append(self.table(field["table"], item, at, depth + 1))
+            else:
+                items.append(self.reference({"kind": "string"}, item, at, depth))
+        return items
+
+
+def decode(data: BytesLike, root: str = "Model") -> dict[str, Any]:
+    """Decode a whole TFLite flatbuffer into nested dicts, verifying it as it goes."""
+    decoder = _Decoder(data)
+    if decoder.size < 8:
+        raise EngineError(f"not a TFLite file: only {decoder.size} bytes")
+    identifier = bytes(memoryview(data)[4:8])
+    if identifier != FILE_IDENTIFIER:
+        raise EngineError(
+            f"not a TFLite file: file identifier is {identifier!r}, expected {FILE_IDENTIFIER.decode()!r}"
+        )
+    return decoder.table(root, decoder.follow("root", 0), root.lower())
+
+
+class _Encoder:
+    """Builds a flatbuffer bottom-up from the dict form; large numpy vectors are copied once, in place."""
+
+    def __init__(self, size_hint: int, alignments: dict[tuple[str, str], int]) -> None:
+        self.builder = flatbuffers.Builder(max(1024, min(size_hint, flatbuffers.Builder.MAX_BUFFER_SIZE)))
+        self.alignments = alignments
+
+    def table(self, name: str, value: dict[str, Any]) -> int:
+        schema = TABLES[name]
+        unknown = set(value) - {f["name"] for f in schema["fields"]}
+        if unknown:
+            raise EngineError(f"internal: {name} has no field(s) {sorted(unknown)} in the schema")
+        offsets: dict[str, int] = {}
+        union_types: dict[str, int] = {}
+        for field in schema["fields"]:
+            item = value.get(field["name"])
+            if item is None or field["kind"] in ("scalar", "union_type"):
+                continue
+            if field["kind"] == "union":
+                member, fields = item
+                union_types[field["name"] + "_type"] = _union_value(field["union"], member)
+                offsets[field["name"]] = self.table(member, fields)
+            else:
+                offsets[field["name"]] = self.reference(name, field, item)
+        b = self.builder
+        b.StartObject(schema["slots"])
+        for field in schema["fields"]:
+            kind, fname = field["kind"], field["name"]
+            if kind == "scalar":
+                item = value.get(fname, field["default"])
+                b.PrependSlot(_FLAGS[field["type"]], field["id"], item, field["default"])
+            elif kind == "union_type":
+                b.PrependSlot(_FLAGS["uint8"], field["id"], union_types.get(fname, 0), 0)
+            elif fname in offsets:
+                b.PrependUOffsetTRelativeSlot(field["id"], offsets[fname], 0)
+        return b.EndObject()
+
+    def reference(self, table: str, field: dict[str, Any], item: Any) -> int:
+        b = self.builder
+        kind = field["kind"]
+        if kind == "table":
+            return self.table(field["table"], item)
+        if kind == "string":
+            return b.CreateString(item, errors="surrogateescape")
+        if kind == "vector":
+            dtype = _DTYPE[field["element"]]
+            alignment = max(dtype.itemsize, self.alignments.get((table, field["name"]), 1))
+            return self.numbers(np.asarray(item).astype(dtype, copy=False).reshape(-1), alignment)
+        if kind == "vector_table":
+            children = [self.table(field["table"], child) for child in item]
+        else:
+            children = [b.CreateString(child, errors="surrogateescape") for child in item]
+        b.StartVector(4, len(children), 4)
+        for child in reversed(children):
+            b.PrependUOffsetTRelative(child)
+        return b.EndVector()
+
+    def numbers(self, array: np.ndarray, alignment: int) -> int:
+        """A vector of numbers copied straight from the array's memory (no temporary ``bytes``)."""
+        b = self.builder
+        nbytes = array.nbytes
+        b.StartVector(array.itemsize, array.size, alignment)
+        b.head -= nbytes
+        b.Bytes[b.head : b.head + nbytes] = memoryview(np.ascontiguousarray(array)).cast("B")
+        return b.EndVector()
+
+
+def _union_value(union: str, member: str) -> int:
+    for value, name in UNIONS[union].items():
+        if name == member:
+            return int(value)
+    raise EngineError(f"internal: {member} is not a member of union {union}")
+
+
+def encode(
+    tree: dict[str, Any],
+    root: str = "Model",
+    *,
+    size_hint: int = 1024,
+    alignments: dict[tuple[str, str], int] | None = None,
+) -> memoryview:
+    """Encode the dict form of a table tree as a finished flatbuffer with the TFLite file identifier.
+
+    ``alignments`` maps (table, vector field) to the byte alignment of that vector's data, e.g. 16 for
+    buffer data so kernels can read it in place.  Returns a view of the builder's memory (no final copy).
+    """
+    encoder = _Encoder(size_hint, alignments or {})
+    try:
+        root_offset = encoder.table(root, tree)
+        encoder.builder.Finish(root_offset, file_identifier=FILE_IDENTIFIER)
+    except flatbuffers.builder.BuilderSizeError as exc:
+        raise EngineError("the model's flatbuffer would exceed 2 GB; write its buffers outside it") from exc
+    builder = encoder.builder
+    return memoryview(builder.Bytes)[builder.Head() :]

@@ -1,0 +1,239 @@
+"""Read a .tflite file into the IR: decode and verify the flatbuffer, then resolve indices into references."""
+
+from __future__ import annotations
+
+import mmap
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine import flatbuf
+from engine.errors import EngineError
+from engine.ir import (
+    Buffer,
+    DimensionMetadata,
+    Metadata,
+    Model,
+    Operator,
+    OperatorCode,
+    QuantizationParams,
+    SignatureDef,
+    SparsityParams,
+    Subgraph,
+    Table,
+    Tensor,
+    TensorMap,
+    VariantSubType,
+)
+
+# Buffer/custom-option offsets of 0 and 1 both mean "not stored outside the flatbuffer" (1 is a placeholder).
+_EXTERNAL_OFFSET_MIN = 2
+
+
+def read_model(source: str | os.PathLike[str] | bytes | bytearray | memoryview) -> Model:
+    """Parse a .tflite file (a path, or its bytes) into a ``Model``.
+
+    A path is memory-mapped read-only, so constant data stay views of the file and the file cannot be
+    modified through them.
+    """
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return _Resolver(source).model()
+    path = Path(source)
+    try:
+        with path.open("rb") as f:
+            if os.fstat(f.fileno()).st_size == 0:
+                raise EngineError(f"not a TFLite file: {path} is empty")
+            data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    except OSError as exc:
+        raise EngineError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    return _Resolver(data).model()
+
+
+def _table(value: tuple[str, dict[str, Any]] | None) -> Table | None:
+    return None if value is None else Table(value[0], value[1])
+
+
+def _shape(value: np.ndarray | None) -> tuple[int, ...] | None:
+    return None if value is None else tuple(int(d) for d in value)
+
+
+class _Resolver:
+    """Turns the decoded index form into objects, checking every index as it goes."""
+
+    def __init__(self, data: flatbuf.BytesLike) -> None:
+        self.data = data
+        self.size = len(memoryview(data))
+        self.tree = flatbuf.decode(data)
+        self.buffers: dict[int, Buffer] = {}
+
+    def external(self, where: str, offset: int, size: int) -> np.ndarray:
+        if offset + size > self.size:
+            raise EngineError(
+                f"corrupt TFLite file at {where}: {size} bytes at offset {offset} run past the end of the "
+                f"{self.size}-byte file"
+            )
+        return np.frombuffer(self.data, np.uint8, count=size, offset=offset)
+
+    def buffer(self, index: int, where: str) -> Buffer | None:
+        """The shared ``Buffer`` for a buffer index; index 0 is the empty sentinel, i.e. no buffer."""
+        if index == 0:
+            return None
+        if index in self.buffers:
+            return self.buffers[index]
+        table = self.tree["buffers"] or []
+        if index >= len(table):
+            raise EngineError(f"{where}: buffer index {index} is out of range (model has {len(table)} buffers)")
+        entry = table[index]
+        if entry["offset"] >= _EXTERNAL_OFFSET_MIN:
+            if entry["data"] is not None and entry["data"].size:
+                raise EngineError(f"buffers[{index}]: has both inline data and an external offset")
+            data = self.external(f"buffers[{index}]", entry["offset"], entry["size"])
+        else:
+            data = entry["data"] if entry["data"] is not None else np.zeros(0, np.uint8)
+        self.buffers[index] = Buffer(data)
+        return self.buffers[index]
+
+    def model(self) -> Model:
+        tree = self.tree
+        buffers = tree["buffers"] or []
+        if buffers and ((buffers[0]["data"] is not None and buffers[0]["data"].size) or buffers[0]["size"]):
+            raise EngineError("buffers[0]: must be the empty sentinel buffer but holds data")
+        codes = [
+            OperatorCode(c["builtin_code"], c["custom_code"], c["version"], c["deprecated_builtin_code"])
+            for c in tree["operator_codes"] or []
+        ]
+        subgraphs = [self.subgraph(sg, i, codes) for i, sg in enumerate(tree["subgraphs"] or [])]
+        metadata_buffer = tree["metadata_buffer"]
+        return Model(
+            version=tree["version"],
+            operator_codes=codes,
+            subgraphs=subgraphs,
+            description=tree["description"],
+            metadata_buffer=None
+            if metadata_buffer is None
+            else [self.buffer(int(i), "metadata_buffer") for i in metadata_buffer],
+            metadata=None
+            if tree["metadata"] is None
+            else [
+                Metadata(m["name"], self.buffer(m["buffer"], f"metadata {m['name']!r}")) for m in tree["metadata"]
+            ],
+            signature_defs=None
+            if tree["signature_defs"] is None
+            else [self.signature(s, subgraphs) for s in tree["signature_defs"]],
+        )
+
+    def subgraph(self, sg: dict[str, Any], index: int, codes: list[OperatorCode]) -> Subgraph:
+        where = f"subgraphs[{index}]"
+        tensors = [self.tensor(t, f"{where}.tensors[{i}]") for i, t in enumerate(sg["tensors"] or [])]
+
+        def refs(indices: np.ndarray | None, owner: str) -> list[Tensor | None]:
+            out: list[Tensor | None] = []
+            for i in indices if indices is not None else ():
+                if i == -1:
+                    out.append(None)
+                elif 0 <= i < len(tensors):
+                    out.append(tensors[i])
+                else:
+                    raise EngineError(f"{owner}: tensor index {int(i)} is out of range ({len(tensors)} tensors)")
+            return out
+
+        def required(indices: np.ndarray | None, owner: str) -> list[Tensor]:
+            found = refs(indices, owner)
+            if any(t is None for t in found):
+                raise EngineError(f"{owner}: tensor index -1 is not allowed here")
+            return found  # type: ignore[return-value]
+
+        operators = []
+        for i, op in enumerate(sg["operators"] or []):
+            owner = f"{where}.operators[{i}]"
+            if op["opcode_index"] >= len(codes):
+                raise EngineError(f"{owner}: opcode index {op['opcode_index']} is out of range ({len(codes)} codes)")
+            code = codes[op["opcode_index"]]
+            owner = f"{owner} ({code.name})"
+            custom = op["custom_options"]
+            if op["large_custom_options_offset"] >= _EXTERNAL_OFFSET_MIN:
+                if custom is not None:
+                    raise EngineError(f"{owner}: has both inline and external custom options")
+                custom = self.external(owner, op["large_custom_options_offset"], op["large_custom_options_size"])
+            operators.append(
+                Operator(
+                    opcode=code,
+                    inputs=refs(op["inputs"], owner),
+                    outputs=refs(op["outputs"], owner),
+                    builtin_options=_table(op["builtin_options"]),
+                    custom_options=custom,
+                    custom_options_format=op["custom_options_format"],
+                    mutating_variable_inputs=op["mutating_variable_inputs"],
+                    intermediates=None if op["intermediates"] is None else refs(op["intermediates"], owner),
+                    builtin_options_2=_table(op["builtin_options_2"]),
+                    debug_metadata_index=op["debug_metadata_index"],
+                )
+            )
+        return Subgraph(
+            tensors=tensors,
+            inputs=required(sg["inputs"], f"{where}.inputs"),
+            outputs=required(sg["outputs"], f"{where}.outputs"),
+            operators=operators,
+            name=sg["name"],
+            debug_metadata_index=sg["debug_metadata_index"],
+        )
+
+    def tensor(self, t: dict[str, Any], where: str) -> Tensor:
+        q = t["quantization"]
+        s = t["sparsity"]
+        return Tensor(
+            name=t["name"],
+            shape=_shape(t["shape"]),
+            type=t["type"],
+            buffer=self.buffer(t["buffer"], f"{where} ({t['name']!r})"),
+            quantization=None
+            if q is None
+            else QuantizationParams(
+                scale=q["scale"],
+                zero_point=q["zero_point"],
+                min=q["min"],
+                max=q["max"],
+                quantized_dimension=q["quantized_dimension"],
+                details=_table(q["details"]),
+            ),
+            is_variable=t["is_variable"],
+            sparsity=None
+            if s is None
+            else SparsityParams(
+                traversal_order=s["traversal_order"],
+                block_map=s["block_map"],
+                dim_metadata=None
+                if s["dim_metadata"] is None
+                else [
+                    DimensionMetadata(
+                        d["format"], d["dense_size"], _table(d["array_segments"]), _table(d["array_indices"])
+                    )
+                    for d in s["dim_metadata"]
+                ],
+            ),
+            shape_signature=_shape(t["shape_signature"]),
+            has_rank=t["has_rank"],
+            variant_tensors=None
+            if t["variant_tensors"] is None
+            else [VariantSubType(_shape(v["shape"]), v["type"], v["has_rank"]) for v in t["variant_tensors"]],
+        )
+
+    def signature(self, s: dict[str, Any], subgraphs: list[Subgraph]) -> SignatureDef:
+        where = f"signature {s['signature_key']!r}"
+        if s["subgraph_index"] >= len(subgraphs):
+            raise EngineError(f"{where}: subgraph index {s['subgraph_index']} is out of range")
+        sg = subgraphs[s["subgraph_index"]]
+
+        def maps(entries: list[dict[str, Any]] | None) -> list[TensorMap] | None:
+            if entries is None:
+                return None
+            out = []
+            for m in entries:
+                if m["tensor_index"] >= len(sg.tensors):
+                    raise EngineError(f"{where}: tensor index {m['tensor_index']} of {m['name']!r} is out of range")
+                out.append(TensorMap(m["name"], sg.tensors[m["tensor_index"]]))
+            return out
+
+        return SignatureDef(sg, maps(s["inputs"]), maps(s["outputs"]), s["signature_key"])
