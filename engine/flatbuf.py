@@ -115,7 +115,9 @@ class _Decoder:
                 continue
             at = f"{where}.{field['name']}"
             if kind == "scalar":
-                out[field["name"]] = self.scalar(field["type"], pos + field_offset, at) if field_offset else field["default"]
+                out[field["name"]] = (
+                    self.scalar(field["type"], pos + field_offset, at) if field_offset else field["default"]
+                )
             elif not field_offset:
                 out[field["name"]] = None
             elif kind == "union":

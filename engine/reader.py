@@ -116,9 +116,7 @@ class _Resolver:
             else [self.buffer(int(i), "metadata_buffer") for i in metadata_buffer],
             metadata=None
             if tree["metadata"] is None
-            else [
-                Metadata(m["name"], self.buffer(m["buffer"], f"metadata {m['name']!r}")) for m in tree["metadata"]
-            ],
+            else [Metadata(m["name"], self.buffer(m["buffer"], f"metadata {m['name']!r}")) for m in tree["metadata"]],
             signature_defs=None
             if tree["signature_defs"] is None
             else [self.signature(s, subgraphs) for s in tree["signature_defs"]],

@@ -72,7 +72,9 @@ def _plan(model: Model, share_identical_buffers: bool, external: bool | None) ->
 
 
 def _data_size(model: Model, buffers: list[Buffer]) -> int:
-    custom = sum(op.custom_options.size for sg in model.subgraphs for op in sg.operators if op.custom_options is not None)
+    custom = sum(
+        op.custom_options.size for sg in model.subgraphs for op in sg.operators if op.custom_options is not None
+    )
     return sum(b.data.size + ALIGNMENT for b in buffers) + custom
 
 
@@ -294,7 +296,9 @@ def _pieces(model: Model, **options: Any) -> Iterable[memoryview]:
         position = offset + blob.size
 
 
-def model_to_bytes(model: Model, *, share_identical_buffers: bool = False, external_buffers: bool | None = None) -> bytes:
+def model_to_bytes(
+    model: Model, *, share_identical_buffers: bool = False, external_buffers: bool | None = None
+) -> bytes:
     """Serialize ``model``; ``external_buffers`` forces (True) or forbids (False) the offset/size form."""
     return b"".join(_pieces(model, share_identical_buffers=share_identical_buffers, external_buffers=external_buffers))
 

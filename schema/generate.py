@@ -81,9 +81,7 @@ def _number_type(node: ast.AST) -> str | None:
 
 def _calls(node: ast.AST) -> set[str]:
     return {
-        sub.func.attr
-        for sub in ast.walk(node)
-        if isinstance(sub, ast.Call) and isinstance(sub.func, ast.Attribute)
+        sub.func.attr for sub in ast.walk(node) if isinstance(sub, ast.Call) and isinstance(sub.func, ast.Attribute)
     }
 
 
