@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import mmap
 import struct
-from typing import Any, Union
+from typing import Any
 
 import flatbuffers
 import numpy as np
@@ -50,7 +50,7 @@ _FLAGS = {
     "float32": flatbuffers.number_types.Float32Flags,
     "float64": flatbuffers.number_types.Float64Flags,
 }
-BytesLike = Union[bytes, bytearray, memoryview, mmap.mmap]
+BytesLike = bytes | bytearray | memoryview | mmap.mmap
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
 _I32 = struct.Struct("<i")
