@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from engine.errors import EngineError
-from engine.schema import ENUMS, enum_name
+from engine.schema import ENUMS, TABLES, enum_name
 
 TENSOR_TYPES: dict[str, int] = ENUMS["TensorType"]
 BUILTIN_OPS: dict[str, int] = ENUMS["BuiltinOperator"]
@@ -62,6 +62,17 @@ class Table:
 
     type: str
     fields: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        """Check the field names against the schema and fill in defaults, so equal tables compare equal."""
+        schema = TABLES.get(self.type)
+        if schema is None:
+            raise EngineError(f"{self.type!r} is not a table of the TFLite schema")
+        known = {f["name"]: f for f in schema["fields"] if f["kind"] != "union_type"}
+        unknown = set(self.fields) - set(known)
+        if unknown:
+            raise EngineError(f"{self.type} has no field(s) {sorted(unknown)}")
+        self.fields = {name: self.fields.get(name, f.get("default")) for name, f in known.items()}
 
 
 @dataclass

@@ -1,0 +1,140 @@
+"""``python -m engine <command>``: inspect, compress, validate, demo.
+
+Every command exits 0 on success.  Bad input (a broken model, missing data, ...) prints one ``error:`` line
+on stderr and exits 1, with no traceback and no output file left behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from engine.errors import EngineError
+from engine.reader import read_model
+from engine.summary import format_summary, summarize
+from engine.writer import write_model
+
+DEMO_MODEL = "face_detection_short_range"
+EXIT_ERROR = 1
+EXIT_BELOW_THRESHOLD = 3
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    model = read_model(args.model)
+    summary = summarize(model, Path(args.model).stat().st_size)
+    print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
+    return 0
+
+
+def describe_change(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """What differs between two summaries: file size, operators, constants by dtype."""
+    lines = []
+    if before["file_bytes"] and after["file_bytes"] is not None:
+        ratio = after["file_bytes"] / before["file_bytes"]
+        lines.append(f"size: {before['file_bytes']:,} -> {after['file_bytes']:,} bytes ({ratio:.1%} of the input)")
+    for key, label in (("operators", "operators"), ("constants_by_dtype", "constants")):
+        changed = [
+            f"{name}: {before[key].get(name, 0)} -> {after[key].get(name, 0)}"
+            for name in sorted(set(before[key]) | set(after[key]))
+            if before[key].get(name) != after[key].get(name)
+        ]
+        lines.append(f"{label}: " + ("; ".join(changed) if changed else "unchanged"))
+    return lines
+
+
+def _compress(args: argparse.Namespace) -> int:
+    source = Path(args.input)
+    model = read_model(source)
+    before = summarize(model, source.stat().st_size)
+    size = write_model(model, args.output, share_identical_buffers=args.share_identical_buffers)
+    after = summarize(read_model(args.output), size)
+    print(f"wrote {args.output}")
+    print("\n".join(describe_change(before, after)))
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from engine.validate import load_inputs, validate
+
+    data = load_inputs(args.data) if args.data else None
+    report = validate(args.reference, args.candidate, data, seed=args.seed, intermediates=not args.no_intermediates)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else report.format_text())
+    if args.min_sqnr is not None and report.worst_sqnr_db < args.min_sqnr:
+        print(f"error: worst output SQNR {report.worst_sqnr_db:.2f} dB is below {args.min_sqnr} dB", file=sys.stderr)
+        return EXIT_BELOW_THRESHOLD
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from engine.validate import validate
+    from engine.zoo import INPUT_RANGES, mediapipe_model, photo_input
+
+    source = mediapipe_model(args.model)
+    out_dir = Path(args.output_dir) if args.output_dir else Path(tempfile.mkdtemp(prefix="litert-engine-demo-"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / f"{args.model}.engine.tflite"
+    model = read_model(source)
+    before = summarize(model, source.stat().st_size)
+    print(f"model: {args.model} (mediapipe 0.10.14) from {source}")
+    print(format_summary(before))
+    size = write_model(model, target)
+    print(f"\nwrote {target} (round trip: no compression passes yet)")
+    print("\n".join(describe_change(before, summarize(read_model(target), size))))
+    shape = tuple(model.main.inputs[0].shape or ())
+    photo = photo_input(shape, "float32", value_range=INPUT_RANGES[args.model])
+    report = validate(source, target, photo)
+    print("\nLiteRT on a real photo, original vs written:")
+    print(report.format_text())
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m engine", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    p = commands.add_parser("inspect", help="describe a .tflite model")
+    p.add_argument("model")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(run=_inspect)
+
+    p = commands.add_parser("compress", help="rewrite a model (with no flags: a lossless round trip)")
+    p.add_argument("input")
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--share-identical-buffers", action="store_true", help="store identical constant buffers once")
+    p.set_defaults(run=_compress)
+
+    p = commands.add_parser("validate", help="compare two models' outputs in the LiteRT interpreter")
+    p.add_argument("reference")
+    p.add_argument("candidate")
+    p.add_argument("--data", help=".npz keyed by input name, or a single-array .npz/.npy")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.add_argument("--seed", type=int, default=0, help="seed for generated inputs (when --data is not given)")
+    p.add_argument("--no-intermediates", action="store_true", help="compare model outputs only")
+    p.add_argument("--min-sqnr", type=float, help=f"exit {EXIT_BELOW_THRESHOLD} if an output's SQNR (dB) is lower")
+    p.set_defaults(run=_validate)
+
+    p = commands.add_parser("demo", help="fetch a real MediaPipe model, compress it, and show what changed")
+    p.add_argument("--model", default=DEMO_MODEL, help=f"MediaPipe model name (default {DEMO_MODEL})")
+    p.add_argument("--output-dir", help="where to write the result (default: a new temporary folder)")
+    p.set_defaults(run=_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except EngineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_ERROR
