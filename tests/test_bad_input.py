@@ -1,0 +1,188 @@
+"""Bad input gets one clear EngineError (never another exception, a hang or a huge allocation)."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import flatbuffers
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from engine import EngineError, model_to_bytes, read_model, structural_diff
+from engine.flatbuf import decode, encode
+from engine.ir import Table
+from engine.zoo import mediapipe_model
+
+SMALL_MODEL = "hand_recrop"
+
+
+@pytest.fixture(scope="module")
+def small() -> bytes:
+    return mediapipe_model(SMALL_MODEL).read_bytes()
+
+
+def _error(data: bytes) -> str:
+    with pytest.raises(EngineError) as info:
+        read_model(data)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def test_not_a_flatbuffer() -> None:
+    assert "not a TFLite file" in _error(b"hello")
+    assert "file identifier" in _error(b"\x10\x00\x00\x00PK\x03\x04" + bytes(64))
+
+
+def test_empty_and_missing_files(tmp_path: Path) -> None:
+    (tmp_path / "empty.tflite").write_bytes(b"")
+    with pytest.raises(EngineError, match="empty"):
+        read_model(tmp_path / "empty.tflite")
+    with pytest.raises(EngineError, match="cannot read"):
+        read_model(tmp_path / "missing.tflite")
+    with pytest.raises(EngineError, match="cannot read"):
+        read_model(tmp_path)
+
+
+def test_truncated(small: bytes) -> None:
+    for size in (8, 100, len(small) // 2, len(small) - 1):
+        assert "corrupt TFLite file" in _error(small[:size]) or "out of range" in _error(small[:size])
+
+
+def test_root_offset_out_of_range(small: bytes) -> None:
+    assert "run past the end" in _error(struct.pack("<I", 2**31) + small[4:])
+
+
+def test_absurd_vector_length_is_refused_without_allocating(small: bytes) -> None:
+    tree = decode(small)
+    tree["description"] = "x" * 5
+    data = bytearray(encode(tree))
+    at = bytes(data).index(b"xxxxx") - 4
+    data[at : at + 4] = struct.pack("<I", 0xFFFFFFF0)
+    assert "run past the end" in _error(bytes(data))
+
+
+def test_shared_offsets_cannot_blow_up_the_work() -> None:
+    """20k subgraph entries all pointing at one subgraph whose 20k tensor entries point at one tensor:
+    a 160 KB file that would mean 400 million tables; refused after work bounded by the file's size."""
+    count = 20_000
+    b = flatbuffers.Builder(0)
+    b.StartObject(10)
+    tensor = b.EndObject()
+    b.StartVector(4, count, 4)
+    for _ in range(count):
+        b.PrependUOffsetTRelative(tensor)
+    tensors = b.EndVector()
+    b.StartObject(6)
+    b.PrependUOffsetTRelativeSlot(0, tensors, 0)
+    subgraph = b.EndObject()
+    b.StartVector(4, count, 4)
+    for _ in range(count):
+        b.PrependUOffsetTRelative(subgraph)
+    subgraphs = b.EndVector()
+    b.StartObject(8)
+    b.PrependUOffsetTRelativeSlot(2, subgraphs, 0)
+    b.Finish(b.EndObject(), file_identifier=b"TFL3")
+    assert "more tables than the file could hold" in _error(bytes(b.Output()))
+
+
+def test_unknown_field_is_refused_not_dropped(small: bytes) -> None:
+    """A field past the schema's last Model slot (a newer schema's) must not be silently ignored."""
+    data = bytearray(small)
+    root = struct.unpack_from("<I", data, 0)[0]
+    vtable = root - struct.unpack_from("<i", data, root)[0]
+    vt_size, table_size = struct.unpack_from("<HH", data, vtable)
+    slots = list(struct.unpack_from(f"<{(vt_size - 4) // 2}H", data, vtable + 4))
+    slots += [0] * (8 - len(slots)) + [4]  # slot 8: not in the schema (Model has slots 0-7)
+    new_vtable = len(data)
+    data += struct.pack(f"<HH{len(slots)}H", 4 + 2 * len(slots), table_size, *slots)
+    struct.pack_into("<i", data, root, root - new_vtable)
+    assert "Model field #8 is set but not in the supported schema" in _error(bytes(data))
+
+
+def test_unknown_union_member_is_refused(small: bytes) -> None:
+    marker = 0xEE
+    assert f"member #{marker} is not in the supported schema" in _error(_patch_first_union_type(small, marker))
+
+
+def _patch_first_union_type(data: bytes, value: int) -> bytes:
+    """Set the builtin_options_type byte of the first operator that has builtin options."""
+    from engine.flatbuf import _Decoder
+
+    decoder = _Decoder(data)
+    root = decoder.follow("root", 0)
+    raw = bytearray(data)
+
+    def field_pos(table: int, slot: int) -> int:
+        vtable = table - struct.unpack_from("<i", raw, table)[0]
+        vt_size = struct.unpack_from("<H", raw, vtable)[0]
+        if 4 + 2 * slot >= vt_size:
+            return 0
+        offset = struct.unpack_from("<H", raw, vtable + 4 + 2 * slot)[0]
+        return table + offset if offset else 0
+
+    def deref(pos: int) -> int:
+        return pos + struct.unpack_from("<I", raw, pos)[0]
+
+    subgraphs = deref(field_pos(root, 2))
+    subgraph = deref(subgraphs + 4)
+    operators = deref(field_pos(subgraph, 3))
+    for i in range(struct.unpack_from("<I", raw, operators)[0]):
+        op = deref(operators + 4 + 4 * i)
+        type_pos = field_pos(op, 3)
+        if type_pos:
+            raw[type_pos] = value
+            return bytes(raw)
+    raise AssertionError("no operator with builtin options")
+
+
+def test_bad_indices_name_the_operator(small: bytes) -> None:
+    tree = decode(small)
+    ops = tree["subgraphs"][0]["operators"]
+    ops[3] = {**ops[3], "inputs": np.array([0, 99999], np.int32)}
+    message = _error(bytes(encode(tree)))
+    assert "operators[3]" in message and "tensor index 99999 is out of range" in message
+    tree = decode(small)
+    tree["subgraphs"][0]["tensors"][5] = {**tree["subgraphs"][0]["tensors"][5], "buffer": 123456}
+    assert "buffer index 123456 is out of range" in _error(bytes(encode(tree)))
+
+
+def test_builder_side_errors_are_engine_errors() -> None:
+    with pytest.raises(EngineError, match="no field"):
+        Table("Conv2DOptions", {"stride": 2})
+    with pytest.raises(EngineError, match="not a table"):
+        Table("NoSuchOptions")
+
+
+@settings(max_examples=300, deadline=2000, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_mutated_real_model_raises_only_engine_error(small: bytes, data: st.DataObject) -> None:
+    """Random byte flips, overwrites, truncations and splices: the reader either reads or says why."""
+    raw = bytearray(small)
+    for _ in range(data.draw(st.integers(1, 8), label="edits")):
+        kind = data.draw(st.sampled_from(["flip", "word", "truncate", "splice"]), label="kind")
+        # Most of the structure lives in the first and last few KB (weights are in the middle).
+        pos = data.draw(
+            st.one_of(st.integers(0, min(4096, len(raw) - 1)), st.integers(max(0, len(raw) - 8192), len(raw) - 1)),
+            label="pos",
+        )
+        if kind == "flip":
+            raw[pos] ^= 1 << data.draw(st.integers(0, 7))
+        elif kind == "word" and pos + 4 <= len(raw):
+            raw[pos : pos + 4] = struct.pack("<I", data.draw(st.sampled_from([0, 1, 0xFFFF, 0x7FFFFFFF, 0xFFFFFFFF])))
+        elif kind == "truncate":
+            del raw[max(pos, 8) :]
+        elif kind == "splice":
+            raw[pos:pos] = data.draw(st.binary(min_size=1, max_size=16))
+        if len(raw) < 16:
+            break
+    try:
+        model = read_model(bytes(raw))
+    except EngineError as exc:
+        assert str(exc) and "\n" not in str(exc)
+        return
+    # What reads must also write and read back the same (a mutation may land in weights or names).
+    assert structural_diff(model, read_model(model_to_bytes(model))) == []
