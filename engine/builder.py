@@ -159,14 +159,26 @@ class GraphBuilder:
 
     @staticmethod
     def _option_fields(table: str, options: dict) -> dict:
-        """Check field names against the schema and turn enum member names into values."""
-        known = {f["name"] for f in TABLES[table]["fields"]}
-        unknown = sorted(set(options) - known)
+        """Check field names against the schema and store values as the reader would read them back.
+
+        Enum member names become values, sequences typed arrays, scalars Python numbers of the field's
+        precision (a float32 field holds 0.1 as 0.10000000149...), so a built model equals its read-back.
+        """
+        fields = {f["name"]: f for f in TABLES[table]["fields"]}
+        unknown = sorted(set(options) - set(fields))
         if unknown:
             raise EngineError(f"{table} has no field(s) {', '.join(unknown)}")
-        return {
-            k: ENUMS[_ENUM_FIELDS[k]][v] if isinstance(v, str) and k in _ENUM_FIELDS else v for k, v in options.items()
-        }
+        result = {}
+        for k, v in options.items():
+            if isinstance(v, str) and k in _ENUM_FIELDS:
+                v = ENUMS[_ENUM_FIELDS[k]][v]
+            if fields[k]["kind"] == "vector":
+                result[k] = np.asarray(v, fields[k]["element"])
+            elif fields[k]["kind"] == "scalar":
+                result[k] = np.asarray(v, fields[k]["type"]).item()
+            else:
+                result[k] = v
+        return result
 
     def _unary(self, name: str, x: Tensor, options: dict | None = None) -> Tensor:
         return self.op(name, [x], [x.shape], options)[0]
@@ -226,10 +238,14 @@ class GraphBuilder:
         activation: str | None = None,
         keep_num_dims: bool = False,
     ) -> Tensor:
-        """FULLY_CONNECTED with [out, in] ``weights``: y = x @ W.T + b over the last axis; no bias is omitted (-1)."""
+        """FULLY_CONNECTED with [out, in] ``weights``: y = x @ W.T + b; no bias is omitted (-1).
+
+        Like the kernel, the input is read as rows of ``in`` values (any shape whose size ``in`` divides),
+        except with ``keep_num_dims``, where its last axis must be ``in``.
+        """
         units, depth = _shape(weights)
-        if x.shape[-1] != depth:
-            raise EngineError(f"fully_connected weights [{units}, {depth}] need input depth {depth}, got {x.shape}")
+        if (x.shape[-1] != depth) if keep_num_dims else (math.prod(x.shape) % depth):
+            raise EngineError(f"fully_connected weights [{units}, {depth}] do not fit input {x.shape}")
         shape = (*x.shape[:-1], units) if keep_num_dims else (math.prod(x.shape) // depth, units)
         options = {"fused_activation_function": activation or "NONE", "keep_num_dims": keep_num_dims}
         return self.op("FULLY_CONNECTED", [x, weights, bias], [shape], options)[0]
@@ -309,13 +325,13 @@ class GraphBuilder:
     # ------------------------------------------------------------------------------ shape ops
 
     def reshape(self, x: Tensor, new_shape: Sequence[int]) -> Tensor:
-        """RESHAPE, with at most one -1 inferred; the shape goes in both the int32 input and the options."""
+        """RESHAPE, with at most one -1 inferred; the resolved shape goes in both the int32 input and the options."""
         new_shape = [int(d) for d in new_shape]
         try:
             shape = np.empty(x.shape, np.uint8).reshape(new_shape).shape
         except ValueError:
             raise EngineError(f"cannot reshape {x.shape} to {tuple(new_shape)}") from None
-        return self.op("RESHAPE", [x, np.array(new_shape, np.int32)], [shape], {"new_shape": new_shape})[0]
+        return self.op("RESHAPE", [x, np.array(shape, np.int32)], [shape], {"new_shape": shape})[0]
 
     def concatenation(self, tensors: Sequence[Tensor], axis: int, activation: str | None = None) -> Tensor:
         """CONCATENATION along ``axis`` (negative counts from the end)."""
