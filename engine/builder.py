@@ -49,6 +49,13 @@ def _spatial_out(shape: Shape, kernel: Pair, stride: Pair, dilation: Pair, paddi
     return _window_out(shape[1], kh, sh, dh, padding), _window_out(shape[2], kw, sw, dw, padding)
 
 
+def _conv_options(padding: str, stride: Pair, dilation: Pair, activation: str | None) -> dict:
+    """The options CONV_2D and DEPTHWISE_CONV_2D share."""
+    (sh, sw), (dh, dw) = _pair(stride), _pair(dilation)
+    return {"padding": padding, "stride_h": sh, "stride_w": sw, "dilation_h_factor": dh,
+            "dilation_w_factor": dw, "fused_activation_function": activation or "NONE"}  # fmt: skip
+
+
 def _shape(t: Tensor | np.ndarray) -> Shape:
     return t.shape if isinstance(t, Tensor) else np.shape(t)
 
@@ -200,9 +207,7 @@ class GraphBuilder:
         if len(ws) != 4 or ws[3] != x.shape[3]:
             raise EngineError(f"conv2d weights must be OHWI with I={x.shape[3]}, got {ws}")
         h, w = _spatial_out(x.shape, ws[1:3], stride, dilation, padding)
-        (sh, sw), (dh, dw) = _pair(stride), _pair(dilation)
-        options = {"padding": padding, "stride_h": sh, "stride_w": sw, "dilation_h_factor": dh,
-                   "dilation_w_factor": dw, "fused_activation_function": activation or "NONE"}  # fmt: skip
+        options = _conv_options(padding, stride, dilation, activation)
         inputs = [x, weights, _conv_bias(bias, ws[0])]
         return self.op("CONV_2D", inputs, [(x.shape[0], h, w, ws[0])], options, label="conv2d")[0]
 
@@ -222,10 +227,7 @@ class GraphBuilder:
         if len(ws) != 4 or ws[0] != 1 or ws[3] != x.shape[3] * depth_multiplier:
             raise EngineError(f"depthwise weights must be 1HWO with O={x.shape[3]}*{depth_multiplier}, got {ws}")
         h, w = _spatial_out(x.shape, ws[1:3], stride, dilation, padding)
-        (sh, sw), (dh, dw) = _pair(stride), _pair(dilation)
-        options = {"padding": padding, "stride_h": sh, "stride_w": sw, "depth_multiplier": depth_multiplier,
-                   "dilation_h_factor": dh, "dilation_w_factor": dw,
-                   "fused_activation_function": activation or "NONE"}  # fmt: skip
+        options = {**_conv_options(padding, stride, dilation, activation), "depth_multiplier": depth_multiplier}
         inputs = [x, weights, _conv_bias(bias, ws[3])]
         shape = (x.shape[0], h, w, ws[3])
         return self.op("DEPTHWISE_CONV_2D", inputs, [shape], options, label="depthwise_conv2d")[0]

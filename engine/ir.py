@@ -152,7 +152,7 @@ class Tensor:
             raise EngineError(
                 f"tensor {self.name!r}: buffer of {raw.size} bytes is not a whole number of {self.type_name}"
             )
-        flat = raw.view(self.dtype) if raw.flags.c_contiguous else np.frombuffer(raw.tobytes(), self.dtype)
+        flat = raw.view(self.dtype)
         if self.sparsity is not None or self.shape is None:
             return flat
         if flat.size != int(np.prod(self.shape, dtype=np.int64)):
@@ -326,12 +326,12 @@ class Model:
         return self.subgraphs[0]
 
     def opcode(self, name: str, version: int = 1) -> OperatorCode:
-        """The model's code for a builtin op (or custom op by its custom code), added if missing."""
-        builtin = name in BUILTIN_OPS and name != "CUSTOM"
+        """The model's code for a builtin op (or a custom op, by its custom code), added if missing."""
+        custom = name not in BUILTIN_OPS or name == "CUSTOM"
         for code in self.operator_codes:
-            if code.version == version and (code.name == name) and code.is_custom != builtin:
+            if code.name == name and code.version == version and code.is_custom == custom:
                 return code
-        code = OperatorCode.builtin(name, version) if builtin else OperatorCode.custom(name, version)
+        code = OperatorCode.custom(name, version) if custom else OperatorCode.builtin(name, version)
         self.operator_codes.append(code)
         return code
 

@@ -97,8 +97,8 @@ class _Resolver:
 
     def model(self) -> Model:
         tree = self.tree
-        buffers = tree["buffers"] or []
-        if buffers and ((buffers[0]["data"] is not None and buffers[0]["data"].size) or buffers[0]["size"]):
+        sentinel = (tree["buffers"] or [{"data": None, "size": 0}])[0]
+        if (sentinel["data"] is not None and sentinel["data"].size) or sentinel["size"]:
             raise EngineError("buffers[0]: must be the empty sentinel buffer but holds data")
         codes = [
             OperatorCode(c["builtin_code"], c["custom_code"], c["version"], c["deprecated_builtin_code"])

@@ -157,9 +157,7 @@ class ValidationReport:
                 f"  {name}: {info['dtype']}{info['shape']} {info['source']}, "
                 f"range [{_num(info['min'])}, {_num(info['max'])}]"
             )
-        header = (
-            f"{'output':<32} {'shape':<16} {'SQNR dB':>9} {'max|err|':>10} {'cosine':>9} {'top-1':>6}  exact"
-        )
+        header = f"{'output':<32} {'shape':<16} {'SQNR dB':>9} {'max|err|':>10} {'cosine':>9} {'top-1':>6}  exact"
         lines += ["", header, "-" * len(header)]
         for o in self.outputs:
             top1 = "-" if o.top1_agreement is None else f"{o.top1_agreement:.3f}"
@@ -207,11 +205,7 @@ def _interpreter(model: ModelSource, label: str, *, preserve_all: bool, num_thre
         from ai_edge_litert.interpreter import Interpreter, OpResolverType
     except ImportError as exc:
         raise EngineError("install the validation extra: pip install 'litert-engine[validate]'") from exc
-    source = (
-        {"model_content": bytes(model)}
-        if isinstance(model, bytes | bytearray)
-        else {"model_path": str(model)}
-    )
+    source = {"model_content": bytes(model)} if isinstance(model, bytes | bytearray) else {"model_path": str(model)}
     if "model_path" in source and not Path(source["model_path"]).is_file():
         raise EngineError(f"{label}: file not found")
     try:
@@ -269,9 +263,7 @@ def _generate(detail: dict[str, Any], rng: np.random.Generator) -> np.ndarray:
     raise EngineError(f"cannot generate data for input {detail['name']!r} of dtype {dtype}; pass data")
 
 
-def _named_data(
-    details: list[dict[str, Any]], data: InputData, label: str, seed: int
-) -> dict[str, np.ndarray]:
+def _named_data(details: list[dict[str, Any]], data: InputData, label: str, seed: int) -> dict[str, np.ndarray]:
     """Match user data to the model inputs by name, or generate it; shapes are checked at invoke."""
     names = [d["name"] for d in details]
     if data is None:
@@ -279,9 +271,7 @@ def _named_data(
         return {d["name"]: _generate(d, rng) for d in details}
     if not isinstance(data, dict):
         if len(details) != 1:
-            raise EngineError(
-                f"{label} has {len(details)} inputs ({', '.join(names)}); pass data keyed by name"
-            )
+            raise EngineError(f"{label} has {len(details)} inputs ({', '.join(names)}); pass data keyed by name")
         data = {names[0]: data}
     unknown = sorted(set(data) - set(names))
     missing = [n for n in names if n not in data]
@@ -328,9 +318,7 @@ def _invoke(interp: Any, feeds: list[tuple[dict[str, Any], np.ndarray]], label: 
     for detail, arr in feeds:
         fixed = [int(s) for s in detail["shape_signature"]]
         if arr.ndim != len(fixed) or any(f not in (-1, a) for f, a in zip(fixed, arr.shape, strict=True)):
-            raise EngineError(
-                f"input {detail['name']!r} of {label} expects shape {fixed}, got {list(arr.shape)}"
-            )
+            raise EngineError(f"input {detail['name']!r} of {label} expects shape {fixed}, got {list(arr.shape)}")
         if tuple(detail["shape"]) != arr.shape:
             interp.resize_tensor_input(detail["index"], list(arr.shape), strict=True)
             resized = True
@@ -414,8 +402,7 @@ def validate(
         raw_r, raw_c = ref.get_tensor(r["index"]), cand.get_tensor(c["index"])
         if raw_r.shape != raw_c.shape:
             raise EngineError(
-                f"output {r['name']!r} has shape {list(raw_r.shape)} in reference, "
-                f"{list(raw_c.shape)} in candidate"
+                f"output {r['name']!r} has shape {list(raw_r.shape)} in reference, {list(raw_c.shape)} in candidate"
             )
         fr, fc = _as_float(raw_r, r), _as_float(raw_c, c)
         is_scores = raw_r.ndim >= 1 and raw_r.shape[-1] > 1 and (class_scores or raw_r.ndim == 2)
@@ -473,7 +460,5 @@ def _compare_intermediates(ref: Any, cand: Any) -> list[TensorComparison]:
             continue
         fr = _as_float(ref.get_tensor(r["index"]), r)
         fc = _as_float(cand.get_tensor(c["index"]), c)
-        result.append(
-            TensorComparison(name, tuple(int(s) for s in r["shape"]), sqnr_db(fr, fc), max_abs_error(fr, fc))
-        )
+        result.append(TensorComparison(name, tuple(int(s) for s in r["shape"]), sqnr_db(fr, fc), max_abs_error(fr, fc)))
     return result

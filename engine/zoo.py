@@ -51,15 +51,12 @@ MODEL_SHA256: dict[str, str] = {
 
 # These use MediaPipe custom ops (Landmarks2TransformMatrix, Convolution2DTransposeBias, ...)
 # that the interpreter's builtin kernels cannot run.
-CUSTOM_OP_MODELS = frozenset(
-    {"face_landmark_with_attention", "selfie_segmentation", "selfie_segmentation_landscape"}
-)
+CUSTOM_OP_MODELS = frozenset({"face_landmark_with_attention", "selfie_segmentation", "selfie_segmentation_landscape"})
 
 # Pixel range each model was trained on, from the `output_tensor_float_range` (or
 # `zero_center`) option of the MediaPipe graph that feeds it. Pass it to `photo_input`.
 INPUT_RANGES: dict[str, tuple[float, float]] = {
-    name: (-1.0, 1.0) if name.startswith(("face_detection", "pose_detection")) else (0.0, 1.0)
-    for name in MODEL_SHA256
+    name: (-1.0, 1.0) if name.startswith(("face_detection", "pose_detection")) else (0.0, 1.0) for name in MODEL_SHA256
 }
 
 _PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field")
@@ -113,9 +110,7 @@ def _verify(folder: Path, what: str) -> dict[str, Path]:
     if _verified.get(key) != tuple(stamp):
         for name, path in paths.items():
             if _sha256(path) != MODEL_SHA256[name]:
-                raise EngineError(
-                    f"{path} does not match the pinned sha256 of mediapipe=={MEDIAPIPE_VERSION}"
-                )
+                raise EngineError(f"{path} does not match the pinned sha256 of mediapipe=={MEDIAPIPE_VERSION}")
         _verified[key] = tuple(stamp)
     return paths
 
