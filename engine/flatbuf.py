@@ -55,6 +55,8 @@ _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
 _I32 = struct.Struct("<i")
 _MAX_DEPTH = 64
+# Vectors at least this large are written from the array itself rather than copied into the builder.
+_HOLE_MIN_BYTES = 1 << 16
 
 
 class _Decoder:
@@ -191,8 +193,14 @@ class _Encoder:
     """Builds a flatbuffer bottom-up from the dict form; large numpy vectors are copied once, in place."""
 
     def __init__(self, size_hint: int, alignments: dict[tuple[str, str], int]) -> None:
-        self.builder = flatbuffers.Builder(max(1024, min(size_hint, flatbuffers.Builder.MAX_BUFFER_SIZE)))
+        self.builder = flatbuffers.Builder(0)
+        size = max(1024, min(size_hint, flatbuffers.Builder.MAX_BUFFER_SIZE))
+        # Anonymous mapped memory is zeroed lazily: a generous hint costs nothing, and the pages left for
+        # large vectors (holes, filled from the arrays at output) never become resident.
+        self.builder.Bytes = mmap.mmap(-1, size)
+        self.builder.head = size
         self.alignments = alignments
+        self.holes: list[tuple[int, np.ndarray]] = []  # (distance of a vector's data from the buffer's end, bytes)
 
     def table(self, name: str, value: dict[str, Any]) -> int:
         schema = TABLES[name]
@@ -245,13 +253,30 @@ class _Encoder:
         return b.EndVector()
 
     def numbers(self, array: np.ndarray, alignment: int) -> int:
-        """A vector of numbers copied straight from the array's memory (no temporary ``bytes``)."""
+        """A vector of numbers: small ones copied into the builder, large ones left as a hole to fill later."""
         b = self.builder
-        nbytes = array.nbytes
+        array = np.ascontiguousarray(array).reshape(-1)
         b.StartVector(array.itemsize, array.size, alignment)
-        b.head -= nbytes
-        b.Bytes[b.head : b.head + nbytes] = memoryview(np.ascontiguousarray(array)).cast("B")
+        b.head -= array.nbytes
+        if array.nbytes >= _HOLE_MIN_BYTES:
+            self.holes.append((len(b.Bytes) - b.head, array.view(np.uint8)))
+        else:
+            # A memoryview slice copies in place (a bytearray slice would copy the value twice).
+            memoryview(b.Bytes)[b.head : b.head + array.nbytes] = memoryview(array).cast("B")
         return b.EndVector()
+
+    def pieces(self) -> list[memoryview]:
+        """The finished buffer as consecutive pieces: builder memory between holes, and the holes' arrays."""
+        b = self.builder
+        flat = memoryview(b.Bytes)[b.head :]
+        end = len(flat)
+        out, position = [], 0
+        for distance, data in sorted(self.holes, key=lambda hole: -hole[0]):
+            start = end - distance
+            out += [flat[position:start], memoryview(data)]
+            position = start + data.size
+        out.append(flat[position:])
+        return out
 
 
 def _union_value(union: str, member: str) -> int:
@@ -261,17 +286,18 @@ def _union_value(union: str, member: str) -> int:
     raise EngineError(f"internal: {member} is not a member of union {union}")
 
 
-def encode(
+def encode_pieces(
     tree: dict[str, Any],
     root: str = "Model",
     *,
-    size_hint: int = 1024,
+    size_hint: int = 1 << 20,
     alignments: dict[tuple[str, str], int] | None = None,
-) -> memoryview:
+) -> list[memoryview]:
     """Encode the dict form of a table tree as a finished flatbuffer with the TFLite file identifier.
 
     ``alignments`` maps (table, vector field) to the byte alignment of that vector's data, e.g. 16 for
-    buffer data so kernels can read it in place.  Returns a view of the builder's memory (no final copy).
+    buffer data so kernels can read it in place.  The result is the file as consecutive pieces, so large
+    arrays go from their own memory to the file without an intermediate copy.
     """
     encoder = _Encoder(size_hint, alignments or {})
     try:
@@ -279,5 +305,9 @@ def encode(
         encoder.builder.Finish(root_offset, file_identifier=FILE_IDENTIFIER)
     except flatbuffers.builder.BuilderSizeError as exc:
         raise EngineError("the model's flatbuffer would exceed 2 GB; write its buffers outside it") from exc
-    builder = encoder.builder
-    return memoryview(builder.Bytes)[builder.Head() :]
+    return encoder.pieces()
+
+
+def encode(tree: dict[str, Any], root: str = "Model", **options: Any) -> bytes:
+    """``encode_pieces`` joined into one ``bytes``."""
+    return b"".join(encode_pieces(tree, root, **options))

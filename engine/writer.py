@@ -38,6 +38,8 @@ ALIGNMENT = 16
 _FLATBUFFER_LIMIT = 2**31 - 2**24
 # Placeholder written for external offsets on the sizing pass; any value > 1 encodes at the same width.
 _PLACEHOLDER_OFFSET = 2
+# Builder memory reserved beyond the data for the graph itself; only pages written become resident.
+_GRAPH_ROOM = 1 << 26
 
 
 @dataclass
@@ -262,45 +264,38 @@ def _align(n: int) -> int:
     return -(-n // ALIGNMENT) * ALIGNMENT
 
 
-def _serialize(
-    model: Model, share_identical_buffers: bool, external_buffers: bool | None
-) -> tuple[memoryview, list[tuple[int, np.ndarray]]]:
-    """The flatbuffer, and the (offset, data) pieces that follow it in the file (empty unless external)."""
+def _serialize(model: Model, share_identical_buffers: bool, external_buffers: bool | None) -> list[memoryview]:
+    """The file as consecutive pieces: the flatbuffer, then (offset/size form only) the data after it."""
     if not model.subgraphs:
         raise EngineError("cannot write a model with no subgraphs")
     layout = _plan(model, share_identical_buffers, external_buffers)
     builder = _TreeBuilder(model, layout)
     alignments = {("Buffer", "data"): ALIGNMENT}
     if not layout.external:
-        hint = _data_size(model, layout.buffers) + 65536
-        return flatbuf.encode(builder.tree(), size_hint=hint, alignments=alignments), []
-    sizing = flatbuf.encode(builder.tree(), alignments=alignments)
+        hint = _data_size(model, layout.buffers) + _GRAPH_ROOM
+        return flatbuf.encode_pieces(builder.tree(), size_hint=hint, alignments=alignments)
+    sizing = len(flatbuf.encode(builder.tree(), alignments=alignments))
     blobs = builder.external_blobs()
-    offsets, position = [], _align(len(sizing))
+    offsets, position = [], _align(sizing)
     for blob in blobs:
         offsets.append(position)
         position = _align(position + blob.size)
-    flat = flatbuf.encode(builder.tree(offsets), alignments=alignments)
-    if len(flat) != len(sizing):
+    pieces = flatbuf.encode_pieces(builder.tree(offsets), alignments=alignments)
+    position = sum(len(p) for p in pieces)
+    if position != sizing:
         raise EngineError("internal: flatbuffer size changed between the sizing and final passes")
-    return flat, [(o, b) for o, b in zip(offsets, blobs, strict=True) if b.size]
-
-
-def _pieces(model: Model, **options: Any) -> Iterable[memoryview]:
-    flat, tail = _serialize(model, **options)
-    yield flat
-    position = len(flat)
-    for offset, blob in tail:
-        yield memoryview(bytes(offset - position))
-        yield memoryview(np.ascontiguousarray(blob)).cast("B")
-        position = offset + blob.size
+    for offset, blob in zip(offsets, blobs, strict=True):
+        if blob.size:
+            pieces += [memoryview(bytes(offset - position)), memoryview(np.ascontiguousarray(blob)).cast("B")]
+            position = offset + blob.size
+    return pieces
 
 
 def model_to_bytes(
     model: Model, *, share_identical_buffers: bool = False, external_buffers: bool | None = None
 ) -> bytes:
     """Serialize ``model``; ``external_buffers`` forces (True) or forbids (False) the offset/size form."""
-    return b"".join(_pieces(model, share_identical_buffers=share_identical_buffers, external_buffers=external_buffers))
+    return b"".join(_serialize(model, share_identical_buffers, external_buffers))
 
 
 def write_model(
@@ -315,7 +310,7 @@ def write_model(
     A failure leaves no partial file behind, and writing over the model's own source file is safe.
     """
     path = Path(path)
-    pieces = _pieces(model, share_identical_buffers=share_identical_buffers, external_buffers=external_buffers)
+    pieces = _serialize(model, share_identical_buffers, external_buffers)
     size = 0
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
