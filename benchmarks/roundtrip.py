@@ -40,11 +40,7 @@ from typing import Any
 
 import numpy as np
 
-# Submodules rather than the package: the current editable install resolves ``engine`` to a namespace
-# package when run from outside the repository root, so engine/__init__.py (and its names) never load.
-from engine.ir import Model, Operator, Subgraph, Table, Tensor
-from engine.reader import read_model
-from engine.writer import structural_diff, write_model
+from engine import Model, Operator, Subgraph, Table, Tensor, read_model, structural_diff, write_model
 from engine.zoo import mediapipe_models
 
 REAL_RUNS = 5
