@@ -157,7 +157,7 @@ def test_builder_side_errors_are_engine_errors() -> None:
         Table("NoSuchOptions")
 
 
-@settings(max_examples=300, deadline=2000, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=600, deadline=2000, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_mutated_real_model_raises_only_engine_error(small: bytes, data: st.DataObject) -> None:
     """Random byte flips, overwrites, truncations and splices: the reader either reads or says why."""

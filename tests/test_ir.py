@@ -1,0 +1,92 @@
+"""Editing the graph: the helpers passes will use to find, add, rewire and remove tensors and operators."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from engine import Buffer, EngineError, Operator, Tensor, model_to_bytes, read_model, structural_diff
+from engine.builder import GraphBuilder
+from engine.ir import TENSOR_TYPES, OperatorCode, all_tensors
+from engine.validate import run
+from engine.writer import _FLATBUFFER_LIMIT, _plan
+
+
+def _mlp() -> tuple:
+    b = GraphBuilder()
+    x = b.input("x", (1, 8))
+    w = np.linspace(-1, 1, 64, dtype=np.float32).reshape(8, 8)
+    h = b.fully_connected(x, w, np.zeros(8, np.float32))
+    y = b.relu(h)
+    b.output(y, "y")
+    return b.build(), x, h, y
+
+
+def test_producers_and_consumers() -> None:
+    model, x, h, y = _mlp()
+    sg = model.main
+    fc, relu = sg.operators
+    assert sg.producer_of(h) is fc and sg.producer_of(x) is None
+    assert sg.consumers_of(h) == [relu] and sg.consumers_of(y) == []
+    assert sg.producers()[id(y)] is relu
+
+
+def test_insert_rewire_and_remove_an_operator_runs_in_litert() -> None:
+    """Put a float16 weight behind a DEQUANTIZE (what the float16 pass will do) and check the interpreter."""
+    model, _, h, y = _mlp()
+    sg = model.main
+    fc = sg.operators[0]
+    weight = fc.inputs[1]
+    half = Tensor("w_fp16")
+    half.data = weight.data.astype(np.float16)
+    dequantized = Tensor("w_dequantized", weight.shape, TENSOR_TYPES["FLOAT32"])
+    sg.insert_operator(0, Operator(model.opcode("DEQUANTIZE"), [half], [dequantized]))
+    fc.inputs[1] = dequantized
+    assert sg.remove_unused_tensors() == 1  # the float32 weight
+    assert half in sg.tensors and dequantized in sg.tensors and weight not in sg.tensors
+    feed = {"x": np.linspace(0, 1, 8, dtype=np.float32).reshape(1, 8)}
+    out = run(model_to_bytes(model), feed)["y"]
+    expected = np.maximum(feed["x"] @ weight.data.astype(np.float16).astype(np.float32).T, 0)
+    np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-6)
+
+    sg.replace_uses(y, h)
+    sg.remove_operator(sg.operators[-1])
+    assert sg.outputs == [h] and [op.name for op in sg.operators] == ["DEQUANTIZE", "FULLY_CONNECTED"]
+    again = read_model(model_to_bytes(model))
+    assert structural_diff(model, again) == []
+
+
+def test_writer_adds_what_a_pass_forgot_to_register() -> None:
+    """Tensors used by an operator but missing from the subgraph list, and unlisted opcodes, are written."""
+    model, _, h, _ = _mlp()
+    sg = model.main
+    extra = Tensor("y2", (1, 8))
+    sg.operators.append(Operator(OperatorCode.builtin("RELU6"), [h], [extra]))
+    sg.outputs.append(extra)
+    assert extra not in sg.tensors and extra in all_tensors(sg)
+    again = read_model(model_to_bytes(model))
+    assert [t.name for t in again.main.outputs] == ["y", "y2"]
+    assert [c.name for c in again.operator_codes][-1] == "RELU6"
+
+
+def test_tensor_data_views_and_errors() -> None:
+    t = Tensor("w", (2, 3), TENSOR_TYPES["FLOAT32"], Buffer.of(np.arange(6, dtype=np.float32)))
+    assert t.data.shape == (2, 3) and t.data[1, 2] == 5
+    assert np.shares_memory(t.data, t.buffer.data)
+    t.shape = (4, 3)
+    with pytest.raises(EngineError, match="shape"):
+        _ = t.data
+    int4 = Tensor("q", (4,), TENSOR_TYPES["INT4"], Buffer.of(np.array([0x21, 0x43], np.uint8)))
+    with pytest.raises(EngineError, match="INT4"):
+        _ = int4.data
+    assert Tensor("activation", (1,)).data is None
+
+
+def test_offset_size_form_is_chosen_past_two_gigabytes() -> None:
+    model, *_ = _mlp()
+    assert not _plan(model, False, None).external
+    huge = Tensor("huge", (2**31,), TENSOR_TYPES["UINT8"])
+    huge.buffer = Buffer(np.broadcast_to(np.uint8(0), (_FLATBUFFER_LIMIT + 1,)))  # no memory behind it
+    model.main.tensors.append(huge)
+    assert _plan(model, False, None).external
+    assert not _plan(model, False, False).external
