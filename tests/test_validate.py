@@ -226,3 +226,43 @@ def test_report_json_encodes_non_finite_values() -> None:
     assert math.isnan(report.worst_sqnr_db)
     assert json.loads(json.dumps(report.to_dict()))["outputs"][0]["sqnr_db"] == "nan"
     assert v.ValidationReport(outputs=[]).to_dict()["worst_sqnr_db"] == "inf"
+
+
+def _two_in_two_out(quantized_io: bool) -> bytes:
+    """y0 = a + b, y1 = a * b; with ``quantized_io`` the graph's inputs and outputs are int8 around it."""
+    from engine import QuantizationParams, model_to_bytes
+    from engine.builder import GraphBuilder
+
+    def q(scale: float) -> QuantizationParams:
+        return QuantizationParams(scale=np.array([scale], np.float32), zero_point=np.array([3], np.int64))
+
+    b = GraphBuilder()
+    shape = (1, 4, 4, 2)
+    a, c = (
+        b.input("a", shape, np.int8 if quantized_io else np.float32),
+        b.input("b", shape, np.int8 if quantized_io else np.float32),
+    )
+    if quantized_io:
+        a.quantization, c.quantization = q(1 / 64), q(1 / 64)
+        a, c = (b.op("DEQUANTIZE", [t], [shape], dtype=np.float32)[0] for t in (a, c))
+    outs = [b.add(a, c), b.mul(a, c)]
+    for i, out in enumerate(outs):
+        if quantized_io:
+            out = b.op("QUANTIZE", [out], [shape], dtype=np.int8)[0]
+            out.quantization = q(1 / 32)
+        b.output(out, f"y{i}")
+    return model_to_bytes(b.build())
+
+
+def test_several_inputs_outputs_and_int8_boundaries(tmp_path: Path) -> None:
+    reference, candidate = _two_in_two_out(False), _two_in_two_out(True)
+    rng = np.random.default_rng(3)
+    data = {name: rng.uniform(-1, 1, (1, 4, 4, 2)).astype(np.float32) for name in ("a", "b")}
+    np.savez(tmp_path / "ab.npz", **data)
+    same = v.validate(reference, reference, v.load_inputs(tmp_path / "ab.npz"))
+    assert [o.name for o in same.outputs] == ["y0", "y1"] and all(o.bit_identical for o in same.outputs)
+    report = v.validate(reference, candidate, data, intermediates=False)
+    # int8 with scale 1/64 in and 1/32 out: errors of about half an output step, SQNR well above 20 dB.
+    assert all(20 < o.sqnr_db < 60 and o.max_abs_error <= 1 / 32 + 1 / 64 for o in report.outputs)
+    generated = v.validate(reference, candidate, intermediates=False)
+    assert all(o.sqnr_db > 20 for o in generated.outputs)
