@@ -95,7 +95,9 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m engine", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m engine", description="Compress, inspect and validate TensorFlow Lite (LiteRT) models."
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
     p = commands.add_parser("inspect", help="describe a .tflite model")
