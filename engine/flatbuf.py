@@ -59,6 +59,16 @@ _MAX_DEPTH = 64
 _HOLE_MIN_BYTES = 1 << 16
 
 
+def corrupt(where: str, problem: str) -> EngineError:
+    return EngineError(f"corrupt TFLite file at {where}: {problem}")
+
+
+def check_range(where: str, pos: int, length: int, size: int) -> None:
+    """Refuse ``length`` bytes at ``pos`` unless they lie inside a file of ``size`` bytes."""
+    if pos < 0 or length < 0 or pos + length > size:
+        raise corrupt(where, f"{length} bytes at offset {pos} run past the end of the {size}-byte file")
+
+
 class _Decoder:
     """One pass over one file; ``tables_left`` bounds the work so shared or cyclic offsets cannot blow up."""
 
@@ -67,12 +77,8 @@ class _Decoder:
         self.size = len(memoryview(data))
         self.tables_left = self.size // 4 + 64
 
-    def fail(self, where: str, problem: str) -> EngineError:
-        return EngineError(f"corrupt TFLite file at {where}: {problem}")
-
     def check(self, where: str, pos: int, length: int) -> None:
-        if pos < 0 or length < 0 or pos + length > self.size:
-            raise self.fail(where, f"{length} bytes at offset {pos} run past the end of the {self.size}-byte file")
+        check_range(where, pos, length, self.size)
 
     def u32(self, where: str, pos: int) -> int:
         self.check(where, pos, 4)
@@ -87,15 +93,15 @@ class _Decoder:
     def table(self, name: str, pos: int, where: str, depth: int = 0) -> dict[str, Any]:
         self.tables_left -= 1
         if self.tables_left < 0:
-            raise self.fail(where, "more tables than the file could hold (shared or cyclic offsets)")
+            raise corrupt(where, "more tables than the file could hold (shared or cyclic offsets)")
         if depth > _MAX_DEPTH:
-            raise self.fail(where, f"tables nested deeper than {_MAX_DEPTH}")
+            raise corrupt(where, f"tables nested deeper than {_MAX_DEPTH}")
         self.check(where, pos, 4)
         vtable = pos - _I32.unpack_from(self.data, pos)[0]
         self.check(where, vtable, 4)
         vt_size, table_size = _U16.unpack_from(self.data, vtable)[0], _U16.unpack_from(self.data, vtable + 2)[0]
         if vt_size < 4 or vt_size % 2:
-            raise self.fail(where, f"vtable size {vt_size} is not a valid vtable size")
+            raise corrupt(where, f"vtable size {vt_size} is not a valid vtable size")
         self.check(where, vtable, vt_size)
         self.check(where, pos, table_size)
         schema = TABLES[name]
@@ -108,7 +114,7 @@ class _Decoder:
                     f"(deprecated or newer than the engine's schema); refusing to drop it"
                 )
             if field_offset and field_offset >= table_size:
-                raise self.fail(where, f"{name} field #{slot} lies outside its table")
+                raise corrupt(where, f"{name} field #{slot} lies outside its table")
         out: dict[str, Any] = {}
         for field in schema["fields"]:
             field_offset = slots[field["id"]] if field["id"] < len(slots) else 0

@@ -69,11 +69,8 @@ class _Resolver:
         self.buffers: dict[int, Buffer] = {}
 
     def external(self, where: str, offset: int, size: int) -> np.ndarray:
-        if offset + size > self.size:
-            raise EngineError(
-                f"corrupt TFLite file at {where}: {size} bytes at offset {offset} run past the end of the "
-                f"{self.size}-byte file"
-            )
+        """Data stored after the flatbuffer (the offset/size form), checked against the file's size."""
+        flatbuf.check_range(where, offset, size, self.size)
         return np.frombuffer(self.data, np.uint8, count=size, offset=offset)
 
     def buffer(self, index: int, where: str) -> Buffer | None:

@@ -48,6 +48,7 @@ class _Layout:
 
     buffers: list[Buffer]
     index: dict[int, int]
+    data_size: int
     external: bool
 
     def buffer_index(self, buffer: Buffer | None) -> int:
@@ -68,9 +69,8 @@ def _plan(model: Model, share_identical_buffers: bool, external: bool | None) ->
             by_content[key] = len(buffers) + 1
         index[id(buffer)] = len(buffers) + 1
         buffers.append(buffer)
-    if external is None:
-        external = _data_size(model, buffers) > _FLATBUFFER_LIMIT
-    return _Layout(buffers, index, external)
+    data_size = _data_size(model, buffers)
+    return _Layout(buffers, index, data_size, data_size > _FLATBUFFER_LIMIT if external is None else external)
 
 
 def _data_size(model: Model, buffers: list[Buffer]) -> int:
@@ -136,7 +136,7 @@ class _TreeBuilder:
 
     def external_blobs(self) -> list[np.ndarray]:
         """Data stored after the flatbuffer in the offset/size form, in order: buffers, then custom options."""
-        blobs = [b.data for b in self.layout.buffers]
+        blobs = [b.data for b in self.layout.buffers if b.data.size]
         blobs += [op.custom_options for op in self._ops_with_custom_options()]
         return blobs
 
@@ -151,14 +151,12 @@ class _TreeBuilder:
         places = iter(offsets) if offsets is not None else None
         buffers: list[dict[str, Any]] = [{}]
         for b in layout.buffers:
-            if layout.external and b.data.size:
-                buffers.append({"offset": next(places) if places else _PLACEHOLDER_OFFSET, "size": b.data.size})
-            elif layout.external:
-                if places:
-                    next(places)
+            if not b.data.size:
                 buffers.append({})
+            elif layout.external:
+                buffers.append({"offset": next(places) if places else _PLACEHOLDER_OFFSET, "size": b.data.size})
             else:
-                buffers.append({"data": b.data if b.data.size else None})
+                buffers.append({"data": b.data})
         large = {}
         if layout.external:
             for op in self._ops_with_custom_options():
@@ -272,7 +270,7 @@ def _serialize(model: Model, share_identical_buffers: bool, external_buffers: bo
     builder = _TreeBuilder(model, layout)
     alignments = {("Buffer", "data"): ALIGNMENT}
     if not layout.external:
-        hint = _data_size(model, layout.buffers) + _GRAPH_ROOM
+        hint = layout.data_size + _GRAPH_ROOM
         return flatbuf.encode_pieces(builder.tree(), size_hint=hint, alignments=alignments)
     sizing = len(flatbuf.encode(builder.tree(), alignments=alignments))
     blobs = builder.external_blobs()
@@ -285,9 +283,8 @@ def _serialize(model: Model, share_identical_buffers: bool, external_buffers: bo
     if position != sizing:
         raise EngineError("internal: flatbuffer size changed between the sizing and final passes")
     for offset, blob in zip(offsets, blobs, strict=True):
-        if blob.size:
-            pieces += [memoryview(bytes(offset - position)), memoryview(np.ascontiguousarray(blob)).cast("B")]
-            position = offset + blob.size
+        pieces += [memoryview(bytes(offset - position)), memoryview(np.ascontiguousarray(blob)).cast("B")]
+        position = offset + blob.size
     return pieces
 
 
