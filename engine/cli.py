@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import EngineError
+from engine.ir import Model
 from engine.reader import read_model
 from engine.summary import format_summary, summarize
 from engine.writer import write_model
@@ -48,14 +49,18 @@ def describe_change(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _compress(args: argparse.Namespace) -> int:
-    source = Path(args.input)
+def _rewrite(source: Path, target: Path, **write_options: Any) -> tuple[Model, dict[str, Any], list[str]]:
+    """Read ``source``, write it to ``target``; the model, the input's summary, and what changed."""
     model = read_model(source)
     before = summarize(model, source.stat().st_size)
-    size = write_model(model, args.output, share_identical_buffers=args.share_identical_buffers)
-    after = summarize(read_model(args.output), size)
+    size = write_model(model, target, **write_options)
+    return model, before, describe_change(before, summarize(read_model(target), size))
+
+
+def _compress(args: argparse.Namespace) -> int:
+    _, _, change = _rewrite(Path(args.input), Path(args.output), share_identical_buffers=args.share_identical_buffers)
     print(f"wrote {args.output}")
-    print("\n".join(describe_change(before, after)))
+    print("\n".join(change))
     return 0
 
 
@@ -79,13 +84,11 @@ def _demo(args: argparse.Namespace) -> int:
     out_dir = Path(args.output_dir) if args.output_dir else Path(tempfile.mkdtemp(prefix="litert-engine-demo-"))
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / f"{args.model}.engine.tflite"
-    model = read_model(source)
-    before = summarize(model, source.stat().st_size)
+    model, before, change = _rewrite(source, target)
     print(f"model: {args.model} (mediapipe 0.10.14) from {source}")
     print(format_summary(before))
-    size = write_model(model, target)
     print(f"\nwrote {target} (round trip: no compression passes yet)")
-    print("\n".join(describe_change(before, summarize(read_model(target), size))))
+    print("\n".join(change))
     shape = tuple(model.main.inputs[0].shape or ())
     photo = photo_input(shape, "float32", value_range=INPUT_RANGES[args.model])
     report = validate(source, target, photo)
