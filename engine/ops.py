@@ -2,7 +2,9 @@
 
 Each builtin op maps to an ``OpRule``: its builtin options table, and which input (if any) holds the weight a
 compressor would quantize or prune, along which axis that weight's output channels lie, and where the bias is.
-Negative axes count from the end (BATCH_MATMUL's right-hand side has any rank).
+Negative axes count from the end (BATCH_MATMUL's right-hand side has any rank).  ``hybrid`` lists, per weight
+bit width stored, the granularities for which LiteRT's builtin kernel reads the quantized weight directly with
+float activations ("dynamic range" / hybrid kernels); anything else gets a DEQUANTIZE in front of the op.
 """
 
 from __future__ import annotations
@@ -20,6 +22,11 @@ class OpRule:
     weight_input: int | None = None
     weight_channel_axis: int | None = None
     bias_input: int | None = None
+    hybrid: tuple[tuple[int, frozenset[str]], ...] = ()
+
+    def hybrid_granularities(self, bits: int) -> frozenset[str]:
+        """Granularities ("tensor", "channel", "block") of ``bits``-bit weights this op's kernel reads directly."""
+        return dict(self.hybrid).get(bits, frozenset())
 
 
 _ELEMENTWISE = OpRule()
