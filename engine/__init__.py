@@ -18,9 +18,21 @@ from engine.ir import (
     VariantSubType,
 )
 from engine.reader import read_model
+from engine.recipe import Recipe
+from engine.report import Report
 from engine.writer import model_to_bytes, structural_diff, write_model
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> object:
+    """``engine.compress`` is imported on first use: it pulls in the Numba kernels, ``import engine`` does not."""
+    if name == "compress":
+        from engine.api import compress
+
+        return compress
+    raise AttributeError(f"module 'engine' has no attribute {name!r}")
+
 
 __all__ = [
     "Buffer",
@@ -31,6 +43,8 @@ __all__ = [
     "Operator",
     "OperatorCode",
     "QuantizationParams",
+    "Recipe",
+    "Report",
     "SignatureDef",
     "SparsityParams",
     "Subgraph",
@@ -38,6 +52,7 @@ __all__ = [
     "Tensor",
     "TensorMap",
     "VariantSubType",
+    "compress",
     "model_to_bytes",
     "read_model",
     "structural_diff",

@@ -18,6 +18,7 @@ from typing import Any
 from engine.errors import EngineError
 from engine.ir import Model
 from engine.reader import read_model
+from engine.recipe import DEFAULT_MIN_ELEMENTS, GRANULARITIES, MODES, SCALE_METHODS
 from engine.summary import format_summary, summarize
 from engine.writer import write_model
 
@@ -57,10 +58,47 @@ def _rewrite(source: Path, target: Path, **write_options: Any) -> tuple[Model, d
     return model, before, describe_change(before, summarize(read_model(target), size))
 
 
+_COMPRESSION_FLAGS = ("quantize", "bits", "granularity", "scale", "min_elements")
+
+
 def _compress(args: argparse.Namespace) -> int:
-    _, _, change = _rewrite(Path(args.input), Path(args.output), share_identical_buffers=args.share_identical_buffers)
+    options = {name: getattr(args, name) for name in _COMPRESSION_FLAGS if getattr(args, name) is not None}
+    if args.quantize == "none":
+        options["quantize"] = None
+    if not options and not args.recipe and not args.exclude:
+        _, _, change = _rewrite(
+            Path(args.input), Path(args.output), share_identical_buffers=args.share_identical_buffers
+        )
+        print(f"wrote {args.output} (lossless rewrite: no compression options given)")
+        print("\n".join(change))
+        return 0
+    from engine.api import compress
+
+    _, report = compress(args.input, args.recipe, output=args.output, exclude=args.exclude, **options)
     print(f"wrote {args.output}")
-    print("\n".join(change))
+    print(report.format_text())
+    status = 0
+    if args.validate:
+        status = _validate_after(args, report)
+    if args.report:
+        report.save(args.report)
+        print(f"report: {args.report}")
+    return status
+
+
+def _validate_after(args: argparse.Namespace, report: Any) -> int:
+    """``compress --validate``: compare the written model with the input in LiteRT and add it to the report."""
+    from engine.validate import load_inputs, validate
+
+    data = load_inputs(args.data) if args.data else None
+    try:
+        result = validate(args.input, args.output, data, intermediates=False)
+    except EngineError as exc:
+        print(f"error: cannot validate {args.output}: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    report.validation = result.to_dict()
+    print("\nLiteRT, input vs compressed:")
+    print(result.format_text())
     return 0
 
 
@@ -108,10 +146,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(run=_inspect)
 
-    p = commands.add_parser("compress", help="rewrite a model (with no flags: a lossless round trip)")
+    p = commands.add_parser("compress", help="compress a model's weights (with no options: a lossless round trip)")
     p.add_argument("input")
     p.add_argument("-o", "--output", required=True)
     p.add_argument("--share-identical-buffers", action="store_true", help="store identical constant buffers once")
+    p.add_argument("--quantize", choices=[*MODES, "none"], help="weight mode (global; a recipe can set it per op)")
+    p.add_argument("--bits", type=int, help="bits of the integer levels, 2..8 (default: the mode's)")
+    p.add_argument("--granularity", help=f"one scale per: {', '.join(GRANULARITIES)} (default channel)")
+    p.add_argument("--scale", choices=SCALE_METHODS, help="scales from the absolute max or the least-error clip")
+    p.add_argument("--min-elements", type=int, help=f"leave smaller weights alone (default {DEFAULT_MIN_ELEMENTS})")
+    p.add_argument("--recipe", help="JSON recipe: options globally, per op type and per tensor regex (README)")
+    p.add_argument("--exclude", action="append", help="leave weights whose name matches this regex (repeatable)")
+    p.add_argument("--report", help="write the per-tensor report to this JSON file")
+    p.add_argument("--validate", action="store_true", help="compare with the input in LiteRT after writing")
+    p.add_argument("--data", help="inputs for --validate: .npz keyed by input name, or one array")
     p.set_defaults(run=_compress)
 
     p = commands.add_parser("validate", help="compare two models' outputs in the LiteRT interpreter")

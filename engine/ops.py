@@ -81,6 +81,25 @@ RULES: dict[str, OpRule] = {
 }
 
 
+# Constant inputs LiteRT's DEQUANTIZE kernel decodes: weight bit width -> granularities.
+DEQUANTIZE_INPUTS: dict[int, frozenset[str]] = {
+    8: frozenset({"tensor", "channel"}),
+    4: frozenset({"tensor", "channel"}),
+}
+
+# DEQUANTIZE's operator version by input type (per-channel int8 has its own), as the runtime's op resolver
+# registers them: a model declaring a version the runtime does not register fails to load.
+_DEQUANTIZE_VERSIONS = {"INT8": 2, "FLOAT16": 3, "INT16": 3, "INT4": 6}
+_DEQUANTIZE_PER_CHANNEL_INT8_VERSION = 5
+
+
+def dequantize_version(input_type: str, per_channel: bool) -> int:
+    """The DEQUANTIZE version a model must declare for this input."""
+    if input_type == "INT8" and per_channel:
+        return _DEQUANTIZE_PER_CHANNEL_INT8_VERSION
+    return _DEQUANTIZE_VERSIONS.get(input_type, 1)
+
+
 def rule(op_name: str) -> OpRule:
     """The rule for ``op_name``; an op the table does not know is an error rather than a silent default."""
     try:

@@ -1,0 +1,89 @@
+"""``engine.compress``: the Python form of ``python -m engine compress``.
+
+It reads the model (unless given one), resolves the recipe once, runs every compression pass on it, and
+gathers what the passes report with the sizes before and after into one ``Report``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from engine.ir import Model
+from engine.passes.common import entry
+from engine.passes.float16 import float16_weights
+from engine.passes.quantize_weights import quantize_weights
+from engine.reader import read_model
+from engine.recipe import Recipe
+from engine.report import Report, TensorReport, gzip_size
+from engine.summary import summarize
+from engine.weights import find_weights
+from engine.writer import write_model
+
+Pass = Callable[[Model, Recipe], tuple[Model, list[TensorReport]]]
+PIPELINE: tuple[Pass, ...] = (float16_weights, quantize_weights)
+
+
+def compress(
+    model_or_path: Model | str | os.PathLike[str],
+    recipe: Recipe | dict[str, Any] | str | os.PathLike[str] | None = None,
+    *,
+    output: str | os.PathLike[str] | None = None,
+    exclude: list[str] | None = None,
+    **options: Any,
+) -> tuple[Model, Report]:
+    """Compress a model (edited in place when one is given) and report what changed.
+
+    ``recipe`` is a ``Recipe``, its dictionary form, or a JSON file; keyword ``options`` (``quantize``,
+    ``bits``, ``granularity``, ``scale``, ``min_elements``) override its global options and ``exclude`` adds
+    patterns, as the command line's flags do.  With ``output`` the result is written there (atomically) and
+    the report gets the file and gzip sizes.
+    """
+    source = None if isinstance(model_or_path, Model) else Path(model_or_path)
+    model = read_model(source) if source is not None else model_or_path
+    assert isinstance(model, Model)
+    recipe = _recipe(recipe, exclude, options)
+    report = Report(recipe=recipe.to_dict())
+    report.bytes_by_dtype_before = _bytes_by_dtype(model)
+    report.tensors = _left_alone(model, recipe)
+    for run in PIPELINE:
+        model, entries = run(model, recipe)
+        report.tensors.extend(entries)
+    report.tensors.sort(key=lambda t: (t.subgraph, t.name))
+    report.bytes_by_dtype_after = _bytes_by_dtype(model)
+    if output is not None:
+        report.file_bytes_after = write_model(model, output)
+        report.gzip_bytes_after = gzip_size(output)
+        if source is not None:
+            report.file_bytes_before = source.stat().st_size
+            report.gzip_bytes_before = gzip_size(source)
+    return model, report
+
+
+def _recipe(recipe: Recipe | dict | str | os.PathLike[str] | None, exclude: list[str] | None, options: dict) -> Recipe:
+    if recipe is None:
+        recipe = Recipe()
+    elif isinstance(recipe, dict):
+        recipe = Recipe.from_dict(recipe)
+    elif not isinstance(recipe, Recipe):
+        recipe = Recipe.load(recipe)
+    return recipe.with_options(exclude, **options) if options or exclude else recipe
+
+
+def _bytes_by_dtype(model: Model) -> dict[str, int]:
+    return {dtype: entry["bytes"] for dtype, entry in summarize(model)["constants_by_dtype"].items()}
+
+
+def _left_alone(model: Model, recipe: Recipe) -> list[TensorReport]:
+    """Report entries for the weights no pass will touch: excluded, already integer, or given no mode."""
+    entries = []
+    for weight in find_weights(model):
+        if recipe.excludes(weight.name):
+            entries.append(entry(weight, None, "excluded by the recipe"))
+        elif not weight.is_float:
+            entries.append(entry(weight, None, f"already {weight.stored_type}"))
+        elif recipe.resolve(weight.op_name, weight.name).quantize is None:
+            entries.append(entry(weight, None, "no quantize mode set"))
+    return entries

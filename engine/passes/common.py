@@ -1,0 +1,112 @@
+"""What every weight pass shares: choosing the weights a mode applies to, and swapping in their new encoding.
+
+``select`` resolves the recipe for each weight and says which to compress and which to leave (and why);
+``install`` is the graph surgery: the new constant replaces the old one and its DEQUANTIZE/DENSIFY chain, the
+ops that can read it directly do so, and everything else reads a fresh DEQUANTIZE output that keeps the old
+float tensor's name, so every reader (weighted op or not) stays correct.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from engine.ir import TENSOR_TYPES, Model, Operator, Subgraph, Tensor
+from engine.ops import dequantize_version
+from engine.recipe import Recipe, TensorOptions
+from engine.report import TensorReport
+from engine.weights import Weight, find_weights
+
+_FLOAT32 = TENSOR_TYPES["FLOAT32"]
+
+
+def select(
+    model: Model, recipe: Recipe, modes: Iterable[str]
+) -> tuple[list[tuple[Weight, TensorOptions]], list[TensorReport]]:
+    """The float weights whose resolved mode is one of ``modes``, and reports for those of them left alone."""
+    modes = set(modes)
+    chosen: list[tuple[Weight, TensorOptions]] = []
+    skipped: list[TensorReport] = []
+    for weight in find_weights(model):
+        if recipe.excludes(weight.name):
+            continue
+        options = recipe.resolve(weight.op_name, weight.name)
+        if options.quantize not in modes:
+            continue
+        if not weight.is_float:
+            continue
+        if weight.elements < options.min_elements:
+            skipped.append(entry(weight, options, f"fewer than {options.min_elements} elements (min_elements)"))
+            continue
+        chosen.append((weight, options))
+    return chosen, skipped
+
+
+def entry(weight: Weight, options: TensorOptions | None, reason: str | None = None) -> TensorReport:
+    """A report entry for ``weight`` as it is now (``reason`` set: left as it is)."""
+    return TensorReport(
+        name=weight.name,
+        subgraph=weight.subgraph_index,
+        shape=weight.shape,
+        ops=sorted({op.name for op, _ in weight.uses}),
+        action="skipped" if reason else "compressed",
+        reason=reason,
+        mode=options.quantize if options else None,
+        dtype_before=weight.stored_type,
+        bytes_before=weight.stored_bytes,
+    )
+
+
+def install(model: Model, weight: Weight, stored: Tensor, direct: list[tuple[Operator, int]]) -> None:
+    """Replace ``weight``'s stored constant (and decoding chain) by ``stored``.
+
+    ``direct`` uses read ``stored`` itself (hybrid kernels); the other uses keep reading ``weight.value``,
+    which becomes the output of DENSIFY (if ``stored`` is sparse) and DEQUANTIZE ops inserted before its
+    first reader.
+    """
+    sg = weight.subgraph
+    value = weight.value
+    direct_ids = {(id(op), i) for op, i in direct}
+    for op, i in direct:
+        op.inputs[i] = stored
+    remaining = [op for op, i in weight.uses if (id(op), i) not in direct_ids]
+    old = [weight.source, *(t for op in weight.chain for t in op.outputs if t is not value)]
+    for op in reversed(weight.chain):
+        if op is weight.chain[-1] or not _is_read(sg, op.outputs):
+            sg.remove_operator(op)
+    if remaining or any(t is value for t in sg.outputs):
+        decoders = []
+        current = stored
+        if stored.sparsity is not None:
+            dense = Tensor(f"{stored.name}/dense", stored.shape, stored.type, quantization=stored.quantization)
+            decoders.append(Operator(model.opcode("DENSIFY"), [stored], [dense]))
+            current = dense
+        value.buffer, value.type, value.quantization, value.sparsity = None, _FLOAT32, None, None
+        version = dequantize_version(current.type_name, _per_channel(current))
+        decoders.append(Operator(model.opcode("DEQUANTIZE", version), [current], [value]))
+        first = min((sg.operators.index(op) for op in remaining), default=len(sg.operators))
+        for offset, op in enumerate(decoders):
+            sg.insert_operator(first + offset, op)
+    else:
+        sg.tensors = [t for t in sg.tensors if t is not value]
+    if stored not in sg.tensors:
+        sg.tensors.append(stored)
+    _drop_unused(sg, old)
+
+
+def _per_channel(t: Tensor) -> bool:
+    q = t.quantization
+    return q is not None and q.scale is not None and q.scale.size > 1
+
+
+def _is_read(sg: Subgraph, tensors: list[Tensor | None]) -> bool:
+    ids = {id(t) for t in tensors if t is not None}
+    return any(id(t) in ids for op in sg.operators for t in op.inputs if t is not None) or any(
+        id(t) in ids for t in sg.outputs
+    )
+
+
+def _drop_unused(sg: Subgraph, candidates: list[Tensor]) -> None:
+    """Remove ``candidates`` from the tensor list when no op or subgraph input/output uses them any more."""
+    used = {id(t) for op in sg.operators for t in op.tensors()} | {id(t) for t in (*sg.inputs, *sg.outputs)}
+    gone = {id(t) for t in candidates if id(t) not in used}
+    sg.tensors = [t for t in sg.tensors if id(t) not in gone]

@@ -1,0 +1,32 @@
+"""``float16``: store float32 weights as float16 behind DEQUANTIZE (half the bytes, float compute)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from engine.ir import Model, Tensor
+from engine.passes.common import entry, install, select
+from engine.recipe import Recipe
+from engine.report import TensorReport
+from engine.validate import sqnr_db
+
+
+def float16_weights(model: Model, recipe: Recipe) -> tuple[Model, list[TensorReport]]:
+    """Cast every selected FLOAT32 weight to FLOAT16; weights already float16 are listed and left."""
+    chosen, reports = select(model, recipe, ["float16"])
+    for weight, options in chosen:
+        if weight.stored_type == "FLOAT16":
+            reports.append(entry(weight, options, "already FLOAT16"))
+            continue
+        report = entry(weight, options)
+        values = weight.source.data
+        assert values is not None
+        half = values.astype(np.float16)
+        stored = Tensor(f"{weight.name}_float16", weight.source.shape, sparsity=weight.source.sparsity)
+        stored.data = half
+        stored.shape, stored.sparsity = weight.source.shape, weight.source.sparsity
+        install(model, weight, stored, direct=[])
+        report.form, report.dtype_after, report.bytes_after = "dequantize", "FLOAT16", half.nbytes
+        report.weight_sqnr_db = sqnr_db(values, half)
+        reports.append(report)
+    return model, reports

@@ -1,0 +1,168 @@
+"""Integer weights: ``weight-int8``/``weight-int4`` (DEQUANTIZE, float compute) and ``dynamic-int8``/``dynamic-int4``.
+
+Weights are quantized symmetrically (zero point 0, levels in [-qmax, qmax]) per tensor, per output channel or
+per block, with scales from the absolute maximum (``minmax``) or from a search for the clipping range with the
+least squared error (``mse``).  The levels are stored in the smallest container LiteRT can run for every reader
+(INT2/INT4 packed, or INT8): in the dynamic modes the ops with a hybrid kernel for that container and
+granularity read the integer weight directly, every other reader gets it through DEQUANTIZE.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from engine import kernels
+from engine.errors import EngineError
+from engine.ir import TENSOR_TYPES, Buffer, Model, Operator, QuantizationParams, Tensor
+from engine.ops import DEQUANTIZE_INPUTS, RULES
+from engine.passes.common import entry, install, select
+from engine.progress import track
+from engine.recipe import MODES, Recipe, TensorOptions
+from engine.report import TensorReport
+from engine.validate import sqnr_db
+from engine.weights import Weight, _axis, sparse_positions
+
+INTEGER_MODES = tuple(mode for mode, (_, bits) in MODES.items() if bits is not None)
+_CONTAINERS = {2: "INT2", 4: "INT4", 8: "INT8"}
+_PACKERS: dict[int, Callable[[np.ndarray], np.ndarray]] = {2: kernels.pack_int2, 4: kernels.pack_int4}
+
+
+def quantize_weights(model: Model, recipe: Recipe) -> tuple[Model, list[TensorReport]]:
+    """Quantize every weight whose resolved mode is an integer one; returns the model and one entry per weight."""
+    chosen, reports = select(model, recipe, INTEGER_MODES)
+    encoded: dict[tuple, tuple[Buffer, QuantizationParams, int, float, bool]] = {}
+    for weight, options in track(chosen, "quantizing weights"):
+        report = entry(weight, options)
+        granularity = _granularity(weight, options)
+        bits = options.level_bits
+        assert bits is not None
+        container, direct = _placement(weight, options, granularity)
+        key = (id(weight.source.buffer), weight.shape, weight.channel_axis, options, granularity, container)
+        if key not in encoded:
+            encoded[key] = _encode(weight, options, granularity, container, sparse_ok=not direct)
+        buffer, params, stored_bytes, weight_sqnr, sparse = encoded[key]
+        if stored_bytes >= weight.stored_bytes:
+            reports.append(entry(weight, options, f"{granularity} {_CONTAINERS[container]} would not be smaller"))
+            continue
+        stored = Tensor(
+            f"{weight.name}_{_CONTAINERS[container].lower()}",
+            weight.source.shape if sparse else weight.shape,
+            TENSOR_TYPES[_CONTAINERS[container]],
+            buffer,
+            params,
+            sparsity=weight.source.sparsity if sparse else None,
+        )
+        install(model, weight, stored, direct)
+        report.bits, report.granularity, report.scale = bits, granularity, options.scale
+        report.form = "hybrid" if direct else "dequantize"
+        if direct and len(direct) < len(weight.uses):
+            report.form = "hybrid+dequantize"
+        report.dtype_after, report.bytes_after, report.weight_sqnr_db = _CONTAINERS[container], stored_bytes, weight_sqnr
+        if granularity != options.granularity:
+            report.reason = f"{options.granularity} not possible here; used {granularity}"
+        reports.append(report)
+    return model, reports
+
+
+def _granularity(weight: Weight, options: TensorOptions) -> str:
+    """The recipe's granularity, or the nearest one this weight allows (no channel axis -> per tensor)."""
+    if options.granularity == "tensor" or weight.channel_axis is None or not weight.shape:
+        return "tensor"
+    block = options.block_size
+    if block is not None:
+        feasible = weight.shape[-1] % block == 0 and weight.channel_axis == 0 and len(weight.shape) == 2
+        return options.granularity if feasible else "channel"
+    return "channel"
+
+
+def _hybrid_uses(weight: Weight, options: TensorOptions, container: int, granularity: str) -> list[tuple[Operator, int]]:
+    """The weighted uses whose kernel reads ``container``-bit weights of this granularity directly."""
+    if options.form != "hybrid" or weight.source.sparsity is not None:
+        return []
+    uses = []
+    for op, i in weight.weighted_uses():
+        rule = RULES[op.name]
+        same_axis = granularity == "tensor" or _axis(rule.weight_channel_axis, weight.value) == weight.channel_axis
+        if same_axis and granularity in rule.hybrid_granularities(container):
+            uses.append((op, i))
+    return uses
+
+
+def _placement(weight: Weight, options: TensorOptions, granularity: str) -> tuple[int, list[tuple[Operator, int]]]:
+    """The smallest container every reader of the weight can use, and the uses that read it directly."""
+    bits = options.level_bits
+    assert bits is not None
+    for container in sorted(_CONTAINERS):
+        if container < bits:
+            continue
+        direct = _hybrid_uses(weight, options, container, granularity)
+        if len(direct) == len(weight.uses) or granularity in DEQUANTIZE_INPUTS.get(container, frozenset()):
+            return container, direct
+    readers = ", ".join(sorted({op.name for op, _ in weight.uses}))
+    raise EngineError(
+        f"weight {weight.name!r}: LiteRT cannot run {bits}-bit {granularity} weights for {readers} "
+        f"in {options.quantize} (no kernel reads them and DEQUANTIZE does not decode them)"
+    )
+
+
+def _groups(values: np.ndarray, granularity: str, axis: int | None) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
+    """``values`` as rows that share a scale, and the function that puts such rows back in ``values``' shape."""
+    shape = values.shape
+    if granularity == "tensor":
+        return values.reshape(1, -1), lambda rows: rows.reshape(shape)
+    if granularity == "channel":
+        assert axis is not None
+        moved = np.moveaxis(values, axis, 0)
+        moved_shape = moved.shape
+        return np.ascontiguousarray(moved).reshape(moved_shape[0], -1), lambda rows: np.moveaxis(
+            rows.reshape(moved_shape), 0, axis
+        )
+    block = int(granularity.split(":")[1])
+    return values.reshape(-1, block), lambda rows: rows.reshape(shape)
+
+
+def _encode(
+    weight: Weight, options: TensorOptions, granularity: str, container: int, sparse_ok: bool
+) -> tuple[Buffer, QuantizationParams, int, float, bool]:
+    """Quantize the weight: its buffer, quantization parameters, stored bytes (with the per-channel scales and
+    zero points, 12 bytes a channel: they can outweigh a small depthwise filter), SQNR, and whether sparse."""
+    bits = options.level_bits
+    assert bits is not None
+    values = weight.decode()
+    rows, restore = _groups(values, granularity, weight.channel_axis)
+    find_scales = kernels.mse_scales if options.scale == "mse" else kernels.absmax_scales
+    scales = find_scales(rows, bits)
+    codes_rows = kernels.quantize(rows, scales, bits)
+    weight_sqnr = sqnr_db(values, restore(kernels.dequantize(codes_rows, scales)))
+    codes = restore(codes_rows)
+    params = QuantizationParams(
+        scale=scales.astype(np.float32),
+        zero_point=np.zeros(scales.size, np.int64),
+        quantized_dimension=weight.channel_axis if granularity == "channel" else 0,
+    )
+    if granularity.startswith("block:"):
+        raise EngineError("block granularity needs the runtime's current schema (BlockwiseQuantization)")
+    flat = codes.reshape(-1)
+    sparse = False
+    if weight.source.sparsity is not None and sparse_ok and container == 8:
+        assert weight.source.data is not None
+        positions = sparse_positions(weight.source, weight.shape, weight.source.data.size)
+        if positions.size + _index_bytes(weight) < flat.size:
+            flat, sparse = flat[positions], True
+    data = _PACKERS[container](flat) if container in _PACKERS else flat.astype(np.int8)
+    stored_bytes = int(data.nbytes + params.scale.nbytes + params.zero_point.nbytes)
+    return Buffer.of(data), params, stored_bytes, weight_sqnr, sparse
+
+
+def _index_bytes(weight: Weight) -> int:
+    """Bytes the sparse index vectors of the weight's stored form take (they are kept as they are)."""
+    sparsity = weight.source.sparsity
+    assert sparsity is not None
+    total = 0
+    for dim in sparsity.dim_metadata or []:
+        for vector in (dim.array_segments, dim.array_indices):
+            if vector is not None:
+                total += int(np.asarray(vector.fields["values"]).nbytes)
+    return total

@@ -1,0 +1,194 @@
+"""Compression options, parsed and checked once, then resolved per tensor for the passes.
+
+A recipe sets options globally, overrides them per op type and per tensor-name regex, and excludes tensors by
+regex.  Its JSON form (``--recipe FILE.json``) is the same dictionary ``Recipe.to_dict`` returns::
+
+    {
+      "quantize": "dynamic-int8",            # global options ...
+      "granularity": "channel",
+      "scale": "mse",
+      "min_elements": 1024,
+      "ops": {"DEPTHWISE_CONV_2D": {"quantize": "float16"}},     # ... per op type (the weight's first reader)
+      "tensors": {"classifier": {"quantize": "weight-int8", "granularity": "tensor"}},   # ... per name regex
+      "exclude": ["^stem/"]                  # left untouched
+    }
+
+Later layers win: global < op type < tensor regex (in file order).  Every name is checked when the recipe is
+built, so a typo is an error naming it rather than an option silently ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from engine.errors import EngineError
+from engine.ir import BUILTIN_OPS
+
+# mode -> (how ops read the weight, bits of its levels by default); None stores float16.
+MODES: dict[str, tuple[str, int | None]] = {
+    "float16": ("dequantize", None),
+    "weight-int8": ("dequantize", 8),
+    "dynamic-int8": ("hybrid", 8),
+    "weight-int4": ("dequantize", 4),
+    "dynamic-int4": ("hybrid", 4),
+}
+SCALE_METHODS = ("mse", "minmax")
+BLOCK_SIZES = (32, 64, 128, 256)
+GRANULARITIES = ("channel", "tensor", *(f"block:{b}" for b in BLOCK_SIZES))
+# Below this many elements a weight is left as it is: measured on the MediaPipe models (README), quantizing
+# the tiny tensors (PRELU alphas, small depthwise filters) saves a few hundred bytes and costs output SQNR.
+DEFAULT_MIN_ELEMENTS = 1024
+_SECTIONS = ("ops", "tensors", "exclude")
+
+
+@dataclass(frozen=True)
+class TensorOptions:
+    """What to do with one weight.  ``quantize=None`` leaves it as it is."""
+
+    quantize: str | None = None
+    bits: int | None = None
+    granularity: str = "channel"
+    scale: str = "mse"
+    min_elements: int = DEFAULT_MIN_ELEMENTS
+
+    @property
+    def form(self) -> str | None:
+        """"dequantize" (DEQUANTIZE before float ops) or "hybrid" (ops read integer weights), None if untouched."""
+        return None if self.quantize is None else MODES[self.quantize][0]
+
+    @property
+    def level_bits(self) -> int | None:
+        """Bits of the quantization levels (None for float16)."""
+        if self.quantize is None:
+            return None
+        return self.bits if self.bits is not None else MODES[self.quantize][1]
+
+    @property
+    def block_size(self) -> int | None:
+        return int(self.granularity.split(":")[1]) if self.granularity.startswith("block:") else None
+
+
+_OPTION_NAMES = tuple(f.name for f in fields(TensorOptions))
+
+
+def _check_options(options: dict[str, Any], where: str) -> dict[str, Any]:
+    """``options`` with each name and value checked; raises naming the first bad one."""
+    for name, value in options.items():
+        if name not in _OPTION_NAMES:
+            raise EngineError(f"{where}: unknown option {name!r} (options: {', '.join(_OPTION_NAMES)})")
+        if name == "quantize" and value is not None and value not in MODES:
+            raise EngineError(f"{where}: unknown quantize mode {value!r} (modes: {', '.join(MODES)}, or null)")
+        if name == "bits" and value is not None and (not isinstance(value, int) or not 2 <= value <= 8):
+            raise EngineError(f"{where}: bits must be an integer from 2 to 8, not {value!r}")
+        if name == "granularity" and value not in GRANULARITIES:
+            raise EngineError(f"{where}: unknown granularity {value!r} (granularities: {', '.join(GRANULARITIES)})")
+        if name == "scale" and value not in SCALE_METHODS:
+            raise EngineError(f"{where}: unknown scale method {value!r} (methods: {', '.join(SCALE_METHODS)})")
+        if name == "min_elements" and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+            raise EngineError(f"{where}: min_elements must be a non-negative integer, not {value!r}")
+    return dict(options)
+
+
+def _check_combination(options: TensorOptions, where: str) -> None:
+    """Refuse combinations no encoding exists for (the per-name checks passed already)."""
+    mode, bits = options.quantize, options.bits
+    if mode is None:
+        return
+    if mode == "float16":
+        if bits is not None:
+            raise EngineError(f"{where}: bits do not apply to float16 (use weight-int8/-int4 or dynamic-int8/-int4)")
+        return
+    container = MODES[mode][1]
+    if bits is not None and container is not None and bits > container:
+        raise EngineError(f"{where}: {mode} holds at most {container}-bit levels, not {bits} (use an int8 mode)")
+    if options.block_size is not None and options.level_bits is not None and options.level_bits > 4:
+        raise EngineError(f"{where}: block granularity is for 4-bit (or fewer) weights, not {mode}")
+
+
+def _compile(pattern: str, where: str) -> re.Pattern[str]:
+    try:
+        return re.compile(pattern)
+    except re.error as exc:
+        raise EngineError(f"{where}: bad regular expression {pattern!r}: {exc}") from None
+
+
+@dataclass
+class Recipe:
+    """Options for every weight: global, per op type, per tensor-name regex, and an exclude list."""
+
+    options: dict[str, Any] = field(default_factory=dict)
+    ops: dict[str, dict[str, Any]] = field(default_factory=dict)
+    tensors: dict[str, dict[str, Any]] = field(default_factory=dict)
+    exclude: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.options = _check_options(self.options, "recipe")
+        for op, overrides in self.ops.items():
+            if op not in BUILTIN_OPS:
+                raise EngineError(f"recipe: unknown op type {op!r} in 'ops'")
+            self.ops[op] = _check_options(overrides, f"recipe ops[{op!r}]")
+        for pattern, overrides in self.tensors.items():
+            _compile(pattern, "recipe tensors")
+            self.tensors[pattern] = _check_options(overrides, f"recipe tensors[{pattern!r}]")
+        self._tensor_patterns = [(_compile(p, "recipe tensors"), o) for p, o in self.tensors.items()]
+        self._exclude = [_compile(p, "recipe exclude") for p in self.exclude]
+        _check_combination(TensorOptions(**self.options), "recipe")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Recipe:
+        if not isinstance(data, dict):
+            raise EngineError("recipe: expected a JSON object")
+        options = {k: v for k, v in data.items() if k not in _SECTIONS}
+        sections = {k: data[k] for k in _SECTIONS if k in data}
+        if not isinstance(sections.get("ops", {}), dict) or not isinstance(sections.get("tensors", {}), dict):
+            raise EngineError("recipe: 'ops' and 'tensors' must be objects mapping a name or regex to options")
+        if not isinstance(sections.get("exclude", []), list):
+            raise EngineError("recipe: 'exclude' must be a list of regular expressions")
+        return cls(options, dict(sections.get("ops", {})), dict(sections.get("tensors", {})), sections.get("exclude", []))
+
+    @classmethod
+    def load(cls, path: str | Path) -> Recipe:
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise EngineError(f"recipe {path}: {exc.strerror or exc}") from None
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise EngineError(f"recipe {path}: not valid JSON ({exc})") from None
+        return cls.from_dict(data)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = dict(self.options)
+        if self.ops:
+            out["ops"] = self.ops
+        if self.tensors:
+            out["tensors"] = self.tensors
+        if self.exclude:
+            out["exclude"] = self.exclude
+        return out
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    def with_options(self, exclude: list[str] | None = None, **options: Any) -> Recipe:
+        """A copy with global options updated and exclude patterns added (command-line flags over a file)."""
+        return Recipe({**self.options, **options}, dict(self.ops), dict(self.tensors), [*self.exclude, *(exclude or [])])
+
+    def excludes(self, tensor_name: str) -> bool:
+        return any(p.search(tensor_name) for p in self._exclude)
+
+    def resolve(self, op_name: str, tensor_name: str) -> TensorOptions:
+        """The options for one weight: global, then its op type's, then every matching tensor regex in order."""
+        merged = dict(self.options)
+        merged.update(self.ops.get(op_name, {}))
+        for pattern, overrides in self._tensor_patterns:
+            if pattern.search(tensor_name):
+                merged.update(overrides)
+        options = replace(TensorOptions(), **merged)
+        _check_combination(options, f"recipe for tensor {tensor_name!r}")
+        return options

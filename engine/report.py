@@ -1,0 +1,118 @@
+"""What a compression run did: one entry per weight (from the passes), plus sizes before and after.
+
+The passes return ``TensorReport`` entries as they work; ``Report`` gathers them with the file and gzip sizes
+and the bytes by dtype the writer produced, and renders the summary ``compress`` prints and ``--report`` saves.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import zlib
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+# gzip sizes are computed up to this file size; above it they cost seconds and are left out (None).
+GZIP_LIMIT_BYTES = 128 * 1024 * 1024
+
+
+@dataclass
+class TensorReport:
+    """One weight: what was done to it (``action`` "compressed" or "skipped") and why."""
+
+    name: str
+    subgraph: int
+    shape: tuple[int, ...]
+    ops: list[str]
+    action: str
+    reason: str | None = None
+    mode: str | None = None
+    bits: int | None = None
+    granularity: str | None = None
+    scale: str | None = None
+    form: str | None = None
+    dtype_before: str | None = None
+    dtype_after: str | None = None
+    bytes_before: int = 0
+    bytes_after: int = 0
+    weight_sqnr_db: float | None = None
+
+
+def gzip_size(path: str | Path) -> int | None:
+    """Size of the file after zlib level 6 (what gzip gives, minus its ~18-byte header), or None if too big."""
+    path = Path(path)
+    if path.stat().st_size > GZIP_LIMIT_BYTES:
+        return None
+    compressor = zlib.compressobj(6)
+    total = 0
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 22):
+            total += len(compressor.compress(chunk))
+    return total + len(compressor.flush())
+
+
+@dataclass
+class Report:
+    tensors: list[TensorReport] = field(default_factory=list)
+    recipe: dict[str, Any] = field(default_factory=dict)
+    bytes_by_dtype_before: dict[str, int] = field(default_factory=dict)
+    bytes_by_dtype_after: dict[str, int] = field(default_factory=dict)
+    file_bytes_before: int | None = None
+    file_bytes_after: int | None = None
+    gzip_bytes_before: int | None = None
+    gzip_bytes_after: int | None = None
+    validation: dict[str, Any] | None = None
+
+    @property
+    def compressed(self) -> list[TensorReport]:
+        return [t for t in self.tensors if t.action == "compressed"]
+
+    @property
+    def skipped(self) -> list[TensorReport]:
+        return [t for t in self.tensors if t.action == "skipped"]
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        for t in data["tensors"]:
+            t["shape"] = list(t["shape"])
+            if t["weight_sqnr_db"] is not None and not math.isfinite(t["weight_sqnr_db"]):
+                t["weight_sqnr_db"] = str(t["weight_sqnr_db"])
+        return data
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    def format_text(self) -> str:
+        """The summary ``compress`` prints: counts, skip reasons, bytes by dtype, file and gzip sizes."""
+        lines = []
+        done = self.compressed
+        by_mode = Counter(f"{t.mode} ({t.form}, {t.dtype_after}, {t.granularity})" for t in done)
+        lines.append(f"weights: {len(done)} compressed, {len(self.skipped)} left as they are")
+        lines.extend(f"  {n} x {what}" for what, n in sorted(by_mode.items()))
+        reasons = Counter(t.reason for t in self.skipped)
+        lines.extend(f"  left: {n} x {reason}" for reason, n in reasons.most_common())
+        sqnrs = [t.weight_sqnr_db for t in done if t.weight_sqnr_db is not None]
+        if sqnrs:
+            lines.append(f"weight SQNR: worst {min(sqnrs):.1f} dB, median {sorted(sqnrs)[len(sqnrs) // 2]:.1f} dB")
+        lines.append(
+            "weights: "
+            + f"{sum(t.bytes_before for t in done):,} -> {sum(t.bytes_after for t in done):,} bytes"
+        )
+        dtypes = sorted(set(self.bytes_by_dtype_before) | set(self.bytes_by_dtype_after))
+        changed = [
+            f"{d} {self.bytes_by_dtype_before.get(d, 0):,} -> {self.bytes_by_dtype_after.get(d, 0):,}"
+            for d in dtypes
+            if self.bytes_by_dtype_before.get(d, 0) != self.bytes_by_dtype_after.get(d, 0)
+        ]
+        lines.append("constants by dtype (bytes): " + ("; ".join(changed) if changed else "unchanged"))
+        lines.append("file: " + _ratio(self.file_bytes_before, self.file_bytes_after))
+        lines.append("gzip: " + _ratio(self.gzip_bytes_before, self.gzip_bytes_after))
+        return "\n".join(lines)
+
+
+def _ratio(before: int | None, after: int | None) -> str:
+    if before is None or after is None:
+        return f"not computed (files over {GZIP_LIMIT_BYTES >> 20} MiB)"
+    return f"{before:,} -> {after:,} bytes ({after / before:.1%} of the input, {before / max(after, 1):.2f}x smaller)"
