@@ -115,7 +115,7 @@ def test_float32_classifier_keeps_its_accuracy(tmp_path: Path) -> None:
         after = sum(t.bytes_after for t in report.compressed)
         assert before / after == pytest.approx(ratio), mode
         sizes[mode] = report.file_bytes_after
-    assert sizes["weight-int8"] < 0.3 * source.stat().st_size
+    assert sizes["weight-int8"] < 0.35 * source.stat().st_size
     assert sizes["float16"] < 0.55 * source.stat().st_size
 
 
