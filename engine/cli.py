@@ -23,6 +23,7 @@ from engine.summary import format_summary, summarize
 from engine.writer import write_model
 
 DEMO_MODEL = "face_detection_short_range"
+DEMO_MODE = "dynamic-int8"
 EXIT_ERROR = 1
 EXIT_BELOW_THRESHOLD = 3
 
@@ -115,23 +116,24 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from engine.api import compress
     from engine.validate import validate
     from engine.zoo import INPUT_RANGES, mediapipe_model, photo_input
 
     source = mediapipe_model(args.model)
     out_dir = Path(args.output_dir) if args.output_dir else Path(tempfile.mkdtemp(prefix="litert-engine-demo-"))
     out_dir.mkdir(parents=True, exist_ok=True)
-    target = out_dir / f"{args.model}.engine.tflite"
-    model, before, change = _rewrite(source, target)
+    target = out_dir / f"{args.model}.{args.quantize}.tflite"
     print(f"model: {args.model} (mediapipe 0.10.14) from {source}")
-    print(format_summary(before))
-    print(f"\nwrote {target} (round trip: no compression passes yet)")
-    print("\n".join(change))
-    shape = tuple(model.main.inputs[0].shape or ())
-    photo = photo_input(shape, "float32", value_range=INPUT_RANGES[args.model])
-    report = validate(source, target, photo)
-    print("\nLiteRT on a real photo, original vs written:")
+    print(format_summary(summarize(read_model(source), source.stat().st_size)))
+    _, report = compress(source, output=target, quantize=args.quantize)
+    print(f"\ncompressed with --quantize {args.quantize}: wrote {target}")
     print(report.format_text())
+    shape = tuple(read_model(source).main.inputs[0].shape or ())
+    photo = photo_input(shape, "float32", value_range=INPUT_RANGES[args.model])
+    result = validate(source, target, photo, intermediates=False)
+    print("\nLiteRT on a real photo, original vs compressed:")
+    print(result.format_text())
     return 0
 
 
@@ -150,10 +152,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("input")
     p.add_argument("-o", "--output", required=True)
     p.add_argument("--share-identical-buffers", action="store_true", help="store identical constant buffers once")
-    p.add_argument("--quantize", choices=[*MODES, "none"], help="weight mode (global; a recipe can set it per op)")
+    p.add_argument("--quantize", help=f"weight mode: {', '.join(MODES)} or none (a recipe can set it per op)")
     p.add_argument("--bits", type=int, help="bits of the integer levels, 2..8 (default: the mode's)")
     p.add_argument("--granularity", help=f"one scale per: {', '.join(GRANULARITIES)} (default channel)")
-    p.add_argument("--scale", choices=SCALE_METHODS, help="scales from the absolute max or the least-error clip")
+    p.add_argument(
+        "--scale", help=f"{' or '.join(SCALE_METHODS)}: scales from the least-error clip or the absolute max"
+    )
     p.add_argument("--min-elements", type=int, help=f"leave smaller weights alone (default {DEFAULT_MIN_ELEMENTS})")
     p.add_argument("--recipe", help="JSON recipe: options globally, per op type and per tensor regex (README)")
     p.add_argument("--exclude", action="append", help="leave weights whose name matches this regex (repeatable)")
@@ -175,6 +179,7 @@ def _parser() -> argparse.ArgumentParser:
     p = commands.add_parser("demo", help="fetch a real MediaPipe model, compress it, and show what changed")
     p.add_argument("--model", default=DEMO_MODEL, help=f"MediaPipe model name (default {DEMO_MODEL})")
     p.add_argument("--output-dir", help="where to write the result (default: a new temporary folder)")
+    p.add_argument("--quantize", default=DEMO_MODE, help=f"weight mode (default {DEMO_MODE})")
     p.set_defaults(run=_demo)
     return parser
 

@@ -57,7 +57,7 @@ class TensorOptions:
 
     @property
     def form(self) -> str | None:
-        """"dequantize" (DEQUANTIZE before float ops) or "hybrid" (ops read integer weights), None if untouched."""
+        """ "dequantize" (DEQUANTIZE before float ops) or "hybrid" (ops read integer weights), None if untouched."""
         return None if self.quantize is None else MODES[self.quantize][0]
 
     @property
@@ -148,7 +148,9 @@ class Recipe:
             raise EngineError("recipe: 'ops' and 'tensors' must be objects mapping a name or regex to options")
         if not isinstance(sections.get("exclude", []), list):
             raise EngineError("recipe: 'exclude' must be a list of regular expressions")
-        return cls(options, dict(sections.get("ops", {})), dict(sections.get("tensors", {})), sections.get("exclude", []))
+        return cls(
+            options, dict(sections.get("ops", {})), dict(sections.get("tensors", {})), sections.get("exclude", [])
+        )
 
     @classmethod
     def load(cls, path: str | Path) -> Recipe:
@@ -177,7 +179,9 @@ class Recipe:
 
     def with_options(self, exclude: list[str] | None = None, **options: Any) -> Recipe:
         """A copy with global options updated and exclude patterns added (command-line flags over a file)."""
-        return Recipe({**self.options, **options}, dict(self.ops), dict(self.tensors), [*self.exclude, *(exclude or [])])
+        return Recipe(
+            {**self.options, **options}, dict(self.ops), dict(self.tensors), [*self.exclude, *(exclude or [])]
+        )
 
     def excludes(self, tensor_name: str) -> bool:
         return any(p.search(tensor_name) for p in self._exclude)

@@ -97,8 +97,7 @@ class Report:
         if sqnrs:
             lines.append(f"weight SQNR: worst {min(sqnrs):.1f} dB, median {sorted(sqnrs)[len(sqnrs) // 2]:.1f} dB")
         lines.append(
-            "weights: "
-            + f"{sum(t.bytes_before for t in done):,} -> {sum(t.bytes_after for t in done):,} bytes"
+            "weights: " + f"{sum(t.bytes_before for t in done):,} -> {sum(t.bytes_after for t in done):,} bytes"
         )
         dtypes = sorted(set(self.bytes_by_dtype_before) | set(self.bytes_by_dtype_after))
         changed = [
@@ -114,5 +113,5 @@ class Report:
 
 def _ratio(before: int | None, after: int | None) -> str:
     if before is None or after is None:
-        return f"not computed (files over {GZIP_LIMIT_BYTES >> 20} MiB)"
+        return f"not computed (no input file, no output file, or one over {GZIP_LIMIT_BYTES >> 20} MiB)"
     return f"{before:,} -> {after:,} bytes ({after / before:.1%} of the input, {before / max(after, 1):.2f}x smaller)"

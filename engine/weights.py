@@ -118,12 +118,15 @@ def find_weights(model: Model) -> list[Weight]:
             seen.add(id(value))
             source, chain = traced
             uses = [(user, i) for user in consumers.get(id(value), []) for i, t in enumerate(user.inputs) if t is value]
-            found.append(Weight(sg, index, source, value, chain, uses, op.name, _axis(rule.weight_channel_axis, value)))
+            found.append(
+                Weight(sg, index, source, value, chain, uses, op.name, channel_axis_of(rule.weight_channel_axis, value))
+            )
     _mark_shared(found)
     return found
 
 
-def _axis(axis: int | None, t: Tensor) -> int | None:
+def channel_axis_of(axis: int | None, t: Tensor) -> int | None:
+    """A rule's channel axis made non-negative for tensor ``t`` (None where ``t`` has no axes)."""
     if axis is None or t.shape is None:
         return axis
     return axis % len(t.shape) if t.shape else None

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from engine import read_model, structural_diff
+from engine.zoo import mediapipe_model
 
 
 def _run(*args: str | Path) -> subprocess.CompletedProcess[str]:
@@ -84,5 +85,45 @@ def test_bad_input_one_line_no_output_file(mediapipe: dict[str, Path], tmp_path:
 def test_demo_runs_on_the_built_in_default(tmp_path: Path) -> None:
     result = _run("demo", "--output-dir", tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "face_detection_short_range" in result.stdout and "worst output SQNR: inf dB" in result.stdout
-    assert (tmp_path / "face_detection_short_range.engine.tflite").exists()
+    assert "face_detection_short_range" in result.stdout and "x dynamic-int8" in result.stdout
+    sqnr = float(result.stdout.split("worst output SQNR: ")[1].split()[0])
+    assert sqnr > 20
+    out = tmp_path / "face_detection_short_range.dynamic-int8.tflite"
+    assert out.stat().st_size < 0.75 * mediapipe_model("face_detection_short_range").stat().st_size
+
+
+def test_compress_quantizes_and_reports(runnable: dict[str, Path], tmp_path: Path) -> None:
+    out, report = tmp_path / "out.tflite", tmp_path / "report.json"
+    result = _run(
+        "compress", runnable["iris_landmark"], "-o", out, "--quantize", "weight-int8", "--report", report, "--validate"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "x weight-int8 (dequantize, INT8, channel)" in result.stdout and "worst output SQNR" in result.stdout
+    saved = json.loads(report.read_text())
+    compressed = [t for t in saved["tensors"] if t["action"] == "compressed"]
+    assert compressed and all(t["bytes_after"] < t["bytes_before"] and t["weight_sqnr_db"] > 30 for t in compressed)
+    assert saved["file_bytes_after"] == out.stat().st_size and saved["validation"]["outputs"]
+
+
+def test_bad_compression_options_one_line_no_output_file(mediapipe: dict[str, Path], tmp_path: Path) -> None:
+    model, out = mediapipe["hand_recrop"], tmp_path / "out.tflite"
+    _assert_clean_error(_run("compress", model, "-o", out, "--quantize", "int3"), "unknown quantize mode 'int3'")
+    _assert_clean_error(
+        _run("compress", model, "-o", out, "--quantize", "weight-int8", "--granularity", "block:7"), "block:7"
+    )
+    _assert_clean_error(
+        _run("compress", model, "-o", out, "--quantize", "weight-int4", "--bits", "6"), "at most 4-bit levels"
+    )
+    recipe = tmp_path / "recipe.json"
+    recipe.write_text('{"quantize": "weight-int8", "ops": {"CONV_2D": {"granularty": "tensor"}}}')
+    _assert_clean_error(_run("compress", model, "-o", out, "--recipe", recipe), "unknown option 'granularty'")
+    recipe.write_text("{not json")
+    _assert_clean_error(_run("compress", model, "-o", out, "--recipe", recipe), "not valid JSON")
+    _assert_clean_error(_run("compress", model, "-o", out, "--recipe", tmp_path / "missing.json"), "missing.json")
+    before = model.read_bytes()
+    _assert_clean_error(
+        _run("compress", mediapipe["selfie_segmentation"], "-o", out, "--quantize", "weight-int8", "--validate"),
+        "custom op",
+    )
+    assert model.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.tflite", "recipe.json"]

@@ -22,7 +22,7 @@ from engine.progress import track
 from engine.recipe import MODES, Recipe, TensorOptions
 from engine.report import TensorReport
 from engine.validate import sqnr_db
-from engine.weights import Weight, _axis, sparse_positions
+from engine.weights import Weight, channel_axis_of, sparse_positions
 
 INTEGER_MODES = tuple(mode for mode, (_, bits) in MODES.items() if bits is not None)
 _CONTAINERS = {2: "INT2", 4: "INT4", 8: "INT8"}
@@ -59,7 +59,11 @@ def quantize_weights(model: Model, recipe: Recipe) -> tuple[Model, list[TensorRe
         report.form = "hybrid" if direct else "dequantize"
         if direct and len(direct) < len(weight.uses):
             report.form = "hybrid+dequantize"
-        report.dtype_after, report.bytes_after, report.weight_sqnr_db = _CONTAINERS[container], stored_bytes, weight_sqnr
+        report.dtype_after, report.bytes_after, report.weight_sqnr_db = (
+            _CONTAINERS[container],
+            stored_bytes,
+            weight_sqnr,
+        )
         if granularity != options.granularity:
             report.reason = f"{options.granularity} not possible here; used {granularity}"
         reports.append(report)
@@ -77,14 +81,18 @@ def _granularity(weight: Weight, options: TensorOptions) -> str:
     return "channel"
 
 
-def _hybrid_uses(weight: Weight, options: TensorOptions, container: int, granularity: str) -> list[tuple[Operator, int]]:
+def _hybrid_uses(
+    weight: Weight, options: TensorOptions, container: int, granularity: str
+) -> list[tuple[Operator, int]]:
     """The weighted uses whose kernel reads ``container``-bit weights of this granularity directly."""
     if options.form != "hybrid" or weight.source.sparsity is not None:
         return []
     uses = []
     for op, i in weight.weighted_uses():
         rule = RULES[op.name]
-        same_axis = granularity == "tensor" or _axis(rule.weight_channel_axis, weight.value) == weight.channel_axis
+        same_axis = (
+            granularity == "tensor" or channel_axis_of(rule.weight_channel_axis, weight.value) == weight.channel_axis
+        )
         if same_axis and granularity in rule.hybrid_granularities(container):
             uses.append((op, i))
     return uses
@@ -107,7 +115,9 @@ def _placement(weight: Weight, options: TensorOptions, granularity: str) -> tupl
     )
 
 
-def _groups(values: np.ndarray, granularity: str, axis: int | None) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
+def _groups(
+    values: np.ndarray, granularity: str, axis: int | None
+) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
     """``values`` as rows that share a scale, and the function that puts such rows back in ``values``' shape."""
     shape = values.shape
     if granularity == "tensor":
