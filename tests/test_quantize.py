@@ -228,3 +228,12 @@ def test_recipe_layers_and_exclude(runnable: dict[str, Path], tmp_path: Path) ->
 def test_bad_recipes_are_refused_with_the_name(recipe: dict, message: str) -> None:
     with pytest.raises(EngineError, match=message.replace("(", r"\(")):
         Recipe.from_dict(recipe)
+
+
+def test_shipped_example_recipes_load_and_run(runnable: dict[str, Path], tmp_path: Path) -> None:
+    from engine.recipes import EXAMPLES
+
+    assert len(EXAMPLES) >= 3
+    for name, path in EXAMPLES.items():
+        _, report = engine.compress(runnable["hand_recrop"], path, output=tmp_path / f"{name}.tflite")
+        assert report.compressed and report.file_bytes_after < report.file_bytes_before, name
