@@ -302,5 +302,7 @@ def test_ops_table_matches_schema() -> None:
         assert op_rule.options is None or (op_rule.options in TABLES and op_rule.options in option_tables), name
         assert (op_rule.weight_input is None) == (op_rule.weight_channel_axis is None), name
         assert op_rule.bias_input is None or op_rule.weight_input is not None, name
+        assert not op_rule.hybrid or op_rule.weight_input is not None, name
+        assert all(g <= {"tensor", "channel", "block"} for _, g in op_rule.hybrid) and op_rule.max_version >= 1, name
     assert rule("CONV_2D").weight_channel_axis == 0 and rule("DEPTHWISE_CONV_2D").weight_channel_axis == 3
     assert rule("TRANSPOSE_CONV").bias_input == 3 and rule("CONV_3D").weight_channel_axis == 4
