@@ -252,6 +252,72 @@ class GraphBuilder:
         options = {"fused_activation_function": activation or "NONE", "keep_num_dims": keep_num_dims}
         return self.op("FULLY_CONNECTED", [x, weights, bias], [shape], options)[0]
 
+    def transpose_conv(
+        self,
+        x: Tensor,
+        weights: Tensor | np.ndarray,
+        bias: TensorLike = None,
+        stride: Pair = 1,
+        padding: str = "SAME",
+        activation: str | None = None,
+    ) -> Tensor:
+        """TRANSPOSE_CONV with OHWI ``weights``; the output size is the one a forward conv would shrink back.
+
+        SAME gives ``input * stride``, VALID ``(input - 1) * stride + kernel``.  No bias is omitted (-1).
+        """
+        ws = _shape(weights)
+        if len(ws) != 4 or len(x.shape) != 4 or ws[3] != x.shape[3]:
+            raise EngineError(f"transpose_conv weights must be OHWI with I={x.shape[-1]}, got {ws}")
+        (sh, sw) = _pair(stride)
+        if padding not in ("SAME", "VALID"):
+            raise EngineError(f"padding must be 'SAME' or 'VALID', not {padding!r}")
+        same = padding == "SAME"
+        h = x.shape[1] * sh if same else (x.shape[1] - 1) * sh + ws[1]
+        w = x.shape[2] * sw if same else (x.shape[2] - 1) * sw + ws[2]
+        shape = (x.shape[0], h, w, ws[0])
+        options = {"padding": padding, "stride_h": sh, "stride_w": sw,
+                   "fused_activation_function": activation or "NONE"}  # fmt: skip
+        inputs = [np.array(shape, np.int32), weights, x, bias]
+        return self.op("TRANSPOSE_CONV", inputs, [shape], options, dtype=x.dtype)[0]
+
+    def conv3d(
+        self,
+        x: Tensor,
+        weights: Tensor | np.ndarray,
+        bias: TensorLike = None,
+        stride: int | tuple[int, int, int] = 1,
+        padding: str = "SAME",
+        activation: str | None = None,
+        dilation: int | tuple[int, int, int] = 1,
+    ) -> Tensor:
+        """CONV_3D with DHWIO ``weights`` over an NDHWC input; no bias is omitted (-1)."""
+        ws = _shape(weights)
+        if len(ws) != 5 or len(x.shape) != 5 or ws[3] != x.shape[4]:
+            raise EngineError(f"conv3d weights must be DHWIO with I={x.shape[-1]}, got {ws}")
+        strides = (stride,) * 3 if isinstance(stride, int) else tuple(stride)
+        dilations = (dilation,) * 3 if isinstance(dilation, int) else tuple(dilation)
+        spatial = [_window_out(*args, padding) for args in zip(x.shape[1:4], ws[:3], strides, dilations, strict=True)]
+        options = {"padding": padding, "fused_activation_function": activation or "NONE"}
+        for axis, s, d in zip("dhw", strides, dilations, strict=True):
+            options |= {f"stride_{axis}": s, f"dilation_{axis}_factor": d}
+        shape = (x.shape[0], *spatial, ws[4])
+        return self.op("CONV_3D", [x, weights, bias], [shape], options, label="conv3d")[0]
+
+    def batch_matmul(self, x: Tensor, y: Tensor | np.ndarray, adj_x: bool = False, adj_y: bool = False) -> Tensor:
+        """BATCH_MATMUL x @ y over the last two axes (transposed first where ``adj_*``), batch axes broadcast."""
+        xs, ys = list(x.shape), list(_shape(y))
+        if min(len(xs), len(ys)) < 2:
+            raise EngineError(f"batch_matmul needs rank >= 2 operands, got {tuple(xs)} and {tuple(ys)}")
+        (m, k), (k2, n) = (xs[-1:-3:-1] if adj_x else xs[-2:]), (ys[-1:-3:-1] if adj_y else ys[-2:])
+        try:
+            batch = np.broadcast_shapes(tuple(xs[:-2]), tuple(ys[:-2]))
+        except ValueError:
+            batch = None
+        if k != k2 or batch is None:
+            raise EngineError(f"batch_matmul operands {tuple(xs)} and {tuple(ys)} do not multiply")
+        options = {"adj_x": adj_x, "adj_y": adj_y}
+        return self.op("BATCH_MATMUL", [x, y], [(*batch, m, n)], options)[0]
+
     # ------------------------------------------------------------------------------ elementwise
 
     def _binary(self, name: str, a: TensorLike, c: TensorLike, activation: str | None) -> Tensor:
@@ -346,3 +412,17 @@ class GraphBuilder:
         shape[axis] = sum(t.shape[axis] for t in tensors)
         options = {"axis": axis, "fused_activation_function": activation or "NONE"}
         return self.op("CONCATENATION", list(tensors), [shape], options)[0]
+
+    def gather(self, params: Tensor | np.ndarray, indices: Tensor, axis: int = 0) -> Tensor:
+        """GATHER slices of ``params`` along ``axis`` at int32 ``indices``: numpy's ``take``."""
+        ps = _shape(params)
+        axis = axis % len(ps)
+        shape = (*ps[:axis], *indices.shape, *ps[axis + 1 :])
+        return self.op("GATHER", [params, indices], [shape], {"axis": axis})[0]
+
+    def embedding_lookup(self, ids: Tensor, table: Tensor | np.ndarray) -> Tensor:
+        """EMBEDDING_LOOKUP: the rows of ``table`` at the 1-D int32 ``ids``."""
+        if len(ids.shape) != 1:
+            raise EngineError(f"embedding_lookup ids must be 1-D, got shape {ids.shape}")
+        shape = (ids.shape[0], *_shape(table)[1:])
+        return self.op("EMBEDDING_LOOKUP", [ids, table], [shape], dtype=table.dtype)[0]

@@ -23,7 +23,7 @@ from engine.summary import format_summary, summarize
 from engine.writer import write_model
 
 DEMO_MODEL = "face_detection_short_range"
-DEMO_MODE = "dynamic-int8"
+DEMO_MODE = "weight-int8"
 EXIT_ERROR = 1
 EXIT_BELOW_THRESHOLD = 3
 

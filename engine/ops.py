@@ -4,91 +4,153 @@ Each builtin op maps to an ``OpRule``: its builtin options table, and which inpu
 compressor would quantize or prune, along which axis that weight's output channels lie, and where the bias is.
 Negative axes count from the end (BATCH_MATMUL's right-hand side has any rank).  ``hybrid`` lists, per weight
 bit width stored, the granularities for which LiteRT's builtin kernel reads the quantized weight directly with
-float activations ("dynamic range" / hybrid kernels); anything else gets a DEQUANTIZE in front of the op.
+float activations ("dynamic range" / hybrid kernels) and computes the right result (loading is not enough:
+DEPTHWISE_CONV_2D loads one scale per tensor and then reads one per channel); anything else gets a DEQUANTIZE
+in front of the op.
+
+The kernel facts (channel axes, hybrid forms, versions) were measured with ai-edge-litert 2.3.0 and are checked
+against it by tests/test_op_layouts.py and tests/test_runtime_forms.py.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from engine.errors import EngineError
+from engine.ir import Table
 
 
 @dataclass(frozen=True)
 class OpRule:
-    """What the engine knows about one builtin operator."""
+    """What the engine knows about one builtin operator.
+
+    Options can move the channel axis: ``axis_option`` names an option holding it (GATHER's rows lie along its
+    ``axis``); ``adjoint_option`` names a boolean option that, when set, means the weight is stored with its
+    last two axes swapped (BATCH_MATMUL's ``adj_y``).  ``channel_axis`` applies both.
+
+    ``int4_even_rows``: the int4 hybrid kernel starts row r at byte ``r * row_size // 2``, so it reads the packed
+    weight right only when each slice along axis 0 holds an even number of elements.
+
+    ``max_version`` is the highest operator version LiteRT registers: a model declaring a higher one fails to
+    load, while every version from 1 up runs the same kernels (hybrid, per-channel and int4 weights need no
+    particular version).
+    """
 
     options: str | None = None
     weight_input: int | None = None
     weight_channel_axis: int | None = None
     bias_input: int | None = None
     hybrid: tuple[tuple[int, frozenset[str]], ...] = ()
+    max_version: int = 1
+    axis_option: str | None = None
+    adjoint_option: str | None = None
+    int4_even_rows: bool = False
 
     def hybrid_granularities(self, bits: int) -> frozenset[str]:
         """Granularities ("tensor", "channel", "block") of ``bits``-bit weights this op's kernel reads directly."""
         return dict(self.hybrid).get(bits, frozenset())
 
+    def runs_hybrid(self, bits: int, granularity: str, weight_shape: Sequence[int]) -> bool:
+        """Whether the builtin kernel computes right when it reads this quantized weight directly."""
+        if granularity not in self.hybrid_granularities(bits):
+            return False
+        return not (bits == 4 and self.int4_even_rows and math.prod(weight_shape[1:]) % 2)
 
-_ELEMENTWISE = OpRule()
+    def channel_axis(self, options: Table | None) -> int | None:
+        """The weight's output-channel axis for an operator with these builtin options (None: no weight)."""
+        fields = options.fields if options is not None else {}
+        if self.axis_option is not None and fields.get(self.axis_option) is not None:
+            return int(fields[self.axis_option])
+        axis = self.weight_channel_axis
+        if self.adjoint_option is not None and fields.get(self.adjoint_option) and axis in (-1, -2):
+            return -3 - axis  # the last two axes swap places: -1 <-> -2
+        return axis
 
+
+_BOTH = frozenset({"tensor", "channel"})
+_CHANNEL = frozenset({"channel"})
+
+# fmt: off
 RULES: dict[str, OpRule] = {
     # Weighted ops. Layouts: CONV_2D OHWI, DEPTHWISE_CONV_2D 1HWO, FULLY_CONNECTED [out, in],
     # TRANSPOSE_CONV (inputs: output_shape, weights OHWI, input, bias), CONV_3D DHWIO,
-    # BATCH_MATMUL right-hand side [..., in, out], EMBEDDING_LOOKUP (inputs: ids, table [rows, dim]).
-    "CONV_2D": OpRule("Conv2DOptions", weight_input=1, weight_channel_axis=0, bias_input=2),
-    "DEPTHWISE_CONV_2D": OpRule("DepthwiseConv2DOptions", weight_input=1, weight_channel_axis=3, bias_input=2),
-    "FULLY_CONNECTED": OpRule("FullyConnectedOptions", weight_input=1, weight_channel_axis=0, bias_input=2),
-    "TRANSPOSE_CONV": OpRule("TransposeConvOptions", weight_input=1, weight_channel_axis=0, bias_input=3),
+    # BATCH_MATMUL right-hand side [..., in, out] ([..., out, in] with adj_y),
+    # EMBEDDING_LOOKUP (inputs: ids, table [rows, ...]) and GATHER (inputs: params [rows, ...], indices): the
+    # channels are the rows, as the hybrid lookup scales them; PRELU alpha broadcasts to the input, channels last.
+    # Hybrid kernels: DEPTHWISE_CONV_2D reads one scale per output channel even when given one per tensor (wrong
+    # results); GATHER, PRELU and CONV_3D have none (GATHER returns the codes, PRELU garbage, CONV_3D refuses).
+    "CONV_2D": OpRule(
+        "Conv2DOptions", weight_input=1, weight_channel_axis=0, bias_input=2,
+        hybrid=((8, _BOTH), (4, _BOTH)), max_version=8,
+    ),
+    "DEPTHWISE_CONV_2D": OpRule(
+        "DepthwiseConv2DOptions", weight_input=1, weight_channel_axis=3, bias_input=2,
+        hybrid=((8, _CHANNEL),), max_version=7,
+    ),
+    "FULLY_CONNECTED": OpRule(
+        "FullyConnectedOptions", weight_input=1, weight_channel_axis=0, bias_input=2,
+        hybrid=((8, _BOTH), (4, _BOTH)), max_version=14,
+    ),
+    "TRANSPOSE_CONV": OpRule(
+        "TransposeConvOptions", weight_input=1, weight_channel_axis=0, bias_input=3,
+        hybrid=((8, _BOTH),), max_version=5,
+    ),
     "CONV_3D": OpRule("Conv3DOptions", weight_input=1, weight_channel_axis=4, bias_input=2),
-    "BATCH_MATMUL": OpRule("BatchMatMulOptions", weight_input=1, weight_channel_axis=-1),
-    "EMBEDDING_LOOKUP": OpRule(weight_input=1, weight_channel_axis=0),
+    "BATCH_MATMUL": OpRule(
+        "BatchMatMulOptions", weight_input=1, weight_channel_axis=-1,
+        hybrid=((8, _BOTH),), max_version=4, adjoint_option="adj_y",
+    ),
+    "EMBEDDING_LOOKUP": OpRule(
+        weight_input=1, weight_channel_axis=0, hybrid=((8, _BOTH), (4, _BOTH)), max_version=5, int4_even_rows=True
+    ),
+    "GATHER": OpRule("GatherOptions", weight_input=0, weight_channel_axis=0, max_version=8, axis_option="axis"),
+    "PRELU": OpRule(weight_input=1, weight_channel_axis=-1),
     # Arithmetic.
-    "ADD": OpRule("AddOptions"),
-    "SUB": OpRule("SubOptions"),
-    "MUL": OpRule("MulOptions"),
-    "DIV": OpRule("DivOptions"),
-    "MAXIMUM": OpRule("MaximumMinimumOptions"),
-    "MINIMUM": OpRule("MaximumMinimumOptions"),
+    "ADD": OpRule("AddOptions", max_version=6),
+    "SUB": OpRule("SubOptions", max_version=5),
+    "MUL": OpRule("MulOptions", max_version=8),
+    "DIV": OpRule("DivOptions", max_version=2),
+    "MAXIMUM": OpRule("MaximumMinimumOptions", max_version=4),
+    "MINIMUM": OpRule("MaximumMinimumOptions", max_version=4),
     # Pooling and reductions.
-    "AVERAGE_POOL_2D": OpRule("Pool2DOptions"),
-    "MAX_POOL_2D": OpRule("Pool2DOptions"),
-    "MEAN": OpRule("ReducerOptions"),
+    "AVERAGE_POOL_2D": OpRule("Pool2DOptions", max_version=3),
+    "MAX_POOL_2D": OpRule("Pool2DOptions", max_version=3),
+    "MEAN": OpRule("ReducerOptions", max_version=3),
     # Activations.
-    "SOFTMAX": OpRule("SoftmaxOptions"),
-    "RELU": _ELEMENTWISE,
-    "RELU6": _ELEMENTWISE,
-    "RELU_N1_TO_1": _ELEMENTWISE,
-    "LOGISTIC": _ELEMENTWISE,
-    "TANH": _ELEMENTWISE,
+    "SOFTMAX": OpRule("SoftmaxOptions", max_version=4),
+    "RELU": OpRule(max_version=3),
+    "RELU6": OpRule(max_version=3),
+    "RELU_N1_TO_1": OpRule(),
+    "LOGISTIC": OpRule(max_version=3),
+    "TANH": OpRule(max_version=3),
     "HARD_SWISH": OpRule("HardSwishOptions"),
-    "PRELU": _ELEMENTWISE,
-    "LEAKY_RELU": OpRule("LeakyReluOptions"),
+    "LEAKY_RELU": OpRule("LeakyReluOptions", max_version=2),
     # Type conversion.
-    "DEQUANTIZE": OpRule("DequantizeOptions"),
-    "QUANTIZE": OpRule("QuantizeOptions"),
+    "DEQUANTIZE": OpRule("DequantizeOptions", max_version=9),
+    "QUANTIZE": OpRule("QuantizeOptions", max_version=6),
     "DENSIFY": OpRule("DensifyOptions"),
     # Data movement.
     "RESHAPE": OpRule("ReshapeOptions"),
-    "CONCATENATION": OpRule("ConcatenationOptions"),
-    "PAD": OpRule("PadOptions"),
-    "RESIZE_BILINEAR": OpRule("ResizeBilinearOptions"),
-    "STRIDED_SLICE": OpRule("StridedSliceOptions"),
-    "TRANSPOSE": OpRule("TransposeOptions"),
-    "SQUEEZE": OpRule("SqueezeOptions"),
-    "GATHER": OpRule("GatherOptions"),
-    "SLICE": OpRule("SliceOptions"),
-    "SPLIT": OpRule("SplitOptions"),
+    "CONCATENATION": OpRule("ConcatenationOptions", max_version=7),
+    "PAD": OpRule("PadOptions", max_version=6),
+    "RESIZE_BILINEAR": OpRule("ResizeBilinearOptions", max_version=4),
+    "STRIDED_SLICE": OpRule("StridedSliceOptions", max_version=8),
+    "TRANSPOSE": OpRule("TransposeOptions", max_version=9),
+    "SQUEEZE": OpRule("SqueezeOptions", max_version=2),
+    "SLICE": OpRule("SliceOptions", max_version=8),
+    "SPLIT": OpRule("SplitOptions", max_version=5),
 }
+# fmt: on
 
+# What DEQUANTIZE turns into float32, by stored bit width (16: FLOAT16, no quantization parameters; 8 and 4:
+# INT8 and packed INT4, symmetric) and granularity (per-channel along any quantized_dimension).  Every form runs
+# in both the builtin kernel and with XNNPACK, so any weight the hybrid kernels cannot read can take this route.
+DEQUANTIZE_INPUTS: dict[int, frozenset[str]] = {16: frozenset({"tensor"}), 8: _BOTH, 4: _BOTH}
 
-# Constant inputs LiteRT's DEQUANTIZE kernel decodes: weight bit width -> granularities.
-DEQUANTIZE_INPUTS: dict[int, frozenset[str]] = {
-    8: frozenset({"tensor", "channel"}),
-    4: frozenset({"tensor", "channel"}),
-}
-
-# DEQUANTIZE's operator version by input type (per-channel int8 has its own), as the runtime's op resolver
-# registers them: a model declaring a version the runtime does not register fails to load.
+# The DEQUANTIZE version a converter declares for each input (per-channel int8 has its own).  LiteRT runs any
+# version from 1 to its max_version the same way; the version tells other runtimes which features are used.
 _DEQUANTIZE_VERSIONS = {"INT8": 2, "FLOAT16": 3, "INT16": 3, "INT4": 6}
 _DEQUANTIZE_PER_CHANNEL_INT8_VERSION = 5
 

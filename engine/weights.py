@@ -119,7 +119,16 @@ def find_weights(model: Model) -> list[Weight]:
             source, chain = traced
             uses = [(user, i) for user in consumers.get(id(value), []) for i, t in enumerate(user.inputs) if t is value]
             found.append(
-                Weight(sg, index, source, value, chain, uses, op.name, channel_axis_of(rule.weight_channel_axis, value))
+                Weight(
+                    sg,
+                    index,
+                    source,
+                    value,
+                    chain,
+                    uses,
+                    op.name,
+                    channel_axis_of(rule.channel_axis(op.builtin_options), value),
+                )
             )
     _mark_shared(found)
     return found

@@ -239,6 +239,25 @@ def test_generic_op_escape_hatch() -> None:
 
 
 @pytest.mark.parametrize(
+    ("shape", "build"),
+    [
+        ((1, 3, 4, 2), lambda b, x: b.transpose_conv(x, _random(5, 3, 2, 2), _random(5), 2, "VALID", "RELU")),
+        ((1, 3, 4, 2), lambda b, x: b.transpose_conv(x, _random(5, 2, 3, 2), stride=(3, 2))),
+        ((1, 4, 5, 6, 2), lambda b, x: b.conv3d(x, _random(2, 3, 3, 2, 4), stride=(1, 2, 3), dilation=(2, 1, 1))),
+        ((1, 4, 5, 6, 2), lambda b, x: b.conv3d(x, _random(2, 3, 1, 2, 4), _random(4), 2, "VALID", "RELU6")),
+        ((3, 2, 4), lambda b, x: b.batch_matmul(x, _random(1, 5, 2), adj_x=True, adj_y=True)),
+        ((3, 2, 4), lambda b, x: b.gather(x, b.input("i", (2, 2), np.int32), axis=-1)),
+    ],
+)
+def test_new_ops_declare_the_shapes_the_kernels_compute(shape, build) -> None:
+    b = GraphBuilder()
+    b.output(build(b, b.input("x", shape)))
+    model = b.build()
+    data = {t.name: np.zeros(t.shape, t.dtype) for t in model.main.inputs}
+    assert _run(model, **data).shape == model.main.outputs[0].shape
+
+
+@pytest.mark.parametrize(
     ("build", "message"),
     [
         (lambda b, x: b.conv2d(x, _random(2, 3, 3, 5)), "OHWI"),
@@ -252,6 +271,12 @@ def test_generic_op_escape_hatch() -> None:
         (lambda b, x: b.op("SOFTMAX", [x], [x.shape], {"alpha": 1.0}), "no field"),
         (lambda b, x: b.op("NOT_AN_OP", [x], [x.shape]), "RULES"),
         (lambda b, x: b.input("x", (1,)), "already used"),
+        (lambda b, x: b.transpose_conv(x, _random(2, 3, 3, 5)), "OHWI"),
+        (lambda b, x: b.transpose_conv(x, _random(2, 3, 3, 3), padding="FULL"), "padding"),
+        (lambda b, x: b.conv3d(x, _random(2, 3, 3, 3, 4)), "DHWIO"),
+        (lambda b, x: b.batch_matmul(x, _random(5, 2)), "do not multiply"),
+        (lambda b, x: b.batch_matmul(x, _random(2, 3, 2)), "do not multiply"),
+        (lambda b, x: b.embedding_lookup(x, _random(4, 2)), "1-D"),
     ],
 )
 def test_builder_rejects_invalid_graphs(build, message: str) -> None:
@@ -277,5 +302,7 @@ def test_ops_table_matches_schema() -> None:
         assert op_rule.options is None or (op_rule.options in TABLES and op_rule.options in option_tables), name
         assert (op_rule.weight_input is None) == (op_rule.weight_channel_axis is None), name
         assert op_rule.bias_input is None or op_rule.weight_input is not None, name
+        assert not op_rule.hybrid or op_rule.weight_input is not None, name
+        assert all(g <= {"tensor", "channel", "block"} for _, g in op_rule.hybrid) and op_rule.max_version >= 1, name
     assert rule("CONV_2D").weight_channel_axis == 0 and rule("DEPTHWISE_CONV_2D").weight_channel_axis == 3
     assert rule("TRANSPOSE_CONV").bias_input == 3 and rule("CONV_3D").weight_channel_axis == 4

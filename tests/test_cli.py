@@ -85,10 +85,10 @@ def test_bad_input_one_line_no_output_file(mediapipe: dict[str, Path], tmp_path:
 def test_demo_runs_on_the_built_in_default(tmp_path: Path) -> None:
     result = _run("demo", "--output-dir", tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "face_detection_short_range" in result.stdout and "x dynamic-int8" in result.stdout
+    assert "face_detection_short_range" in result.stdout and "x weight-int8" in result.stdout
     sqnr = float(result.stdout.split("worst output SQNR: ")[1].split()[0])
     assert sqnr > 20
-    out = tmp_path / "face_detection_short_range.dynamic-int8.tflite"
+    out = tmp_path / "face_detection_short_range.weight-int8.tflite"
     assert out.stat().st_size < 0.75 * mediapipe_model("face_detection_short_range").stat().st_size
 
 

@@ -90,10 +90,10 @@ def _hybrid_uses(
     uses = []
     for op, i in weight.weighted_uses():
         rule = RULES[op.name]
-        same_axis = (
-            granularity == "tensor" or channel_axis_of(rule.weight_channel_axis, weight.value) == weight.channel_axis
-        )
-        if same_axis and granularity in rule.hybrid_granularities(container):
+        axis = channel_axis_of(rule.channel_axis(op.builtin_options), weight.value)
+        if (granularity == "tensor" or axis == weight.channel_axis) and rule.runs_hybrid(
+            container, granularity, weight.shape
+        ):
             uses.append((op, i))
     return uses
 
