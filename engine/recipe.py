@@ -36,7 +36,7 @@ MODES: dict[str, tuple[str, int | None]] = {
     "weight-int4": ("dequantize", 4),
     "dynamic-int4": ("hybrid", 4),
 }
-SCALE_METHODS = ("mse", "minmax")
+SCALE_METHODS = ("minmax", "mse")
 BLOCK_SIZES = (32, 64, 128, 256)
 GRANULARITIES = ("channel", "tensor", *(f"block:{b}" for b in BLOCK_SIZES))
 # Below this many elements a weight is left as it is: measured on the MediaPipe models (README), quantizing
@@ -52,7 +52,7 @@ class TensorOptions:
     quantize: str | None = None
     bits: int | None = None
     granularity: str = "channel"
-    scale: str = "mse"
+    scale: str = "minmax"
     min_elements: int = DEFAULT_MIN_ELEMENTS
 
     @property

@@ -127,3 +127,12 @@ def test_bad_compression_options_one_line_no_output_file(mediapipe: dict[str, Pa
     )
     assert model.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.tflite", "recipe.json"]
+
+
+def test_readme_python_example_runs_as_written(mediapipe: dict[str, Path], tmp_path: Path) -> None:
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    code = readme.split("```python\n")[1].split("```")[0]
+    (tmp_path / "model.tflite").write_bytes(mediapipe["iris_landmark"].read_bytes())
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "int8.tflite").exists() and (tmp_path / "mixed.tflite").exists()
