@@ -21,7 +21,7 @@ from engine.schema import ENUMS, TABLES, enum_name
 TENSOR_TYPES: dict[str, int] = ENUMS["TensorType"]
 BUILTIN_OPS: dict[str, int] = ENUMS["BuiltinOperator"]
 
-# numpy dtype of each TensorType whose elements numpy can hold one per item (INT4 is packed two per byte).
+# numpy dtype of each TensorType whose elements numpy can hold one per item.
 _NUMPY_DTYPES = {
     "FLOAT32": "<f4", "FLOAT16": "<f2", "FLOAT64": "<f8", "INT8": "i1", "UINT8": "u1", "INT16": "<i2",
     "UINT16": "<u2", "INT32": "<i4", "UINT32": "<u4", "INT64": "<i8", "UINT64": "<u8", "BOOL": "?",
@@ -29,6 +29,8 @@ _NUMPY_DTYPES = {
 }  # fmt: skip
 TYPE_TO_DTYPE: dict[int, np.dtype] = {TENSOR_TYPES[k]: np.dtype(v) for k, v in _NUMPY_DTYPES.items()}
 DTYPE_TO_TYPE: dict[np.dtype, int] = {v: k for k, v in TYPE_TO_DTYPE.items()}
+# Sub-byte integer types, stored packed (bits per element); numpy has no dtype for them.
+PACKED_BITS: dict[int, int] = {TENSOR_TYPES[k]: bits for k, bits in (("INT4", 4), ("UINT4", 4), ("INT2", 2))}
 # Fields of quantization details that hold a tensor index in the file (-1: none); in the IR, a Tensor or None.
 TENSOR_REF_FIELDS: dict[str, tuple[str, ...]] = {
     "BlockwiseQuantization": ("scales", "zero_points"),
@@ -191,6 +193,12 @@ class Tensor:
         if self.external_buffer is not None:
             group = self.external_buffer.group.name
             raise EngineError(f"tensor {self.name!r}: data is stored outside the model file (in {group!r})")
+        if self.type in PACKED_BITS:
+            per_byte = 8 // PACKED_BITS[self.type]
+            raise EngineError(
+                f"tensor {self.name!r}: {self.type_name} data is packed {per_byte} values per byte and has no "
+                f"numpy form; read the buffer's bytes"
+            )
         if self.dtype is None:
             raise EngineError(f"tensor {self.name!r}: {self.type_name} data has no numpy form")
         assert self.buffer is not None

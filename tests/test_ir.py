@@ -88,9 +88,11 @@ def test_tensor_data_views_and_errors() -> None:
     t.shape = (4, 3)
     with pytest.raises(EngineError, match="shape"):
         _ = t.data
-    int4 = Tensor("q", (4,), TENSOR_TYPES["INT4"], Buffer.of(np.array([0x21, 0x43], np.uint8)))
-    with pytest.raises(EngineError, match="INT4"):
-        _ = int4.data
+    packed = {"INT4": "2 values per byte", "UINT4": "2 values per byte", "INT2": "4 values per byte"}
+    for type_name, message in packed.items():
+        sub_byte = Tensor("q", (4,), TENSOR_TYPES[type_name], Buffer.of(np.array([0x21, 0x43], np.uint8)))
+        with pytest.raises(EngineError, match=f"{type_name} data is packed {message}"):
+            _ = sub_byte.data
     outside = Tensor("outside", (4,), external_buffer=ExternalBuffer(1, ExternalBufferGroup("weights.bin")))
     assert outside.is_constant
     with pytest.raises(EngineError, match=r"outside the model file \(in 'weights.bin'\)"):
