@@ -4,6 +4,8 @@ from engine.errors import EngineError
 from engine.ir import (
     Buffer,
     DimensionMetadata,
+    ExternalBuffer,
+    ExternalBufferGroup,
     Metadata,
     Model,
     Operator,
@@ -38,6 +40,8 @@ __all__ = [
     "Buffer",
     "DimensionMetadata",
     "EngineError",
+    "ExternalBuffer",
+    "ExternalBufferGroup",
     "Metadata",
     "Model",
     "Operator",

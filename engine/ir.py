@@ -9,7 +9,7 @@ input file when the model was read from one.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +21,7 @@ from engine.schema import ENUMS, TABLES, enum_name
 TENSOR_TYPES: dict[str, int] = ENUMS["TensorType"]
 BUILTIN_OPS: dict[str, int] = ENUMS["BuiltinOperator"]
 
-# numpy dtype of each TensorType whose elements numpy can hold one per item (INT4 is packed two per byte).
+# numpy dtype of each TensorType whose elements numpy can hold one per item.
 _NUMPY_DTYPES = {
     "FLOAT32": "<f4", "FLOAT16": "<f2", "FLOAT64": "<f8", "INT8": "i1", "UINT8": "u1", "INT16": "<i2",
     "UINT16": "<u2", "INT32": "<i4", "UINT32": "<u4", "INT64": "<i8", "UINT64": "<u8", "BOOL": "?",
@@ -29,6 +29,13 @@ _NUMPY_DTYPES = {
 }  # fmt: skip
 TYPE_TO_DTYPE: dict[int, np.dtype] = {TENSOR_TYPES[k]: np.dtype(v) for k, v in _NUMPY_DTYPES.items()}
 DTYPE_TO_TYPE: dict[np.dtype, int] = {v: k for k, v in TYPE_TO_DTYPE.items()}
+# Sub-byte integer types, stored packed (bits per element); numpy has no dtype for them.
+PACKED_BITS: dict[int, int] = {TENSOR_TYPES[k]: bits for k, bits in (("INT4", 4), ("UINT4", 4), ("INT2", 2))}
+# Fields of quantization details that hold a tensor index in the file (-1: none); in the IR, a Tensor or None.
+TENSOR_REF_FIELDS: dict[str, tuple[str, ...]] = {
+    "BlockwiseQuantization": ("scales", "zero_points"),
+    "MultiAxisQuantization": ("scales", "zero_points"),
+}
 # The largest builtin code that fits the deprecated int8 field; larger codes store this placeholder there.
 PLACEHOLDER_FOR_GREATER_OP_CODES = BUILTIN_OPS["PLACEHOLDER_FOR_GREATER_OP_CODES"]
 
@@ -72,7 +79,10 @@ class Table:
         unknown = set(self.fields) - set(known)
         if unknown:
             raise EngineError(f"{self.type} has no field(s) {sorted(unknown)}")
-        self.fields = {name: self.fields.get(name, f.get("default")) for name, f in known.items()}
+        refs = TENSOR_REF_FIELDS.get(self.type, ())
+        self.fields = {
+            name: self.fields.get(name, None if name in refs else f.get("default")) for name, f in known.items()
+        }
 
 
 @dataclass
@@ -85,6 +95,19 @@ class QuantizationParams:
     max: np.ndarray | None = None
     quantized_dimension: int = 0
     details: Table | None = None
+
+    def tensors(self) -> list[Tensor]:
+        """Tensors the details refer to (blockwise scales, ...): they must stay in the subgraph."""
+        if self.details is None:
+            return []
+        found = []
+        for name in TENSOR_REF_FIELDS.get(self.details.type, ()):
+            ref = self.details.fields[name]
+            if ref is not None and not isinstance(ref, Tensor):
+                raise EngineError(f"{self.details.type}.{name} must be a Tensor or None, not {ref!r}")
+            if ref is not None:
+                found.append(ref)
+        return found
 
 
 @dataclass
@@ -102,6 +125,27 @@ class SparsityParams:
     traversal_order: np.ndarray | None = None
     block_map: np.ndarray | None = None
     dim_metadata: list[DimensionMetadata] | None = None
+
+
+@dataclass(eq=False)
+class ExternalBufferGroup:
+    """A place outside the .tflite file holding constant data, named (e.g. a weights file)."""
+
+    name: str | None = None
+
+
+@dataclass(eq=False)
+class ExternalBuffer:
+    """Constant bytes outside the .tflite file: ``length`` bytes at ``offset`` of ``group``.
+
+    Tensors refer to it by ``id`` (0 means none, so it is never a valid id for a referenced buffer).
+    """
+
+    id: int
+    group: ExternalBufferGroup
+    offset: int = 0
+    length: int = 0
+    packing: str | None = None
 
 
 @dataclass
@@ -125,6 +169,7 @@ class Tensor:
     shape_signature: tuple[int, ...] | None = None
     has_rank: bool = False
     variant_tensors: list[VariantSubType] | None = None
+    external_buffer: ExternalBuffer | None = None
 
     @property
     def type_name(self) -> str:
@@ -137,13 +182,23 @@ class Tensor:
 
     @property
     def is_constant(self) -> bool:
-        return self.buffer is not None and self.buffer.data.size > 0
+        """Whether the tensor holds data, in the file or (``external_buffer``) outside it."""
+        return (self.buffer is not None and self.buffer.data.size > 0) or self.external_buffer is not None
 
     @property
     def data(self) -> np.ndarray | None:
         """The constant value, typed and shaped (flat for sparse tensors); a view of the buffer."""
         if not self.is_constant:
             return None
+        if self.external_buffer is not None:
+            group = self.external_buffer.group.name
+            raise EngineError(f"tensor {self.name!r}: data is stored outside the model file (in {group!r})")
+        if self.type in PACKED_BITS:
+            per_byte = 8 // PACKED_BITS[self.type]
+            raise EngineError(
+                f"tensor {self.name!r}: {self.type_name} data is packed {per_byte} values per byte and has no "
+                f"numpy form; read the buffer's bytes"
+            )
         if self.dtype is None:
             raise EngineError(f"tensor {self.name!r}: {self.type_name} data has no numpy form")
         assert self.buffer is not None
@@ -280,9 +335,11 @@ class Subgraph:
         self.outputs = [new if t is old else t for t in self.outputs]
 
     def remove_unused_tensors(self) -> int:
-        """Drop tensors no operator or subgraph input/output refers to; returns how many went."""
-        used = {id(t) for op in self.operators for t in op.tensors()}
-        used.update(id(t) for t in (*self.inputs, *self.outputs))
+        """Drop tensors no operator, subgraph input/output or kept tensor's quantization refers to.
+
+        Returns how many went.
+        """
+        used = {id(t) for t in _with_quantization_tensors([*self.inputs, *self.outputs, *_operator_tensors(self)])}
         before = len(self.tensors)
         self.tensors = [t for t in self.tensors if id(t) in used]
         return before - len(self.tensors)
@@ -317,6 +374,8 @@ class Model:
     metadata_buffer: list[Buffer | None] | None = None
     metadata: list[Metadata] | None = None
     signature_defs: list[SignatureDef] | None = None
+    external_buffer_groups: list[ExternalBufferGroup] | None = None
+    external_buffers: list[ExternalBuffer] | None = None
 
     @property
     def main(self) -> Subgraph:
@@ -339,7 +398,7 @@ class Model:
         """Distinct buffers in file order: tensors' (subgraph by subgraph), then metadata's."""
         seen: dict[int, Buffer] = {}
         for sg in self.subgraphs:
-            for t in _all_tensors(sg):
+            for t in all_tensors(sg):
                 if t.buffer is not None:
                     seen.setdefault(id(t.buffer), t.buffer)
         for b in self.metadata_buffer or ():
@@ -351,16 +410,29 @@ class Model:
         return list(seen.values())
 
 
-def _all_tensors(sg: Subgraph) -> Iterator[Tensor]:
-    """The subgraph's tensor list, then any tensor its operators or inputs/outputs use that is not listed."""
-    listed = {id(t) for t in sg.tensors}
-    yield from sg.tensors
-    for t in (*sg.inputs, *sg.outputs, *(t for op in sg.operators for t in op.tensors())):
-        if id(t) not in listed:
-            listed.add(id(t))
-            yield t
+def _operator_tensors(sg: Subgraph) -> Iterator[Tensor]:
+    for op in sg.operators:
+        yield from op.tensors()
+
+
+def _with_quantization_tensors(tensors: Iterable[Tensor]) -> list[Tensor]:
+    """``tensors`` without repeats, followed by the tensors their quantization details refer to."""
+    seen: dict[int, Tensor] = {}
+    for t in tensors:
+        seen.setdefault(id(t), t)
+    found = list(seen.values())
+    for t in found:  # grows while it is walked: references of references are followed too
+        for ref in t.quantization.tensors() if t.quantization is not None else ():
+            if id(ref) not in seen:
+                seen[id(ref)] = ref
+                found.append(ref)
+    return found
 
 
 def all_tensors(sg: Subgraph) -> list[Tensor]:
-    """The tensors the writer will store for ``sg``, in index order."""
-    return list(_all_tensors(sg))
+    """The tensors the writer will store for ``sg``, in index order.
+
+    The subgraph's list, then any tensor its inputs/outputs, operators or quantization details use that it
+    does not list.
+    """
+    return _with_quantization_tensors([*sg.tensors, *sg.inputs, *sg.outputs, *_operator_tensors(sg)])

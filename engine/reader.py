@@ -12,8 +12,11 @@ import numpy as np
 from engine import flatbuf
 from engine.errors import EngineError
 from engine.ir import (
+    TENSOR_REF_FIELDS,
     Buffer,
     DimensionMetadata,
+    ExternalBuffer,
+    ExternalBufferGroup,
     Metadata,
     Model,
     Operator,
@@ -67,6 +70,24 @@ class _Resolver:
         self.size = len(memoryview(data))
         self.tree = flatbuf.decode(data)
         self.buffers: dict[int, Buffer] = {}
+        groups = self.tree["external_buffer_groups"]
+        self.external_buffer_groups = None if groups is None else [ExternalBufferGroup(g["name"]) for g in groups]
+        entries = self.tree["external_buffers"]
+        self.external_buffers = None if entries is None else [self.external_buffer(e) for e in entries]
+        self.external_by_id: dict[int, ExternalBuffer] = {}
+        for e in self.external_buffers or ():
+            if e.id in self.external_by_id:
+                raise EngineError(f"external_buffers: id {e.id} is used twice")
+            self.external_by_id[e.id] = e
+
+    def external_buffer(self, e: dict[str, Any]) -> ExternalBuffer:
+        """An entry of the model's external buffer list, its group index resolved."""
+        groups = self.external_buffer_groups or []
+        if e["group"] >= len(groups):
+            raise EngineError(
+                f"external buffer {e['id']}: group index {e['group']} is out of range ({len(groups)} groups)"
+            )
+        return ExternalBuffer(e["id"], groups[e["group"]], e["offset"], e["length"], e["packing"])
 
     def external(self, where: str, offset: int, size: int) -> np.ndarray:
         """Data stored after the flatbuffer (the offset/size form), checked against the file's size."""
@@ -117,11 +138,23 @@ class _Resolver:
             signature_defs=None
             if tree["signature_defs"] is None
             else [self.signature(s, subgraphs) for s in tree["signature_defs"]],
+            external_buffer_groups=self.external_buffer_groups,
+            external_buffers=self.external_buffers,
         )
 
     def subgraph(self, sg: dict[str, Any], index: int, codes: list[OperatorCode]) -> Subgraph:
         where = f"subgraphs[{index}]"
         tensors = [self.tensor(t, f"{where}.tensors[{i}]") for i, t in enumerate(sg["tensors"] or [])]
+        for i, t in enumerate(tensors):
+            details = None if t.quantization is None else t.quantization.details
+            for name in TENSOR_REF_FIELDS.get(details.type, ()) if details is not None else ():
+                index = details.fields[name]
+                if not -1 <= index < len(tensors):
+                    raise EngineError(
+                        f"{where}.tensors[{i}] ({t.name!r}): {details.type}.{name} tensor index {index} is out "
+                        f"of range ({len(tensors)} tensors)"
+                    )
+                details.fields[name] = None if index == -1 else tensors[index]
 
         def refs(indices: np.ndarray | None, owner: str) -> list[Tensor | None]:
             out: list[Tensor | None] = []
@@ -178,6 +211,11 @@ class _Resolver:
     def tensor(self, t: dict[str, Any], where: str) -> Tensor:
         q = t["quantization"]
         s = t["sparsity"]
+        external = None
+        if t["external_buffer"]:
+            external = self.external_by_id.get(t["external_buffer"])
+            if external is None:
+                raise EngineError(f"{where} ({t['name']!r}): external buffer id {t['external_buffer']} is not listed")
         return Tensor(
             name=t["name"],
             shape=_shape(t["shape"]),
@@ -213,6 +251,7 @@ class _Resolver:
             variant_tensors=None
             if t["variant_tensors"] is None
             else [VariantSubType(_shape(v["shape"]), v["type"], v["has_rank"]) for v in t["variant_tensors"]],
+            external_buffer=external,
         )
 
     def signature(self, s: dict[str, Any], subgraphs: list[Subgraph]) -> SignatureDef:

@@ -46,13 +46,13 @@ def summarize(model: Model, file_size: int | None = None) -> dict[str, Any]:
         for t in tensors:
             if not t.is_constant:
                 continue
-            assert t.buffer is not None
+            stored = t.external_buffer.length if t.external_buffer is not None else int(t.buffer.data.size)
             entry = by_dtype.setdefault(t.type_name, {"tensors": 0, "bytes": 0})
             entry["tensors"] += 1
-            entry["bytes"] += int(t.buffer.data.size)
+            entry["bytes"] += stored
             parameters += _elements(t)
             if t.sparsity is not None:
-                sparse.append({"name": t.name, "shape": list(t.shape or ()), "stored_bytes": int(t.buffer.data.size)})
+                sparse.append({"name": t.name, "shape": list(t.shape or ()), "stored_bytes": stored})
         subgraphs.append(
             {
                 "name": sg.name,

@@ -22,7 +22,10 @@ import numpy as np
 from engine import flatbuf
 from engine.errors import EngineError
 from engine.ir import (
+    TENSOR_REF_FIELDS,
     Buffer,
+    ExternalBuffer,
+    ExternalBufferGroup,
     Model,
     Operator,
     QuantizationParams,
@@ -84,16 +87,22 @@ def _table(value: Table | None) -> tuple[str, dict[str, Any]] | None:
     return None if value is None else (value.type, value.fields)
 
 
-def _quantization(q: QuantizationParams | None) -> dict[str, Any] | None:
+def _quantization(q: QuantizationParams | None, index: dict[int, int]) -> dict[str, Any] | None:
     if q is None:
         return None
+    details = _table(q.details)
+    if details is not None and details[0] in TENSOR_REF_FIELDS:
+        fields = dict(details[1])
+        for name in TENSOR_REF_FIELDS[details[0]]:
+            fields[name] = -1 if fields[name] is None else index[id(fields[name])]
+        details = (details[0], fields)
     return {
         "scale": q.scale,
         "zero_point": q.zero_point,
         "min": q.min,
         "max": q.max,
         "quantized_dimension": q.quantized_dimension,
-        "details": _table(q.details),
+        "details": details,
     }
 
 
@@ -133,6 +142,7 @@ class _TreeBuilder:
         self.tensor_lists = [all_tensors(sg) for sg in model.subgraphs]
         self.tensor_index = [{id(t): i for i, t in enumerate(ts)} for ts in self.tensor_lists]
         self.subgraph_index = {id(sg): i for i, sg in enumerate(model.subgraphs)}
+        self.external_buffers, self.external_buffer_groups = _external_buffers(model, self.tensor_lists)
 
     def external_blobs(self) -> list[np.ndarray]:
         """Data stored after the flatbuffer in the offset/size form, in order: buffers, then custom options."""
@@ -192,7 +202,24 @@ class _TreeBuilder:
                 }
                 for s in model.signature_defs
             ],
+            "external_buffer_groups": None
+            if self.external_buffer_groups is None
+            else [{"name": g.name} for g in self.external_buffer_groups],
+            "external_buffers": None if self.external_buffers is None else self.external_buffer_entries(),
         }
+
+    def external_buffer_entries(self) -> list[dict[str, Any]]:
+        group_index = {id(g): i for i, g in enumerate(self.external_buffer_groups or ())}
+        return [
+            {
+                "id": e.id,
+                "group": group_index[id(e.group)],
+                "offset": e.offset,
+                "length": e.length,
+                "packing": e.packing,
+            }
+            for e in self.external_buffers or ()
+        ]
 
     def tensor_maps(self, maps: list | None, sg: Subgraph) -> list[dict[str, Any]] | None:
         if maps is None:
@@ -226,7 +253,7 @@ class _TreeBuilder:
                 }
             )
         return {
-            "tensors": [self.tensor(t) for t in self.tensor_lists[i]],
+            "tensors": [self.tensor(t, index) for t in self.tensor_lists[i]],
             "inputs": refs(sg.inputs),
             "outputs": refs(sg.outputs),
             "operators": operators,
@@ -234,13 +261,13 @@ class _TreeBuilder:
             "debug_metadata_index": sg.debug_metadata_index,
         }
 
-    def tensor(self, t: Tensor) -> dict[str, Any]:
+    def tensor(self, t: Tensor, index: dict[int, int]) -> dict[str, Any]:
         return {
             "shape": None if t.shape is None else np.array(t.shape, np.int32),
             "type": t.type,
             "buffer": self.layout.buffer_index(t.buffer),
             "name": t.name,
-            "quantization": _quantization(t.quantization),
+            "quantization": _quantization(t.quantization, index),
             "is_variable": t.is_variable,
             "sparsity": _sparsity(t.sparsity),
             "shape_signature": None if t.shape_signature is None else np.array(t.shape_signature, np.int32),
@@ -255,7 +282,37 @@ class _TreeBuilder:
                 }
                 for v in t.variant_tensors
             ],
+            "external_buffer": 0 if t.external_buffer is None else t.external_buffer.id,
         }
+
+
+def _external_buffers(
+    model: Model, tensor_lists: list[list[Tensor]]
+) -> tuple[list[ExternalBuffer] | None, list[ExternalBufferGroup] | None]:
+    """The model's external buffers and groups, plus any a tensor or buffer uses that the model does not list."""
+    users = [t for tensors in tensor_lists for t in tensors if t.external_buffer is not None]
+    buffers = model.external_buffers
+    if users or buffers is not None:
+        buffers = list(buffers or ())
+        listed = {id(b) for b in buffers}
+        for t in users:
+            if t.external_buffer.id == 0:
+                raise EngineError(f"tensor {t.name!r}: external buffer id 0 means 'none'; give the buffer an id")
+            if id(t.external_buffer) not in listed:
+                listed.add(id(t.external_buffer))
+                buffers.append(t.external_buffer)
+        ids = [b.id for b in buffers]
+        if len(set(ids)) != len(ids):
+            raise EngineError(f"external buffer ids must be unique, got {sorted(ids)}")
+    groups = model.external_buffer_groups
+    if buffers or groups is not None:
+        groups = list(groups or ())
+        listed = {id(g) for g in groups}
+        for b in buffers or ():
+            if id(b.group) not in listed:
+                listed.add(id(b.group))
+                groups.append(b.group)
+    return buffers, groups
 
 
 def _align(n: int) -> int:

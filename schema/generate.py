@@ -1,24 +1,40 @@
-"""Generate ``tflite_schema.json`` from the generated readers of the ``tflite`` PyPI package.
+"""Generate ``tflite_schema.json`` from flatc's Python output for the TFLite schema.
 
 The engine never hard-codes the TFLite schema: its reader and writer walk the tables described in
 ``tflite_schema.json``.  That file is produced here by reading the source of the flatc-generated Python
-classes (``tflite/*.py``) with ``ast``: each accessor method tells a field's vtable slot, its kind (scalar,
-string, table, vector, union) and its default.  ``python -m engine.schema.generate`` rewrites the file;
-``tests/test_schema.py`` regenerates it in memory and fails when the installed ``tflite`` package drifts.
+classes with ``ast``: each accessor method tells a field's vtable slot, its kind (scalar, string, table,
+vector, union) and its default.  The source is the newest schema available, the one ``ai-edge-litert``
+ships as a single module (``ai_edge_litert/schema_py_generated.py``, every class in one file, object-API
+``...T`` classes included, which are skipped).  The older ``tflite`` package (one module per class) is read
+the same way; the tests use it to check that the JSON only ever adds to what it knew.
+``python -m engine.schema.generate`` rewrites the file; ``tests/test_schema.py`` regenerates it in memory and
+fails when the installed ``ai-edge-litert`` drifts.
 """
 
 from __future__ import annotations
 
 import ast
-import importlib
+import importlib.metadata
 import json
-import pkgutil
 import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 SCHEMA_PATH = Path(__file__).with_name("tflite_schema.json")
+
+
+@dataclass(frozen=True)
+class Source:
+    """flatc Python output inside an installed distribution: one ``.py`` file, or a package of one per class."""
+
+    distribution: str
+    path: str
+
+
+LITERT = Source("ai-edge-litert", "ai_edge_litert/schema_py_generated.py")
+TFLITE = Source("tflite", "tflite")
 
 # flatc's Python number types -> numpy-style scalar type names used in the JSON.
 _NUMBER_TYPES = {
@@ -85,10 +101,11 @@ def _calls(node: ast.AST) -> set[str]:
     }
 
 
-def _imported_class(node: ast.AST) -> str | None:
+def _table_class(node: ast.AST, tables: set[str]) -> str | None:
+    """The table a reference accessor instantiates (``obj = Tensor()``), in either layout."""
     for sub in ast.walk(node):
-        if isinstance(sub, ast.ImportFrom) and sub.module and sub.module.startswith("tflite."):
-            return sub.names[0].name
+        if isinstance(sub, ast.Call) and isinstance(sub.func, ast.Name) and sub.func.id in tables:
+            return sub.func.id
     return None
 
 
@@ -102,21 +119,35 @@ def _default(table: str, method: ast.FunctionDef) -> Any:
     raise ValueError(f"cannot read the default of {method.name}")
 
 
-def _field(table: str, method: ast.FunctionDef) -> dict[str, Any] | None:
+def _takes_index(method: ast.FunctionDef) -> bool:
+    """Vector accessors take the element index: ``def Shape(self, j)``."""
+    return len(method.args.args) == 2
+
+
+def _is_vector_helper(name: str, methods: dict[str, ast.FunctionDef]) -> bool:
+    """``ShapeLength``, ``ShapeAsNumpy``, ``ShapeIsNone`` serve vector ``Shape``; a field may be called ``Length``."""
+    for suffix in ("AsNumpy", "Length", "IsNone"):
+        base = methods.get(name.removesuffix(suffix)) if name.endswith(suffix) else None
+        if base is not None and _takes_index(base):
+            return True
+    return False
+
+
+def _field(
+    table: str, method: ast.FunctionDef, methods: dict[str, ast.FunctionDef], tables: set[str]
+) -> dict[str, Any] | None:
+    """The description of the field a table method reads, or None when the method is not a field accessor."""
     slot = _slot_of(method)
-    if slot is None:
+    if slot is None or _is_vector_helper(method.name, methods):
         return None
     name = method.name
-    suffixes = ("AsNumpy", "Length", "IsNone")
-    if name.endswith(suffixes) and not name.endswith("Type"):
-        return None
     calls = _calls(method)
-    takes_index = len(method.args.args) == 2
+    takes_index = _takes_index(method)
     field: dict[str, Any] = {"name": _snake(name), "id": slot}
     if "Union" in calls:
         field["kind"] = "union"
     elif takes_index:
-        element = _imported_class(method)
+        element = _table_class(method, tables)
         if element is not None:
             field.update(kind="vector_table", table=element)
         elif "String" in calls:
@@ -126,7 +157,7 @@ def _field(table: str, method: ast.FunctionDef) -> dict[str, Any] | None:
     elif "String" in calls:
         field["kind"] = "string"
     elif "Indirect" in calls:
-        field.update(kind="table", table=_imported_class(method))
+        field.update(kind="table", table=_table_class(method, tables))
     elif "Init" in calls:
         raise ValueError(f"{table}.{name}: structs are not supported by the engine's schema walker")
     else:
@@ -139,36 +170,68 @@ def _field(table: str, method: ast.FunctionDef) -> dict[str, Any] | None:
     return field
 
 
-def _num_slots(tree: ast.Module, table: str) -> int:
-    """The vtable size the generated builder declares with ``builder.StartObject(N)``."""
-    for sub in ast.walk(tree):
+def _num_slots(start: ast.FunctionDef) -> int:
+    """The vtable size the generated ``<Table>Start`` function declares with ``builder.StartObject(N)``."""
+    for sub in ast.walk(start):
         if isinstance(sub, ast.Call) and isinstance(sub.func, ast.Attribute) and sub.func.attr == "StartObject":
             return sub.args[0].value
-    raise ValueError(f"{table}: no StartObject call")
+    raise ValueError(f"{start.name}: no StartObject call")
 
 
-def build_schema() -> dict[str, Any]:
-    """Describe every table, enum and union of the installed ``tflite`` package."""
-    package = importlib.import_module("tflite")
-    root = Path(package.__file__).parent
-    tables: dict[str, Any] = {}
+def _check_against_builder(table: str, fields: list[dict[str, Any]], functions: dict[str, ast.FunctionDef]) -> None:
+    """Cross-check the accessors with the builder: ``<Table>Add<Field>`` sets slot N for exactly these fields."""
+    prefix = f"{table}Add"
+    from_builder = {}
+    for name, function in functions.items():
+        if name.startswith(prefix) and name[len(prefix) :][:1].isupper():
+            slot = next(
+                c.args[0].value
+                for c in ast.walk(function)
+                if isinstance(c, ast.Call) and isinstance(c.func, ast.Attribute) and c.func.attr.endswith("Slot")
+            )
+            from_builder[_snake(name[len(prefix) :])] = slot
+    from_accessors = {f["name"]: f["id"] for f in fields}
+    if from_builder != from_accessors:
+        raise ValueError(f"{table}: accessors give fields {from_accessors}, the builder {from_builder}")
+
+
+def _read(source: Source) -> tuple[str, list[ast.Module]]:
+    """The distribution's version and its parsed flatc modules, found through its metadata (nothing imported)."""
+    dist = importlib.metadata.distribution(source.distribution)
+    location = Path(str(dist.locate_file(source.path)))
+    files = [location] if location.suffix == ".py" else sorted(location.glob("*.py"))
+    if not files:
+        raise ValueError(f"{source.distribution}: no flatc Python output at {location}")
+    return dist.version, [ast.parse(f.read_text()) for f in files]
+
+
+def build_schema(source: Source = LITERT) -> dict[str, Any]:
+    """Describe every table, enum and union of the schema in ``source``.
+
+    A class with no methods is an enum; a class with an ``Init`` method and a module-level ``<Name>Start``
+    function is a table.  Everything else (object-API ``...T`` classes, helpers) is not part of the wire format.
+    """
+    version, modules = _read(source)
+    classes = [node for tree in modules for node in tree.body if isinstance(node, ast.ClassDef)]
+    functions = {node.name: node for tree in modules for node in tree.body if isinstance(node, ast.FunctionDef)}
     enums: dict[str, dict[str, int]] = {}
-    for info in sorted(pkgutil.iter_modules([str(root)]), key=lambda m: m.name):
-        source = (root / f"{info.name}.py").read_text()
-        tree = ast.parse(source)
-        classes = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == info.name]
-        if not classes:
-            continue
-        cls = classes[0]
-        methods = [n for n in cls.body if isinstance(n, ast.FunctionDef)]
+    table_classes: dict[str, ast.ClassDef] = {}
+    for cls in classes:
+        methods = {n.name for n in cls.body if isinstance(n, ast.FunctionDef)}
         if not methods:
             enums[cls.name] = {
                 stmt.targets[0].id: stmt.value.value
                 for stmt in cls.body
                 if isinstance(stmt, ast.Assign) and isinstance(stmt.value, ast.Constant)
             }
-            continue
-        fields = [f for f in (_field(cls.name, m) for m in methods) if f is not None]
+        elif "Init" in methods and f"{cls.name}Start" in functions:
+            table_classes[cls.name] = cls
+    names = set(table_classes)
+    tables: dict[str, Any] = {}
+    for name in sorted(table_classes):
+        methods = {n.name: n for n in table_classes[name].body if isinstance(n, ast.FunctionDef)}
+        fields = [f for f in (_field(name, m, methods, names) for m in methods.values()) if f is not None]
+        _check_against_builder(name, fields, functions)
         by_name = {f["name"]: f for f in fields}
         for f in fields:
             if f["kind"] == "union":
@@ -176,14 +239,15 @@ def build_schema() -> dict[str, Any]:
                 type_field["kind"] = "union_type"
                 type_field.pop("default")
                 type_field["union"] = f["union"]
-        tables[cls.name] = {"slots": _num_slots(tree, cls.name), "fields": sorted(fields, key=lambda f: f["id"])}
+        slots = _num_slots(functions[f"{name}Start"])
+        tables[name] = {"slots": slots, "fields": sorted(fields, key=lambda f: f["id"])}
     unions = {
         name: {str(value): member for member, value in members.items() if value != 0}
         for name, members in enums.items()
         if "NONE" in members and all(m in tables for m in members if m != "NONE")
     }
     return {
-        "generated_from": f"tflite {package.__version__}",
+        "generated_from": f"{source.distribution} {version}",
         "file_identifier": "TFL3",
         "root_table": "Model",
         "tables": tables,

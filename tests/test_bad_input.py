@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from engine import EngineError, model_to_bytes, read_model, structural_diff
 from engine.flatbuf import decode, encode
 from engine.ir import Table
+from engine.schema import TABLES
 from engine.zoo import mediapipe_model
 
 SMALL_MODEL = "hand_recrop"
@@ -96,11 +97,12 @@ def test_unknown_field_is_refused_not_dropped(small: bytes) -> None:
     vtable = root - struct.unpack_from("<i", data, root)[0]
     vt_size, table_size = struct.unpack_from("<HH", data, vtable)
     slots = list(struct.unpack_from(f"<{(vt_size - 4) // 2}H", data, vtable + 4))
-    slots += [0] * (8 - len(slots)) + [4]  # slot 8: not in the schema (Model has slots 0-7)
+    beyond = TABLES["Model"]["slots"]  # the first slot past the schema's Model table
+    slots += [0] * (beyond - len(slots)) + [4]
     new_vtable = len(data)
     data += struct.pack(f"<HH{len(slots)}H", 4 + 2 * len(slots), table_size, *slots)
     struct.pack_into("<i", data, root, root - new_vtable)
-    assert "Model field #8 is set but not in the supported schema" in _error(bytes(data))
+    assert f"Model field #{beyond} is set but not in the supported schema" in _error(bytes(data))
 
 
 def test_unknown_union_member_is_refused(small: bytes) -> None:
@@ -148,6 +150,28 @@ def test_bad_indices_name_the_operator(small: bytes) -> None:
     tree = decode(small)
     tree["subgraphs"][0]["tensors"][5] = {**tree["subgraphs"][0]["tensors"][5], "buffer": 123456}
     assert "buffer index 123456 is out of range" in _error(bytes(encode(tree)))
+
+
+def test_bad_blockwise_and_external_buffer_references(small: bytes) -> None:
+    """Tensor indices in quantization details and external buffer ids and groups are checked like the rest."""
+    tree = decode(small)
+    tensors = tree["subgraphs"][0]["tensors"]
+    details = ("BlockwiseQuantization", {"scales": len(tensors), "zero_points": -1, "block_size": 32})
+    tensors[5] = {**tensors[5], "quantization": {"details": details}}
+    message = _error(bytes(encode(tree)))
+    assert "tensors[5]" in message
+    assert f"BlockwiseQuantization.scales tensor index {len(tensors)} is out of range" in message
+
+    tree = decode(small)
+    tree["subgraphs"][0]["tensors"][5] = {**tree["subgraphs"][0]["tensors"][5], "external_buffer": 9}
+    assert "external buffer id 9 is not listed" in _error(bytes(encode(tree)))
+    tree["external_buffers"] = [{"id": 9, "group": 0}]
+    assert "group index 0 is out of range (0 groups)" in _error(bytes(encode(tree)))
+    tree["external_buffer_groups"] = [{"name": "weights.bin"}]
+    tree["external_buffers"] = [{"id": 9}, {"id": 9}]
+    assert "id 9 is used twice" in _error(bytes(encode(tree)))
+    tree["external_buffers"] = [{"id": 9, "length": 4}]
+    assert read_model(bytes(encode(tree))).main.tensors[5].external_buffer.length == 4
 
 
 def test_builder_side_errors_are_engine_errors() -> None:

@@ -5,7 +5,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine import Buffer, EngineError, Operator, Tensor, model_to_bytes, read_model, structural_diff
+from engine import (
+    Buffer,
+    EngineError,
+    ExternalBuffer,
+    ExternalBufferGroup,
+    Operator,
+    QuantizationParams,
+    Table,
+    Tensor,
+    model_to_bytes,
+    read_model,
+    structural_diff,
+)
 from engine.builder import GraphBuilder
 from engine.ir import TENSOR_TYPES, OperatorCode, all_tensors
 from engine.validate import run
@@ -76,10 +88,57 @@ def test_tensor_data_views_and_errors() -> None:
     t.shape = (4, 3)
     with pytest.raises(EngineError, match="shape"):
         _ = t.data
-    int4 = Tensor("q", (4,), TENSOR_TYPES["INT4"], Buffer.of(np.array([0x21, 0x43], np.uint8)))
-    with pytest.raises(EngineError, match="INT4"):
-        _ = int4.data
+    packed = {"INT4": "2 values per byte", "UINT4": "2 values per byte", "INT2": "4 values per byte"}
+    for type_name, message in packed.items():
+        sub_byte = Tensor("q", (4,), TENSOR_TYPES[type_name], Buffer.of(np.array([0x21, 0x43], np.uint8)))
+        with pytest.raises(EngineError, match=f"{type_name} data is packed {message}"):
+            _ = sub_byte.data
+    outside = Tensor("outside", (4,), external_buffer=ExternalBuffer(1, ExternalBufferGroup("weights.bin")))
+    assert outside.is_constant
+    with pytest.raises(EngineError, match=r"outside the model file \(in 'weights.bin'\)"):
+        _ = outside.data
     assert Tensor("activation", (1,)).data is None
+
+
+def test_tensors_quantization_details_refer_to_are_kept() -> None:
+    """Blockwise scales are referred to by tensor index in the file; passes must not lose or misnumber them."""
+    model, *_ = _mlp()
+    weight = model.main.operators[0].inputs[1]
+    scales = Tensor("w_scales", (8, 1), TENSOR_TYPES["FLOAT16"], Buffer.of(np.ones(8, np.float16)))
+    details = Table("BlockwiseQuantization", {"scales": scales, "block_size": 8})
+    weight.type, weight.buffer = TENSOR_TYPES["INT4"], Buffer.of(np.zeros(32, np.uint8))
+    weight.quantization = QuantizationParams(details=details)
+    sg = model.main
+    assert scales not in sg.tensors and all_tensors(sg)[-1] is scales  # unlisted: the writer adds it
+    again = read_model(model_to_bytes(model))
+    details = next(t for t in again.main.tensors if t.name == weight.name).quantization.details
+    assert details.fields["scales"].name == "w_scales" and details.fields["zero_points"] is None
+    sg.tensors.append(scales)
+    sg.tensors.insert(0, Tensor("unused", (1,)))  # shifts every index
+    assert sg.remove_unused_tensors() == 1 and scales in sg.tensors
+    again = read_model(model_to_bytes(model))
+    assert structural_diff(model, again) == []
+    details = next(t for t in again.main.tensors if t.name == weight.name).quantization.details
+    assert details.fields["scales"].name == "w_scales"
+    weight.quantization.details.fields["scales"] = 3  # an index is not a reference: refused, not misnumbered
+    with pytest.raises(EngineError, match="scales must be a Tensor or None"):
+        model_to_bytes(model)
+
+
+def test_writer_refuses_ambiguous_external_buffers() -> None:
+    model, *_ = _mlp()
+    group = ExternalBufferGroup("weights.bin")
+    model.main.tensors.append(Tensor("a", (2,), external_buffer=ExternalBuffer(0, group)))
+    with pytest.raises(EngineError, match="id 0 means 'none'"):
+        model_to_bytes(model)
+    model.main.tensors[-1].external_buffer = ExternalBuffer(3, group)
+    model.main.tensors.append(Tensor("b", (2,), external_buffer=ExternalBuffer(3, group)))
+    with pytest.raises(EngineError, match="ids must be unique"):
+        model_to_bytes(model)
+    model.main.tensors[-1].external_buffer = ExternalBuffer(4, group, offset=8, length=8)
+    again = read_model(model_to_bytes(model))  # buffers and group the model did not list are added
+    assert [b.id for b in again.external_buffers] == [3, 4]
+    assert [g.name for g in again.external_buffer_groups] == ["weights.bin"]
 
 
 def test_offset_size_form_is_chosen_past_two_gigabytes() -> None:

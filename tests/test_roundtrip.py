@@ -12,6 +12,8 @@ import tflite
 from engine import (
     Buffer,
     DimensionMetadata,
+    ExternalBuffer,
+    ExternalBufferGroup,
     Metadata,
     Model,
     Operator,
@@ -182,7 +184,17 @@ def _every_field_model() -> Model:
     )
     y = Tensor("y", (1, 2))
     scratch = Tensor("scratch", (1, 2))
-    sg.tensors = [x, w, state, handle, y, scratch]
+    # Blockwise int4: the scales are a tensor the details refer to (by index in the file, by reference here).
+    scales = Tensor("w4_scales", (2, 1), TENSOR_TYPES["FLOAT16"], Buffer.of(np.array([0.5, 2.0], np.float16)))
+    block_shape = np.array([1, 32], np.int32)
+    blockwise = Table("BlockwiseQuantization", {"scales": scales, "block_size": 32, "block_shape": block_shape})
+    w4 = Tensor("w4", (2, 32), TENSOR_TYPES["INT4"], Buffer.of(np.arange(32, dtype=np.uint8)))
+    w4.quantization = QuantizationParams(details=blockwise)
+    group = ExternalBufferGroup("weights.bin")
+    model.external_buffer_groups = [group]
+    model.external_buffers = [ExternalBuffer(7, group, offset=64, length=8, packing="unpacked")]
+    outside = Tensor("outside", (2,), external_buffer=model.external_buffers[0])
+    sg.tensors = [x, w, state, handle, y, scratch, w4, scales, outside]
     sg.inputs, sg.outputs = [x], [y]
     custom = model.opcode("MyCustomOp", version=2)
     sg.operators = [
@@ -225,6 +237,10 @@ def test_every_schema_field_survives(tmp_path: Path) -> None:
         assert again.main.tensors[1].quantization.details.fields["custom"].tolist() == [7, 8, 9]
         assert again.signature_defs[0].inputs[0].tensor is again.main.tensors[0]
         assert again.main.operators[1].opcode.name == "STABLEHLO_CONCATENATE"
+        details = again.main.tensors[6].quantization.details.fields
+        assert details["scales"] is again.main.tensors[7] and details["zero_points"] is None
+        assert again.main.tensors[8].external_buffer is again.external_buffers[0]
+        assert again.external_buffers[0].group is again.external_buffer_groups[0]
 
 
 def test_writer_covers_every_field_of_the_core_tables() -> None:
@@ -246,6 +262,8 @@ def test_writer_covers_every_field_of_the_core_tables() -> None:
         "TensorMap": tree["signature_defs"][0]["inputs"][0],
         "Metadata": tree["metadata"][0],
         "VariantSubType": sg["tensors"][3]["variant_tensors"][0],
+        "ExternalBufferGroup": tree["external_buffer_groups"][0],
+        "ExternalBuffer": tree["external_buffers"][0],
     }
     for table, sample in samples.items():
         fields = {f["name"] for f in TABLES[table]["fields"] if f["kind"] != "union_type"}

@@ -1,18 +1,21 @@
 """An independent view of a .tflite file through the ``tflite`` package's generated readers.
 
-Used to check the engine's writer against code it does not share: every schema field is read with the
-generated accessor of the same name, and buffer indices are replaced by the bytes they point at, so two
-files that differ only in buffer numbering or storage (inline vs offset/size) dump equal.
+Used to check the engine's writer against code it does not share: every field of the schema the ``tflite``
+package knows (an older one than the engine's) is read with the generated accessor of the same name, and
+buffer indices are replaced by the bytes they point at, so two files that differ only in buffer numbering or
+storage (inline vs offset/size) dump equal.  A union member the package does not know (e.g. blockwise
+quantization details) dumps as its number alone.
 """
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any
 
 import numpy as np
 import tflite
 
-from engine.schema import TABLES, UNIONS
+from engine.schema.generate import TFLITE, build_schema
 
 _LAYOUT_FIELDS = {("Buffer", "offset"), ("Buffer", "size"), ("Model", "buffers")}
 _LARGE = ("large_custom_options_offset", "large_custom_options_size")
@@ -22,10 +25,18 @@ def _camel(name: str) -> str:
     return "".join(part[:1].upper() + part[1:] for part in name.split("_"))
 
 
+@cache
+def tflite_schema() -> dict[str, Any]:
+    """The schema as the ``tflite`` package's generated readers know it."""
+    return build_schema(TFLITE)
+
+
 class _Dumper:
     def __init__(self, data: bytes) -> None:
         self.data = data
         self.model = tflite.Model.GetRootAs(data, 0)
+        self.tables = tflite_schema()["tables"]
+        self.unions = tflite_schema()["unions"]
 
     def buffer_bytes(self, index: int) -> bytes | None:
         if index == 0:
@@ -37,7 +48,7 @@ class _Dumper:
 
     def table(self, name: str, obj: Any) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        for field in TABLES[name]["fields"]:
+        for field in self.tables[name]["fields"]:
             fname, kind = field["name"], field["kind"]
             if (name, fname) in _LAYOUT_FIELDS or kind == "union_type" or fname in _LARGE:
                 continue
@@ -53,10 +64,13 @@ class _Dumper:
                 sub = getter()
                 out[fname] = None if sub is None else self.table(field["table"], sub)
             elif kind == "union":
-                member = UNIONS[field["union"]].get(str(getattr(obj, _camel(fname) + "Type")()))
+                number = getattr(obj, _camel(fname) + "Type")()
+                member = self.unions[field["union"]].get(str(number))
                 tab = getter()
-                if member is None or tab is None:
+                if tab is None:
                     out[fname] = None
+                elif member is None:
+                    out[fname] = (f"#{number}", None)
                 else:
                     sub = getattr(tflite, member)()
                     sub.Init(tab.Bytes, tab.Pos)
