@@ -93,12 +93,12 @@ def _validate_after(args: argparse.Namespace, report: Any) -> int:
 
     data = load_inputs(args.data) if args.data else None
     try:
-        result = validate(args.input, args.output, data, intermediates=False)
+        result = validate(args.input, args.output, data, intermediates=False, xnnpack=report.needs_xnnpack)
     except EngineError as exc:
         print(f"error: cannot validate {args.output}: {exc}", file=sys.stderr)
         return EXIT_ERROR
     report.validation = result.to_dict()
-    print("\nLiteRT, input vs compressed:")
+    print(f"\nLiteRT ({'XNNPACK' if report.needs_xnnpack else 'builtin kernels'}), input vs compressed:")
     print(result.format_text())
     return 0
 
@@ -107,7 +107,14 @@ def _validate(args: argparse.Namespace) -> int:
     from engine.validate import load_inputs, validate
 
     data = load_inputs(args.data) if args.data else None
-    report = validate(args.reference, args.candidate, data, seed=args.seed, intermediates=not args.no_intermediates)
+    report = validate(
+        args.reference,
+        args.candidate,
+        data,
+        seed=args.seed,
+        intermediates=not args.no_intermediates,
+        xnnpack=args.xnnpack,
+    )
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.format_text())
     if args.min_sqnr is not None and report.worst_sqnr_db < args.min_sqnr:
         print(f"error: worst output SQNR {report.worst_sqnr_db:.2f} dB is below {args.min_sqnr} dB", file=sys.stderr)
@@ -173,6 +180,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.add_argument("--seed", type=int, default=0, help="seed for generated inputs (when --data is not given)")
     p.add_argument("--no-intermediates", action="store_true", help="compare model outputs only")
+    p.add_argument("--xnnpack", action="store_true", help="run with the default XNNPACK delegate (outputs only)")
     p.add_argument("--min-sqnr", type=float, help=f"exit {EXIT_BELOW_THRESHOLD} if an output's SQNR (dB) is lower")
     p.set_defaults(run=_validate)
 

@@ -33,6 +33,10 @@ class OpRule:
     ``int4_even_rows``: the int4 hybrid kernel starts row r at byte ``r * row_size // 2``, so it reads the packed
     weight right only when each slice along axis 0 holds an even number of elements.
 
+    ``xnnpack_only``: hybrid forms LiteRT 2.3 computes right only through XNNPACK (the default interpreter's
+    delegate): its builtin FULLY_CONNECTED runs blockwise int4 weights (``BlockwiseQuantization``) but its
+    outputs are garbage (0.2 dB against the float model), XNNPACK's are right.
+
     ``max_version`` is the highest operator version LiteRT registers: a model declaring a higher one fails to
     load, while every version from 1 up runs the same kernels (hybrid, per-channel and int4 weights need no
     particular version).
@@ -47,14 +51,20 @@ class OpRule:
     axis_option: str | None = None
     adjoint_option: str | None = None
     int4_even_rows: bool = False
+    xnnpack_only: tuple[tuple[int, frozenset[str]], ...] = ()
 
     def hybrid_granularities(self, bits: int) -> frozenset[str]:
         """Granularities ("tensor", "channel", "block") of ``bits``-bit weights this op's kernel reads directly."""
         return dict(self.hybrid).get(bits, frozenset())
 
+    def needs_xnnpack(self, bits: int, granularity: str) -> bool:
+        """Whether this hybrid form is computed right only by XNNPACK (the default interpreter's delegate)."""
+        return granularity in dict(self.xnnpack_only).get(bits, frozenset())
+
     def runs_hybrid(self, bits: int, granularity: str, weight_shape: Sequence[int]) -> bool:
-        """Whether the builtin kernel computes right when it reads this quantized weight directly."""
-        if granularity not in self.hybrid_granularities(bits):
+        """Whether LiteRT computes right when the op reads this quantized weight directly: the builtin kernel,
+        or only XNNPACK for the ``xnnpack_only`` forms (see ``needs_xnnpack``)."""
+        if granularity not in self.hybrid_granularities(bits) and not self.needs_xnnpack(bits, granularity):
             return False
         return not (bits == 4 and self.int4_even_rows and math.prod(weight_shape[1:]) % 2)
 
@@ -91,7 +101,7 @@ RULES: dict[str, OpRule] = {
     ),
     "FULLY_CONNECTED": OpRule(
         "FullyConnectedOptions", weight_input=1, weight_channel_axis=0, bias_input=2,
-        hybrid=((8, _BOTH), (4, _BOTH)), max_version=14,
+        hybrid=((8, _BOTH), (4, _BOTH)), max_version=14, xnnpack_only=((4, frozenset({"block"})),),
     ),
     "TRANSPOSE_CONV": OpRule(
         "TransposeConvOptions", weight_input=1, weight_channel_axis=0, bias_input=3,

@@ -38,6 +38,7 @@ class TensorReport:
     bytes_before: int = 0
     bytes_after: int = 0
     weight_sqnr_db: float | None = None
+    needs_xnnpack: bool = False
 
 
 def gzip_size(path: str | Path) -> int | None:
@@ -72,6 +73,11 @@ class Report:
     @property
     def skipped(self) -> list[TensorReport]:
         return [t for t in self.tensors if t.action == "skipped"]
+
+    @property
+    def needs_xnnpack(self) -> bool:
+        """Whether some weight is in a form only XNNPACK (the default interpreter) computes right."""
+        return any(t.needs_xnnpack for t in self.tensors)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -108,6 +114,11 @@ class Report:
         lines.append("constants by dtype (bytes): " + ("; ".join(changed) if changed else "unchanged"))
         lines.append("file: " + _ratio(self.file_bytes_before, self.file_bytes_after))
         lines.append("gzip: " + _ratio(self.gzip_bytes_before, self.gzip_bytes_after))
+        if self.needs_xnnpack:
+            lines.append(
+                "note: blockwise weights run right only with XNNPACK (the interpreter's default); LiteRT 2.3's "
+                "builtin FULLY_CONNECTED kernel miscomputes them"
+            )
         return "\n".join(lines)
 
 

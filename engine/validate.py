@@ -199,8 +199,9 @@ def _json_safe(obj: Any) -> Any:
 # ------------------------------------------------------------------------------------ interpreter
 
 
-def _interpreter(model: ModelSource, label: str, *, preserve_all: bool, num_threads: int) -> Any:
-    """Build an interpreter with builtin kernels only, turning load errors into one-line EngineErrors."""
+def _interpreter(model: ModelSource, label: str, *, preserve_all: bool, num_threads: int, xnnpack: bool) -> Any:
+    """Build an interpreter with builtin kernels only (or the default XNNPACK delegate), turning load errors into
+    one-line EngineErrors."""
     try:
         from ai_edge_litert.interpreter import Interpreter, OpResolverType
     except ImportError as exc:
@@ -213,7 +214,9 @@ def _interpreter(model: ModelSource, label: str, *, preserve_all: bool, num_thre
             **source,
             num_threads=num_threads,
             experimental_preserve_all_tensors=preserve_all,
-            experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+            experimental_op_resolver_type=OpResolverType.AUTO
+            if xnnpack
+            else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
         )
         interp.allocate_tensors()
     except (RuntimeError, ValueError) as exc:
@@ -332,14 +335,15 @@ def _invoke(interp: Any, feeds: list[tuple[dict[str, Any], np.ndarray]], label: 
         raise _load_error(exc, label) from exc
 
 
-def run(model: ModelSource, inputs: InputData, *, num_threads: int = 1) -> dict[str, np.ndarray]:
+def run(model: ModelSource, inputs: InputData, *, num_threads: int = 1, xnnpack: bool = False) -> dict[str, np.ndarray]:
     """Run one inference and return the raw outputs keyed by output tensor name.
 
     `inputs` is a dict keyed by input name (or one array for a single-input model); float data for
-    a quantized input is quantized with the tensor's parameters.
+    a quantized input is quantized with the tensor's parameters.  ``xnnpack`` runs with the interpreter's
+    default delegate instead of the builtin kernels.
     """
     label = _label(model, "model")
-    interp = _interpreter(model, label, preserve_all=False, num_threads=num_threads)
+    interp = _interpreter(model, label, preserve_all=False, num_threads=num_threads, xnnpack=xnnpack)
     details = interp.get_input_details()
     data = _named_data(details, inputs, label, seed=0)
     _invoke(interp, [(d, _cast_for(data[d["name"]], d, d)) for d in details], label)
@@ -376,16 +380,20 @@ def validate(
     intermediates: bool = True,
     num_threads: int = 1,
     class_scores: bool = False,
+    xnnpack: bool = False,
 ) -> ValidationReport:
     """Run reference and candidate on the same inputs and compare outputs (and intermediates).
 
     `data` is keyed by the reference's input names (see `load_inputs`); None generates seeded data.
     Top-1 agreement is reported for rank-2 [N, C>1] outputs, or with `class_scores=True` for every
-    output whose last dim is > 1 (rows = all other dims).
+    output whose last dim is > 1 (rows = all other dims).  ``xnnpack`` runs both with the interpreter's default
+    delegate (its fused partitions hide intermediates, so only outputs are compared).
     """
     ref_label, cand_label = _label(reference, "reference"), _label(candidate, "candidate")
-    ref = _interpreter(reference, ref_label, preserve_all=intermediates, num_threads=num_threads)
-    cand = _interpreter(candidate, cand_label, preserve_all=intermediates, num_threads=num_threads)
+    intermediates = intermediates and not xnnpack
+    options = {"preserve_all": intermediates, "num_threads": num_threads, "xnnpack": xnnpack}
+    ref = _interpreter(reference, ref_label, **options)
+    cand = _interpreter(candidate, cand_label, **options)
 
     in_pairs = _pairs(ref.get_input_details(), cand.get_input_details(), "input")
     named = _named_data([r for r, _ in in_pairs], data, ref_label, seed)

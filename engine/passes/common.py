@@ -88,8 +88,9 @@ def install(model: Model, weight: Weight, stored: Tensor, direct: list[tuple[Ope
             sg.insert_operator(first + offset, op)
     else:
         sg.tensors = [t for t in sg.tensors if t is not value]
-    if stored not in sg.tensors:
-        sg.tensors.append(stored)
+    for t in (stored, *(stored.quantization.tensors() if stored.quantization else ())):
+        if t not in sg.tensors:
+            sg.tensors.append(t)
     _drop_unused(sg, old)
 
 

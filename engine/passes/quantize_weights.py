@@ -10,12 +10,13 @@ granularity read the integer weight directly, every other reader gets it through
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
 from engine import kernels
 from engine.errors import EngineError
-from engine.ir import TENSOR_TYPES, Buffer, Model, Operator, QuantizationParams, Tensor
+from engine.ir import TENSOR_TYPES, Buffer, Model, Operator, QuantizationParams, Table, Tensor
 from engine.ops import DEQUANTIZE_INPUTS, RULES
 from engine.passes.common import entry, install, select
 from engine.progress import track
@@ -29,41 +30,48 @@ _CONTAINERS = {2: "INT2", 4: "INT4", 8: "INT8"}
 _PACKERS: dict[int, Callable[[np.ndarray], np.ndarray]] = {2: kernels.pack_int2, 4: kernels.pack_int4}
 
 
+@dataclass
+class _Encoding:
+    """A weight's quantized form: what the new constant holds and what the report says about it."""
+
+    buffer: Buffer
+    params: QuantizationParams
+    stored_bytes: int
+    weight_sqnr_db: float
+    sparse: bool
+
+
 def quantize_weights(model: Model, recipe: Recipe) -> tuple[Model, list[TensorReport]]:
     """Quantize every weight whose resolved mode is an integer one; returns the model and one entry per weight."""
     chosen, reports = select(model, recipe, INTEGER_MODES)
-    encoded: dict[tuple, tuple[Buffer, QuantizationParams, int, float, bool]] = {}
+    encoded: dict[tuple, _Encoding] = {}
     for weight, options in track(chosen, "quantizing weights"):
-        report = entry(weight, options)
         granularity = _granularity(weight, options)
-        bits = options.level_bits
-        assert bits is not None
         container, direct = _placement(weight, options, granularity)
-        key = (id(weight.source.buffer), weight.shape, weight.channel_axis, options, granularity, container)
-        if key not in encoded:
+        key = (weight.subgraph_index, id(weight.source.buffer), weight.shape, weight.channel_axis, options)
+        key += (granularity, container)
+        if key not in encoded:  # tensors sharing a buffer share its encoding
             encoded[key] = _encode(weight, options, granularity, container, sparse_ok=not direct)
-        buffer, params, stored_bytes, weight_sqnr, sparse = encoded[key]
-        if stored_bytes >= weight.stored_bytes:
-            reports.append(entry(weight, options, f"{granularity} {_CONTAINERS[container]} would not be smaller"))
+        encoding = encoded[key]
+        dtype = _CONTAINERS[container]
+        if encoding.stored_bytes >= weight.stored_bytes:
+            reports.append(entry(weight, options, f"{granularity} {dtype} would not be smaller"))
             continue
+        report = entry(weight, options)
         stored = Tensor(
-            f"{weight.name}_{_CONTAINERS[container].lower()}",
-            weight.source.shape if sparse else weight.shape,
-            TENSOR_TYPES[_CONTAINERS[container]],
-            buffer,
-            params,
-            sparsity=weight.source.sparsity if sparse else None,
+            f"{weight.name}_{dtype.lower()}",
+            weight.source.shape if encoding.sparse else weight.shape,
+            TENSOR_TYPES[dtype],
+            encoding.buffer,
+            encoding.params,
+            sparsity=weight.source.sparsity if encoding.sparse else None,
         )
         install(model, weight, stored, direct)
-        report.bits, report.granularity, report.scale = bits, granularity, options.scale
-        report.form = "hybrid" if direct else "dequantize"
-        if direct and len(direct) < len(weight.uses):
-            report.form = "hybrid+dequantize"
-        report.dtype_after, report.bytes_after, report.weight_sqnr_db = (
-            _CONTAINERS[container],
-            stored_bytes,
-            weight_sqnr,
-        )
+        report.bits, report.granularity, report.scale = options.level_bits, granularity, options.scale
+        report.form = "dequantize" if not direct else "hybrid" if len(direct) == len(weight.uses) else "mixed"
+        report.dtype_after, report.bytes_after = dtype, encoding.stored_bytes
+        report.weight_sqnr_db = encoding.weight_sqnr_db
+        report.needs_xnnpack = any(RULES[op.name].needs_xnnpack(container, _kind(granularity)) for op, _ in direct)
         if granularity != options.granularity:
             report.reason = f"{options.granularity} not possible here; used {granularity}"
         reports.append(report)
@@ -92,7 +100,7 @@ def _hybrid_uses(
         rule = RULES[op.name]
         axis = channel_axis_of(rule.channel_axis(op.builtin_options), weight.value)
         if (granularity == "tensor" or axis == weight.channel_axis) and rule.runs_hybrid(
-            container, granularity, weight.shape
+            container, _kind(granularity), weight.shape
         ):
             uses.append((op, i))
     return uses
@@ -106,13 +114,19 @@ def _placement(weight: Weight, options: TensorOptions, granularity: str) -> tupl
         if container < bits:
             continue
         direct = _hybrid_uses(weight, options, container, granularity)
-        if len(direct) == len(weight.uses) or granularity in DEQUANTIZE_INPUTS.get(container, frozenset()):
+        if len(direct) == len(weight.uses) or _kind(granularity) in DEQUANTIZE_INPUTS.get(container, frozenset()):
             return container, direct
     readers = ", ".join(sorted({op.name for op, _ in weight.uses}))
+    hint = " (blockwise weights run only in dynamic-int4, read by FULLY_CONNECTED)" if options.block_size else ""
     raise EngineError(
         f"weight {weight.name!r}: LiteRT cannot run {bits}-bit {granularity} weights for {readers} "
-        f"in {options.quantize} (no kernel reads them and DEQUANTIZE does not decode them)"
+        f"in {options.quantize}: no kernel reads them directly and DEQUANTIZE does not decode them{hint}"
     )
+
+
+def _kind(granularity: str) -> str:
+    """ "tensor", "channel" or "block" (the op table's words) for a granularity such as "block:32"."""
+    return granularity.split(":")[0]
 
 
 def _groups(
@@ -133,28 +147,35 @@ def _groups(
     return values.reshape(-1, block), lambda rows: rows.reshape(shape)
 
 
-def _encode(
-    weight: Weight, options: TensorOptions, granularity: str, container: int, sparse_ok: bool
-) -> tuple[Buffer, QuantizationParams, int, float, bool]:
-    """Quantize the weight: its buffer, quantization parameters, stored bytes (with the per-channel scales and
-    zero points, 12 bytes a channel: they can outweigh a small depthwise filter), SQNR, and whether sparse."""
+def _encode(weight: Weight, options: TensorOptions, granularity: str, container: int, sparse_ok: bool) -> _Encoding:
+    """Quantize the weight.  Stored bytes count the scales and zero points too (12 bytes a channel, which can
+    outweigh a small depthwise filter).  Blockwise scales are stored as float16 in a tensor of their own, which
+    the quantization details refer to, so the codes are computed against the float16-rounded scales."""
     bits = options.level_bits
     assert bits is not None
     values = weight.decode()
     rows, restore = _groups(values, granularity, weight.channel_axis)
     find_scales = kernels.mse_scales if options.scale == "mse" else kernels.absmax_scales
     scales = find_scales(rows, bits)
+    block = options.block_size if _kind(granularity) == "block" else None
+    if block is not None:
+        scales = np.maximum(scales.astype(np.float16), np.finfo(np.float16).smallest_normal).astype(np.float32)
     codes_rows = kernels.quantize(rows, scales, bits)
     weight_sqnr = sqnr_db(values, restore(kernels.dequantize(codes_rows, scales)))
-    codes = restore(codes_rows)
-    params = QuantizationParams(
-        scale=scales.astype(np.float32),
-        zero_point=np.zeros(scales.size, np.int64),
-        quantized_dimension=weight.channel_axis if granularity == "channel" else 0,
-    )
-    if granularity.startswith("block:"):
-        raise EngineError("block granularity needs the runtime's current schema (BlockwiseQuantization)")
-    flat = codes.reshape(-1)
+    flat = restore(codes_rows).reshape(-1)
+    if block is not None:
+        scale_tensor = Tensor(f"{weight.name}_scales")
+        scale_tensor.data = scales.astype(np.float16).reshape(weight.shape[0], -1)
+        details = Table("BlockwiseQuantization", {"scales": scale_tensor, "zero_points": None, "block_size": block})
+        params = QuantizationParams(details=details)
+        params_bytes = scales.size * 2
+    else:
+        params = QuantizationParams(
+            scale=scales.astype(np.float32),
+            zero_point=np.zeros(scales.size, np.int64),
+            quantized_dimension=weight.channel_axis if granularity == "channel" else 0,
+        )
+        params_bytes = scales.size * 12
     sparse = False
     if weight.source.sparsity is not None and sparse_ok and container == 8:
         assert weight.source.data is not None
@@ -162,8 +183,7 @@ def _encode(
         if positions.size + _index_bytes(weight) < flat.size:
             flat, sparse = flat[positions], True
     data = _PACKERS[container](flat) if container in _PACKERS else flat.astype(np.int8)
-    stored_bytes = int(data.nbytes + params.scale.nbytes + params.zero_point.nbytes)
-    return Buffer.of(data), params, stored_bytes, weight_sqnr, sparse
+    return _Encoding(Buffer.of(data), params, int(data.nbytes + params_bytes), weight_sqnr, sparse)
 
 
 def _index_bytes(weight: Weight) -> int:
