@@ -85,6 +85,14 @@ def _twins(fast: Callable[..., Any], reference: Callable[..., Any]) -> Callable[
 # ---------------------------------------------------------------------------------------------------- checks
 
 
+def _frozen(a: np.ndarray) -> np.ndarray:
+    """A read-only view: the kernels then see one array type (one compilation) whether the caller's data is
+    writable or a read-only view of a mapped model file."""
+    view = a.view()
+    view.flags.writeable = False
+    return view
+
+
 def _checked_groups(groups: np.ndarray) -> np.ndarray:
     g = np.ascontiguousarray(groups, dtype=np.float32)
     if g.ndim != 2:
@@ -93,7 +101,7 @@ def _checked_groups(groups: np.ndarray) -> np.ndarray:
         if not np.isfinite(g).all():
             raise EngineError("weights contain NaN or infinity; they cannot be quantized")
         raise EngineError(f"weights beyond ±{_LIMIT:g} cannot be quantized: dequantized, they would overflow float32")
-    return g
+    return _frozen(g)
 
 
 def _checked_scales(scales: np.ndarray, rows: int) -> np.ndarray:
@@ -102,14 +110,14 @@ def _checked_scales(scales: np.ndarray, rows: int) -> np.ndarray:
         raise EngineError(f"expected {rows} scales (one per row), got shape {s.shape}")
     if not (np.isfinite(s).all() and (s > 0).all()):
         raise EngineError("quantization scales must be finite and positive")
-    return s
+    return _frozen(s)
 
 
 def _checked_int8(codes: np.ndarray) -> np.ndarray:
     c = np.ascontiguousarray(codes)
     if c.dtype != np.int8:
         raise EngineError(f"quantized codes must be int8, got {c.dtype}")
-    return c
+    return _frozen(c)
 
 
 def _packable(codes: np.ndarray, bits: int) -> np.ndarray:
@@ -131,7 +139,7 @@ def _checked_packed(packed: np.ndarray, count: int, bits: int) -> np.ndarray:
     needed = -(-int(count) // per_byte)
     if p.size != needed:
         raise EngineError(f"{count} int{bits} values take {needed} packed bytes, got {p.size}")
-    return np.ascontiguousarray(p)
+    return _frozen(np.ascontiguousarray(p))
 
 
 # ----------------------------------------------------------------------------------- numba: scalar helpers
