@@ -1,0 +1,430 @@
+"""The hot loops of weight quantization, as Numba kernels with plain-numpy twins.
+
+Everything here works on ``groups``: a 2-D float32 array (rows, n) whose rows each share one scale (per-tensor:
+one row; per-channel: one row per output channel; blockwise: one row per block). Quantization is symmetric with
+zero point 0 and narrow range: ``bits`` b gives integer codes in [-qmax, qmax], ``qmax = 2**(b-1) - 1``, rounded
+half away from zero and saturated at ±qmax. Scales are positive float32; a row whose scale would be zero or
+subnormal (all zeros, or values too tiny to matter) gets scale 1.0, since the runtime needs positive scales.
+
+Why two implementations: the Numba kernels are what the engine runs (one pass over 67 M weights instead of
+numpy's temporaries); the numpy twins (``<name>_numpy``) state the same arithmetic plainly and are what the
+tests compare the kernels against. Each public function checks its arguments once, cheaply, with numpy, and
+raises ``EngineError`` for bad input (NaN, infinity or |w| > 1e38, wrong shapes, codes out of range); the
+kernels then trust them. Importing this module imports Numba; the kernels compile on first use and are cached on disk,
+and ``import engine`` never imports this module.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from typing import Any, Generic, ParamSpec
+
+import numba
+import numpy as np
+
+from engine.errors import EngineError
+
+_P = ParamSpec("_P")
+
+# Largest |weight| accepted: it keeps qmax * scale, hence every dequantized value, a finite float32.
+_LIMIT = 1e38
+# Smallest normal float32: smaller scales are replaced (all-zero-like row) or skipped (search candidates).
+_TINY = float(np.finfo(np.float32).tiny)
+
+# The MSE clipping search (see mse_scales): coarse grid size, then refinement stages of ±_REFINE_POINTS
+# around the best ratio so far, each stage's step a (_REFINE_POINTS + 1)-th of the previous one.
+_COARSE = 16
+_REFINE_STAGES = 3
+_REFINE_POINTS = 2
+
+
+def _is_integer(value: object) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
+def qmax(bits: int) -> int:
+    """Largest code of narrow-range symmetric ``bits``-bit quantization (int8: 127, int4: 7, int2: 1)."""
+    if not (_is_integer(bits) and 2 <= bits <= 8):
+        raise EngineError(f"quantization bit width must be an integer from 2 to 8, got {bits!r}")
+    return 2 ** (int(bits) - 1) - 1
+
+
+def _lowest_ratio(bits: int) -> float:
+    """Bottom of the coarse clipping grid: fewer bits pay more for resolution, so they may clip harder."""
+    return max(0.05, 0.5 - 0.1 * (8 - bits))
+
+
+class _Twins(Generic[_P]):
+    """A public kernel and its numpy twin behind one argument check.
+
+    ``prepare`` (the decorated function, which gives the public signature and docstring) checks and converts the
+    arguments and returns the kernel's arguments. Calling the object runs the Numba kernel on them; ``.numpy``
+    runs the numpy twin on the same prepared arguments, so the tests compare the two implementations, not checks.
+    """
+
+    def __init__(self, prepare: Callable[_P, tuple[Any, ...]], fast: Callable[..., Any], reference: Callable[..., Any]):
+        functools.update_wrapper(self, prepare)
+        self.__signature__ = inspect.signature(prepare).replace(return_annotation="np.ndarray")
+        self._prepare, self._fast, self._reference = prepare, fast, reference
+
+    def __call__(self, *args: _P.args, **kwargs: _P.kwargs) -> np.ndarray:
+        return self._fast(*self._prepare(*args, **kwargs))
+
+    def numpy(self, *args: _P.args, **kwargs: _P.kwargs) -> np.ndarray:
+        """The plain-numpy twin: same checks, same result (see each function for how exactly)."""
+        return self._reference(*self._prepare(*args, **kwargs))
+
+
+def _twins(fast: Callable[..., Any], reference: Callable[..., Any]) -> Callable[[Callable[_P, tuple]], _Twins[_P]]:
+    """Decorator: turn an argument-checking function into a public kernel with a numpy twin."""
+    return lambda prepare: _Twins(prepare, fast, reference)
+
+
+# ---------------------------------------------------------------------------------------------------- checks
+
+
+def _frozen(a: np.ndarray) -> np.ndarray:
+    """A read-only view: the kernels then see one array type (one compilation) whether the caller's data is
+    writable or a read-only view of a mapped model file."""
+    view = a.view()
+    view.flags.writeable = False
+    return view
+
+
+def _checked_groups(groups: np.ndarray) -> np.ndarray:
+    g = np.ascontiguousarray(groups, dtype=np.float32)
+    if g.ndim != 2:
+        raise EngineError(f"weight groups must be a 2-D array (rows, n), got shape {g.shape}")
+    if g.size and not (g.min() >= -_LIMIT and g.max() <= _LIMIT):  # two cheap passes, false for NaN too
+        if not np.isfinite(g).all():
+            raise EngineError("weights contain NaN or infinity; they cannot be quantized")
+        raise EngineError(f"weights beyond ±{_LIMIT:g} cannot be quantized: dequantized, they would overflow float32")
+    return _frozen(g)
+
+
+def _checked_scales(scales: np.ndarray, rows: int) -> np.ndarray:
+    s = np.ascontiguousarray(scales, dtype=np.float32)
+    if s.shape != (rows,):
+        raise EngineError(f"expected {rows} scales (one per row), got shape {s.shape}")
+    if not (np.isfinite(s).all() and (s > 0).all()):
+        raise EngineError("quantization scales must be finite and positive")
+    return _frozen(s)
+
+
+def _checked_int8(codes: np.ndarray) -> np.ndarray:
+    c = np.ascontiguousarray(codes)
+    if c.dtype != np.int8:
+        raise EngineError(f"quantized codes must be int8, got {c.dtype}")
+    return _frozen(c)
+
+
+def _packable(codes: np.ndarray, bits: int) -> np.ndarray:
+    """The codes flattened in C order, checked to fit ``bits``-bit two's complement."""
+    c = _checked_int8(codes).reshape(-1)
+    low, high = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    if c.size and (c.min() < low or c.max() > high):
+        raise EngineError(f"int{bits} codes must lie in [{low}, {high}], got values in [{c.min()}, {c.max()}]")
+    return c
+
+
+def _checked_packed(packed: np.ndarray, count: int, bits: int) -> np.ndarray:
+    p = np.asarray(packed)
+    if p.dtype != np.uint8 or p.ndim != 1:
+        raise EngineError(f"packed int{bits} data must be a 1-D uint8 array, got {p.dtype} of shape {p.shape}")
+    if not (_is_integer(count) and count >= 0):
+        raise EngineError(f"element count must be a non-negative integer, got {count!r}")
+    per_byte = 8 // bits
+    needed = -(-int(count) // per_byte)
+    if p.size != needed:
+        raise EngineError(f"{count} int{bits} values take {needed} packed bytes, got {p.size}")
+    return _frozen(np.ascontiguousarray(p))
+
+
+# ----------------------------------------------------------------------------------- numba: scalar helpers
+
+
+@numba.njit(cache=True)
+def _code(w, s, q):
+    """Code of one weight as float32: round half away from zero of w/s, saturated at ±q (exact for float32)."""
+    x = w / s
+    a = min(abs(x), q)
+    r = np.floor(a)
+    r += np.float32(a - r >= 0.5)
+    return np.copysign(r, x)
+
+
+@numba.njit(cache=True)
+def _squared_error(w, s, q):
+    d = np.float64(w) - np.float64(s) * np.float64(_code(w, s, q))
+    return d * d
+
+
+@numba.njit(cache=True, fastmath={"reassoc"})
+def _row_error(row, s, q):
+    """Sum of squared errors in float64; reassociating this one sum lets it vectorize (the terms stay exact)."""
+    total = 0.0
+    for j in range(row.size):
+        total += _squared_error(row[j], s, q)
+    return total
+
+
+@numba.njit(cache=True)
+def _row_absmax(row):
+    m = np.float32(0.0)
+    for j in range(row.size):
+        m = max(m, abs(row[j]))
+    return m
+
+
+@numba.njit(cache=True)
+def _scale(amax, ratio, qmax):
+    return np.float32(ratio * np.float64(amax) / qmax)
+
+
+@numba.njit(cache=True)
+def _row_mse_scale(row, qmax, lowest):
+    """The scale of the clipping ratio with the least squared error: coarse grid, then refinement stages."""
+    q = np.float32(qmax)
+    amax = _row_absmax(row)
+    best_s = _scale(amax, 1.0, qmax)
+    if best_s < _TINY:
+        return np.float32(1.0)
+    best_r = 1.0
+    best_e = _row_error(row, best_s, q)
+    step = (1.0 - lowest) / (_COARSE - 1)
+    for k in range(1, _COARSE):
+        r = 1.0 - k * step
+        s = _scale(amax, r, qmax)
+        if s >= _TINY:
+            e = _row_error(row, s, q)
+            if e < best_e:
+                best_s, best_r, best_e = s, r, e
+    for _ in range(_REFINE_STAGES):
+        step /= _REFINE_POINTS + 1
+        center = best_r
+        for j in range(-_REFINE_POINTS, _REFINE_POINTS + 1):
+            r = center + j * step
+            s = _scale(amax, r, qmax)
+            if j != 0 and r <= 1.0 and s >= _TINY:
+                e = _row_error(row, s, q)
+                if e < best_e:
+                    best_s, best_r, best_e = s, r, e
+    return best_s
+
+
+# ------------------------------------------------------------------------------------ numba: array kernels
+
+
+@numba.njit(cache=True, parallel=True)
+def _absmax_numba(groups, qmax):
+    out = np.empty(groups.shape[0], np.float32)
+    for i in numba.prange(groups.shape[0]):
+        s = _scale(_row_absmax(groups[i]), 1.0, qmax)
+        out[i] = s if s >= _TINY else np.float32(1.0)
+    return out
+
+
+@numba.njit(cache=True, parallel=True)
+def _mse_numba(groups, qmax, lowest):
+    out = np.empty(groups.shape[0], np.float32)
+    for i in numba.prange(groups.shape[0]):
+        out[i] = _row_mse_scale(groups[i], qmax, lowest)
+    return out
+
+
+@numba.njit(cache=True, parallel=True)
+def _quantize_numba(groups, scales, qmax):
+    q = np.float32(qmax)
+    out = np.empty(groups.shape, np.int8)
+    for i in numba.prange(groups.shape[0]):
+        s = scales[i]
+        for j in range(groups.shape[1]):
+            out[i, j] = np.int8(_code(groups[i, j], s, q))
+    return out
+
+
+@numba.njit(cache=True, parallel=True)
+def _dequantize_numba(codes, scales):
+    out = np.empty(codes.shape, np.float32)
+    for i in numba.prange(codes.shape[0]):
+        s = scales[i]
+        for j in range(codes.shape[1]):
+            out[i, j] = np.float32(codes[i, j]) * s
+    return out
+
+
+@numba.njit(cache=True)
+def _pack_numba(codes, bits):
+    per_byte = 8 // bits
+    mask = (1 << bits) - 1
+    out = np.zeros((codes.size + per_byte - 1) // per_byte, np.uint8)
+    for i, c in enumerate(codes):
+        out[i // per_byte] |= np.uint8((np.int32(c) & mask) << ((i % per_byte) * bits))
+    return out
+
+
+@numba.njit(cache=True)
+def _unpack_numba(packed, count, bits):
+    per_byte = 8 // bits
+    mask = (1 << bits) - 1
+    out = np.empty(count, np.int8)
+    for i in range(count):
+        v = (np.int32(packed[i // per_byte]) >> ((i % per_byte) * bits)) & mask
+        out[i] = np.int8(v - (mask + 1) if v > mask >> 1 else v)
+    return out
+
+
+# ------------------------------------------------------------------------------------------- numpy twins
+
+
+def _codes_numpy(groups: np.ndarray, scales: np.ndarray, qmax: int) -> np.ndarray:
+    """Codes as float32, the arithmetic of ``_code`` on whole arrays."""
+    with np.errstate(over="ignore"):  # w / s beyond float32 saturates like any large quotient
+        x = groups / scales[:, None]
+    a = np.minimum(np.abs(x), np.float32(qmax))
+    r = np.floor(a)
+    r += a - r >= 0.5
+    return np.copysign(r, x)
+
+
+def _errors_numpy(groups: np.ndarray, scales: np.ndarray, qmax: int) -> np.ndarray:
+    d = groups.astype(np.float64) - scales.astype(np.float64)[:, None] * _codes_numpy(groups, scales, qmax)
+    return (d * d).sum(axis=1)
+
+
+def _scales_numpy(amax: np.ndarray, ratio: np.ndarray | float, qmax: int) -> np.ndarray:
+    with np.errstate(over="ignore"):  # ratios above 1 (skipped candidates) may overflow
+        return (ratio * amax.astype(np.float64) / qmax).astype(np.float32)
+
+
+def _absmax_numpy(groups: np.ndarray, qmax: int) -> np.ndarray:
+    s = _scales_numpy(np.abs(groups).max(axis=1, initial=0.0), 1.0, qmax)
+    return np.where(s >= _TINY, s, np.float32(1.0))
+
+
+def _mse_numpy(groups: np.ndarray, qmax: int, lowest: float) -> np.ndarray:
+    """The search of ``_row_mse_scale``, one candidate at a time for all rows at once."""
+    amax = np.abs(groups).max(axis=1, initial=0.0)
+    best_s = _scales_numpy(amax, 1.0, qmax)
+    live = best_s >= _TINY
+    best_s[~live] = 1.0
+    best_r = np.ones(len(groups))
+    best_e = _errors_numpy(groups, best_s, qmax)
+
+    def consider(r: np.ndarray) -> None:
+        s = _scales_numpy(amax, r, qmax)
+        valid = live & (r <= 1.0) & (s >= _TINY)
+        e = _errors_numpy(groups, np.where(valid, s, np.float32(1.0)), qmax)
+        better = valid & (e < best_e)
+        best_s[better], best_r[better], best_e[better] = s[better], r[better], e[better]
+
+    step = (1.0 - lowest) / (_COARSE - 1)
+    for k in range(1, _COARSE):
+        consider(np.full(len(groups), 1.0 - k * step))
+    for _ in range(_REFINE_STAGES):
+        step /= _REFINE_POINTS + 1
+        center = best_r.copy()
+        for j in range(-_REFINE_POINTS, _REFINE_POINTS + 1):
+            if j != 0:
+                consider(center + j * step)
+    return best_s
+
+
+def _quantize_numpy(groups: np.ndarray, scales: np.ndarray, qmax: int) -> np.ndarray:
+    return _codes_numpy(groups, scales, qmax).astype(np.int8)
+
+
+def _dequantize_numpy(codes: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    return codes.astype(np.float32) * scales[:, None]
+
+
+def _shifts(bits: int) -> np.ndarray:
+    return np.arange(0, 8, bits, dtype=np.uint8)
+
+
+def _pack_numpy(codes: np.ndarray, bits: int) -> np.ndarray:
+    per_byte = 8 // bits
+    fields = np.zeros(-(-codes.size // per_byte) * per_byte, np.uint8)
+    fields[: codes.size] = codes.view(np.uint8) & ((1 << bits) - 1)
+    return np.bitwise_or.reduce(fields.reshape(-1, per_byte) << _shifts(bits), axis=1).astype(np.uint8)
+
+
+def _unpack_numpy(packed: np.ndarray, count: int, bits: int) -> np.ndarray:
+    fields = ((packed[:, None] >> _shifts(bits)) & ((1 << bits) - 1)).ravel()[:count].astype(np.int8)
+    return np.where(fields >= 1 << (bits - 1), fields - (1 << bits), fields).astype(np.int8)
+
+
+# ------------------------------------------------------------------------------------------ public kernels
+
+
+@_twins(_absmax_numba, _absmax_numpy)
+def absmax_scales(groups: np.ndarray, bits: int) -> tuple:
+    """Per-row scale max|w| / qmax ("minmax"): no weight is clipped. Returns float32[rows]."""
+    return _checked_groups(groups), qmax(bits)
+
+
+@_twins(_mse_numba, _mse_numpy)
+def mse_scales(groups: np.ndarray, bits: int) -> tuple:
+    """Per-row scale whose clipping range r * max|w| minimizes the squared reconstruction error.
+
+    Clipping a few large weights buys finer steps for all the others, which pays at low bit widths. The search
+    tries r = 1 first (so the result is never worse than ``absmax_scales``, and ties keep it), then a coarse
+    grid of 16 ratios down to a bit-width-dependent floor (0.5 for 8 bits, 0.1 for 4, 0.05 for 2 and 3), then
+    three refinement stages of ±2 points around the best ratio, each a third of the previous step: 28 error
+    evaluations per row, each exactly the arithmetic of ``quantize``, summed in float64. Returns float32[rows].
+    """
+    return _checked_groups(groups), qmax(bits), _lowest_ratio(bits)
+
+
+@_twins(_quantize_numba, _quantize_numpy)
+def quantize(groups: np.ndarray, scales: np.ndarray, bits: int) -> tuple:
+    """int8 codes round(w / scale) (half away from zero) saturated to ±qmax, one scale per row."""
+    g = _checked_groups(groups)
+    return g, _checked_scales(scales, g.shape[0]), qmax(bits)
+
+
+@_twins(_dequantize_numba, _dequantize_numpy)
+def dequantize(codes: np.ndarray, scales: np.ndarray) -> tuple:
+    """float32 codes * scale, one scale per row of the int8 codes (rows, n): what the runtime computes."""
+    c = _checked_int8(codes)
+    if c.ndim != 2:
+        raise EngineError(f"codes must be a 2-D array (rows, n), got shape {c.shape}")
+    return c, _checked_scales(scales, c.shape[0])
+
+
+@_twins(_pack_numba, _pack_numpy)
+def pack_int4(codes: np.ndarray) -> tuple:
+    """TFLite INT4 bytes of int8 codes in [-8, 7] (flattened in C order): two's-complement nibbles, element 2i in
+    the low nibble of byte i and 2i+1 in the high one; an odd count leaves the last high nibble 0."""
+    return _packable(codes, 4), 4
+
+
+@_twins(_unpack_numba, _unpack_numpy)
+def unpack_int4(packed: np.ndarray, count: int) -> tuple:
+    """The ``count`` sign-extended int8 codes stored in TFLite INT4 bytes (the inverse of ``pack_int4``)."""
+    return _checked_packed(packed, count, 4), int(count), 4
+
+
+@_twins(_pack_numba, _pack_numpy)
+def pack_int2(codes: np.ndarray) -> tuple:
+    """TFLite INT2 bytes of int8 codes in [-2, 1] (flattened in C order): four two's-complement 2-bit fields
+    per byte, element 4i+j in bits 2j..2j+1 (lowest first); unused fields of the last byte are 0."""
+    return _packable(codes, 2), 2
+
+
+@_twins(_unpack_numba, _unpack_numpy)
+def unpack_int2(packed: np.ndarray, count: int) -> tuple:
+    """The ``count`` sign-extended int8 codes stored in TFLite INT2 bytes (the inverse of ``pack_int2``)."""
+    return _checked_packed(packed, count, 2), int(count), 2
+
+
+absmax_scales_numpy = absmax_scales.numpy
+mse_scales_numpy = mse_scales.numpy
+quantize_numpy = quantize.numpy
+dequantize_numpy = dequantize.numpy
+pack_int4_numpy = pack_int4.numpy
+unpack_int4_numpy = unpack_int4.numpy
+pack_int2_numpy = pack_int2.numpy
+unpack_int2_numpy = unpack_int2.numpy

@@ -1,0 +1,231 @@
+"""Quantization kernels: the Numba kernels against their numpy twins, their properties, and the runtime's packing."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ai_edge_litert.schema_py_generated import TensorType
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from engine import kernels as k
+from engine.builder import GraphBuilder
+from engine.errors import EngineError
+from engine.ir import QuantizationParams
+from engine.validate import run
+from engine.writer import model_to_bytes
+
+ROOT = Path(__file__).resolve().parents[1]
+BITS = st.integers(2, 8)
+LIMIT = float(np.float32(1e38))  # the largest |weight| the kernels accept
+FAST = settings(deadline=None)  # the first example of each test compiles (or loads) its kernels
+
+
+@st.composite
+def weights(draw: st.DrawFn, max_rows: int = 6, max_n: int = 40) -> np.ndarray:
+    """Weight groups: heavy- or light-tailed rows at any magnitude, some all zero, or any float32 up to ±1e38."""
+    shape = (draw(st.integers(0, max_rows)), draw(st.integers(0, max_n)))
+    if draw(st.booleans()):
+        return draw(arrays(np.float32, shape, elements=st.floats(-LIMIT, LIMIT, width=32)))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    df = draw(st.sampled_from([1.5, 3.0, 30.0]))
+    magnitude = 10.0 ** draw(st.integers(-30, 30))
+    g = (rng.standard_t(df, shape) * magnitude).astype(np.float32)
+    g[rng.random(shape[0]) < 0.2] = 0.0
+    return g
+
+
+def squared_errors(groups: np.ndarray, scales: np.ndarray, bits: int) -> np.ndarray:
+    """Per-row reconstruction error of quantizing with ``scales``, in float64."""
+    d = groups.astype(np.float64) - scales.astype(np.float64)[:, None] * k.quantize_numpy(groups, scales, bits)
+    return (d * d).sum(axis=1)
+
+
+# ------------------------------------------------------------------------------------------------ scales
+
+
+def test_qmax() -> None:
+    assert [k.qmax(b) for b in range(2, 9)] == [1, 3, 7, 15, 31, 63, 127]
+    assert k.qmax(np.int64(4)) == 7
+    for bad in (1, 9, 0, -4, 4.0, True, "8", None):
+        with pytest.raises(EngineError, match="bit width"):
+            k.qmax(bad)
+
+
+@FAST
+@given(weights(), BITS)
+def test_absmax_scales(g: np.ndarray, bits: int) -> None:
+    s = k.absmax_scales(g, bits)
+    assert s.dtype == np.float32 and s.shape == (g.shape[0],)
+    assert np.array_equal(s, k.absmax_scales_numpy(g, bits))
+    assert (s > 0).all()
+    amax = np.abs(g).max(axis=1, initial=0.0)
+    expected = (amax.astype(np.float64) / k.qmax(bits)).astype(np.float32)
+    normal = expected >= np.finfo(np.float32).tiny
+    assert np.array_equal(s[normal], expected[normal])
+    assert (s[~normal] == 1.0).all()  # all-zero (or vanishingly small) rows
+
+
+@FAST
+@given(weights(), BITS)
+def test_mse_scales(g: np.ndarray, bits: int) -> None:
+    s = k.mse_scales(g, bits)
+    twin = k.mse_scales_numpy(g, bits)
+    assert s.dtype == np.float32 and s.shape == (g.shape[0],) and (s > 0).all()
+    # The twins sum in different orders, so a near-tie may go either way, but never to a worse error.
+    differ = s != twin
+    np.testing.assert_allclose(squared_errors(g, s, bits)[differ], squared_errors(g, twin, bits)[differ], rtol=1e-9)
+    minmax = k.absmax_scales(g, bits)
+    assert (squared_errors(g, s, bits) <= squared_errors(g, minmax, bits) * (1 + 1e-12)).all()
+    assert (s <= minmax).all()  # clipping ratios are at most 1
+    assert (s[(g == 0).all(axis=1)] == 1.0).all()
+
+
+def test_mse_scales_clip_heavy_tails() -> None:
+    """At 4 bits, clipping a Gaussian row's extremes clearly beats covering them (the point of the search)."""
+    g = np.random.default_rng(0).standard_normal((8, 4096)).astype(np.float32)
+    mse, minmax = k.mse_scales(g, 4), k.absmax_scales(g, 4)
+    assert (squared_errors(g, mse, 4) < 0.7 * squared_errors(g, minmax, 4)).all()
+    assert (squared_errors(g, k.mse_scales(g, 8), 8) <= squared_errors(g, k.absmax_scales(g, 8), 8)).all()
+
+
+# ------------------------------------------------------------------------------------ quantize / dequantize
+
+
+@st.composite
+def weights_and_scales(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray, int]:
+    g, bits = draw(weights()), draw(BITS)
+    kind = draw(st.sampled_from(["absmax", "mse", "random"]))
+    if kind == "random":
+        positive = st.floats(float(np.finfo(np.float32).tiny), 2.0**100, width=32)
+        return g, draw(arrays(np.float32, g.shape[:1], elements=positive)), bits
+    return g, (k.absmax_scales if kind == "absmax" else k.mse_scales)(g, bits), bits
+
+
+@FAST
+@given(weights_and_scales())
+def test_quantize_dequantize(case: tuple[np.ndarray, np.ndarray, int]) -> None:
+    g, s, bits = case
+    q = k.qmax(bits)
+    codes = k.quantize(g, s, bits)
+    assert codes.dtype == np.int8 and codes.shape == g.shape
+    assert np.array_equal(codes, k.quantize_numpy(g, s, bits))
+    # An independent statement of the rounding: half away from zero of the float32 quotient, then saturation.
+    with np.errstate(over="ignore"):
+        x = (g / s[:, None]).astype(np.float64)
+    assert np.array_equal(codes, np.clip(np.trunc(x + np.copysign(0.5, x)), -q, q))
+
+    back = k.dequantize(codes, s)
+    assert back.dtype == np.float32 and back.shape == g.shape
+    assert np.array_equal(back, k.dequantize_numpy(codes, s))
+    s64, w = s.astype(np.float64)[:, None], g.astype(np.float64)
+    inside = np.abs(w) <= q * s64
+    bound = s64 * (0.5 + q * 2.0**-23)  # half a step, plus float32 rounding of w/s and of code*s
+    assert (np.abs(back - w) <= bound)[inside].all()
+
+
+def test_rounding_is_half_away_from_zero_and_saturates() -> None:
+    g = np.array([[0.5, 1.5, 2.5, -0.5, -2.5, np.nextafter(0.5, 0, dtype=np.float32), 7.49, 7.5, -100.0]], np.float32)
+    assert k.quantize(g, np.ones(1, np.float32), 4).tolist() == [[1, 2, 3, -1, -3, 0, 7, 7, -7]]
+    assert k.quantize(g, np.ones(1, np.float32), 2).tolist() == [[1, 1, 1, -1, -1, 0, 1, 1, -1]]
+
+
+# ---------------------------------------------------------------------------------------------- packing
+
+PACKERS = {4: (k.pack_int4, k.unpack_int4, k.pack_int4_numpy, k.unpack_int4_numpy),
+           2: (k.pack_int2, k.unpack_int2, k.pack_int2_numpy, k.unpack_int2_numpy)}  # fmt: skip
+
+
+def _codes(bits: int, max_size: int = 70) -> st.SearchStrategy[np.ndarray]:
+    low, high = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    return st.lists(st.integers(low, high), max_size=max_size).map(lambda c: np.array(c, np.int8))
+
+
+@FAST
+@given(st.data(), st.sampled_from([4, 2]))
+def test_pack_round_trip(data: st.DataObject, bits: int) -> None:
+    pack, unpack, pack_numpy, unpack_numpy = PACKERS[bits]
+    codes = data.draw(_codes(bits))
+    packed = pack(codes)
+    per_byte = 8 // bits
+    assert packed.dtype == np.uint8 and packed.shape == (-(-codes.size // per_byte),)
+    assert np.array_equal(packed, pack_numpy(codes))
+    for out in (unpack(packed, codes.size), unpack_numpy(packed, codes.size)):
+        assert out.dtype == np.int8 and np.array_equal(out, codes)
+    if codes.size % per_byte:  # unused fields of the last byte are zero
+        assert packed[-1] >> (codes.size % per_byte * bits) == 0
+    # Every byte is valid packed data: unpacking whole bytes and packing again gives them back.
+    raw = data.draw(arrays(np.uint8, st.integers(0, 20)))
+    full = unpack(raw, raw.size * per_byte)
+    assert np.array_equal(full, unpack_numpy(raw, raw.size * per_byte))
+    assert np.array_equal(pack(full), raw)
+
+
+def test_packing_layout() -> None:
+    assert k.pack_int4(np.array([1, -1, -8], np.int8)).tolist() == [0xF1, 0x08]
+    assert k.pack_int4(np.array([[7, -7], [0, 3]], np.int8)).tolist() == [0x97, 0x30]  # C order
+    assert k.pack_int2(np.array([1, -1, 0, -2, -1], np.int8)).tolist() == [0b10_00_11_01, 0b11]
+    assert k.unpack_int4(np.array([0x8F], np.uint8), 2).tolist() == [-1, -8]
+    assert k.unpack_int2(np.array([0b01_10_11_00], np.uint8), 4).tolist() == [0, -1, -2, 1]
+    assert k.pack_int4(np.zeros(0, np.int8)).size == 0 and k.unpack_int2(np.zeros(0, np.uint8), 0).size == 0
+
+
+@pytest.mark.parametrize(("bits", "tensor_type"), [(4, TensorType.INT4), (2, TensorType.INT2)])
+def test_packing_matches_litert(bits: int, tensor_type: int) -> None:
+    """LiteRT's DEQUANTIZE reads the packed constant back as the codes: the runtime agrees on the layout."""
+    pack = PACKERS[bits][0]
+    rng = np.random.default_rng(bits)
+    for count in (1, 2, 3, 5, 8, 13, 64, 255):
+        codes = rng.integers(-(1 << (bits - 1)), 1 << (bits - 1), count).astype(np.int8)
+        b = GraphBuilder()
+        constant = b.constant(pack(codes))
+        constant.type, constant.shape = tensor_type, (count,)
+        constant.quantization = QuantizationParams(scale=np.ones(1, np.float32), zero_point=np.zeros(1, np.int64))
+        b.output(b.dequantize(constant), "out")
+        assert np.array_equal(run(bytes(model_to_bytes(b.build())), {})["out"], codes)
+
+
+# ------------------------------------------------------------------------------------------------ bad input
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_weights_are_refused(bad: float) -> None:
+    g = np.ones((3, 5), np.float32)
+    g[1, 2] = bad
+    for call in (lambda: k.absmax_scales(g, 8), lambda: k.mse_scales_numpy(g, 4),
+                 lambda: k.quantize(g, np.ones(3, np.float32), 8)):  # fmt: skip
+        with pytest.raises(EngineError, match="NaN or infinity"):
+            call()
+
+
+def test_bad_arguments_are_refused() -> None:
+    g, ones = np.ones((2, 4), np.float32), np.ones(2, np.float32)
+    cases = [
+        (lambda: k.absmax_scales(np.ones(4, np.float32), 8), "2-D"),
+        (lambda: k.mse_scales(np.array([[1.0, -2e38]], np.float32), 8), "overflow float32"),
+        (lambda: k.mse_scales(g, 9), "bit width"),
+        (lambda: k.quantize(g, np.ones(3, np.float32), 8), "expected 2 scales"),
+        (lambda: k.quantize(g, np.array([1.0, 0.0], np.float32), 8), "finite and positive"),
+        (lambda: k.quantize(g, np.array([1.0, np.nan], np.float32), 8), "finite and positive"),
+        (lambda: k.dequantize(np.ones((2, 4), np.int16), ones), "must be int8"),
+        (lambda: k.dequantize(np.ones(4, np.int8), ones), "2-D"),
+        (lambda: k.dequantize(np.ones((2, 4), np.int8), -ones), "finite and positive"),
+        (lambda: k.pack_int4(np.array([8], np.int8)), r"\[-8, 7\]"),
+        (lambda: k.pack_int2(np.array([0, -3], np.int8)), r"\[-2, 1\]"),
+        (lambda: k.pack_int4(np.array([1], np.int32)), "must be int8"),
+        (lambda: k.unpack_int4(np.zeros(2, np.uint8), 5), "take 3 packed bytes"),
+        (lambda: k.unpack_int2(np.zeros(2, np.uint8), 4), "take 1 packed bytes"),
+        (lambda: k.unpack_int2(np.zeros(1, np.int8), 4), "uint8"),
+        (lambda: k.unpack_int4(np.zeros(1, np.uint8), -1), "non-negative"),
+    ]
+    for call, message in cases:
+        with pytest.raises(EngineError, match=message):
+            call()
+
+
+def test_import_engine_does_not_import_numba() -> None:
+    code = "import engine, sys; assert 'numba' not in sys.modules, 'numba imported'"
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
