@@ -17,7 +17,7 @@ from engine.passes.float16 import float16_weights
 from engine.passes.quantize_weights import quantize_weights
 from engine.reader import read_model
 from engine.recipe import Recipe
-from engine.report import Report, TensorReport, gzip_size
+from engine.report import GZIP_LIMIT_BYTES, Report, TensorReport, gzip_size
 from engine.summary import summarize
 from engine.weights import find_weights
 from engine.writer import write_model
@@ -55,10 +55,10 @@ def compress(
     report.bytes_by_dtype_after = _bytes_by_dtype(model)
     if output is not None:
         report.file_bytes_after = write_model(model, output)
-        report.gzip_bytes_after = gzip_size(output)
         if source is not None:
             report.file_bytes_before = source.stat().st_size
-            report.gzip_bytes_before = gzip_size(source)
+            if max(report.file_bytes_before, report.file_bytes_after) <= GZIP_LIMIT_BYTES:
+                report.gzip_bytes_before, report.gzip_bytes_after = gzip_size(source), gzip_size(output)
     return model, report
 
 

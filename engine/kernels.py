@@ -255,6 +255,20 @@ def _dequantize_numba(codes, scales):
     return out
 
 
+@numba.njit(cache=True, parallel=True)
+def _noise_numba(groups, codes, scales):
+    signal = np.zeros(groups.shape[0])
+    noise = np.zeros(groups.shape[0])
+    for i in numba.prange(groups.shape[0]):
+        s = np.float64(scales[i])
+        for j in range(groups.shape[1]):
+            w = np.float64(groups[i, j])
+            d = w - s * np.float64(codes[i, j])
+            signal[i] += w * w
+            noise[i] += d * d
+    return np.array([signal.sum(), noise.sum()])
+
+
 @numba.njit(cache=True)
 def _pack_numba(codes, bits):
     per_byte = 8 // bits
@@ -340,6 +354,12 @@ def _dequantize_numpy(codes: np.ndarray, scales: np.ndarray) -> np.ndarray:
     return codes.astype(np.float32) * scales[:, None]
 
 
+def _noise_numpy(groups: np.ndarray, codes: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    w = groups.astype(np.float64)
+    d = w - scales.astype(np.float64)[:, None] * codes
+    return np.array([np.sum(w * w), np.sum(d * d)])
+
+
 def _shifts(bits: int) -> np.ndarray:
     return np.arange(0, 8, bits, dtype=np.uint8)
 
@@ -394,6 +414,16 @@ def dequantize(codes: np.ndarray, scales: np.ndarray) -> tuple:
     return c, _checked_scales(scales, c.shape[0])
 
 
+@_twins(_noise_numba, _noise_numpy)
+def signal_and_noise(groups: np.ndarray, codes: np.ndarray, scales: np.ndarray) -> tuple:
+    """[sum of w², sum of (w - scale * code)²] in float64 over all rows: the weight SQNR's two terms, without
+    the float64 copies of the weight a plain numpy SQNR makes (hundreds of MB on a large layer)."""
+    g, c = _checked_groups(groups), _checked_int8(codes)
+    if c.shape != g.shape:
+        raise EngineError(f"codes of shape {c.shape} do not match weight groups of shape {g.shape}")
+    return g, c, _checked_scales(scales, g.shape[0])
+
+
 @_twins(_pack_numba, _pack_numpy)
 def pack_int4(codes: np.ndarray) -> tuple:
     """TFLite INT4 bytes of int8 codes in [-8, 7] (flattened in C order): two's-complement nibbles, element 2i in
@@ -424,6 +454,7 @@ absmax_scales_numpy = absmax_scales.numpy
 mse_scales_numpy = mse_scales.numpy
 quantize_numpy = quantize.numpy
 dequantize_numpy = dequantize.numpy
+signal_and_noise_numpy = signal_and_noise.numpy
 pack_int4_numpy = pack_int4.numpy
 unpack_int4_numpy = unpack_int4.numpy
 pack_int2_numpy = pack_int2.numpy

@@ -126,6 +126,11 @@ def test_quantize_dequantize(case: tuple[np.ndarray, np.ndarray, int]) -> None:
     bound = s64 * (0.5 + q * 2.0**-23)  # half a step, plus float32 rounding of w/s and of code*s
     assert (np.abs(back - w) <= bound)[inside].all()
 
+    signal, noise = k.signal_and_noise(g, codes, s)
+    assert np.allclose([signal, noise], k.signal_and_noise_numpy(g, codes, s), rtol=1e-9, atol=0)
+    assert signal == pytest.approx(float(np.sum(w * w)), rel=1e-9)
+    assert noise == pytest.approx(float(np.sum((w - codes * s64) ** 2)), rel=1e-9, abs=1e-300)
+
 
 def test_rounding_is_half_away_from_zero_and_saturates() -> None:
     g = np.array([[0.5, 1.5, 2.5, -0.5, -2.5, np.nextafter(0.5, 0, dtype=np.float32), 7.49, 7.5, -100.0]], np.float32)

@@ -9,6 +9,7 @@ granularity read the integer weight directly, every other reader gets it through
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -22,7 +23,6 @@ from engine.passes.common import entry, install, select
 from engine.progress import track
 from engine.recipe import MODES, Recipe, TensorOptions
 from engine.report import TensorReport
-from engine.validate import sqnr_db
 from engine.weights import Weight, channel_axis_of, sparse_positions
 
 INTEGER_MODES = tuple(mode for mode, (_, bits) in MODES.items() if bits is not None)
@@ -161,7 +161,8 @@ def _encode(weight: Weight, options: TensorOptions, granularity: str, container:
     if block is not None:
         scales = np.maximum(scales.astype(np.float16), np.finfo(np.float16).smallest_normal).astype(np.float32)
     codes_rows = kernels.quantize(rows, scales, bits)
-    weight_sqnr = sqnr_db(values, restore(kernels.dequantize(codes_rows, scales)))
+    signal, noise = kernels.signal_and_noise(rows, codes_rows, scales)
+    weight_sqnr = math.inf if noise == 0 else -math.inf if signal == 0 else 10 * math.log10(signal / noise)
     flat = restore(codes_rows).reshape(-1)
     if block is not None:
         scale_tensor = Tensor(f"{weight.name}_scales")
@@ -182,7 +183,7 @@ def _encode(weight: Weight, options: TensorOptions, granularity: str, container:
         positions = sparse_positions(weight.source, weight.shape, weight.source.data.size)
         if positions.size + _index_bytes(weight) < flat.size:
             flat, sparse = flat[positions], True
-    data = _PACKERS[container](flat) if container in _PACKERS else flat.astype(np.int8)
+    data = _PACKERS[container](flat) if container in _PACKERS else flat
     return _Encoding(Buffer.of(data), params, int(data.nbytes + params_bytes), weight_sqnr, sparse)
 
 
