@@ -113,6 +113,15 @@ class _Resolver:
         self.buffers[index] = Buffer(data)
         return self.buffers[index]
 
+    def metadata_buffer(self, index: int) -> Buffer | None:
+        """An entry of the deprecated ``metadata_buffer`` list.  ai-edge-quantizer leaves stale indices there when
+        it rewrites a model's buffers (e.g. 579 in a model of 193); the runtime ignores the list, so an index that
+        points past the buffers reads as no buffer (written back as 0, the empty sentinel) instead of refusing a
+        model LiteRT loads."""
+        if index >= len(self.tree["buffers"] or []):
+            return None
+        return self.buffer(index, "metadata_buffer")
+
     def model(self) -> Model:
         tree = self.tree
         sentinel = (tree["buffers"] or [{"data": None, "size": 0}])[0]
@@ -131,7 +140,7 @@ class _Resolver:
             description=tree["description"],
             metadata_buffer=None
             if metadata_buffer is None
-            else [self.buffer(int(i), "metadata_buffer") for i in metadata_buffer],
+            else [self.metadata_buffer(int(i)) for i in metadata_buffer],
             metadata=None
             if tree["metadata"] is None
             else [Metadata(m["name"], self.buffer(m["buffer"], f"metadata {m['name']!r}")) for m in tree["metadata"]],

@@ -22,7 +22,7 @@ from litert_quantizer.quantizer import Quantizer
 
 from engine import EngineError, Model, SignatureDef, TensorMap, read_model, structural_diff, write_model
 from engine.builder import GraphBuilder
-from engine.validate import validate
+from engine.validate import run, validate
 from tests.tflite_dump import dump
 
 
@@ -146,3 +146,19 @@ def test_quantized_model_round_trips_bit_identically(quantized: dict[str, Path],
     assert report.intermediates and all(t.sqnr_db == float("inf") for t in report.intermediates)
     if FORMS[name].xnnpack:
         assert np.array_equal(_run_default_kernels(source, _feed()), _run_default_kernels(target, _feed()))
+
+
+def test_quantizer_output_with_stale_metadata_buffer_indices_reads(mediapipe: dict[str, Path], tmp_path: Path) -> None:
+    """On MediaPipe models the quantizer changes nothing but leaves the deprecated metadata_buffer list pointing
+    past the buffers it rewrote; LiteRT ignores that list, so the engine reads such a file as no buffer there."""
+    source = mediapipe["face_detection_full_range_sparse"]
+    out = tmp_path / "quantizer.tflite"
+    Quantizer(source, recipe.weight_only_wi8_afp32()).quantize(enable_progress_report=False).export_model(out)
+    model = read_model(out)
+    assert model.metadata_buffer is not None and None in model.metadata_buffer
+    rewritten = tmp_path / "rewritten.tflite"
+    write_model(model, rewritten)
+    assert structural_diff(model, read_model(rewritten)) == []
+    feed = np.random.default_rng(0).uniform(-1, 1, (1, 192, 192, 3)).astype(np.float32)
+    before, after = run(out, feed), run(rewritten, feed)
+    assert before and all(np.array_equal(before[k], after[k]) for k in before)
