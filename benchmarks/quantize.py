@@ -1,0 +1,668 @@
+"""Quantization benchmark: the engine side by side with ai-edge-quantizer (PyPI ``litert-quantizer``).
+
+Usage::
+
+    pip install -e ".[bench]"
+    python benchmarks/quantize.py [--json out.json] [--part real|synthetic|defaults] [--quick] [--runs N]
+
+Three parts, each printed as a markdown table (sizes in MB/KB = 10^6/10^3 bytes):
+
+* ``real``: the 11 MediaPipe models LiteRT runs, each of our modes against the matching quantizer recipe
+  (``PAIRS``).  Each tool runs in a fresh process, so a row's time is what a user waits for: interpreter
+  start, imports, read, quantize, write.  Ours is the command line (``python -m engine compress IN -o OUT
+  --quantize MODE``, default granularity/scale/min-elements); the quantizer is its Python API
+  (``Quantizer(model, recipe).quantize(serialize_to_path=OUT)``, see ``quantizer_child``).  The quantizer also
+  runs on a float32 copy of each model (same graph, float16/sparse weights decoded to dense float32 constants,
+  ``builtin_code`` filled in): it leaves the original files as they are, and the copy shows what it does on
+  weights it can read (``float32_copy`` says why).
+* ``synthetic``: four chained 4096x4096 float32 FULLY_CONNECTED layers (268 MB, built as in
+  ``roundtrip.py``, plus a signature def), weight-int8, dynamic-int8 and weight-int4 for both tools.  Goals for
+  ours: at most 0.5x the quantizer's time, peak RSS at most 1.5x the file size.
+* ``defaults``: ours only, ``--scale mse|minmax`` x ``--min-elements 0|1024|4096`` on the real models, for
+  choosing the defaults (run in this process: the figures are sizes and SQNR, the times are indicative).
+
+Every output is checked in LiteRT (builtin kernels, ``engine.validate.run``) against the input model: real
+models on 3 photos (``engine.zoo.photo_input`` in each model's input range), the synthetic one on 3 seeded
+standard-normal inputs.  The tables show "worst / median": each output's SQNR is its worst over the inputs,
+then the worst output and the median output (MediaPipe models have small score outputs, e.g. a hand-presence
+score near 0 on photos without a hand, whose SQNR is far below the landmarks').  Peak RSS is the child's
+``ru_maxrss``, read by a small launcher process (``_LAUNCHER``): the whole process, the touched pages of the
+memory-mapped input included.  Times are measured by the launcher around the child, and they and peak RSS
+are medians over ``--runs`` fresh processes (default 1 for the real models, 3 for the synthetic
+one; a run over ``LONG_RUN_S`` is not repeated), after one unmeasured warm-up run of each tool.
+
+About 8 minutes on the 2-core CI machine with the numpy stand-in kernels, ``--quick`` about 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # the worktree's engine, not whichever one is installed
+    sys.path.insert(0, str(ROOT))
+
+# (our mode, our extra options, quantizer recipe): the pairs of the real and synthetic parts.
+PAIRS: list[tuple[str, dict[str, str], str]] = [
+    ("float16", {}, "fp16_float_casting"),
+    ("weight-int8", {}, "weight_only_wi8_afp32"),
+    ("dynamic-int8", {}, "dynamic_wi8_afp32"),
+    ("weight-int4", {}, "weight_only_wi4_afp32"),
+    ("dynamic-int4", {}, "dynamic_wi4_afp32"),
+    ("dynamic-int4", {"granularity": "block:32"}, "dynamic_wi4b32_afp32"),
+]
+QUICK_PAIRS = ("weight-int8", "dynamic-int8", "weight-int4")
+SYNTHETIC_MODES = ("weight-int8", "dynamic-int8", "weight-int4")
+QUICK_MODELS = ("face_detection_short_range", "iris_landmark", "palm_detection_lite")
+DEFAULTS_MODES = ("weight-int8", "dynamic-int8", "weight-int4")
+QUICK_DEFAULTS_MODES = ("weight-int8", "weight-int4")
+SCALES = ("mse", "minmax")
+MIN_ELEMENTS = (0, 1024, 4096)
+PHOTOS = 3
+LONG_RUN_S = 10.0
+SYNTHETIC_NAME = "synthetic_fc_4x4096"
+MB, KB = 1e6, 1e3
+
+
+# ------------------------------------------------------------------------------------------ children
+
+
+def quantizer_recipe(name: str) -> Any:
+    """The quantizer's recipe for ``name``: a function of ``litert_quantizer.recipe``, or float16 casting."""
+    from litert_quantizer import algorithm_manager, qtyping, recipe, recipe_manager
+
+    if name == "fp16_float_casting":  # no named recipe: weight-only, 16-bit float, the FLOAT_CASTING algorithm
+        manager = recipe_manager.RecipeManager()
+        manager.add_weight_only_config(
+            regex=".*",
+            operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
+            num_bits=16,
+            algorithm_key=algorithm_manager.AlgorithmName.FLOAT_CASTING,
+        )
+        return manager.get_quantization_recipe()
+    return getattr(recipe, name)()
+
+
+def quantizer_child(model: str, output: str, recipe: str) -> None:
+    """What the quantizer's process runs: its documented Python API, writing the result to ``output``."""
+    from litert_quantizer import quantizer
+
+    quantizer.Quantizer(model, quantizer_recipe(recipe)).quantize(
+        serialize_to_path=output, enable_progress_report=False
+    )
+
+
+def ours_command(model: Path, output: Path, mode: str, extra: dict[str, str]) -> list[str]:
+    command = [sys.executable, "-m", "engine", "compress", str(model), "-o", str(output), "--quantize", mode]
+    for option, value in extra.items():
+        command += [f"--{option.replace('_', '-')}", str(value)]
+    return command
+
+
+def quantizer_command(model: Path, output: Path, recipe: str) -> list[str]:
+    return [sys.executable, str(Path(__file__).resolve()), "--child-quantizer", str(model), str(output), recipe]
+
+
+def _child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
+    return env
+
+
+# The launcher between this process and a measured one.  A child's ru_maxrss starts from the high-water mark
+# of the process it was forked from (Linux carries it over fork and exec), so a child of this process, which
+# holds models and LiteRT interpreters, would report at least this process's peak; the launcher is a bare
+# interpreter of ~10 MB that times its child and reads its peak from RUSAGE_CHILDREN.
+_LAUNCHER = """
+import json, resource, subprocess, sys, time
+start = time.perf_counter()
+code = subprocess.call(sys.argv[2:])
+wall = time.perf_counter() - start
+peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+with open(sys.argv[1], "w") as f:
+    json.dump({"wall_s": wall, "peak_rss_bytes": 1024 * peak_kb, "returncode": code}, f)
+"""
+
+
+def run_once(command: list[str], output: Path, logs: Path) -> dict[str, Any]:
+    """One fresh process: wall time (start to exit), peak RSS, exit code and the last line of its stderr."""
+    output.unlink(missing_ok=True)
+    result = logs / "launcher.json"
+    with (logs / "stdout").open("wb") as out, (logs / "stderr").open("wb") as err:
+        launcher = [sys.executable, "-I", "-c", _LAUNCHER, str(result), *command]
+        subprocess.run(launcher, stdout=out, stderr=err, cwd=ROOT, env=_child_env(), check=True)
+    measured = json.loads(result.read_text())
+    lines = [line for line in (logs / "stderr").read_text(errors="replace").splitlines() if line.strip()]
+    failed = measured["returncode"] != 0
+    measured["error"] = (lines[-1].strip() if lines else f"exit code {measured['returncode']}") if failed else None
+    return measured
+
+
+def timed(command: list[str], output: Path, logs: Path, runs: int) -> dict[str, Any]:
+    """Medians over up to ``runs`` fresh processes (one only when it fails or takes over ``LONG_RUN_S``)."""
+    results = [run_once(command, output, logs)]
+    while len(results) < runs and not results[0]["returncode"] and results[0]["wall_s"] < LONG_RUN_S:
+        results.append(run_once(command, output, logs))
+    return {
+        "runs": len(results),
+        "wall_s": statistics.median(r["wall_s"] for r in results),
+        "wall_s_all": [r["wall_s"] for r in results],
+        "peak_rss_bytes": int(statistics.median(r["peak_rss_bytes"] for r in results)),
+        "returncode": results[-1]["returncode"],
+        "error": results[-1]["error"],
+    }
+
+
+# -------------------------------------------------------------------------------------- evaluation
+
+
+class Reference:
+    """A model's outputs on fixed inputs, run once, to score candidates against (worst SQNR)."""
+
+    def __init__(self, path: Path, inputs: list[np.ndarray]):
+        from engine.validate import run
+
+        self.path = path
+        self.bytes = path.stat().st_size
+        self.inputs = inputs
+        self.outputs = [list(run(path, x).items()) for x in inputs]
+        self.summary = file_summary(path)
+
+    def score(self, candidate: Path) -> dict[str, Any]:
+        """SQNR of each output (its worst over the inputs), the worst and the median of those, or why none.
+
+        Outputs are matched by name when both models have the same names, else by position.
+        """
+        from engine.errors import EngineError
+        from engine.validate import run, sqnr_db
+
+        per_output = {name: math.inf for name, _ in self.outputs[0]}
+        for x, reference in zip(self.inputs, self.outputs, strict=True):
+            try:
+                got = list(run(candidate, x).items())
+            except EngineError as exc:
+                return {"worst_sqnr_db": None, "median_sqnr_db": None, "sqnr_error": f"LiteRT: {exc}"}
+            if len(got) != len(reference):
+                error = f"{len(got)} outputs instead of {len(reference)}"
+                return {"worst_sqnr_db": None, "median_sqnr_db": None, "sqnr_error": error}
+            by_name = dict(got) if {n for n, _ in reference} == {n for n, _ in got} else None
+            for (name, ref), (_, cand) in zip(reference, got, strict=True):
+                value = by_name[name] if by_name is not None else cand
+                per_output[name] = min(per_output[name], sqnr_db(ref.astype(np.float64), value.astype(np.float64)))
+        return {
+            "worst_sqnr_db": min(per_output.values()),
+            "median_sqnr_db": statistics.median(per_output.values()),
+            "output_sqnr_db": per_output,
+            "sqnr_error": None,
+        }
+
+
+def photo_inputs(name: str, path: Path) -> list[np.ndarray]:
+    from engine import read_model
+    from engine.zoo import INPUT_RANGES, photo_input
+
+    model = read_model(path)
+    if len(model.main.inputs) != 1:
+        raise SystemExit(f"{name}: expected one image input, found {len(model.main.inputs)}")
+    shape = model.main.inputs[0].shape
+    return [photo_input(shape, "float32", i, value_range=INPUT_RANGES[name]) for i in range(PHOTOS)]
+
+
+def file_summary(path: Path) -> dict[str, Any]:
+    """Op histogram and constant bytes by dtype, read with the ``tflite`` package's unchecked readers.
+
+    Used on every output because the engine's reader refuses some of the quantizer's (``metadata_buffer``
+    indices left pointing at buffers it dropped), which LiteRT loads anyway.
+    """
+    import tflite
+
+    model = tflite.Model.GetRootAsModel(path.read_bytes(), 0)
+    types = {v: k for k, v in vars(tflite.TensorType).items() if not k.startswith("_")}
+    names = {v: k for k, v in vars(tflite.BuiltinOperator).items() if not k.startswith("_")}
+    codes = [model.OperatorCodes(i) for i in range(model.OperatorCodesLength())]
+    opcodes = [names.get(max(c.BuiltinCode(), c.DeprecatedBuiltinCode()), "?") for c in codes]
+    ops: Counter[str] = Counter()
+    constants: Counter[str] = Counter()
+    for s in range(model.SubgraphsLength()):
+        sg = model.Subgraphs(s)
+        ops.update(opcodes[sg.Operators(i).OpcodeIndex()] for i in range(sg.OperatorsLength()))
+        for i in range(sg.TensorsLength()):
+            tensor = sg.Tensors(i)
+            buffer = model.Buffers(tensor.Buffer())
+            size = buffer.DataLength() or (buffer.Size() if buffer.Offset() > 1 else 0)
+            if size:
+                constants[types.get(tensor.Type(), "?")] += size
+    return {"ops": dict(ops), "constants_by_dtype": dict(constants)}
+
+
+def describe_output(reference: Reference, output: Path) -> dict[str, Any]:
+    """Size, whether anything changed, ops and constants by dtype, and the worst SQNR in LiteRT.
+
+    "Unchanged" is an empty ``structural_diff`` (every schema field and buffer equal) when the engine reads the
+    output, else the same op histogram and constant bytes by dtype.
+    """
+    from engine import read_model, structural_diff
+    from engine.errors import EngineError
+
+    summary = file_summary(output)
+    row: dict[str, Any] = {
+        "output_bytes": output.stat().st_size,
+        "x_smaller": reference.bytes / output.stat().st_size,
+        **summary,
+        "engine_read_error": None,
+    }
+    try:
+        row["unchanged"] = not structural_diff(read_model(reference.path), read_model(output), limit=1)
+    except EngineError as exc:
+        row["engine_read_error"] = str(exc)
+        row["unchanged"] = summary == reference.summary
+    row.update(reference.score(output))
+    return row
+
+
+def measure(command: list[str], output: Path, reference: Reference, tmp: Path, runs: int) -> dict[str, Any]:
+    row = timed(command, output, tmp, runs)
+    if not row["returncode"] and output.is_file():
+        row.update(describe_output(reference, output))
+        row["outcome"] = "unchanged" if row["unchanged"] else "changed"
+        if row["engine_read_error"]:
+            row["outcome"] += f" (engine reader refuses it: {row['engine_read_error']})"
+    else:
+        row["outcome"] = f"error: {row['error']}"
+    output.unlink(missing_ok=True)
+    return row
+
+
+# ------------------------------------------------------------------------------ float32 copy (real)
+
+
+def float32_copy(path: Path, output: Path) -> dict[str, Any]:
+    """Write ``path`` with every float16/sparse weight decoded to a dense float32 constant, opcodes filled in.
+
+    Why the quantizer needs it: it reads an op's type from ``builtin_code`` only, which older files leave at
+    its default 0 (ADD) with the real code in ``deprecated_builtin_code``, so it sees every op as ADD; and it
+    quantizes constant float32 weights only, not float16 (or sparse) ones behind DEQUANTIZE (DENSIFY).  The
+    copy computes the same thing (float16 -> float32 is exact); its SQNR against the original is checked.
+    """
+    from engine import read_model, write_model
+    from engine.weights import find_weights
+
+    model = read_model(path)
+    old_opcodes = sum(code.builtin_code < code.deprecated_builtin_code for code in model.operator_codes)
+    for code in model.operator_codes:
+        code.builtin_code = max(code.builtin_code, code.deprecated_builtin_code)
+    decoded = 0
+    for weight in find_weights(model):
+        if weight.chain and weight.is_float:
+            weight.value.data = weight.decode()
+            weight.value.quantization = weight.value.sparsity = None
+            for op in weight.chain:
+                weight.subgraph.remove_operator(op)
+            decoded += 1
+    for sg in model.subgraphs:  # float16 constants of other ops (ADD, MUL operands, ...)
+        for op in list(sg.operators):
+            source = op.inputs[0] if op.inputs else None
+            if op.name != "DEQUANTIZE" or source is None or not source.is_constant or source.sparsity is not None:
+                continue
+            if source.type_name == "FLOAT16":
+                op.outputs[0].data = np.asarray(source.data, np.float32)
+                sg.remove_operator(op)
+                decoded += 1
+        sg.remove_unused_tensors()
+    write_model(model, output)
+    return {"opcodes_without_builtin_code": old_opcodes, "decoded_constants": decoded}
+
+
+def model_facts(path: Path) -> dict[str, Any]:
+    from engine import read_model
+    from engine.summary import summarize
+
+    model = read_model(path)
+    return {
+        "file_bytes": path.stat().st_size,
+        "constants_by_dtype": {k: v["bytes"] for k, v in summarize(model)["constants_by_dtype"].items()},
+        "opcodes_without_builtin_code": sum(c.builtin_code < c.deprecated_builtin_code for c in model.operator_codes),
+        "operator_codes": len(model.operator_codes),
+        "signature_defs": len(model.signature_defs or []),
+    }
+
+
+# ------------------------------------------------------------------------------------------- parts
+
+
+def real_models(names: list[str] | None) -> dict[str, Path]:
+    from engine.zoo import CUSTOM_OP_MODELS, mediapipe_models
+
+    models = {n: p for n, p in sorted(mediapipe_models().items()) if n not in CUSTOM_OP_MODELS}
+    if names:
+        unknown = sorted(set(names) - set(models))
+        if unknown:
+            known = ", ".join(models)
+            raise SystemExit(f"unknown or not runnable model(s): {', '.join(unknown)} (choose from {known})")
+        models = {n: models[n] for n in names}
+    return models
+
+
+def warm_up(model: Path, tmp: Path) -> None:
+    """One unmeasured run of each tool, so the first measured one does not pay for cold file caches."""
+    out = tmp / "warmup.tflite"
+    run_once(ours_command(model, out, "weight-int8", {}), out, tmp)
+    run_once(quantizer_command(model, out, "weight_only_wi8_afp32"), out, tmp)
+    out.unlink(missing_ok=True)
+
+
+def part_real(models: dict[str, Path], pairs: list[tuple[str, dict[str, str], str]], tmp: Path, runs: int) -> dict:
+    warm_up(next(iter(models.values())), tmp)
+    inputs, rows = [], []
+    for name, path in models.items():
+        reference = Reference(path, photo_inputs(name, path))
+        copy = tmp / f"{name}.float32.tflite"
+        facts = {"model": name, **model_facts(path), **float32_copy(path, copy)}
+        facts["float32_copy_bytes"] = copy.stat().st_size
+        facts["float32_copy_sqnr_db"] = reference.score(copy)["worst_sqnr_db"]
+        inputs.append(facts)
+        out = tmp / "out.tflite"
+        for mode, extra, recipe in pairs:
+            row: dict[str, Any] = {"model": name, "input_bytes": reference.bytes, "mode": mode, **extra}
+            row["recipe"] = recipe
+            row["ours"] = measure(ours_command(path, out, mode, extra), out, reference, tmp, runs)
+            row["quantizer"] = measure(quantizer_command(path, out, recipe), out, reference, tmp, runs)
+            row["quantizer_float32_copy"] = measure(quantizer_command(copy, out, recipe), out, reference, tmp, runs)
+            rows.append(row)
+            print(f"real: {name} {mode} {recipe}", file=sys.stderr)
+        copy.unlink()
+    return {"inputs": inputs, "rows": rows}
+
+
+def build_synthetic(path: Path) -> None:
+    """``roundtrip.py``'s four 4096x4096 FULLY_CONNECTED layers, with a signature def."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from roundtrip import build_large_model
+
+    from engine import SignatureDef, TensorMap, write_model
+
+    model = build_large_model()
+    sg = model.main
+    model.signature_defs = [
+        SignatureDef(sg, [TensorMap("input", sg.inputs[0])], [TensorMap("output", sg.outputs[0])], "serving_default")
+    ]
+    write_model(model, path)
+
+
+def part_synthetic(modes: list[str], tmp: Path, runs: int) -> dict:
+    path = tmp / f"{SYNTHETIC_NAME}.tflite"
+    build_synthetic(path)
+    rng = np.random.default_rng(0)
+    reference = Reference(path, [rng.standard_normal((1, 4096), dtype=np.float32) for _ in range(PHOTOS)])
+    recipes = {mode: recipe for mode, extra, recipe in PAIRS if not extra}
+    warm_up(path, tmp)
+    out = tmp / "out.tflite"
+    rows = []
+    for mode in modes:
+        row: dict[str, Any] = {"model": SYNTHETIC_NAME, "input_bytes": reference.bytes, "mode": mode}
+        row["recipe"] = recipes[mode]
+        row["ours"] = measure(ours_command(path, out, mode, {}), out, reference, tmp, runs)
+        row["quantizer"] = measure(quantizer_command(path, out, recipes[mode]), out, reference, tmp, runs)
+        ours, theirs = row["ours"], row["quantizer"]
+        row["time_ours_to_quantizer"] = ours["wall_s"] / theirs["wall_s"]
+        row["peak_rss_ours_to_file"] = ours["peak_rss_bytes"] / reference.bytes
+        row["peak_rss_quantizer_to_file"] = theirs["peak_rss_bytes"] / reference.bytes
+        row["goals_met"] = row["time_ours_to_quantizer"] <= 0.5 and row["peak_rss_ours_to_file"] <= 1.5
+        rows.append(row)
+        print(f"synthetic: {mode}", file=sys.stderr)
+    path.unlink()
+    return {"file_bytes": reference.bytes, "rows": rows}
+
+
+def part_defaults(models: dict[str, Path], modes: list[str], tmp: Path) -> dict:
+    from engine.api import compress
+
+    out = tmp / "out.tflite"
+    rows = []
+    for name, path in models.items():
+        reference = Reference(path, photo_inputs(name, path))
+        for mode in modes:
+            row: dict[str, Any] = {"model": name, "input_bytes": reference.bytes, "mode": mode, "configs": []}
+            for scale in SCALES:
+                for min_elements in MIN_ELEMENTS:
+                    start = time.perf_counter()
+                    _, report = compress(path, output=out, quantize=mode, scale=scale, min_elements=min_elements)
+                    seconds = time.perf_counter() - start
+                    score = reference.score(out)
+                    row["configs"].append(
+                        {
+                            "scale": scale,
+                            "min_elements": min_elements,
+                            "output_bytes": out.stat().st_size,
+                            "weights_compressed": len(report.compressed),
+                            "weights_left": len(report.skipped),
+                            **score,
+                            "in_process_s": seconds,
+                        }
+                    )
+                    out.unlink()
+            rows.append(row)
+            print(f"defaults: {name} {mode}", file=sys.stderr)
+    return {"rows": rows}
+
+
+# ---------------------------------------------------------------------------------------- tables
+
+
+def _db(value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    return "inf" if math.isinf(value) and value > 0 else f"{value:.1f}"
+
+
+def _size(r: dict[str, Any], unit: float = KB) -> str:
+    if "output_bytes" not in r:
+        return "-"
+    return f"{r['output_bytes'] / unit:,.0f} ({r['x_smaller']:.2f}x)"
+
+
+def _sqnr(r: dict[str, Any], median: bool = True) -> str:
+    """Worst output SQNR (and the median output's), the error if LiteRT could not run it, "-" if no output."""
+    if "sqnr_error" not in r:
+        return "-"
+    if r["sqnr_error"] is not None:
+        return r["sqnr_error"][:60]
+    return f"{_db(r['worst_sqnr_db'])} / {_db(r['median_sqnr_db'])}" if median else _db(r["worst_sqnr_db"])
+
+
+def _outcome(r: dict[str, Any], notes: list[str]) -> str:
+    """The outcome cell; long error messages and reader refusals go to numbered notes below the table."""
+    if r["outcome"].startswith("error: "):
+        text = r["outcome"]
+    elif r.get("engine_read_error"):
+        text = f"{r['outcome'].split(' (')[0]}; the engine's reader refuses it: {r['engine_read_error']}"
+    else:
+        return r["outcome"]
+    if text not in notes:
+        notes.append(text)
+    return f"{text.split(':')[0].split(';')[0]} [{notes.index(text) + 1}]"
+
+
+def _notes(notes: list[str]) -> str:
+    return "".join(f"\n\n[{i}] {text}" for i, text in enumerate(notes, 1))
+
+
+def markdown_inputs(inputs: list[dict[str, Any]]) -> str:
+    header = (
+        "| model | file KB | weights stored as | opcodes with builtin_code unset | signature defs "
+        "| float32 copy KB | copy vs original SQNR dB |"
+    )
+    lines = [header, "|" + "---|" * header.count(" | ") + "---|"]
+    for r in inputs:
+        dtypes = ", ".join(f"{d} {b / KB:,.0f} KB" for d, b in r["constants_by_dtype"].items() if b > 1024)
+        lines.append(
+            f"| {r['model']} | {r['file_bytes'] / KB:,.0f} | {dtypes} "
+            f"| {r['opcodes_without_builtin_code']} of {r['operator_codes']} | {r['signature_defs']} "
+            f"| {r['float32_copy_bytes'] / KB:,.0f} | {_db(r['float32_copy_sqnr_db'])} |"
+        )
+    return "\n".join(lines)
+
+
+def markdown_real(rows: list[dict[str, Any]]) -> str:
+    header = (
+        "| model | ours | quantizer recipe | ours s | quantizer s | ours peak RSS MB | quantizer peak RSS MB "
+        "| ours KB (x smaller) | quantizer KB (x smaller) | ours SQNR dB (worst / median) | quantizer SQNR dB "
+        "| quantizer did | quantizer on float32 copy: KB (x smaller) | float32 copy: SQNR dB |"
+    )
+    lines = [header, "|" + "---|" * header.count(" | ") + "---|"]
+    notes: list[str] = []
+    for r in rows:
+        ours, theirs, copy = r["ours"], r["quantizer"], r["quantizer_float32_copy"]
+        mode = r["mode"] + (f" {r['granularity']}" if "granularity" in r else "")
+        ours_size = _size(ours) if "output_bytes" in ours else _outcome(ours, notes)
+        copy_size = _size(copy) if "output_bytes" in copy else _outcome(copy, notes)
+        lines.append(
+            f"| {r['model']} | {mode} | {r['recipe']} | {ours['wall_s']:.2f} | {theirs['wall_s']:.2f} "
+            f"| {ours['peak_rss_bytes'] / MB:.0f} | {theirs['peak_rss_bytes'] / MB:.0f} "
+            f"| {ours_size} | {_size(theirs)} | {_sqnr(ours)} | {_sqnr(theirs)} | {_outcome(theirs, notes)} "
+            f"| {copy_size} | {_sqnr(copy)} |"
+        )
+    return "\n".join(lines) + _notes(notes)
+
+
+def markdown_synthetic(part: dict[str, Any]) -> str:
+    header = (
+        "| mode / recipe | tool | runs | wall s | peak RSS MB | peak RSS / file | output MB (x smaller) "
+        "| worst SQNR dB | ours / quantizer time | goals met |"
+    )
+    lines = [header, "|" + "---|" * header.count(" | ") + "---|"]
+    notes: list[str] = []
+    for r in part["rows"]:
+        for tool, label in (("ours", r["mode"]), ("quantizer", r["recipe"])):
+            m = r[tool]
+            size = _size(m, MB) if "output_bytes" in m else _outcome(m, notes)
+            ratio = f"{r['time_ours_to_quantizer']:.2f}" if tool == "ours" else ""
+            goals = ("yes" if r["goals_met"] else "no") if tool == "ours" else ""
+            lines.append(
+                f"| {label} | {tool} | {m['runs']} | {m['wall_s']:.2f} | {m['peak_rss_bytes'] / MB:.0f} "
+                f"| {m['peak_rss_bytes'] / part['file_bytes']:.2f} | {size} | {_sqnr(m, median=False)} "
+                f"| {ratio} | {goals} |"
+            )
+    return "\n".join(lines) + _notes(notes)
+
+
+def markdown_defaults(rows: list[dict[str, Any]]) -> str:
+    configs = [(s, n) for s in SCALES for n in MIN_ELEMENTS]
+    header = "| model | mode | " + " | ".join(f"{s}, min {n}: SQNR worst / median, KB" for s, n in configs) + " |"
+    lines = [header, "|" + "---|" * header.count(" | ") + "---|"]
+    by_mode: dict[str, list[list[dict[str, Any]]]] = {}
+    for r in rows:
+        by_mode.setdefault(r["mode"], []).append(r["configs"])
+        cells = [f"{_sqnr(c)}, {c['output_bytes'] / KB:,.0f}" for c in r["configs"]]
+        lines.append(f"| {r['model']} | {r['mode']} | " + " | ".join(cells) + " |")
+    for mode, groups in by_mode.items():
+        cells = []
+        for i in range(len(configs)):
+            worst = [g[i]["worst_sqnr_db"] for g in groups if g[i]["sqnr_error"] is None]
+            medians = [g[i]["median_sqnr_db"] for g in groups if g[i]["sqnr_error"] is None]
+            total = sum(g[i]["output_bytes"] for g in groups)
+            seconds = sum(g[i]["in_process_s"] for g in groups)
+            sqnr = f"{_db(statistics.median(worst))} / {_db(statistics.median(medians))}" if worst else "n/a"
+            cells.append(f"{sqnr}, {total / KB:,.0f} ({seconds:.1f} s)")
+        lines.append(f"| **all {len(groups)} models** | {mode} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------- main
+
+
+def environment() -> dict[str, Any]:
+    import engine.kernels
+
+    versions = {}
+    for package in ("litert-quantizer", "ai-edge-litert", "numpy", "numba"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    return {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "versions": versions,
+        "engine_kernels": "numba" if "numba" in sys.modules else "numpy stand-in",
+        "engine_kernels_file": engine.kernels.__file__,
+    }
+
+
+def _json_safe(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--json", type=Path, help="also write the measurements to this JSON file")
+    parser.add_argument("--part", choices=("real", "synthetic", "defaults"), action="append",
+                        help="run only this part (repeatable; default: all three)")  # fmt: skip
+    quick = f"3 models ({', '.join(QUICK_MODELS)}), fewer modes, 1 run"
+    parser.add_argument("--quick", action="store_true", help=quick)
+    parser.add_argument("--runs", type=int, help="fresh processes per timing (default: 1 real, 3 synthetic)")
+    parser.add_argument("--models", help="comma-separated MediaPipe models for the real and defaults parts")
+    parser.add_argument("--child-quantizer", nargs=3, metavar=("MODEL", "OUT", "RECIPE"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child_quantizer:
+        quantizer_child(*args.child_quantizer)
+        return 0
+
+    parts = args.part or ["real", "synthetic", "defaults"]
+    names = args.models.split(",") if args.models else list(QUICK_MODELS) if args.quick else None
+    pairs = [p for p in PAIRS if not args.quick or (p[0] in QUICK_PAIRS and not p[1])]
+    results: dict[str, Any] = {"environment": environment()}
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="quantize-bench-") as name:
+        tmp = Path(name)
+        if "real" in parts:
+            results["real"] = part_real(real_models(names), pairs, tmp, args.runs or 1)
+        if "synthetic" in parts:
+            modes = ["weight-int8"] if args.quick else list(SYNTHETIC_MODES)
+            results["synthetic"] = part_synthetic(modes, tmp, args.runs or (1 if args.quick else 3))
+        if "defaults" in parts:
+            modes = list(QUICK_DEFAULTS_MODES if args.quick else DEFAULTS_MODES)
+            results["defaults"] = part_defaults(real_models(names), modes, tmp)
+    results["total_s"] = time.perf_counter() - started
+
+    env = results["environment"]
+    print(f"# Quantization benchmark ({env['date']}, {env['cpus']} CPUs, engine kernels: {env['engine_kernels']}, "
+          f"litert-quantizer {env['versions']['litert-quantizer']}, {results['total_s']:.0f} s)\n")  # fmt: skip
+    if "real" in results:
+        print("## Real models: inputs\n\n" + markdown_inputs(results["real"]["inputs"]) + "\n")
+        print("## Real models: ours vs the quantizer\n\n" + markdown_real(results["real"]["rows"]) + "\n")
+    if "synthetic" in results:
+        file_mb = results["synthetic"]["file_bytes"] / MB
+        print(f"## {SYNTHETIC_NAME} ({file_mb:.1f} MB)\n\n" + markdown_synthetic(results["synthetic"]) + "\n")
+    if "defaults" in results:
+        print("## Defaults: ours, --scale / --min-elements\n\n" + markdown_defaults(results["defaults"]["rows"]))
+    if args.json:
+        args.json.write_text(json.dumps(_json_safe(results), indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
