@@ -163,7 +163,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--bits", type=int, help="bits of the integer levels, 2..8 (default: the mode's)")
     p.add_argument("--granularity", help=f"one scale per: {', '.join(GRANULARITIES)} (default channel)")
     p.add_argument(
-        "--scale", help=f"{' or '.join(SCALE_METHODS)}: scales from the absolute max (default) or the least-error clip"
+        "--scale",
+        help=f"{' or '.join(SCALE_METHODS)}: absolute max or least-error clip (default: minmax at 8 bits, mse below)",
     )
     p.add_argument("--min-elements", type=int, help=f"leave smaller weights alone (default {DEFAULT_MIN_ELEMENTS})")
     p.add_argument("--recipe", help="JSON recipe: options globally, per op type and per tensor regex (README)")

@@ -62,9 +62,20 @@ class Weight:
         return self.stored_type in _FLOAT_TYPES and (self.source.quantization is None or not _has_scale(self.source))
 
     @property
+    def index_bytes(self) -> int:
+        """Bytes of the sparse index vectors (0 for a dense weight): they are part of what the weight costs."""
+        total = 0
+        for dim in (self.source.sparsity.dim_metadata or []) if self.source.sparsity else []:
+            for vector in (dim.array_segments, dim.array_indices):
+                if vector is not None:
+                    total += int(np.asarray(vector.fields["values"]).nbytes)
+        return total
+
+    @property
     def stored_bytes(self) -> int:
+        """What the weight takes in the file: its buffer, plus the index vectors when it is sparse."""
         assert self.source.buffer is not None
-        return int(self.source.buffer.data.size)
+        return int(self.source.buffer.data.size) + self.index_bytes
 
     def decode(self) -> np.ndarray:
         """The dense float32 values the ops compute with."""

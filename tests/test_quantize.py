@@ -10,7 +10,7 @@ import pytest
 import engine
 from engine.builder import GraphBuilder
 from engine.errors import EngineError
-from engine.recipe import MODES, Recipe
+from engine.recipe import DEFAULT_MIN_ELEMENTS, MODES, Recipe
 from engine.validate import run, sqnr_db
 from engine.weights import find_weights
 from engine.zoo import CUSTOM_OP_MODELS, INPUT_RANGES, photo_input
@@ -25,64 +25,64 @@ FLOORS: dict[str, dict[str, float]] = {
         "face_landmark": 60,  # measured inf
         "hand_landmark_full": 60,  # measured inf
         "hand_landmark_lite": 60,  # measured inf
-        "hand_recrop": 86,  # measured 89.9
-        "iris_landmark": 71,  # measured 74.2
+        "hand_recrop": 96,  # measured 99.9
+        "iris_landmark": 76,  # measured 79.5
         "palm_detection_full": 60,  # measured inf
         "palm_detection_lite": 60,  # measured inf
         "pose_detection": 60,  # measured inf
         "pose_landmark_full": 60,  # measured inf
     },
     "weight-int8": {
-        "face_detection_full_range_sparse": 30,  # measured 33.7
-        "face_detection_short_range": 19,  # measured 22.4
-        "face_landmark": 33,  # measured 36.5
+        "face_detection_full_range_sparse": 37,  # measured 40.0
+        "face_detection_short_range": 30,  # measured 33.5
+        "face_landmark": 34,  # measured 37.4
         "hand_landmark_full": 3,  # measured 6.6
         "hand_landmark_lite": -3,  # measured 0.7
-        "hand_recrop": 58,  # measured 61.8
-        "iris_landmark": 39,  # measured 42.7
-        "palm_detection_full": 20,  # measured 23.7
-        "palm_detection_lite": 24,  # measured 27.3
-        "pose_detection": 31,  # measured 34.0
-        "pose_landmark_full": 4,  # measured 7.4
+        "hand_recrop": 56,  # measured 59.0
+        "iris_landmark": 43,  # measured 46.2
+        "palm_detection_full": 25,  # measured 28.3
+        "palm_detection_lite": 26,  # measured 29.8
+        "pose_detection": 31,  # measured 34.2
+        "pose_landmark_full": 8,  # measured 11.1
     },
     "dynamic-int8": {
-        "face_detection_full_range_sparse": 24,  # measured 27.9
-        "face_detection_short_range": 16,  # measured 19.9
-        "face_landmark": 35,  # measured 38.2
-        "hand_landmark_full": 3,  # measured 6.8
-        "hand_landmark_lite": -3,  # measured -0.0
-        "hand_recrop": 48,  # measured 51.6
-        "iris_landmark": 35,  # measured 38.9
-        "palm_detection_full": 15,  # measured 18.5
-        "palm_detection_lite": 19,  # measured 22.1
-        "pose_detection": 30,  # measured 33.4
-        "pose_landmark_full": 3,  # measured 6.7
+        "face_detection_full_range_sparse": 37,  # measured 40.0
+        "face_detection_short_range": 18,  # measured 21.1
+        "face_landmark": 47,  # measured 50.8
+        "hand_landmark_full": 2,  # measured 5.5
+        "hand_landmark_lite": -4,  # measured -0.1
+        "hand_recrop": 50,  # measured 53.7
+        "iris_landmark": 36,  # measured 39.2
+        "palm_detection_full": 21,  # measured 24.0
+        "palm_detection_lite": 21,  # measured 24.8
+        "pose_detection": 29,  # measured 32.7
+        "pose_landmark_full": 7,  # measured 10.5
     },
     "weight-int4": {
-        "face_detection_full_range_sparse": 6,  # measured 9.9
-        "face_detection_short_range": -2,  # measured 1.8
-        "face_landmark": 24,  # measured 27.3
-        "hand_landmark_full": -40,  # measured -36.5
-        "hand_landmark_lite": -35,  # measured -32.0
-        "hand_recrop": 27,  # measured 30.0
-        "iris_landmark": 18,  # measured 21.7
-        "palm_detection_full": 3,  # measured 6.0
-        "palm_detection_lite": 3,  # measured 6.2
-        "pose_detection": 10,  # measured 13.4
-        "pose_landmark_full": -5,  # measured -1.7
+        "face_detection_full_range_sparse": 8,  # measured 11.0
+        "face_detection_short_range": -4,  # measured -0.9
+        "face_landmark": 9,  # measured 12.7
+        "hand_landmark_full": -35,  # measured -31.2
+        "hand_landmark_lite": -17,  # measured -13.2
+        "hand_recrop": 35,  # measured 38.8
+        "iris_landmark": 19,  # measured 22.3
+        "palm_detection_full": 5,  # measured 8.4
+        "palm_detection_lite": 5,  # measured 8.7
+        "pose_detection": 6,  # measured 9.3
+        "pose_landmark_full": -14,  # measured -10.5
     },
     "dynamic-int4": {
-        "face_detection_full_range_sparse": 6,  # measured 9.9
-        "face_detection_short_range": -3,  # measured 0.6
-        "face_landmark": 23,  # measured 26.7
-        "hand_landmark_full": -39,  # measured -36.0
-        "hand_landmark_lite": -36,  # measured -32.2
-        "hand_recrop": 26,  # measured 29.1
-        "iris_landmark": 19,  # measured 22.2
-        "palm_detection_full": 3,  # measured 6.0
-        "palm_detection_lite": 3,  # measured 6.3
-        "pose_detection": 10,  # measured 13.4
-        "pose_landmark_full": -5,  # measured -1.7
+        "face_detection_full_range_sparse": 8,  # measured 11.0
+        "face_detection_short_range": -4,  # measured -0.5
+        "face_landmark": 9,  # measured 12.8
+        "hand_landmark_full": -34,  # measured -30.7
+        "hand_landmark_lite": -17,  # measured -13.4
+        "hand_recrop": 36,  # measured 39.1
+        "iris_landmark": 18,  # measured 21.9
+        "palm_detection_full": 5,  # measured 8.2
+        "palm_detection_lite": 5,  # measured 8.6
+        "pose_detection": 6,  # measured 9.3
+        "pose_landmark_full": -14,  # measured -10.6
     },
 }
 
@@ -223,7 +223,9 @@ def test_already_integer_weights_are_listed_and_left(runnable: dict[str, Path], 
 def test_passes_compose_float16_then_int8(runnable: dict[str, Path], tmp_path: Path) -> None:
     half = tmp_path / "half.tflite"
     engine.compress(runnable["hand_recrop"], output=half, quantize="float16")
-    assert all(w.stored_type == "FLOAT16" for w in find_weights(engine.read_model(half)) if w.elements >= 1024)
+    assert all(
+        w.stored_type == "FLOAT16" for w in find_weights(engine.read_model(half)) if w.elements >= DEFAULT_MIN_ELEMENTS
+    )
     int8 = tmp_path / "int8.tflite"
     _, report = engine.compress(half, output=int8, quantize="weight-int8")
     assert report.compressed and all(t.dtype_before == "FLOAT16" for t in report.compressed)
@@ -259,7 +261,7 @@ def test_recipe_layers_and_exclude(runnable: dict[str, Path], tmp_path: Path) ->
         {
             "quantize": "weight-int8",
             "ops": {"DEPTHWISE_CONV_2D": {"quantize": "float16", "min_elements": 0}},
-            "tensors": {"conv2d_1/": {"granularity": "tensor"}},
+            "tensors": {"conv2d_1/": {"granularity": "tensor", "min_elements": 0}},
             "exclude": ["conv2d_2/"],
         }
     )

@@ -67,7 +67,7 @@ def quantize_weights(model: Model, recipe: Recipe) -> tuple[Model, list[TensorRe
             sparsity=weight.source.sparsity if encoding.sparse else None,
         )
         install(model, weight, stored, direct)
-        report.bits, report.granularity, report.scale = options.level_bits, granularity, options.scale
+        report.bits, report.granularity, report.scale = options.level_bits, granularity, options.scale_method
         report.form = "dequantize" if not direct else "hybrid" if len(direct) == len(weight.uses) else "mixed"
         report.dtype_after, report.bytes_after = dtype, encoding.stored_bytes
         report.weight_sqnr_db = encoding.weight_sqnr_db
@@ -115,6 +115,8 @@ def _placement(weight: Weight, options: TensorOptions, granularity: str) -> tupl
             continue
         direct = _hybrid_uses(weight, options, container, granularity)
         if len(direct) == len(weight.uses) or _kind(granularity) in DEQUANTIZE_INPUTS.get(container, frozenset()):
+            if container < 8 and _sparse_int8_bytes(weight) < math.ceil(weight.elements * container / 8):
+                return 8, direct  # DENSIFY decodes INT8 only: a sparse INT8 weight can be smaller than dense INT4
             return container, direct
     readers = ", ".join(sorted({op.name for op, _ in weight.uses}))
     hint = " (blockwise weights run only in dynamic-int4, read by FULLY_CONNECTED)" if options.block_size else ""
@@ -155,7 +157,7 @@ def _encode(weight: Weight, options: TensorOptions, granularity: str, container:
     assert bits is not None
     values = weight.decode()
     rows, restore = _groups(values, granularity, weight.channel_axis)
-    find_scales = kernels.mse_scales if options.scale == "mse" else kernels.absmax_scales
+    find_scales = kernels.mse_scales if options.scale_method == "mse" else kernels.absmax_scales
     scales = find_scales(rows, bits)
     block = options.block_size if _kind(granularity) == "block" else None
     if block is not None:
@@ -178,22 +180,16 @@ def _encode(weight: Weight, options: TensorOptions, granularity: str, container:
         )
         params_bytes = scales.size * 12
     sparse = False
-    if weight.source.sparsity is not None and sparse_ok and container == 8:
+    if sparse_ok and container == 8 and _sparse_int8_bytes(weight) < flat.size:
         assert weight.source.data is not None
-        positions = sparse_positions(weight.source, weight.shape, weight.source.data.size)
-        if positions.size + _index_bytes(weight) < flat.size:
-            flat, sparse = flat[positions], True
+        flat, sparse = flat[sparse_positions(weight.source, weight.shape, weight.source.data.size)], True
     data = _PACKERS[container](flat) if container in _PACKERS else flat
-    return _Encoding(Buffer.of(data), params, int(data.nbytes + params_bytes), weight_sqnr, sparse)
+    stored_bytes = data.nbytes + params_bytes + (weight.index_bytes if sparse else 0)
+    return _Encoding(Buffer.of(data), params, int(stored_bytes), weight_sqnr, sparse)
 
 
-def _index_bytes(weight: Weight) -> int:
-    """Bytes the sparse index vectors of the weight's stored form take (they are kept as they are)."""
-    sparsity = weight.source.sparsity
-    assert sparsity is not None
-    total = 0
-    for dim in sparsity.dim_metadata or []:
-        for vector in (dim.array_segments, dim.array_indices):
-            if vector is not None:
-                total += int(np.asarray(vector.fields["values"]).nbytes)
-    return total
+def _sparse_int8_bytes(weight: Weight) -> float:
+    """Bytes of the weight kept sparse as INT8 (its stored values plus index vectors); inf if it is dense."""
+    if weight.source.sparsity is None or weight.source.data is None:
+        return math.inf
+    return weight.source.data.size + weight.index_bytes
