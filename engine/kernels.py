@@ -97,7 +97,10 @@ def _checked_groups(groups: np.ndarray) -> np.ndarray:
     g = np.ascontiguousarray(groups, dtype=np.float32)
     if g.ndim != 2:
         raise EngineError(f"weight groups must be a 2-D array (rows, n), got shape {g.shape}")
-    if g.size and not (g.min() >= -_LIMIT and g.max() <= _LIMIT):  # two cheap passes, false for NaN too
+    flat = g.reshape(-1)
+    with np.errstate(over="ignore", invalid="ignore"):
+        squares = np.dot(flat, flat)  # one fast pass: finite rules out NaN, infinity and anything near _LIMIT
+    if not np.isfinite(squares) and not (flat.min() >= -_LIMIT and flat.max() <= _LIMIT):
         if not np.isfinite(g).all():
             raise EngineError("weights contain NaN or infinity; they cannot be quantized")
         raise EngineError(f"weights beyond ±{_LIMIT:g} cannot be quantized: dequantized, they would overflow float32")
@@ -120,16 +123,17 @@ def _checked_int8(codes: np.ndarray) -> np.ndarray:
     return _frozen(c)
 
 
-def _packable(codes: np.ndarray, bits: int) -> np.ndarray:
-    """The codes flattened in C order, checked to fit ``bits``-bit two's complement."""
+def _pack_arguments(codes: np.ndarray, bits: int) -> tuple[np.ndarray, int, np.ndarray]:
+    """The codes flattened in C order, checked to fit ``bits``-bit two's complement; bits; the output bytes."""
     c = _checked_int8(codes).reshape(-1)
     low, high = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
     if c.size and (c.min() < low or c.max() > high):
         raise EngineError(f"int{bits} codes must lie in [{low}, {high}], got values in [{c.min()}, {c.max()}]")
-    return c
+    return c, bits, np.empty(-(-c.size // (8 // bits)), np.uint8)
 
 
-def _checked_packed(packed: np.ndarray, count: int, bits: int) -> np.ndarray:
+def _unpack_arguments(packed: np.ndarray, count: int, bits: int) -> tuple[np.ndarray, int, np.ndarray]:
+    """The packed bytes, checked to hold exactly ``count`` fields of ``bits`` bits; bits; the output codes."""
     p = np.asarray(packed)
     if p.dtype != np.uint8 or p.ndim != 1:
         raise EngineError(f"packed int{bits} data must be a 1-D uint8 array, got {p.dtype} of shape {p.shape}")
@@ -139,7 +143,7 @@ def _checked_packed(packed: np.ndarray, count: int, bits: int) -> np.ndarray:
     needed = -(-int(count) // per_byte)
     if p.size != needed:
         raise EngineError(f"{count} int{bits} values take {needed} packed bytes, got {p.size}")
-    return _frozen(np.ascontiguousarray(p))
+    return _frozen(np.ascontiguousarray(p)), bits, np.empty(count, np.int8)
 
 
 # ----------------------------------------------------------------------------------- numba: scalar helpers
@@ -217,41 +221,34 @@ def _row_mse_scale(row, qmax, lowest):
 # ------------------------------------------------------------------------------------ numba: array kernels
 
 
-@numba.njit(cache=True, parallel=True)
-def _absmax_numba(groups, qmax):
-    out = np.empty(groups.shape[0], np.float32)
-    for i in numba.prange(groups.shape[0]):
+# Each kernel fills ``out``, which the public function allocates with numpy: numpy maps large arrays in huge
+# pages, so a 67 MB result costs ~4 ms of page faults instead of ~30 ms through Numba's allocator.
+# Only the MSE search runs rows in parallel: it is compute-bound (28 passes per row) and gains ~2x on two cores,
+# while the one-pass kernels are near memory speed already and a parallel loop costs ~0.3 s more to compile.
+
+
+@numba.njit(cache=True)
+def _absmax_numba(groups, qmax, out):
+    for i in range(groups.shape[0]):
         s = _scale(_row_absmax(groups[i]), 1.0, qmax)
         out[i] = s if s >= _TINY else np.float32(1.0)
     return out
 
 
 @numba.njit(cache=True, parallel=True)
-def _mse_numba(groups, qmax, lowest):
-    out = np.empty(groups.shape[0], np.float32)
+def _mse_numba(groups, qmax, lowest, out):
     for i in numba.prange(groups.shape[0]):
         out[i] = _row_mse_scale(groups[i], qmax, lowest)
     return out
 
 
-@numba.njit(cache=True, parallel=True)
-def _quantize_numba(groups, scales, qmax):
+@numba.njit(cache=True)
+def _quantize_numba(groups, scales, qmax, out):
     q = np.float32(qmax)
-    out = np.empty(groups.shape, np.int8)
-    for i in numba.prange(groups.shape[0]):
-        s = scales[i]
-        for j in range(groups.shape[1]):
-            out[i, j] = np.int8(_code(groups[i, j], s, q))
-    return out
-
-
-@numba.njit(cache=True, parallel=True)
-def _dequantize_numba(codes, scales):
-    out = np.empty(codes.shape, np.float32)
-    for i in numba.prange(codes.shape[0]):
-        s = scales[i]
-        for j in range(codes.shape[1]):
-            out[i, j] = np.float32(codes[i, j]) * s
+    for i in range(groups.shape[0]):
+        row, s, codes = groups[i], scales[i], out[i]
+        for j in range(row.size):
+            codes[j] = np.int8(_code(row[j], s, q))
     return out
 
 
@@ -270,23 +267,35 @@ def _noise_numba(groups, codes, scales):
 
 
 @numba.njit(cache=True)
-def _pack_numba(codes, bits):
-    per_byte = 8 // bits
-    mask = (1 << bits) - 1
-    out = np.zeros((codes.size + per_byte - 1) // per_byte, np.uint8)
-    for i, c in enumerate(codes):
-        out[i // per_byte] |= np.uint8((np.int32(c) & mask) << ((i % per_byte) * bits))
+def _dequantize_numba(codes, scales, out):
+    for i in range(codes.shape[0]):
+        row, s, values = codes[i], scales[i], out[i]
+        for j in range(row.size):
+            values[j] = np.float32(row[j]) * s
     return out
 
 
 @numba.njit(cache=True)
-def _unpack_numba(packed, count, bits):
+def _pack_numba(codes, bits, out):
     per_byte = 8 // bits
     mask = (1 << bits) - 1
-    out = np.empty(count, np.int8)
-    for i in range(count):
-        v = (np.int32(packed[i // per_byte]) >> ((i % per_byte) * bits)) & mask
-        out[i] = np.int8(v - (mask + 1) if v > mask >> 1 else v)
+    for b in range(out.size):
+        byte = 0
+        for f in range(min(per_byte, codes.size - b * per_byte)):
+            byte |= (np.int32(codes[b * per_byte + f]) & mask) << (f * bits)
+        out[b] = byte
+    return out
+
+
+@numba.njit(cache=True)
+def _unpack_numba(packed, bits, out):
+    per_byte = 8 // bits
+    mask, sign = (1 << bits) - 1, 1 << (bits - 1)
+    for b in range(packed.size):
+        byte = np.int32(packed[b])
+        for f in range(min(per_byte, out.size - b * per_byte)):
+            v = (byte >> (f * bits)) & mask
+            out[b * per_byte + f] = v - 2 * (v & sign)  # sign extension
     return out
 
 
@@ -313,12 +322,13 @@ def _scales_numpy(amax: np.ndarray, ratio: np.ndarray | float, qmax: int) -> np.
         return (ratio * amax.astype(np.float64) / qmax).astype(np.float32)
 
 
-def _absmax_numpy(groups: np.ndarray, qmax: int) -> np.ndarray:
+def _absmax_numpy(groups: np.ndarray, qmax: int, out: np.ndarray) -> np.ndarray:
     s = _scales_numpy(np.abs(groups).max(axis=1, initial=0.0), 1.0, qmax)
-    return np.where(s >= _TINY, s, np.float32(1.0))
+    out[:] = np.where(s >= _TINY, s, np.float32(1.0))
+    return out
 
 
-def _mse_numpy(groups: np.ndarray, qmax: int, lowest: float) -> np.ndarray:
+def _mse_numpy(groups: np.ndarray, qmax: int, lowest: float, out: np.ndarray) -> np.ndarray:
     """The search of ``_row_mse_scale``, one candidate at a time for all rows at once."""
     amax = np.abs(groups).max(axis=1, initial=0.0)
     best_s = _scales_numpy(amax, 1.0, qmax)
@@ -343,15 +353,17 @@ def _mse_numpy(groups: np.ndarray, qmax: int, lowest: float) -> np.ndarray:
         for j in range(-_REFINE_POINTS, _REFINE_POINTS + 1):
             if j != 0:
                 consider(center + j * step)
-    return best_s
+    out[:] = best_s
+    return out
 
 
-def _quantize_numpy(groups: np.ndarray, scales: np.ndarray, qmax: int) -> np.ndarray:
-    return _codes_numpy(groups, scales, qmax).astype(np.int8)
+def _quantize_numpy(groups: np.ndarray, scales: np.ndarray, qmax: int, out: np.ndarray) -> np.ndarray:
+    out[:] = _codes_numpy(groups, scales, qmax)
+    return out
 
 
-def _dequantize_numpy(codes: np.ndarray, scales: np.ndarray) -> np.ndarray:
-    return codes.astype(np.float32) * scales[:, None]
+def _dequantize_numpy(codes: np.ndarray, scales: np.ndarray, out: np.ndarray) -> np.ndarray:
+    return np.multiply(codes, scales[:, None], out=out)
 
 
 def _noise_numpy(groups: np.ndarray, codes: np.ndarray, scales: np.ndarray) -> np.ndarray:
@@ -364,16 +376,16 @@ def _shifts(bits: int) -> np.ndarray:
     return np.arange(0, 8, bits, dtype=np.uint8)
 
 
-def _pack_numpy(codes: np.ndarray, bits: int) -> np.ndarray:
-    per_byte = 8 // bits
-    fields = np.zeros(-(-codes.size // per_byte) * per_byte, np.uint8)
-    fields[: codes.size] = codes.view(np.uint8) & ((1 << bits) - 1)
-    return np.bitwise_or.reduce(fields.reshape(-1, per_byte) << _shifts(bits), axis=1).astype(np.uint8)
+def _pack_numpy(codes: np.ndarray, bits: int, out: np.ndarray) -> np.ndarray:
+    fields = np.zeros((out.size, 8 // bits), np.uint8)
+    fields.reshape(-1)[: codes.size] = codes.view(np.uint8) & ((1 << bits) - 1)
+    return np.bitwise_or.reduce(fields << _shifts(bits), axis=1, out=out)
 
 
-def _unpack_numpy(packed: np.ndarray, count: int, bits: int) -> np.ndarray:
-    fields = ((packed[:, None] >> _shifts(bits)) & ((1 << bits) - 1)).ravel()[:count].astype(np.int8)
-    return np.where(fields >= 1 << (bits - 1), fields - (1 << bits), fields).astype(np.int8)
+def _unpack_numpy(packed: np.ndarray, bits: int, out: np.ndarray) -> np.ndarray:
+    fields = ((packed[:, None] >> _shifts(bits)) & ((1 << bits) - 1)).ravel()[: out.size].astype(np.int8)
+    out[:] = np.where(fields >= 1 << (bits - 1), fields - (1 << bits), fields)
+    return out
 
 
 # ------------------------------------------------------------------------------------------ public kernels
@@ -382,7 +394,8 @@ def _unpack_numpy(packed: np.ndarray, count: int, bits: int) -> np.ndarray:
 @_twins(_absmax_numba, _absmax_numpy)
 def absmax_scales(groups: np.ndarray, bits: int) -> tuple:
     """Per-row scale max|w| / qmax ("minmax"): no weight is clipped. Returns float32[rows]."""
-    return _checked_groups(groups), qmax(bits)
+    g = _checked_groups(groups)
+    return g, qmax(bits), np.empty(g.shape[0], np.float32)
 
 
 @_twins(_mse_numba, _mse_numpy)
@@ -395,14 +408,15 @@ def mse_scales(groups: np.ndarray, bits: int) -> tuple:
     three refinement stages of ±2 points around the best ratio, each a third of the previous step: 28 error
     evaluations per row, each exactly the arithmetic of ``quantize``, summed in float64. Returns float32[rows].
     """
-    return _checked_groups(groups), qmax(bits), _lowest_ratio(bits)
+    g = _checked_groups(groups)
+    return g, qmax(bits), _lowest_ratio(bits), np.empty(g.shape[0], np.float32)
 
 
 @_twins(_quantize_numba, _quantize_numpy)
 def quantize(groups: np.ndarray, scales: np.ndarray, bits: int) -> tuple:
     """int8 codes round(w / scale) (half away from zero) saturated to ±qmax, one scale per row."""
     g = _checked_groups(groups)
-    return g, _checked_scales(scales, g.shape[0]), qmax(bits)
+    return g, _checked_scales(scales, g.shape[0]), qmax(bits), np.empty(g.shape, np.int8)
 
 
 @_twins(_dequantize_numba, _dequantize_numpy)
@@ -411,7 +425,7 @@ def dequantize(codes: np.ndarray, scales: np.ndarray) -> tuple:
     c = _checked_int8(codes)
     if c.ndim != 2:
         raise EngineError(f"codes must be a 2-D array (rows, n), got shape {c.shape}")
-    return c, _checked_scales(scales, c.shape[0])
+    return c, _checked_scales(scales, c.shape[0]), np.empty(c.shape, np.float32)
 
 
 @_twins(_noise_numba, _noise_numpy)
@@ -428,26 +442,26 @@ def signal_and_noise(groups: np.ndarray, codes: np.ndarray, scales: np.ndarray) 
 def pack_int4(codes: np.ndarray) -> tuple:
     """TFLite INT4 bytes of int8 codes in [-8, 7] (flattened in C order): two's-complement nibbles, element 2i in
     the low nibble of byte i and 2i+1 in the high one; an odd count leaves the last high nibble 0."""
-    return _packable(codes, 4), 4
+    return _pack_arguments(codes, 4)
 
 
 @_twins(_unpack_numba, _unpack_numpy)
 def unpack_int4(packed: np.ndarray, count: int) -> tuple:
     """The ``count`` sign-extended int8 codes stored in TFLite INT4 bytes (the inverse of ``pack_int4``)."""
-    return _checked_packed(packed, count, 4), int(count), 4
+    return _unpack_arguments(packed, count, 4)
 
 
 @_twins(_pack_numba, _pack_numpy)
 def pack_int2(codes: np.ndarray) -> tuple:
     """TFLite INT2 bytes of int8 codes in [-2, 1] (flattened in C order): four two's-complement 2-bit fields
     per byte, element 4i+j in bits 2j..2j+1 (lowest first); unused fields of the last byte are 0."""
-    return _packable(codes, 2), 2
+    return _pack_arguments(codes, 2)
 
 
 @_twins(_unpack_numba, _unpack_numpy)
 def unpack_int2(packed: np.ndarray, count: int) -> tuple:
     """The ``count`` sign-extended int8 codes stored in TFLite INT2 bytes (the inverse of ``pack_int2``)."""
-    return _checked_packed(packed, count, 2), int(count), 2
+    return _unpack_arguments(packed, count, 2)
 
 
 absmax_scales_numpy = absmax_scales.numpy
