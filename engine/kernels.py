@@ -252,18 +252,20 @@ def _quantize_numba(groups, scales, qmax, out):
     return out
 
 
-@numba.njit(cache=True, parallel=True)
+@numba.njit(cache=True, fastmath={"reassoc"})
 def _noise_numba(groups, codes, scales):
-    signal = np.zeros(groups.shape[0])
-    noise = np.zeros(groups.shape[0])
-    for i in numba.prange(groups.shape[0]):
+    """One memory-bound pass, so sequential like the other one-pass kernels; reassociating the float64 sums
+    lets them vectorize (each term is exact in float64)."""
+    signal = 0.0
+    noise = 0.0
+    for i in range(groups.shape[0]):
         s = np.float64(scales[i])
         for j in range(groups.shape[1]):
             w = np.float64(groups[i, j])
             d = w - s * np.float64(codes[i, j])
-            signal[i] += w * w
-            noise[i] += d * d
-    return np.array([signal.sum(), noise.sum()])
+            signal += w * w
+            noise += d * d
+    return np.array([signal, noise])
 
 
 @numba.njit(cache=True)
