@@ -54,6 +54,26 @@ def read_model(source: str | os.PathLike[str] | bytes | bytearray | memoryview) 
     return _Resolver(data).model()
 
 
+def release_pages(array: np.ndarray) -> None:
+    """Let the OS drop the resident pages behind ``array`` when it is a view of a memory-mapped model file.
+
+    A pass that has re-encoded a large weight no longer needs the original's pages, so peak memory stays near
+    the output's size instead of input plus output.  Nothing is lost: reading the array again pages it back in
+    from the file.  Arrays that are not file views (and systems without MADV_DONTNEED) are left alone.
+    """
+    owner: Any = array
+    while getattr(owner, "base", None) is not None:
+        owner = owner.base
+    mapped = owner.obj if isinstance(owner, memoryview) else owner
+    if not isinstance(mapped, mmap.mmap) or not hasattr(mmap, "MADV_DONTNEED") or array.nbytes == 0:
+        return
+    offset = array.ctypes.data - np.frombuffer(mapped, np.uint8, count=1).ctypes.data
+    start = -(-offset // mmap.PAGESIZE) * mmap.PAGESIZE
+    stop = (offset + array.nbytes) // mmap.PAGESIZE * mmap.PAGESIZE
+    if 0 <= start < stop <= len(mapped):
+        mapped.madvise(mmap.MADV_DONTNEED, start, stop - start)
+
+
 def _table(value: tuple[str, dict[str, Any]] | None) -> Table | None:
     return None if value is None else Table(value[0], value[1])
 

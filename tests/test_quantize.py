@@ -345,3 +345,16 @@ def test_blockwise_needs_a_kernel_that_reads_it(tmp_path: Path) -> None:
     with pytest.raises(EngineError, match="blockwise weights run only in dynamic-int4"):
         engine.compress(source, quantize="weight-int4", granularity="block:32")
     assert not (tmp_path / "out.tflite").exists()
+
+
+def test_released_pages_of_a_mapped_weight_read_back_unchanged(runnable: dict[str, Path]) -> None:
+    from engine.reader import release_pages
+
+    model = engine.read_model(runnable["iris_landmark"])
+    weight = max((t for t in model.main.tensors if t.is_constant), key=lambda t: t.buffer.data.size)
+    before = weight.data.copy()
+    release_pages(weight.data)  # a view of the mapped file: its pages may go, its values may not
+    assert np.array_equal(weight.data, before)
+    own = before.copy()
+    release_pages(own)  # not a file view: left alone
+    assert np.array_equal(own, before)

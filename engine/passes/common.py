@@ -12,6 +12,7 @@ from collections.abc import Iterable
 
 from engine.ir import TENSOR_TYPES, Model, Operator, Subgraph, Tensor
 from engine.ops import dequantize_version
+from engine.reader import release_pages
 from engine.recipe import Recipe, TensorOptions
 from engine.report import TensorReport
 from engine.weights import Weight, find_weights
@@ -70,6 +71,8 @@ def install(model: Model, weight: Weight, stored: Tensor, direct: list[tuple[Ope
         op.inputs[i] = stored
     remaining = [op for op, i in weight.uses if (id(op), i) not in direct_ids]
     old = [weight.source, *(t for op in weight.chain for t in op.outputs if t is not value)]
+    if weight.source.buffer is not None:
+        release_pages(weight.source.buffer.data)
     for op in reversed(weight.chain):
         if op is weight.chain[-1] or not _is_read(sg, op.outputs):
             sg.remove_operator(op)
