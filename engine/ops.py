@@ -30,8 +30,9 @@ class OpRule:
     ``axis``); ``adjoint_option`` names a boolean option that, when set, means the weight is stored with its
     last two axes swapped (BATCH_MATMUL's ``adj_y``).  ``channel_axis`` applies both.
 
-    ``int4_even_rows``: the int4 hybrid kernel starts row r at byte ``r * row_size // 2``, so it reads the packed
-    weight right only when each slice along axis 0 holds an even number of elements.
+    ``packed_rows_whole_bytes``: the packed (int4/int2) hybrid kernel starts row r at byte
+    ``r * row_size * bits // 8``, so it reads the weight right only when each slice along axis 0 fills whole
+    bytes (an even number of int4 codes, a multiple of four int2 codes).
 
     ``xnnpack_only``: hybrid forms LiteRT 2.3 computes right only through XNNPACK (the default interpreter's
     delegate): its builtin FULLY_CONNECTED runs blockwise int4 weights (``BlockwiseQuantization``) but its
@@ -50,7 +51,7 @@ class OpRule:
     max_version: int = 1
     axis_option: str | None = None
     adjoint_option: str | None = None
-    int4_even_rows: bool = False
+    packed_rows_whole_bytes: bool = False
     xnnpack_only: tuple[tuple[int, frozenset[str]], ...] = ()
 
     def hybrid_granularities(self, bits: int) -> frozenset[str]:
@@ -66,7 +67,7 @@ class OpRule:
         or only XNNPACK for the ``xnnpack_only`` forms (see ``needs_xnnpack``)."""
         if granularity not in self.hybrid_granularities(bits) and not self.needs_xnnpack(bits, granularity):
             return False
-        return not (bits == 4 and self.int4_even_rows and math.prod(weight_shape[1:]) % 2)
+        return not (bits < 8 and self.packed_rows_whole_bytes and math.prod(weight_shape[1:]) * bits % 8)
 
     def channel_axis(self, options: Table | None) -> int | None:
         """The weight's output-channel axis for an operator with these builtin options (None: no weight)."""
@@ -101,7 +102,7 @@ RULES: dict[str, OpRule] = {
     ),
     "FULLY_CONNECTED": OpRule(
         "FullyConnectedOptions", weight_input=1, weight_channel_axis=0, bias_input=2,
-        hybrid=((8, _BOTH), (4, _BOTH)), max_version=14, xnnpack_only=((4, frozenset({"block"})),),
+        hybrid=((8, _BOTH), (4, _BOTH), (2, _BOTH)), max_version=14, xnnpack_only=((4, frozenset({"block"})),),
     ),
     "TRANSPOSE_CONV": OpRule(
         "TransposeConvOptions", weight_input=1, weight_channel_axis=0, bias_input=3,
@@ -113,7 +114,8 @@ RULES: dict[str, OpRule] = {
         hybrid=((8, _BOTH),), max_version=4, adjoint_option="adj_y",
     ),
     "EMBEDDING_LOOKUP": OpRule(
-        weight_input=1, weight_channel_axis=0, hybrid=((8, _BOTH), (4, _BOTH)), max_version=5, int4_even_rows=True
+        weight_input=1, weight_channel_axis=0, hybrid=((8, _BOTH), (4, _BOTH), (2, _BOTH)), max_version=5,
+        packed_rows_whole_bytes=True,
     ),
     "GATHER": OpRule("GatherOptions", weight_input=0, weight_channel_axis=0, max_version=8, axis_option="axis"),
     "PRELU": OpRule(weight_input=1, weight_channel_axis=-1),
@@ -154,10 +156,10 @@ RULES: dict[str, OpRule] = {
 }
 # fmt: on
 
-# What DEQUANTIZE turns into float32, by stored bit width (16: FLOAT16, no quantization parameters; 8 and 4:
-# INT8 and packed INT4, symmetric) and granularity (per-channel along any quantized_dimension).  Every form runs
+# What DEQUANTIZE turns into float32, by stored bit width (16: FLOAT16, no quantization parameters; 8, 4, 2:
+# INT8 and packed INT4/INT2, symmetric) and granularity (per-channel along any quantized_dimension).  Every form runs
 # in both the builtin kernel and with XNNPACK, so any weight the hybrid kernels cannot read can take this route.
-DEQUANTIZE_INPUTS: dict[int, frozenset[str]] = {16: frozenset({"tensor"}), 8: _BOTH, 4: _BOTH}
+DEQUANTIZE_INPUTS: dict[int, frozenset[str]] = {16: frozenset({"tensor"}), 8: _BOTH, 4: _BOTH, 2: _BOTH}
 
 # The DEQUANTIZE version a converter declares for each input (per-channel int8 has its own).  LiteRT runs any
 # version from 1 to its max_version the same way; the version tells other runtimes which features are used.

@@ -1,5 +1,5 @@
 """Which quantized-weight forms LiteRT runs, checked against engine.ops: the ``hybrid`` column (exactly: every
-form it claims runs right, every other one is refused or computes garbage), ``int4_even_rows``,
+form it claims runs right, every other one is refused or computes garbage), ``packed_rows_whole_bytes``,
 ``DEQUANTIZE_INPUTS`` and ``max_version``.
 
 Weights are quantized as the engine will: symmetric, zero point 0, int8 codes in [-127, 127], int4 in [-7, 7]
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-from engine import model_to_bytes
+from engine import kernels, model_to_bytes
 from engine.builder import GraphBuilder
 from engine.ir import TENSOR_TYPES, Buffer, Model, Operator, QuantizationParams, Tensor
 from engine.ops import DEQUANTIZE_INPUTS, RULES, rule
@@ -27,10 +27,13 @@ from tests.weighted_models import BASE_CASES, CASES, IDS, Feeds, weighted_op
 RIGHT_DB = 30.0
 WRONG_DB = 15.0
 GRANULARITIES = ("tensor", "channel")
-HYBRID_FORMS = [(label, bits, g) for label in BASE_CASES for bits in (8, 4) for g in GRANULARITIES]
-# The (op, bits) hybrid forms XNNPACK takes over, at both granularities; it leaves every other one to the builtins.
-XNNPACK_HYBRID = {("FULLY_CONNECTED", 8), ("FULLY_CONNECTED", 4), ("CONV_2D", 8), ("TRANSPOSE_CONV", 8),
-                  ("BATCH_MATMUL", 8)}  # fmt: skip
+HYBRID_FORMS = [(label, bits, g) for label in BASE_CASES for bits in (8, 4, 2) for g in GRANULARITIES]
+# The hybrid forms XNNPACK takes over (op, bits, granularity); it leaves every other one to the builtin kernels.
+XNNPACK_HYBRID = {
+    *((op, bits, g) for op, bits in [("FULLY_CONNECTED", 8), ("FULLY_CONNECTED", 4), ("CONV_2D", 8),
+                                      ("TRANSPOSE_CONV", 8), ("BATCH_MATMUL", 8)] for g in GRANULARITIES),
+    ("FULLY_CONNECTED", 2, "channel"),
+}  # fmt: skip
 RUNTIMES = pytest.mark.parametrize("xnnpack", [False, True], ids=["builtin", "xnnpack"])
 
 
@@ -46,11 +49,7 @@ def _quantize(w: np.ndarray, bits: int, axis: int | None) -> tuple[np.ndarray, n
     return np.clip(np.rint(w / scale), -qmax, qmax).astype(np.int8), scale.astype(np.float32)
 
 
-def _pack_int4(codes: np.ndarray) -> np.ndarray:
-    """Two codes per byte over the flattened array, element 2i in the low nibble; an odd count pads with 0."""
-    nibbles = codes.reshape(-1).astype(np.uint8) & 0x0F
-    nibbles = np.append(nibbles, np.zeros(nibbles.size % 2, np.uint8))
-    return nibbles[0::2] | (nibbles[1::2] << 4)
+_PACKERS = {4: kernels.pack_int4, 2: kernels.pack_int2}
 
 
 def _stored(w: np.ndarray, bits: int, axis: int | None, name: str) -> tuple[Tensor, np.ndarray]:
@@ -60,7 +59,7 @@ def _stored(w: np.ndarray, bits: int, axis: int | None, name: str) -> tuple[Tens
         return Tensor(name, w.shape, TENSOR_TYPES["FLOAT16"], Buffer.of(half)), half.astype(np.float32)
     codes, scale = _quantize(w, bits, axis)
     params = QuantizationParams(scale.reshape(-1), np.zeros(scale.size, np.int64), quantized_dimension=axis or 0)
-    data = Buffer.of(codes) if bits == 8 else Buffer(_pack_int4(codes))
+    data = Buffer.of(codes) if bits == 8 else Buffer(_PACKERS[bits](codes))
     tensor = Tensor(name, w.shape, TENSOR_TYPES[f"INT{bits}"], data, quantization=params)
     return tensor, (codes * scale).astype(np.float32)
 
@@ -136,9 +135,9 @@ def test_hybrid_column_is_exactly_what_runs_right(label: str, bits: int, granula
         assert outcome is not None, "claimed hybrid form failed to load or run"
         sqnr, delegated = outcome
         assert sqnr > RIGHT_DB
-        assert delegated == (xnnpack and (label, bits) in XNNPACK_HYBRID)
+        assert delegated == (xnnpack and (label, bits, granularity) in XNNPACK_HYBRID)
     else:
-        assert outcome is None or outcome[0] < WRONG_DB, f"unclaimed hybrid form runs right: {outcome[0]:.1f} dB"
+        assert outcome is None or not outcome[0] >= WRONG_DB, f"unclaimed hybrid form runs right: {outcome[0]:.1f} dB"
 
 
 @pytest.mark.parametrize(("label", "bits", "granularity"), [f for f in HYBRID_FORMS if _claimed(*f)])
@@ -150,12 +149,13 @@ def test_claimed_hybrid_forms_need_no_particular_version(label: str, bits: int, 
     assert sqnr > RIGHT_DB
 
 
+@pytest.mark.parametrize(("bits", "row"), [(4, 3), (2, 2), (2, 6)])
 @pytest.mark.parametrize("granularity", GRANULARITIES)
-def test_int4_embedding_lookup_needs_rows_of_even_length(granularity: str) -> None:
-    """Rows of 3 int4 codes: the kernel starts odd rows half a byte off; the DEQUANTIZE form is right."""
-    shape = (len(IDS), 3)
-    assert not rule("EMBEDDING_LOOKUP").runs_hybrid(4, granularity, shape)
-    assert rule("EMBEDDING_LOOKUP").runs_hybrid(4, granularity, (len(IDS), 4))
+def test_packed_embedding_lookup_needs_rows_of_whole_bytes(granularity: str, bits: int, row: int) -> None:
+    """Rows that end inside a byte: the kernel starts the next row a part of a byte off; DEQUANTIZE is right."""
+    shape = (len(IDS), row)
+    assert not rule("EMBEDDING_LOOKUP").runs_hybrid(bits, granularity, shape)
+    assert rule("EMBEDDING_LOOKUP").runs_hybrid(bits, granularity, (len(IDS), 8 // bits))
 
     def model() -> Model:
         b = GraphBuilder()
@@ -164,7 +164,7 @@ def test_int4_embedding_lookup_needs_rows_of_even_length(granularity: str) -> No
         return b.build()
 
     for dequantize, right in [(False, False), (True, True)]:
-        sqnr, _ = _sqnr(*_forms(model(), 4, granularity, dequantize=dequantize), {"ids": IDS})
+        sqnr, _ = _sqnr(*_forms(model(), bits, granularity, dequantize=dequantize), {"ids": IDS})
         assert sqnr > RIGHT_DB if right else sqnr < WRONG_DB
 
 
