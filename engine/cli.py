@@ -159,17 +159,26 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("input")
     p.add_argument("-o", "--output", required=True)
     p.add_argument("--share-identical-buffers", action="store_true", help="store identical constant buffers once")
-    p.add_argument("--quantize", help=f"weight mode: {', '.join(MODES)} or none (a recipe can set it per op)")
-    p.add_argument("--bits", type=int, help="bits of the integer levels, 2..8 (default: the mode's)")
-    p.add_argument("--granularity", help=f"one scale per: {', '.join(GRANULARITIES)} (default channel)")
+    p.add_argument(
+        "--quantize", metavar="MODE", help=f"weight mode: {', '.join(MODES)} or none (a recipe can set it per op)"
+    )
+    p.add_argument("--bits", type=int, metavar="N", help="bits of the integer levels, 2..8 (default: the mode's)")
+    p.add_argument("--granularity", metavar="G", help=f"one scale per: {', '.join(GRANULARITIES)} (default channel)")
     p.add_argument(
         "--scale",
+        metavar="S",
         help=f"{' or '.join(SCALE_METHODS)}: absolute max or least-error clip (default: minmax at 8 bits, mse below)",
     )
-    p.add_argument("--min-elements", type=int, help=f"leave smaller weights alone (default {DEFAULT_MIN_ELEMENTS})")
-    p.add_argument("--recipe", help="JSON recipe: options globally, per op type and per tensor regex (README)")
-    p.add_argument("--exclude", action="append", help="leave weights whose name matches this regex (repeatable)")
-    p.add_argument("--report", help="write the per-tensor report to this JSON file")
+    p.add_argument(
+        "--min-elements", type=int, metavar="N", help=f"leave smaller weights alone (default {DEFAULT_MIN_ELEMENTS})"
+    )
+    p.add_argument(
+        "--recipe", metavar="FILE.json", help="JSON recipe: options globally, per op type and per tensor regex (README)"
+    )
+    p.add_argument(
+        "--exclude", action="append", metavar="REGEX", help="leave weights whose name matches this regex (repeatable)"
+    )
+    p.add_argument("--report", metavar="FILE.json", help="write the per-tensor report to this JSON file")
     p.add_argument("--validate", action="store_true", help="compare with the input in LiteRT after writing")
     p.add_argument("--data", help="inputs for --validate: .npz keyed by input name, or one array")
     p.set_defaults(run=_compress)
