@@ -10,8 +10,8 @@ Why two implementations: the Numba kernels are what the engine runs (one pass ov
 numpy's temporaries); the numpy twins (``<name>_numpy``) state the same arithmetic plainly and are what the
 tests compare the kernels against. Each public function checks its arguments once, cheaply, with numpy, and
 raises ``EngineError`` for bad input (NaN, infinity or |w| > 1e38, wrong shapes, codes out of range); the
-kernels then trust them. Importing this module imports Numba; the kernels compile on first use and are cached on disk,
-and ``import engine`` never imports this module.
+kernels then trust them. Importing this module imports Numba; the kernels compile on first use and are cached
+on disk, and ``import engine`` never imports this module.
 """
 
 from __future__ import annotations
@@ -151,7 +151,10 @@ def _unpack_arguments(packed: np.ndarray, count: int, bits: int) -> tuple[np.nda
 
 @numba.njit(cache=True)
 def _code(w, s, q):
-    """Code of one weight as float32: round half away from zero of w/s, saturated at ±q (exact for float32)."""
+    """Code of one weight as float32: w/s rounded half away from zero, saturated at ±q.
+
+    floor plus a test of the exact remainder, not floor(a + 0.5), which rounds 0.49999997 up in float32.
+    """
     x = w / s
     a = min(abs(x), q)
     r = np.floor(a)
@@ -184,6 +187,7 @@ def _row_absmax(row):
 
 @numba.njit(cache=True)
 def _scale(amax, ratio, qmax):
+    """float32(ratio * amax / qmax), rounded once from float64: for ratio 1 the float32 quotient amax / qmax."""
     return np.float32(ratio * np.float64(amax) / qmax)
 
 
@@ -223,8 +227,9 @@ def _row_mse_scale(row, qmax, lowest):
 
 # Each kernel fills ``out``, which the public function allocates with numpy: numpy maps large arrays in huge
 # pages, so a 67 MB result costs ~4 ms of page faults instead of ~30 ms through Numba's allocator.
-# Only the MSE search runs rows in parallel: it is compute-bound (28 passes per row) and gains ~2x on two cores,
-# while the one-pass kernels are near memory speed already and a parallel loop costs ~0.3 s more to compile.
+# Only the MSE search runs rows in parallel: it is compute-bound (28 passes per row) and gains 1.6-2x on two
+# free cores, while the one-pass kernels are near memory speed already and a parallel loop costs ~0.3 s more
+# to compile.
 
 
 @numba.njit(cache=True)
@@ -391,6 +396,8 @@ def _unpack_numpy(packed: np.ndarray, bits: int, out: np.ndarray) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------ public kernels
+# Each is declared by its argument check, which returns the kernel's arguments; _twins makes it the public
+# function (returning the kernel's result) with the numpy twin as ``.numpy``.
 
 
 @_twins(_absmax_numba, _absmax_numpy)

@@ -113,6 +113,7 @@ def test_quantize_dequantize(case: tuple[np.ndarray, np.ndarray, int]) -> None:
     codes = k.quantize(g, s, bits)
     assert codes.dtype == np.int8 and codes.shape == g.shape
     assert np.array_equal(codes, k.quantize_numpy(g, s, bits))
+    assert g.flags.writeable  # the kernels get read-only views; the caller's array is untouched
     # An independent statement of the rounding: half away from zero of the float32 quotient, then saturation.
     with np.errstate(over="ignore"):
         x = (g / s[:, None]).astype(np.float64)
