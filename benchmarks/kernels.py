@@ -37,6 +37,7 @@ KERNELS = [
     "mse_scales",
     "quantize",
     "dequantize",
+    "signal_and_noise",
     "pack_int4",
     "unpack_int4",
     "pack_int2",
@@ -59,6 +60,7 @@ def _first_use() -> dict[str, float]:
         "mse_scales": lambda: k.mse_scales(g, 8),
         "quantize": lambda: k.quantize(g, s, 8),
         "dequantize": lambda: k.dequantize(k.quantize_numpy(g, s, 8), s),
+        "signal_and_noise": lambda: k.signal_and_noise(g, k.quantize_numpy(g, s, 8), s),
         "pack_int4": lambda: k.pack_int4(codes4),
         "unpack_int4": lambda: k.unpack_int4(k.pack_int4_numpy(codes4), codes4.size),
         "pack_int2": lambda: k.pack_int2(codes2),
@@ -114,6 +116,7 @@ def _throughput(repeat: int) -> list[dict[str, Any]]:
                 "mse_scales": (k.mse_scales, (g, bits)),
                 "quantize": (k.quantize, (g, s, bits)),
                 "dequantize": (k.dequantize, (codes, s)),
+                "signal_and_noise": (k.signal_and_noise, (g, codes, s)),
             }
             if bits == 4:
                 jobs["pack_int4"] = (k.pack_int4, (codes4,))
