@@ -384,3 +384,40 @@ def test_two_bit_levels_are_stored_as_int2(mode: str, form: str, tmp_path: Path)
         np.testing.assert_array_equal(run(out, feed)["y"], expected)
     else:  # the hybrid kernel also quantizes the activations on the fly
         assert sqnr_db(expected, run(out, feed)["y"]) > 30
+
+
+def test_tensors_sharing_one_buffer_share_its_encoding(tmp_path: Path) -> None:
+    """Two weight tensors stored in one buffer (as converters dedupe them) get one quantized buffer too."""
+    rng = np.random.default_rng(5)
+    b = GraphBuilder()
+    x = b.input("x", (8, 64))
+    first = b.constant(rng.normal(0, 1, (64, 64)).astype(np.float32), "first/weight")
+    second = b.constant(np.zeros((64, 64), np.float32), "second/weight")
+    second.buffer = first.buffer
+    b.output(b.fully_connected(b.fully_connected(x, first), second), "y")
+    source, out = tmp_path / "shared_buffer.tflite", tmp_path / "out.tflite"
+    engine.write_model(b.build(), source)
+    _, report = engine.compress(source, output=out, quantize="weight-int8")
+    assert sorted(t.name for t in report.compressed) == ["first/weight", "second/weight"]
+    stored = [w.source for w in find_weights(engine.read_model(out))]
+    assert len(stored) == 2 and stored[0].buffer is stored[1].buffer and stored[0].type_name == "INT8"
+    feed = rng.normal(0, 1, (8, 64)).astype(np.float32)
+    assert sqnr_db(run(source, feed)["y"], run(out, feed)["y"]) > 30
+
+
+def test_progress_bar_only_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    from engine import progress
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    clock = iter(range(100))
+    monkeypatch.setattr(progress.time, "monotonic", lambda: float(next(clock)))
+    for stream, drawn in ((Terminal(), True), (io.StringIO(), False)):
+        monkeypatch.setattr(progress.sys, "stderr", stream)
+        assert list(progress.track([1, 2, 3], "quantizing weights")) == [1, 2, 3]
+        assert ("quantizing weights [" in stream.getvalue()) == drawn
+        assert stream.getvalue().endswith("3/3\n") == drawn
