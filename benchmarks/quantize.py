@@ -606,16 +606,6 @@ def environment() -> dict[str, Any]:
     }
 
 
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return str(obj)
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_json_safe(v) for v in obj]
-    return obj
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", type=Path, help="also write the measurements to this JSON file")
@@ -660,7 +650,9 @@ def main(argv: list[str] | None = None) -> int:
     if "defaults" in results:
         print("## Defaults: ours, --scale / --min-elements\n\n" + markdown_defaults(results["defaults"]["rows"]))
     if args.json:
-        args.json.write_text(json.dumps(_json_safe(results), indent=2) + "\n")
+        from engine.validate import json_safe
+
+        args.json.write_text(json.dumps(json_safe(results), indent=2) + "\n")
     return 0
 
 

@@ -7,12 +7,13 @@ and the bytes by dtype the writer produced, and renders the summary ``compress``
 from __future__ import annotations
 
 import json
-import math
 import zlib
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from engine.validate import json_safe
 
 # gzip sizes are computed when input and output are at most this big; above, they would cost seconds (zlib
 # compresses about 25 MB/s here) and are left out (None).
@@ -79,12 +80,7 @@ class Report:
         return any(t.needs_xnnpack for t in self.tensors)
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        for t in data["tensors"]:
-            t["shape"] = list(t["shape"])
-            if t["weight_sqnr_db"] is not None and not math.isfinite(t["weight_sqnr_db"]):
-                t["weight_sqnr_db"] = str(t["weight_sqnr_db"])
-        return data
+        return json_safe(asdict(self))
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")

@@ -140,7 +140,7 @@ class ValidationReport:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict; non-finite floats become the strings "inf", "-inf" and "nan"."""
-        return _json_safe(
+        return json_safe(
             {
                 "worst_sqnr_db": self.worst_sqnr_db,
                 "inputs": self.inputs,
@@ -186,13 +186,14 @@ def _shape(shape: tuple[int, ...]) -> str:
     return "x".join(str(d) for d in shape) or "scalar"
 
 
-def _json_safe(obj: Any) -> Any:
+def json_safe(obj: Any) -> Any:
+    """``obj`` with non-finite floats as strings ("inf", "-inf", "nan") and tuples as lists: valid JSON."""
     if isinstance(obj, float) and not math.isfinite(obj):
         return str(obj)
     if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
+        return {k: json_safe(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [_json_safe(v) for v in obj]
+        return [json_safe(v) for v in obj]
     return obj
 
 
