@@ -118,7 +118,8 @@ def global_masks(
 
     Counts: when every group has the same size (weights, blocks, filters of equal length) exactly
     ``round(sparsity * groups)`` are pruned; otherwise (filters of different lengths) groups are pruned in
-    score order while the pruned elements stay within ``round(sparsity * elements)``. N:M is per group by definition, so global scope equals layer scope.
+    score order while the pruned elements stay within ``round(sparsity * elements)``. N:M is per group by
+    definition, so global scope equals layer scope.
     """
     kind = parse_pattern(pattern)
     _check_sparsity(sparsity, kind)
