@@ -14,7 +14,7 @@ real photos (``engine.zoo.photo_input``). A weight whose stored buffer another w
 
 Each cell is "worst / median" over the model's outputs of the output SQNR (dB), each output's SQNR being its
 mean over the photos. The last table counts, per sparsity, the models where a global scope beats layer scope
-on both figures, and the median over models of the gain.
+on both figures, and the median over models of the gain. About 40 s on the 2-core CI machine.
 """
 
 from __future__ import annotations

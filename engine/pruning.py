@@ -14,9 +14,9 @@ fastest. For the engine's layouts (``input_axis`` gives the axis per op):
 
 Patterns (``pattern`` string):
 
-- ``unstructured``: the ``round(sparsity * n)`` smallest |w| are pruned (round half up, so the count is exact).
-  Ties: among equal scores the group earlier in the [out, K] view's row-major order (in global scope: in an
-  earlier tensor, then so) is pruned first, so the count is exact whatever the ties. For layouts with the
+- ``unstructured``: the ``round(sparsity * n)`` smallest |w| are pruned (rounding half up).
+  Ties: among equal scores the group earlier in the [out, K] view's row-major order (in global scope: from the
+  earlier tensor, then by that order) is pruned first, so the count is exact whatever the ties. For layouts with the
   channel axis first and the input axis last (FULLY_CONNECTED, CONV_2D, TRANSPOSE_CONV) that is the weight's
   own C order.
 - ``N:M`` (e.g. ``2:4``): in every M consecutive weights along the input axis the N largest |w| are kept (ties
