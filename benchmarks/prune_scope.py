@@ -5,7 +5,7 @@ Usage::
     python benchmarks/prune_scope.py [--json out.json] [--sparsity 0.5 0.75 0.9] [--photos 3]
 
 For each of the 11 MediaPipe models LiteRT runs, every float weight of at least 4096 elements read by an op
-with a pruning layout (``engine.pruning.input_axis``) is pruned unstructured to the asked sparsity, either
+with a pruning layout (an input axis in ``engine.ops``) is pruned unstructured to the asked sparsity, either
 each tensor alone (layer scope, ``prune_mask``) or all of them together (``global_masks``, with each
 normalization in ``engine.pruning.NORMALIZATIONS``); the overall sparsity over those tensors, by element, is
 the same in every scope. The pruned weights are written back as dense float32 constants that the ops read
@@ -35,7 +35,7 @@ if str(ROOT) not in sys.path:  # the worktree's engine, not whichever one is ins
 import engine  # noqa: E402
 from engine.ir import Tensor  # noqa: E402
 from engine.passes.common import install  # noqa: E402
-from engine.pruning import NORMALIZATIONS, global_masks, input_axis, prune_mask, sparsity_of  # noqa: E402
+from engine.pruning import NORMALIZATIONS, global_masks, prune_mask, sparsity_of  # noqa: E402
 from engine.validate import run, sqnr_db  # noqa: E402
 from engine.weights import Weight, find_weights  # noqa: E402
 from engine.zoo import CUSTOM_OP_MODELS, INPUT_RANGES, mediapipe_models, photo_input  # noqa: E402
@@ -50,8 +50,8 @@ def prunable(model: engine.Model) -> list[tuple[Weight, int]]:
     for w in find_weights(model):
         if not w.is_float or w.elements < MIN_ELEMENTS or w.shared_source or w.channel_axis is None:
             continue
-        if w.op_name == "BATCH_MATMUL" or w.op_name in engine.pruning.INPUT_AXES:
-            chosen.append((w, input_axis(w.op_name, w.channel_axis, len(w.shape))))
+        if w.input_axis is not None:
+            chosen.append((w, w.input_axis))
     return chosen
 
 

@@ -46,6 +46,7 @@ class OpRule:
     options: str | None = None
     weight_input: int | None = None
     weight_channel_axis: int | None = None
+    weight_input_axis: int | None = None
     bias_input: int | None = None
     hybrid: tuple[tuple[int, frozenset[str]], ...] = ()
     max_version: int = 1
@@ -74,7 +75,13 @@ class OpRule:
         fields = options.fields if options is not None else {}
         if self.axis_option is not None and fields.get(self.axis_option) is not None:
             return int(fields[self.axis_option])
-        axis = self.weight_channel_axis
+        return self._adjoint(self.weight_channel_axis, fields)
+
+    def input_axis(self, options: Table | None) -> int | None:
+        """The weight's input (reduction) axis, which pruning patterns run along (None: the op has none)."""
+        return self._adjoint(self.weight_input_axis, options.fields if options is not None else {})
+
+    def _adjoint(self, axis: int | None, fields: dict) -> int | None:
         if self.adjoint_option is not None and fields.get(self.adjoint_option) and axis in (-1, -2):
             return -3 - axis  # the last two axes swap places: -1 <-> -2
         return axis
@@ -90,27 +97,29 @@ RULES: dict[str, OpRule] = {
     # BATCH_MATMUL right-hand side [..., in, out] ([..., out, in] with adj_y),
     # EMBEDDING_LOOKUP (inputs: ids, table [rows, ...]) and GATHER (inputs: params [rows, ...], indices): the
     # channels are the rows, as the hybrid lookup scales them; PRELU alpha broadcasts to the input, channels last.
+    # Input (reduction) axes, along which N:M and block pruning run: the im2col order's last axis; a depthwise
+    # filter only sums over its H x W taps, so its input axis is W (a kernel row).
     # Hybrid kernels: DEPTHWISE_CONV_2D reads one scale per output channel even when given one per tensor (wrong
     # results); GATHER, PRELU and CONV_3D have none (GATHER returns the codes, PRELU garbage, CONV_3D refuses).
     "CONV_2D": OpRule(
-        "Conv2DOptions", weight_input=1, weight_channel_axis=0, bias_input=2,
+        "Conv2DOptions", weight_input=1, weight_channel_axis=0, weight_input_axis=3, bias_input=2,
         hybrid=((8, _BOTH), (4, _BOTH)), max_version=8,
     ),
     "DEPTHWISE_CONV_2D": OpRule(
-        "DepthwiseConv2DOptions", weight_input=1, weight_channel_axis=3, bias_input=2,
+        "DepthwiseConv2DOptions", weight_input=1, weight_channel_axis=3, weight_input_axis=2, bias_input=2,
         hybrid=((8, _CHANNEL),), max_version=7,
     ),
     "FULLY_CONNECTED": OpRule(
-        "FullyConnectedOptions", weight_input=1, weight_channel_axis=0, bias_input=2,
+        "FullyConnectedOptions", weight_input=1, weight_channel_axis=0, weight_input_axis=1, bias_input=2,
         hybrid=((8, _BOTH), (4, _BOTH), (2, _BOTH)), max_version=14, xnnpack_only=((4, frozenset({"block"})),),
     ),
     "TRANSPOSE_CONV": OpRule(
-        "TransposeConvOptions", weight_input=1, weight_channel_axis=0, bias_input=3,
+        "TransposeConvOptions", weight_input=1, weight_channel_axis=0, weight_input_axis=3, bias_input=3,
         hybrid=((8, _BOTH),), max_version=5,
     ),
-    "CONV_3D": OpRule("Conv3DOptions", weight_input=1, weight_channel_axis=4, bias_input=2),
+    "CONV_3D": OpRule("Conv3DOptions", weight_input=1, weight_channel_axis=4, weight_input_axis=3, bias_input=2),
     "BATCH_MATMUL": OpRule(
-        "BatchMatMulOptions", weight_input=1, weight_channel_axis=-1,
+        "BatchMatMulOptions", weight_input=1, weight_channel_axis=-1, weight_input_axis=-2,
         hybrid=((8, _BOTH),), max_version=4, adjoint_option="adj_y",
     ),
     "EMBEDDING_LOOKUP": OpRule(

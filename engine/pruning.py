@@ -3,7 +3,7 @@
 Pure numpy, no graph editing: a pass applies the masks. A mask is a boolean array of the weight's shape, True
 where the weight is kept. Every pattern works on the weight's 2-D view ``[out, K]``: the output-channel axis
 first, then the other axes in their order, the input (reduction) axis last, so K runs along the input axis
-fastest. For the engine's layouts (``input_axis`` gives the axis per op):
+fastest. For the engine's layouts (``engine.ops`` RULES' ``input_axis`` gives the axis per op):
 
 - FULLY_CONNECTED [out, in]: channel 0, input 1. CONV_2D and TRANSPOSE_CONV OHWI: channel 0, input 3 (the
   view is TFLite's own im2col order H, W, I). CONV_3D DHWIO: channel 4, input 3. BATCH_MATMUL right-hand side
@@ -45,15 +45,6 @@ import numpy as np
 
 from engine.errors import EngineError
 
-# Input (reduction) axis of each weighted op's weight, where the op has one (see the module docstring).
-INPUT_AXES: dict[str, int] = {
-    "FULLY_CONNECTED": 1,
-    "CONV_2D": 3,
-    "TRANSPOSE_CONV": 3,
-    "CONV_3D": 3,
-    "DEPTHWISE_CONV_2D": 2,
-}
-
 NORMALIZATIONS = ("lamp", "rms", "channel-lamp", "channel-rms")
 
 _NM = re.compile(r"(\d+):(\d+)")
@@ -84,17 +75,6 @@ def parse_pattern(pattern: str) -> Pattern:
             raise EngineError(f"pruning pattern {pattern!r}: block sides must be at least 1")
         return Pattern("block", rows, cols)
     raise EngineError(f"unknown pruning pattern {pattern!r}: use unstructured, N:M (e.g. 2:4), block:RxC or channel")
-
-
-def input_axis(op_name: str, channel_axis: int, ndim: int) -> int:
-    """The input (reduction) axis of ``op_name``'s weight, given its channel axis (which ``adj_y`` may move)."""
-    if op_name == "BATCH_MATMUL":
-        if ndim < 2 or channel_axis % ndim not in (ndim - 1, ndim - 2):
-            raise EngineError(f"BATCH_MATMUL weight of rank {ndim} with channel axis {channel_axis}")
-        return 2 * ndim - 3 - channel_axis % ndim  # the other one of the last two axes
-    if op_name not in INPUT_AXES:
-        raise EngineError(f"no pruning layout for {op_name}: it has none of {sorted([*INPUT_AXES, 'BATCH_MATMUL'])}")
-    return INPUT_AXES[op_name]
 
 
 def prune_mask(weight: np.ndarray, sparsity: float, pattern: str, channel_axis: int, input_axis: int) -> np.ndarray:

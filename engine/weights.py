@@ -28,7 +28,8 @@ class Weight:
 
     ``source`` is the constant stored in the file; ``value`` the float tensor the ops read (``source`` itself
     when no op decodes it); ``chain`` the DENSIFY/DEQUANTIZE ops in between, in execution order; ``uses`` every
-    (operator, input index) that reads ``value``; ``op_name``/``channel_axis`` come from the first weighted use.
+    (operator, input index) that reads ``value``; ``op_name``, ``channel_axis`` and ``input_axis`` (the reduction
+    axis, where the op has one) come from the first weighted use.
     """
 
     subgraph: Subgraph
@@ -39,6 +40,7 @@ class Weight:
     uses: list[tuple[Operator, int]]
     op_name: str
     channel_axis: int | None
+    input_axis: int | None
     shared_source: bool = field(default=False)
 
     @property
@@ -139,6 +141,7 @@ def find_weights(model: Model) -> list[Weight]:
                     uses,
                     op.name,
                     channel_axis_of(rule.channel_axis(op.builtin_options), value),
+                    channel_axis_of(rule.input_axis(op.builtin_options), value),
                 )
             )
     _mark_shared(found)
@@ -146,7 +149,7 @@ def find_weights(model: Model) -> list[Weight]:
 
 
 def channel_axis_of(axis: int | None, t: Tensor) -> int | None:
-    """A rule's channel axis made non-negative for tensor ``t`` (None where ``t`` has no axes)."""
+    """A rule's (channel or input) axis made non-negative for tensor ``t`` (None where ``t`` has no axes)."""
     if axis is None or t.shape is None:
         return axis
     return axis % len(t.shape) if t.shape else None

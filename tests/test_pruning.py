@@ -10,9 +10,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.errors import EngineError
-from engine.pruning import NORMALIZATIONS, global_masks, input_axis, parse_pattern, prune_mask, sparsity_of
+from engine.ir import Table
+from engine.ops import rule
+from engine.pruning import NORMALIZATIONS, global_masks, parse_pattern, prune_mask, sparsity_of
 
-# (shape, channel axis, input axis) of each weighted op's layout, as engine.pruning.input_axis gives them.
+
+def input_axis(op: str, ndim: int, adjoint: bool = False) -> int:
+    """The ops table's input axis for ``op``, made non-negative."""
+    options = Table("BatchMatMulOptions", {"adj_y": True}) if adjoint else None
+    return rule(op).input_axis(options) % ndim
+
+
+# (shape, channel axis, input axis) of each weighted op's layout, as the ops table gives them.
 LAYOUTS = {
     "FULLY_CONNECTED": ((16, 8), 0, 1),
     "CONV_2D": ((8, 3, 3, 8), 0, 3),
@@ -47,9 +56,9 @@ def _view(a: np.ndarray, channel: int, inner: int) -> np.ndarray:
 
 @pytest.mark.parametrize("op", list(LAYOUTS))
 def test_input_axis_of_each_layout(op: str) -> None:
-    shape, channel, inner = LAYOUTS[op]
-    assert input_axis(op, channel, len(shape)) == inner
-    assert input_axis("BATCH_MATMUL", -2, 3) == 2  # adj_y: [..., out, in]
+    shape, _, inner = LAYOUTS[op]
+    assert input_axis(op, len(shape)) == inner
+    assert input_axis("BATCH_MATMUL", 3, adjoint=True) == 2  # adj_y: [..., out, in]
 
 
 @settings(max_examples=60, deadline=None)
@@ -212,7 +221,6 @@ def test_zero_sparsity_keeps_everything_and_zeros_go_first() -> None:
         (lambda w: prune_mask(w, 0.5, "3:6", 0, 1), r"does not tile weight shape \(6, 20\)"),
         (lambda w: prune_mask(w, 0.5, "block:4x4", 0, 1), r"does not tile weight shape \(6, 20\)"),
         (lambda w: global_masks([(w, 0, 1)] * 2, 0.5, "channel", "l1"), "unknown normalization 'l1'"),
-        (lambda w: input_axis("GATHER", 0, 2), "no pruning layout for GATHER"),
     ],
 )
 def test_bad_requests_are_refused(call, message: str) -> None:
@@ -223,5 +231,5 @@ def test_bad_requests_are_refused(call, message: str) -> None:
 def test_depthwise_three_by_three_is_refused_for_n_of_m_naming_the_shape() -> None:
     w = _weight((1, 3, 3, 32), 0)
     with pytest.raises(EngineError, match=r"\(1, 3, 3, 32\).*input dimension 3 \(axis 2\)"):
-        prune_mask(w, 0.5, "2:4", 3, input_axis("DEPTHWISE_CONV_2D", 3, 4))
+        prune_mask(w, 0.5, "2:4", 3, input_axis("DEPTHWISE_CONV_2D", 4))
     assert parse_pattern("2:4").kind == "n:m"

@@ -60,12 +60,15 @@ def entry(weight: Weight, options: TensorOptions | None, reason: str | None = No
 def install(model: Model, weight: Weight, stored: Tensor, direct: list[tuple[Operator, int]]) -> None:
     """Replace ``weight``'s stored constant (and decoding chain) by ``stored``.
 
-    ``direct`` uses read ``stored`` itself (hybrid kernels); the other uses keep reading ``weight.value``,
-    which becomes the output of DENSIFY (if ``stored`` is sparse) and DEQUANTIZE ops inserted before its
-    first reader.
+    ``direct`` uses read ``stored`` itself (hybrid kernels; every use when ``stored`` is plain dense float32);
+    the other uses keep reading ``weight.value``, which becomes the output of DENSIFY (if ``stored`` is sparse)
+    and DEQUANTIZE (unless it is float32) ops inserted before its first reader.
     """
     sg = weight.subgraph
     value = weight.value
+    if stored.type == _FLOAT32 and stored.sparsity is None:
+        direct = list(weight.uses)
+        sg.outputs = [stored if t is value else t for t in sg.outputs]
     direct_ids = {(id(op), i) for op, i in direct}
     for op, i in direct:
         op.inputs[i] = stored
@@ -83,9 +86,12 @@ def install(model: Model, weight: Weight, stored: Tensor, direct: list[tuple[Ope
             dense = Tensor(f"{stored.name}/dense", stored.shape, stored.type, quantization=stored.quantization)
             decoders.append(Operator(model.opcode("DENSIFY"), [stored], [dense]))
             current = dense
+        if current.type != _FLOAT32:
+            version = dequantize_version(current.type_name, _per_channel(current))
+            decoders.append(Operator(model.opcode("DEQUANTIZE", version), [current], [value]))
+        else:  # a float32 sparse constant: DENSIFY alone gives the float tensor
+            decoders[-1].outputs = [value]
         value.buffer, value.type, value.quantization, value.sparsity = None, _FLOAT32, None, None
-        version = dequantize_version(current.type_name, _per_channel(current))
-        decoders.append(Operator(model.opcode("DEQUANTIZE", version), [current], [value]))
         first = min((sg.operators.index(op) for op in remaining), default=len(sg.operators))
         for offset, op in enumerate(decoders):
             sg.insert_operator(first + offset, op)
