@@ -170,6 +170,27 @@ RULES: dict[str, OpRule] = {
 # in both the builtin kernel and with XNNPACK, so any weight the hybrid kernels cannot read can take this route.
 DEQUANTIZE_INPUTS: dict[int, frozenset[str]] = {16: frozenset({"tensor"}), 8: _BOTH, 4: _BOTH, 2: _BOTH}
 
+# What DENSIFY turns back into a dense tensor (the layouts of engine.sparse), by stored type: the block shapes
+# (rows, columns) of a 2-D [out, in] weight, None meaning unblocked CSR (any rank: 2-D and 4-D OHWI measured).
+# INT8 keeps its quantization parameters (per channel too) for the DEQUANTIZE after it.  Every form comes out
+# bit-exact, with Uint8, Uint16 or Int32 index vectors, in the builtin kernel and with XNNPACK (when its readers
+# are as below); the kernel walks the metadata generically, so every block measured works.  Every other type
+# (UINT8, INT16, INT32, INT64, FLOAT64, BOOL, ...) is refused when the model runs ("Type N not supported").
+DENSIFY_BLOCKS: frozenset[tuple[int, int] | None] = frozenset(
+    {None, (1, 4), (4, 1), (1, 8), (8, 1), (1, 16), (16, 1), (2, 2), (2, 4), (4, 4)}
+)
+DENSIFY_INPUTS: dict[str, frozenset[tuple[int, int] | None]] = dict.fromkeys(
+    ("FLOAT32", "FLOAT16", "INT8"), DENSIFY_BLOCKS
+)
+
+# XNNPACK (the default delegate) takes DENSIFY (and the DEQUANTIZE after it) into its own graph; the dense weight
+# is then right for these readers (measured exact, after DEQUANTIZE for FLOAT16/INT8), but wrong where the dense
+# form is right: a FLOAT32 DENSIFY output that is a graph output fails to run ("failed to setup XNNPACK runtime")
+# or, beside a delegated reader, comes out garbage, and EMBEDDING_LOOKUP reads garbage through DENSIFY +
+# DEQUANTIZE of FLOAT16/INT8.  (DEQUANTIZE of a FLOAT16/INT8 constant as a graph output fails under XNNPACK
+# dense or sparse.)  The builtin kernels are exact for every reader.
+DENSIFY_XNNPACK_READERS = frozenset({"FULLY_CONNECTED", "CONV_2D", "BATCH_MATMUL", "ADD"})
+
 # The DEQUANTIZE version a converter declares for each input (per-channel int8 has its own).  LiteRT runs any
 # version from 1 to its max_version the same way; the version tells other runtimes which features are used.
 _DEQUANTIZE_VERSIONS = {"INT8": 2, "FLOAT16": 3, "INT16": 3, "INT4": 6}

@@ -16,10 +16,10 @@ import numpy as np
 from engine.errors import EngineError
 from engine.ir import Model, Operator, Subgraph, Tensor
 from engine.ops import RULES
+from engine.sparse import DENSE, SPARSE_CSR, index_bytes
 
 _FLOAT_TYPES = ("FLOAT32", "FLOAT16")
 _DECODERS = ("DEQUANTIZE", "DENSIFY")
-_DENSE, _SPARSE_CSR = 0, 1
 
 
 @dataclass(eq=False)
@@ -66,12 +66,7 @@ class Weight:
     @property
     def index_bytes(self) -> int:
         """Bytes of the sparse index vectors (0 for a dense weight): they are part of what the weight costs."""
-        total = 0
-        for dim in (self.source.sparsity.dim_metadata or []) if self.source.sparsity else []:
-            for vector in (dim.array_segments, dim.array_indices):
-                if vector is not None:
-                    total += int(np.asarray(vector.fields["values"]).nbytes)
-        return total
+        return index_bytes(self.source.sparsity) if self.source.sparsity is not None else 0
 
     @property
     def stored_bytes(self) -> int:
@@ -193,13 +188,13 @@ def sparse_positions(tensor: Tensor, shape: tuple[int, ...], count: int) -> np.n
     nodes = np.zeros(1, np.int64)
     coords: list[np.ndarray] = []
     for level, dim in enumerate(dims):
-        if dim.format == _DENSE:
+        if dim.format == DENSE:
             size = int(dim.dense_size)
             children = np.arange(size, dtype=np.int64)
             coords = [np.repeat(c, size) for c in coords]
             coords.append(np.tile(children, len(nodes)))
             nodes = (nodes[:, None] * size + children).ravel()
-        elif dim.format == _SPARSE_CSR:
+        elif dim.format == SPARSE_CSR:
             if dim.array_segments is None or dim.array_indices is None:
                 raise EngineError(f"{where}: level {level} is CSR but lacks segments or indices")
             segments = np.asarray(dim.array_segments.fields["values"], np.int64)

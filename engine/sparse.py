@@ -1,0 +1,85 @@
+"""Encode a dense constant in TFLite's sparse format (SparsityParameters), the inverse of ``weights.densify``.
+
+Kept apart from ``engine.weights`` (which finds the weights of a graph and decodes them): this is a pure
+format function on arrays that passes call to re-encode what they produce.
+
+Layouts, as TFLite documents them (``traversal_order`` lists the levels, a blocked dimension adds a level
+whose original dimension ``block_map`` names) and as LiteRT's converter writes them:
+
+- unblocked, rank n: traversal order [0..n-1], no block map, every dimension DENSE but the last, which is CSR
+  (MediaPipe's sparse OHWI filters: O, H, W dense, I CSR; [out, in] matrices: [DENSE, CSR]);
+- blocked R x C (2-D [out, in] only): traversal order [0, 1, 2, 3], block map [0, 1], levels out/R DENSE,
+  in/C CSR (the block columns holding a nonzero), then the block's R rows and C columns DENSE, so each kept
+  block stores all R*C of its values, zeros included.
+
+A CSR level has ``dense_size`` 0 (as the converter writes it); its segments (one start per node of the
+level above, plus the end) and indices each take the smallest SparseIndexVector that holds them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from engine.errors import EngineError
+from engine.ir import DimensionMetadata, SparsityParams, Table
+
+DENSE, SPARSE_CSR = 0, 1
+# The SparseIndexVector union members, smallest first: (table, element dtype).
+INDEX_VECTORS = (("Uint8Vector", np.uint8), ("Uint16Vector", np.uint16), ("Int32Vector", np.int32))
+
+
+def index_vector(values: np.ndarray) -> Table:
+    """The smallest SparseIndexVector holding ``values`` (non-negative), as the reader produces it."""
+    top = int(values.max()) if values.size else 0
+    for name, dtype in INDEX_VECTORS:
+        if top <= np.iinfo(dtype).max:
+            return Table(name, {"values": values.astype(dtype)})
+    raise EngineError(f"sparse index {top} does not fit the format's int32 index vectors")
+
+
+def _stored(dense: np.ndarray) -> np.ndarray:
+    """Where ``dense`` must keep a value: nonzeros, and negative zeros so the round trip is bit-exact."""
+    keep = dense != 0
+    return keep | np.signbit(dense) if dense.dtype.kind == "f" else keep
+
+
+def _csr(mask: np.ndarray) -> DimensionMetadata:
+    """A CSR level over the columns of 2-D ``mask``: one segment per row, the kept columns' indices."""
+    segments = np.concatenate([[0], np.cumsum(mask.sum(axis=1), dtype=np.int64)])
+    return DimensionMetadata(SPARSE_CSR, 0, index_vector(segments), index_vector(np.nonzero(mask)[1]))
+
+
+def encode_sparse(dense: np.ndarray, block: tuple[int, int] | None = None) -> tuple[np.ndarray, SparsityParams]:
+    """The stored values (flat, ``dense``'s dtype) and sparsity parameters of ``dense``.
+
+    ``block`` (rows, columns) stores whole blocks of a 2-D [out, in] weight; both must divide its shape.
+    """
+    dense = np.asarray(dense)
+    if dense.ndim == 0:
+        raise EngineError("a scalar cannot be stored sparse")
+    if block is None:
+        rows = dense.reshape(int(np.prod(dense.shape[:-1])), dense.shape[-1])
+        mask = _stored(rows)
+        dims = [DimensionMetadata(DENSE, int(d)) for d in dense.shape[:-1]]
+        order = np.arange(dense.ndim, dtype=np.int32)
+        return rows[mask], SparsityParams(order, None, [*dims, _csr(mask)])
+    r, c = (int(b) for b in block)
+    if dense.ndim != 2 or r < 1 or c < 1 or dense.shape[0] % r or dense.shape[1] % c:
+        raise EngineError(f"block {block} does not tile a 2-D weight of shape {dense.shape}")
+    blocks = dense.reshape(dense.shape[0] // r, r, dense.shape[1] // c, c).transpose(0, 2, 1, 3)
+    mask = _stored(blocks).any(axis=(2, 3))
+    dims = [DimensionMetadata(DENSE, dense.shape[0] // r), _csr(mask), DimensionMetadata(DENSE, r),
+            DimensionMetadata(DENSE, c)]  # fmt: skip
+    order = np.arange(4, dtype=np.int32)
+    return blocks[mask].reshape(-1), SparsityParams(order, np.array([0, 1], np.int32), dims)
+
+
+def index_bytes(sparsity: SparsityParams) -> int:
+    """Bytes of the segment and index vectors: part of what a sparse constant costs in the file."""
+    vectors = [v for d in sparsity.dim_metadata or [] for v in (d.array_segments, d.array_indices) if v is not None]
+    return sum(int(np.asarray(v.fields["values"]).nbytes) for v in vectors)
+
+
+def sparse_bytes(values: np.ndarray, sparsity: SparsityParams) -> int:
+    """Bytes of a sparse constant (values plus index vectors), to compare with its dense size."""
+    return int(np.asarray(values).nbytes) + index_bytes(sparsity)
