@@ -14,6 +14,7 @@ from typing import Any
 from engine.ir import Model
 from engine.passes.common import entry
 from engine.passes.float16 import float16_weights
+from engine.passes.prune import prune_weights
 from engine.passes.quantize_weights import quantize_weights
 from engine.reader import read_model
 from engine.recipe import Recipe
@@ -23,7 +24,8 @@ from engine.weights import find_weights
 from engine.writer import write_model
 
 Pass = Callable[[Model, Recipe], tuple[Model, list[TensorReport]]]
-PIPELINE: tuple[Pass, ...] = (float16_weights, quantize_weights)
+# Order matters: pruning first (quantization keeps its zeros and re-encodes the sparse form).
+PIPELINE: tuple[Pass, ...] = (prune_weights, float16_weights, quantize_weights)
 
 
 def compress(
@@ -47,11 +49,13 @@ def compress(
     recipe = _recipe(recipe, exclude, options)
     report = Report(recipe=recipe.to_dict())
     report.bytes_by_dtype_before = _bytes_by_dtype(model)
-    report.tensors = _left_alone(model, recipe)
+    by_weight = {(t.subgraph, t.name): t for t in _left_alone(model, recipe)}
     for run in PIPELINE:
         model, entries = run(model, recipe)
-        report.tensors.extend(entries)
-    report.tensors.sort(key=lambda t: (t.subgraph, t.name))
+        for t in entries:
+            key = (t.subgraph, t.name)
+            by_weight[key] = by_weight[key].then(t) if key in by_weight else t
+    report.tensors = sorted(by_weight.values(), key=lambda t: (t.subgraph, t.name))
     report.bytes_by_dtype_after = _bytes_by_dtype(model)
     if output is not None:
         report.file_bytes_after = write_model(model, output)
@@ -84,6 +88,6 @@ def _left_alone(model: Model, recipe: Recipe) -> list[TensorReport]:
             entries.append(entry(weight, None, "excluded by the recipe"))
         elif not weight.is_float:
             entries.append(entry(weight, None, f"already {weight.stored_type}"))
-        elif recipe.resolve(weight.op_name, weight.name).quantize is None:
-            entries.append(entry(weight, None, "no quantize mode set"))
+        elif not recipe.resolve(weight.op_name, weight.name).changes_weights:
+            entries.append(entry(weight, None, "no quantize mode or pruning set"))
     return entries

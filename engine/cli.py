@@ -59,7 +59,9 @@ def _rewrite(source: Path, target: Path, **write_options: Any) -> tuple[Model, d
     return model, before, describe_change(before, summarize(read_model(target), size))
 
 
-_COMPRESSION_FLAGS = ("quantize", "bits", "granularity", "scale", "min_elements")
+_COMPRESSION_FLAGS = (
+    "quantize", "bits", "granularity", "scale", "min_elements", "prune", "prune_pattern", "prune_scope", "sparse_format"
+)  # fmt: skip
 
 
 def _compress(args: argparse.Namespace) -> int:
@@ -172,6 +174,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--min-elements", type=int, metavar="N", help=f"leave smaller weights alone (default {DEFAULT_MIN_ELEMENTS})"
     )
+    p.add_argument("--prune", type=float, metavar="SPARSITY", help="zero this fraction of each weight (0..1)")
+    p.add_argument("--prune-pattern", metavar="P", help="unstructured (default), N:M (e.g. 2:4), block:RxC, channel")
+    p.add_argument("--prune-scope", metavar="S", help="layer (default): each tensor alone; global: one threshold")
+    p.add_argument("--sparse-format", metavar="F", help="tflite (default: sparse + DENSIFY where smaller) or dense")
     p.add_argument(
         "--recipe", metavar="FILE.json", help="JSON recipe: options globally, per op type and per tensor regex (README)"
     )

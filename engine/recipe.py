@@ -27,6 +27,7 @@ from typing import Any
 
 from engine.errors import EngineError
 from engine.ir import BUILTIN_OPS
+from engine.pruning import parse_pattern
 
 # mode -> (how ops read the weight, bits of its levels by default); None stores float16.
 MODES: dict[str, tuple[str, int | None]] = {
@@ -37,6 +38,8 @@ MODES: dict[str, tuple[str, int | None]] = {
     "dynamic-int4": ("hybrid", 4),
 }
 SCALE_METHODS = ("minmax", "mse")
+PRUNE_SCOPES = ("layer", "global")
+SPARSE_FORMATS = ("tflite", "dense")
 BLOCK_SIZES = (32, 64, 128, 256)
 GRANULARITIES = ("channel", "tensor", *(f"block:{b}" for b in BLOCK_SIZES))
 # Below this many elements a weight is left as it is.  Measured on the 11 MediaPipe models LiteRT runs (README):
@@ -56,6 +59,10 @@ class TensorOptions:
     granularity: str = "channel"
     scale: str | None = None
     min_elements: int = DEFAULT_MIN_ELEMENTS
+    prune: float | None = None
+    prune_pattern: str = "unstructured"
+    prune_scope: str = "layer"
+    sparse_format: str = "tflite"
 
     @property
     def scale_method(self) -> str:
@@ -76,6 +83,11 @@ class TensorOptions:
         if self.quantize is None:
             return None
         return self.bits if self.bits is not None else MODES[self.quantize][1]
+
+    @property
+    def changes_weights(self) -> bool:
+        """Whether any pass has work to do on the weight."""
+        return self.quantize is not None or self.prune is not None
 
     @property
     def block_size(self) -> int | None:
@@ -100,6 +112,21 @@ def _check_options(options: dict[str, Any], where: str) -> dict[str, Any]:
             raise EngineError(f"{where}: unknown scale method {value!r} (methods: {', '.join(SCALE_METHODS)})")
         if name == "min_elements" and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
             raise EngineError(f"{where}: min_elements must be a non-negative integer, not {value!r}")
+        if (
+            name == "prune"
+            and value is not None
+            and (not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value < 1)
+        ):
+            raise EngineError(f"{where}: prune is the fraction of weights to zero, from 0 up to 1, not {value!r}")
+        if name == "prune_pattern":
+            try:
+                parse_pattern(value)
+            except EngineError as exc:
+                raise EngineError(f"{where}: {exc}") from None
+        if name == "prune_scope" and value not in PRUNE_SCOPES:
+            raise EngineError(f"{where}: unknown prune_scope {value!r} (scopes: {', '.join(PRUNE_SCOPES)})")
+        if name == "sparse_format" and value not in SPARSE_FORMATS:
+            raise EngineError(f"{where}: unknown sparse_format {value!r} (formats: {', '.join(SPARSE_FORMATS)})")
     return dict(options)
 
 

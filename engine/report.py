@@ -7,6 +7,7 @@ and the bytes by dtype the writer produced, and renders the summary ``compress``
 from __future__ import annotations
 
 import json
+import math
 import zlib
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -41,6 +42,24 @@ class TensorReport:
     bytes_after: int = 0
     weight_sqnr_db: float | None = None
     needs_xnnpack: bool = False
+    sparsity: float | None = None
+    prune_pattern: str | None = None
+
+    def then(self, later: TensorReport) -> TensorReport:
+        """This entry followed by a later pass's on the same weight: what it started as, what it ended as."""
+        if later.action != "compressed":
+            return self if self.action == "compressed" else later
+        if self.action != "compressed":
+            return later
+        merged = TensorReport(**{**vars(self), **{k: v for k, v in vars(later).items() if v is not None}})
+        merged.dtype_before, merged.bytes_before = self.dtype_before, self.bytes_before
+        merged.needs_xnnpack = self.needs_xnnpack or later.needs_xnnpack
+        if self.weight_sqnr_db is not None and later.weight_sqnr_db is not None:
+            # Against the original weight: the two passes' error powers add (an estimate: it takes the later
+            # pass's reference, the earlier pass's output, to have the original's power).
+            noise = 10 ** (-self.weight_sqnr_db / 10) + 10 ** (-later.weight_sqnr_db / 10)
+            merged.weight_sqnr_db = math.inf if noise == 0 else -10 * math.log10(noise)
+        return merged
 
 
 def gzip_size(path: str | Path) -> int:
@@ -89,11 +108,27 @@ class Report:
         """The summary ``compress`` prints: counts, skip reasons, bytes by dtype, file and gzip sizes."""
         lines = []
         done = self.compressed
-        by_mode = Counter(f"{t.mode} ({t.form}, {t.dtype_after}, {t.granularity})" for t in done)
+        by_mode = Counter(
+            ", ".join(
+                part
+                for part in (
+                    f"pruned {t.prune_pattern}" if t.prune_pattern else None,
+                    f"{t.mode} ({t.form}, {t.dtype_after}, {t.granularity})" if t.mode else None,
+                    "sparse" if t.sparsity is not None and t.form == "sparse" else None,
+                )
+                if part
+            )
+            for t in done
+        )
         lines.append(f"weights: {len(done)} compressed, {len(self.skipped)} left as they are")
         lines.extend(f"  {n} x {what}" for what, n in sorted(by_mode.items()))
         reasons = Counter(t.reason for t in self.skipped)
         lines.extend(f"  left: {n} x {reason}" for reason, n in reasons.most_common())
+        pruned = [t for t in done if t.sparsity is not None]
+        if pruned:
+            kept = sum(math.prod(t.shape) * (1 - t.sparsity) for t in pruned)
+            total = sum(math.prod(t.shape) for t in pruned)
+            lines.append(f"pruned: {len(pruned)} weights, {1 - kept / total:.1%} of their elements zero")
         sqnrs = [t.weight_sqnr_db for t in done if t.weight_sqnr_db is not None]
         if sqnrs:
             lines.append(f"weight SQNR: worst {min(sqnrs):.1f} dB, median {sorted(sqnrs)[len(sqnrs) // 2]:.1f} dB")

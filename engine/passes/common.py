@@ -8,7 +8,7 @@ float tensor's name, so every reader (weighted op or not) stays correct.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable
 
 from engine.ir import TENSOR_TYPES, Model, Operator, Subgraph, Tensor
 from engine.ops import dequantize_version
@@ -21,17 +21,16 @@ _FLOAT32 = TENSOR_TYPES["FLOAT32"]
 
 
 def select(
-    model: Model, recipe: Recipe, modes: Iterable[str]
+    model: Model, recipe: Recipe, wanted: Callable[[TensorOptions], bool]
 ) -> tuple[list[tuple[Weight, TensorOptions]], list[TensorReport]]:
-    """The float weights whose resolved mode is one of ``modes``, and reports for those of them left alone."""
-    modes = set(modes)
+    """The float weights whose resolved options a pass ``wanted``, and reports for those of them left alone."""
     chosen: list[tuple[Weight, TensorOptions]] = []
     skipped: list[TensorReport] = []
     for weight in find_weights(model):
         if recipe.excludes(weight.name):
             continue
         options = recipe.resolve(weight.op_name, weight.name)
-        if options.quantize not in modes:
+        if not wanted(options):
             continue
         if not weight.is_float:
             continue

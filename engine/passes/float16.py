@@ -13,7 +13,7 @@ from engine.validate import sqnr_db
 
 def float16_weights(model: Model, recipe: Recipe) -> tuple[Model, list[TensorReport]]:
     """Cast every selected FLOAT32 weight to FLOAT16; weights already float16 are listed and left."""
-    chosen, reports = select(model, recipe, ["float16"])
+    chosen, reports = select(model, recipe, lambda options: options.quantize == "float16")
     for weight, options in chosen:
         if weight.stored_type == "FLOAT16":
             reports.append(entry(weight, options, "already FLOAT16"))

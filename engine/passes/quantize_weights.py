@@ -43,7 +43,7 @@ class _Encoding:
 
 def quantize_weights(model: Model, recipe: Recipe) -> tuple[Model, list[TensorReport]]:
     """Quantize every weight whose resolved mode is an integer one; returns the model and one entry per weight."""
-    chosen, reports = select(model, recipe, INTEGER_MODES)
+    chosen, reports = select(model, recipe, lambda options: options.quantize in INTEGER_MODES)
     encoded: dict[tuple, _Encoding] = {}
     for weight, options in track(chosen, "quantizing weights"):
         granularity = _granularity(weight, options)

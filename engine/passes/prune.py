@@ -1,0 +1,107 @@
+"""``--prune SPARSITY``: magnitude pruning, stored sparse where that makes the file smaller.
+
+The masks come from ``engine.pruning`` (unstructured, N:M, block, channel; one tensor at a time, or one
+threshold over every weight pruned in global scope).  The pruned weight keeps its stored float type (float16
+stays float16) and, with ``sparse_format`` ``tflite``, is stored in TFLite's sparse format behind DENSIFY
+when that takes fewer bytes than dense, blockwise for block patterns DENSIFY decodes.  Passes that run after
+(quantization) re-encode it and keep it sparse where that is smaller.  Channel pruning here zeroes whole
+filters; it does not remove them from the graph.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from engine.errors import EngineError
+from engine.ir import Model, Tensor
+from engine.ops import DENSIFY_INPUTS
+from engine.passes.common import entry, install, select
+from engine.pruning import global_masks, parse_pattern, prune_mask, sparsity_of
+from engine.recipe import Recipe, TensorOptions
+from engine.report import TensorReport
+from engine.sparse import encode_sparse, sparse_bytes
+from engine.validate import sqnr_db
+from engine.weights import Weight
+
+
+def prune_weights(model: Model, recipe: Recipe) -> tuple[Model, list[TensorReport]]:
+    """Zero the smallest weights of every weight the recipe prunes; one report entry per weight."""
+    chosen, reports = select(model, recipe, lambda options: options.prune is not None)
+    layouts: list[tuple[Weight, TensorOptions]] = []
+    for weight, options in chosen:
+        reason = _unprunable(weight, options)
+        if reason:
+            reports.append(entry(weight, options, reason))
+        else:
+            layouts.append((weight, options))
+    masks = _masks(layouts)
+    for weight, options in layouts:
+        mask = masks[id(weight)]
+        original = weight.decode()
+        values = np.where(mask, original, np.float32(0))  # +0.0: a sparse encoding keeps -0.0 as a value
+        stored = _stored(weight, values.astype(weight.source.dtype), options)
+        report = entry(weight, options)
+        install(model, weight, stored, direct=[])
+        report.sparsity, report.prune_pattern = sparsity_of(mask), options.prune_pattern
+        report.weight_sqnr_db = sqnr_db(original, values)
+        report.dtype_after = stored.type_name
+        report.bytes_after = _bytes(stored)
+        report.form = "sparse" if stored.sparsity is not None else "dense"
+        reports.append(report)
+    return model, reports
+
+
+def _unprunable(weight: Weight, options: TensorOptions) -> str | None:
+    """Why the weight cannot take the pattern (None if it can): no input axis, or a shape the pattern does not
+    tile (a 3x3 depthwise filter and 2:4, say); such weights are left as they are, not the whole model."""
+    if weight.channel_axis is None or weight.input_axis is None or len(weight.shape) < 2:
+        return f"{weight.op_name} weights have no pruning layout"
+    try:
+        prune_mask(weight.decode(), options.prune, options.prune_pattern, weight.channel_axis, weight.input_axis)
+    except EngineError as exc:
+        return str(exc)
+    return None
+
+
+def _masks(layouts: list[tuple[Weight, TensorOptions]]) -> dict[int, np.ndarray]:
+    """Keep-masks by ``id(weight)``: per tensor (layer scope), or per (sparsity, pattern) group (global scope)."""
+    masks: dict[int, np.ndarray] = {}
+    groups: dict[tuple[float, str], list[Weight]] = {}
+    for weight, options in layouts:
+        assert options.prune is not None and weight.channel_axis is not None and weight.input_axis is not None
+        if options.prune_scope == "global":
+            groups.setdefault((options.prune, options.prune_pattern), []).append(weight)
+        else:
+            values = weight.decode()
+            masks[id(weight)] = prune_mask(
+                values, options.prune, options.prune_pattern, weight.channel_axis, weight.input_axis
+            )
+    for (sparsity, pattern), weights in groups.items():
+        layout = [(w.decode(), w.channel_axis, w.input_axis) for w in weights]
+        for weight, mask in zip(weights, global_masks(layout, sparsity, pattern), strict=True):
+            masks[id(weight)] = mask
+    return masks
+
+
+def _stored(weight: Weight, values: np.ndarray, options: TensorOptions) -> Tensor:
+    """The pruned weight as a constant: sparse (blockwise for block patterns DENSIFY decodes) when smaller."""
+    stored = Tensor(weight.name)  # a dense float32 weight is read directly, under its own name
+    stored.data = values
+    if stored.type_name != "FLOAT32":
+        stored.name = f"{weight.name}_pruned"  # the float tensor its DEQUANTIZE writes keeps the name
+    if options.sparse_format != "tflite" or stored.type_name not in DENSIFY_INPUTS:
+        return stored
+    pattern = parse_pattern(options.prune_pattern)
+    block = (pattern.a, pattern.b) if pattern.kind == "block" else None
+    if block not in DENSIFY_INPUTS[stored.type_name] or values.ndim != 2:
+        block = None
+    packed, sparsity = encode_sparse(values, block)
+    if sparse_bytes(packed, sparsity) < values.nbytes:
+        stored.data = packed
+        stored.name, stored.shape, stored.sparsity = f"{weight.name}_pruned", tuple(values.shape), sparsity
+    return stored
+
+
+def _bytes(stored: Tensor) -> int:
+    assert stored.buffer is not None
+    return int(stored.buffer.data.size) + (sparse_bytes(np.zeros(0), stored.sparsity) if stored.sparsity else 0)
