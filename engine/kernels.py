@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable
-from typing import Any, Generic, ParamSpec
+from typing import Any, Generic, NamedTuple, ParamSpec
 
 import numba
 import numpy as np
@@ -64,22 +64,31 @@ class _Twins(Generic[_P]):
     runs the numpy twin on the same prepared arguments, so the tests compare the two implementations, not checks.
     """
 
-    def __init__(self, prepare: Callable[_P, tuple[Any, ...]], fast: Callable[..., Any], reference: Callable[..., Any]):
+    def __init__(
+        self,
+        prepare: Callable[_P, tuple[Any, ...]],
+        fast: Callable[..., Any],
+        reference: Callable[..., Any],
+        returns: str,
+    ):
         functools.update_wrapper(self, prepare)
-        self.__signature__ = inspect.signature(prepare).replace(return_annotation="np.ndarray")
+        self.__signature__ = inspect.signature(prepare).replace(return_annotation=returns)
         self._prepare, self._fast, self._reference = prepare, fast, reference
 
-    def __call__(self, *args: _P.args, **kwargs: _P.kwargs) -> np.ndarray:
+    def __call__(self, *args: _P.args, **kwargs: _P.kwargs) -> Any:
         return self._fast(*self._prepare(*args, **kwargs))
 
-    def numpy(self, *args: _P.args, **kwargs: _P.kwargs) -> np.ndarray:
+    def numpy(self, *args: _P.args, **kwargs: _P.kwargs) -> Any:
         """The plain-numpy twin: same checks, same result (see each function for how exactly)."""
         return self._reference(*self._prepare(*args, **kwargs))
 
 
-def _twins(fast: Callable[..., Any], reference: Callable[..., Any]) -> Callable[[Callable[_P, tuple]], _Twins[_P]]:
-    """Decorator: turn an argument-checking function into a public kernel with a numpy twin."""
-    return lambda prepare: _Twins(prepare, fast, reference)
+def _twins(
+    fast: Callable[..., Any], reference: Callable[..., Any], returns: str = "np.ndarray"
+) -> Callable[[Callable[_P, tuple]], _Twins[_P]]:
+    """Decorator: turn an argument-checking function into a public kernel with a numpy twin; ``returns`` is the
+    public signature's return annotation (what the kernels return)."""
+    return lambda prepare: _Twins(prepare, fast, reference, returns)
 
 
 # ---------------------------------------------------------------------------------------------------- checks
@@ -482,3 +491,411 @@ pack_int4_numpy = pack_int4.numpy
 unpack_int4_numpy = unpack_int4.numpy
 pack_int2_numpy = pack_int2.numpy
 unpack_int2_numpy = unpack_int2.numpy
+
+
+# ================================================================================ 1-D k-means (weight sharing)
+# Weight sharing replaces every weight by the nearest of k shared values (the centroids) and stores its index.
+# In 1-D each cluster of an optimal or Lloyd partition is a contiguous range of the sorted values, so the
+# state is k + 1 split indices into the sorted distinct values (``splits``, first 0, last m, strictly
+# increasing), and with prefix sums of count, count * value and count * value² over them a cluster's mean and
+# squared error cost O(1). A Lloyd iteration (means, then boundaries at the midpoints of consecutive means,
+# found by binary search) then costs O(k log m), independent of the number of weights: only sorting them,
+# counting the distinct values and labelling them (a binary search per weight) touch all n.
+#
+# Precision: prefix sums are float64, so a mean is exact to about m * 2**-53 of the largest |value| (ample for
+# weights, which do not span 30 orders of magnitude within a tensor).
+
+_KMEANS_INITS = ("linear", "density", "kmeans++")
+_MAX_CODES = 256  # labels are uint8
+
+
+class _KMeansArguments(NamedTuple):
+    """What the k-means kernels get: the checked flat values, their sorted copy (zeros removed if kept) and
+    the options, resolved; ``history`` receives the splits after each iteration (row 0: the start)."""
+
+    values: np.ndarray
+    ordered: np.ndarray
+    clusters: int
+    init: str | np.ndarray
+    uniforms: np.ndarray
+    iterations: int
+    zero_code: bool
+    history: np.ndarray
+    shape: tuple[int, ...]
+
+
+# ----------------------------------------------------------------------------------------- numba: k-means
+
+
+@numba.njit(cache=True)
+def _runs_numba(ordered):
+    """Distinct values (float64) of sorted values and how often each occurs."""
+    m = 0
+    for i in range(ordered.size):
+        m += i == 0 or ordered[i] != ordered[i - 1]
+    distinct = np.empty(m, np.float64)
+    counts = np.zeros(m, np.int64)
+    j = -1
+    for i in range(ordered.size):
+        if i == 0 or ordered[i] != ordered[i - 1]:
+            j += 1
+            distinct[j] = ordered[i]
+        counts[j] += 1
+    return distinct, counts
+
+
+@numba.njit(cache=True)
+def _prefix_numba(distinct, counts, c, s1, s2):
+    """Fills c, s1, s2 (length m + 1) with the prefix sums of count, count * value and count * value²."""
+    c[0] = s1[0] = s2[0] = 0.0
+    for i in range(distinct.size):
+        w = np.float64(counts[i])
+        c[i + 1] = c[i] + w
+        s1[i + 1] = s1[i] + w * distinct[i]
+        s2[i + 1] = s2[i] + w * distinct[i] * distinct[i]
+    return c, s1, s2
+
+
+@numba.njit(cache=True)
+def _linear_numba(distinct, c, k, uniforms):
+    lo, hi = distinct[0], distinct[-1]
+    return np.array([lo + (hi - lo) * ((i + 0.5) / k) for i in range(k)])
+
+
+@numba.njit(cache=True)
+def _density_numba(distinct, c, k, uniforms):
+    m = distinct.size
+    out = np.empty(k)
+    for i in range(k):
+        j = np.searchsorted(c[1:], (i + 0.5) / k * c[m], side="right")
+        out[i] = distinct[min(j, m - 1)]
+    return out
+
+
+@numba.njit(cache=True)
+def _kmeanspp_numba(distinct, c, k, uniforms):
+    """D² sampling: each next centroid is a distinct value drawn with probability count * (distance to the
+    nearest centroid so far)², the first with probability count; ``uniforms`` are the k draws in [0, 1).
+    The draw scans the running sum only up to the pick, and the total comes from the previous update pass."""
+    m = distinct.size
+    nearest = np.empty(m)
+    out = np.empty(k)
+    total = c[m]
+    for i in range(k):
+        target = uniforms[i] * total
+        running, pick = 0.0, m - 1
+        for j in range(m):
+            running += (c[j + 1] - c[j]) * (nearest[j] if i else 1.0)
+            if running > target:
+                pick = j
+                break
+        out[i] = distinct[pick]
+        total = 0.0
+        for j in range(m):
+            d = distinct[j] - out[i]
+            nearest[j] = min(nearest[j], d * d) if i else d * d
+            total += (c[j + 1] - c[j]) * nearest[j]
+    return out
+
+
+@numba.njit(cache=True)
+def _means_numba(splits, c, s1):
+    out = np.empty(splits.size - 1)
+    for j in range(out.size):
+        out[j] = (s1[splits[j + 1]] - s1[splits[j]]) / (c[splits[j + 1]] - c[splits[j]])
+    return out
+
+
+@numba.njit(cache=True)
+def _assign_numba(distinct, centroids):
+    """Splits of the nearest-centroid partition of sorted centroids: a value at a midpoint goes up. Ranges
+    of centroids no value is nearest to are dropped."""
+    splits = np.empty(centroids.size + 1, np.int64)
+    splits[0] = 0
+    kept = 1
+    for j in range(1, centroids.size):
+        split = np.searchsorted(distinct, 0.5 * (centroids[j - 1] + centroids[j]))
+        if split > splits[kept - 1]:
+            splits[kept] = split
+            kept += 1
+    if splits[kept - 1] == distinct.size:
+        kept -= 1
+    splits[kept] = distinct.size
+    return splits[: kept + 1].copy()
+
+
+@numba.njit(cache=True)
+def _split_largest_numba(distinct, splits, c, s1, s2):
+    """Splits with the largest-error range of at least two distinct values cut in two at its mean."""
+    best, best_error = -1, -np.inf
+    for j in range(splits.size - 1):
+        a, b = splits[j], splits[j + 1]
+        if b - a >= 2:
+            d = s1[b] - s1[a]
+            error = (s2[b] - s2[a]) - d * d / (c[b] - c[a])
+            if error > best_error:
+                best, best_error = j, error
+    a, b = splits[best], splits[best + 1]
+    mean = (s1[b] - s1[a]) / (c[b] - c[a])
+    cut = min(max(a + np.searchsorted(distinct[a:b], mean), a + 1), b - 1)
+    out = np.empty(splits.size + 1, np.int64)
+    out[: best + 1] = splits[: best + 1]
+    out[best + 1] = cut
+    out[best + 2 :] = splits[best + 1 :]
+    return out
+
+
+@numba.njit(cache=True)
+def _lloyd_numba(distinct, c, s1, s2, start, clusters, iterations, history):
+    """Lloyd from the nearest-centroid partition of ``start``; returns the final splits."""
+    target = min(clusters, distinct.size)
+    splits = _assign_numba(distinct, np.sort(start))
+    while splits.size - 1 < target:
+        splits = _split_largest_numba(distinct, splits, c, s1, s2)
+    history[0, : splits.size] = splits
+    for t in range(iterations):
+        moved = _assign_numba(distinct, _means_numba(splits, c, s1))
+        while moved.size - 1 < target:
+            moved = _split_largest_numba(distinct, moved, c, s1, s2)
+        history[t + 1, : moved.size] = moved
+        if moved.size == splits.size and (moved == splits).all():
+            break
+        splits = moved
+    return splits
+
+
+@numba.njit(cache=True)
+def _labels_numba(values, edges, zero_code, out):
+    """Label of each value: the number of cluster lower edges <= it, after the zero code. ``edges`` are padded
+    with +inf to 2**p - 1 entries, so the binary search is p fixed halvings (which compile to branch-free
+    code: twice as fast as a branching search on unpredictable weights)."""
+    offset = 1 if zero_code else 0
+    top = (edges.size + 1) >> 1
+    for i in range(values.size):
+        v = np.float64(values[i])
+        position, step = 0, top
+        while step:
+            position += step * (edges[position + step - 1] <= v)
+            step >>= 1
+        out[i] = 0 if zero_code and v == 0 else position + offset
+    return out
+
+
+@numba.njit(cache=True, fastmath={"reassoc"})
+def _cluster_error_numba(values, centroids, labels):
+    total = 0.0
+    for i in range(values.size):
+        d = np.float64(values[i]) - np.float64(centroids[labels[i]])
+        total += d * d
+    return total
+
+
+# ----------------------------------------------------------------------------------------- numpy: k-means
+
+
+def _runs_numpy(ordered: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    starts = np.ones(ordered.size, bool)
+    starts[1:] = ordered[1:] != ordered[:-1]
+    first = np.flatnonzero(starts)
+    return ordered[first].astype(np.float64), np.diff(np.append(first, ordered.size)).astype(np.int64)
+
+
+def _prefix_numpy(distinct: np.ndarray, counts: np.ndarray, *out: np.ndarray) -> tuple[np.ndarray, ...]:
+    w = counts.astype(np.float64)
+    for o, x in zip(out, (w, w * distinct, w * distinct * distinct), strict=True):
+        o[0] = 0.0
+        np.cumsum(x, out=o[1:])
+    return out
+
+
+def _linear_numpy(distinct: np.ndarray, c: np.ndarray, k: int, uniforms: np.ndarray) -> np.ndarray:
+    return distinct[0] + (distinct[-1] - distinct[0]) * ((np.arange(k) + 0.5) / k)
+
+
+def _density_numpy(distinct: np.ndarray, c: np.ndarray, k: int, uniforms: np.ndarray) -> np.ndarray:
+    picks = np.searchsorted(c[1:], (np.arange(k) + 0.5) / k * c[-1], side="right")
+    return distinct[np.minimum(picks, distinct.size - 1)]
+
+
+def _kmeanspp_numpy(distinct: np.ndarray, c: np.ndarray, k: int, uniforms: np.ndarray) -> np.ndarray:
+    counts = np.diff(c)
+    weights, nearest, out = counts * 1.0, np.full(distinct.size, np.inf), np.empty(k)
+    for i in range(k):
+        cumulative = np.cumsum(weights)
+        pick = np.searchsorted(cumulative, uniforms[i] * cumulative[-1], side="right")
+        out[i] = distinct[min(pick, distinct.size - 1)]
+        d = distinct - out[i]
+        nearest = np.minimum(nearest, d * d)
+        weights = counts * nearest
+    return out
+
+
+def _means_numpy(splits: np.ndarray, c: np.ndarray, s1: np.ndarray) -> np.ndarray:
+    return np.diff(s1[splits]) / np.diff(c[splits])
+
+
+def _assign_numpy(distinct: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    inner = np.searchsorted(distinct, 0.5 * (centroids[:-1] + centroids[1:]))
+    return np.unique(np.concatenate(([0], inner, [distinct.size])))
+
+
+def _split_largest_numpy(distinct: np.ndarray, splits: np.ndarray, c: np.ndarray, s1: np.ndarray,
+                         s2: np.ndarray) -> np.ndarray:  # fmt: skip
+    a, b = splits[:-1], splits[1:]
+    d = s1[b] - s1[a]
+    errors = np.where(b - a >= 2, (s2[b] - s2[a]) - d * d / (c[b] - c[a]), -np.inf)
+    best = int(np.argmax(errors))
+    a, b = splits[best], splits[best + 1]
+    cut = min(max(a + np.searchsorted(distinct[a:b], (s1[b] - s1[a]) / (c[b] - c[a])), a + 1), b - 1)
+    return np.insert(splits, best + 1, cut)
+
+
+def _lloyd_numpy(distinct: np.ndarray, c: np.ndarray, s1: np.ndarray, s2: np.ndarray, start: np.ndarray,
+                 clusters: int, iterations: int, history: np.ndarray) -> np.ndarray:  # fmt: skip
+    def partition(centroids: np.ndarray) -> np.ndarray:
+        splits = _assign_numpy(distinct, centroids)
+        while splits.size - 1 < min(clusters, distinct.size):
+            splits = _split_largest_numpy(distinct, splits, c, s1, s2)
+        return splits
+
+    splits = partition(np.sort(start))
+    history[0, : splits.size] = splits
+    for t in range(iterations):
+        moved = partition(_means_numpy(splits, c, s1))
+        history[t + 1, : moved.size] = moved
+        if np.array_equal(moved, splits):
+            break
+        splits = moved
+    return splits
+
+
+def _labels_numpy(values: np.ndarray, edges: np.ndarray, zero_code: bool, out: np.ndarray) -> np.ndarray:
+    out[:] = np.searchsorted(edges, values.astype(np.float64), side="right") + zero_code
+    if zero_code:
+        out[values == 0] = 0
+    return out
+
+
+def _cluster_error_numpy(values: np.ndarray, centroids: np.ndarray, labels: np.ndarray) -> float:
+    d = values.astype(np.float64) - centroids.astype(np.float64)[labels]
+    return float(np.dot(d, d))
+
+
+_KMEANS_NUMBA = (_runs_numba, _prefix_numba, (_linear_numba, _density_numba, _kmeanspp_numba), _lloyd_numba,
+                 _means_numba, _labels_numba)  # fmt: skip
+_KMEANS_NUMPY = (_runs_numpy, _prefix_numpy, (_linear_numpy, _density_numpy, _kmeanspp_numpy), _lloyd_numpy,
+                 _means_numpy, _labels_numpy)  # fmt: skip
+
+
+def _kmeans_with(kernels: tuple, *args: Any) -> tuple[np.ndarray, np.ndarray]:
+    """k-means on prepared arguments with one set of kernels (Numba or numpy): the glue both twins share."""
+    runs, prefix, inits, lloyd, means, label = kernels
+    a = _KMeansArguments(*args)
+    distinct, counts = runs(a.ordered)
+    centroids = np.zeros(0)
+    edges = np.zeros(0)
+    if distinct.size:
+        c, s1, s2 = prefix(distinct, counts, *np.empty((3, distinct.size + 1)))
+        if isinstance(a.init, np.ndarray):
+            start = a.init
+        else:
+            start = inits[_KMEANS_INITS.index(a.init)](distinct, c, a.clusters, a.uniforms)
+        splits = lloyd(distinct, c, s1, s2, start, a.clusters, a.iterations, a.history)
+        centroids, edges = means(splits, c, s1), distinct[splits[1:-1]]
+    edges = np.concatenate((edges, np.full((1 << edges.size.bit_length()) - 1 - edges.size, np.inf)))
+    if a.zero_code:
+        centroids = np.concatenate(([0.0], centroids))
+    labels = label(a.values, edges, a.zero_code, np.empty(a.values.size, np.uint8))
+    return centroids.astype(np.float32), labels.reshape(a.shape)
+
+
+# ----------------------------------------------------------------------------------------- public: k-means
+
+
+@_twins(functools.partial(_kmeans_with, _KMEANS_NUMBA), functools.partial(_kmeans_with, _KMEANS_NUMPY),
+        returns="tuple[np.ndarray, np.ndarray]")  # fmt: skip
+def kmeans_1d(
+    values: np.ndarray,
+    k: int,
+    init: str | np.ndarray = "linear",
+    iterations: int = 50,
+    seed: int = 0,
+    keep_zero: bool = False,
+) -> tuple:
+    """Weight sharing: the k shared values (centroids) of exact 1-D Lloyd k-means and each value's index.
+
+    Returns ``(centroids, labels)``: float32[k'] sorted ascending (after the zero code, if any) with k' <= k,
+    and uint8 labels of the values' shape, ``centroids[labels]`` being the shared weights. Every centroid is
+    the mean of the values labelled with it. Lloyd runs on the sorted distinct values, weighted by their
+    counts, from the nearest-centroid partition of the ``init`` centroids: "linear" (k evenly spaced over
+    [min, max], at bin centres), "density" (the values at the k mid-quantiles of the count CDF), "kmeans++"
+    (D² sampling, drawn with ``seed``), or an array of 1..k start centroids. It stops when the boundaries stop
+    moving or after ``iterations``; the squared error never increases from one iteration to the next.
+
+    Empty clusters never survive: a cluster no value is nearest to is dropped and replaced by cutting the
+    cluster of largest squared error at its mean (which lowers the error), so k' = min(k, distinct values).
+    With k >= the number of distinct values, each distinct value is its own centroid (exact).
+
+    ``keep_zero`` (sparsity): exact zeros (and -0.0) are left out of the clustering and keep the value 0 as
+    code 0, ``centroids[0] == 0.0``; the other values share the remaining k - 1 codes. Without zeros in the
+    values, it changes nothing.
+    """
+    v = np.ascontiguousarray(values, dtype=np.float32)
+    shape, v = v.shape, v.reshape(-1)
+    if v.size == 0:
+        raise EngineError("k-means needs at least one value, got an empty array")
+    if not np.isfinite(v).all():
+        raise EngineError("values contain NaN or infinity; they cannot be clustered")
+    if not (_is_integer(k) and 1 <= k <= _MAX_CODES):
+        raise EngineError(f"the number of clusters k must be an integer from 1 to {_MAX_CODES}, got {k!r}")
+    if not (_is_integer(iterations) and iterations >= 0):
+        raise EngineError(f"iterations must be a non-negative integer, got {iterations!r}")
+    if not _is_integer(seed):
+        raise EngineError(f"seed must be an integer, got {seed!r}")
+    clustered = v
+    zero_code = False
+    if keep_zero:
+        nonzero = v != 0
+        zero_code = not nonzero.all()
+        clustered = v[nonzero] if zero_code else v
+    clusters = int(k) - zero_code
+    if clusters == 0 and clustered.size:
+        raise EngineError("keep_zero spends one code on zero, so k must be at least 2 for values with non-zeros")
+    if isinstance(init, str):
+        if init not in _KMEANS_INITS:
+            raise EngineError(f"unknown k-means init {init!r}; expected one of {', '.join(_KMEANS_INITS)}")
+    else:
+        init = np.asarray(init, dtype=np.float64)
+        if not (init.ndim == 1 and 1 <= init.size <= max(clusters, 1) and np.isfinite(init).all()):
+            raise EngineError(f"start centroids must be 1 to {max(clusters, 1)} finite values, got shape {init.shape}")
+    uniforms = np.random.default_rng(int(seed)).random(max(clusters, 1))
+    history = np.full((int(iterations) + 1, clusters + 1), -1, np.int64)
+    return _KMeansArguments(_frozen(v), np.sort(clustered), clusters, init, uniforms, int(iterations), zero_code,
+                            history, shape)  # fmt: skip
+
+
+@_twins(_cluster_error_numba, _cluster_error_numpy, returns="float")
+def cluster_error(values: np.ndarray, centroids: np.ndarray, labels: np.ndarray) -> tuple:
+    """Sum of squared errors (float64) of replacing each value by ``centroids[label]``: what k-means lowers."""
+    v = np.ascontiguousarray(values, dtype=np.float32).reshape(-1)
+    c = np.ascontiguousarray(centroids, dtype=np.float32)
+    lab = np.ascontiguousarray(labels).reshape(-1)
+    if lab.size != v.size or lab.dtype.kind not in "iu":
+        raise EngineError(f"expected {v.size} integer labels, got {lab.size} of type {lab.dtype}")
+    if c.ndim != 1 or (lab.size and (lab.min() < 0 or lab.max() >= c.size)):
+        raise EngineError(f"labels must index the {c.size} centroids")
+    return _frozen(v), _frozen(c), _frozen(lab)
+
+
+kmeans_1d_numpy = kmeans_1d.numpy
+cluster_error_numpy = cluster_error.numpy
+
+
+def _lloyd_history(values: np.ndarray, k: int, *, twin: bool = False, **options: Any) -> list[np.ndarray]:
+    """The labels of every partition Lloyd went through (the start, then one per iteration), for the tests
+    of its monotone error; options as for ``kmeans_1d``."""
+    a = kmeans_1d._prepare(values, k, **options)
+    (kmeans_1d._reference if twin else kmeans_1d._fast)(*a)
+    distinct, _ = _runs_numpy(a.ordered)
+    rows = [row[row >= 0] for row in a.history if row[0] >= 0]
+    return [_labels_numpy(a.values, distinct[s[1:-1]], a.zero_code, np.empty(a.values.size, np.uint8)) for s in rows]

@@ -1,0 +1,145 @@
+"""1-D k-means (weight sharing) benchmark: ``engine.kernels.kmeans_1d`` against scikit-learn's KMeans.
+
+Usage::
+
+    python benchmarks/kmeans.py [--json out.json] [--n N] [--k K] [--skip-full-sklearn]
+
+* data: N (default 25 M) float32 weights, standard normal and Laplace, clustered as one tensor into K (16).
+* ours: each init at the default 50 iterations and at 1000 (an iteration costs O(K log n), so more is cheap),
+  wall time of the whole call (sort, Lloyd, labelling) and the within-cluster squared error.
+* scikit-learn: ``KMeans(n_clusters=K, n_init=1, random_state=0)`` on the same data (one column), and on a
+  10% subsample since the full fit is slow; the subsample's centroids are scored on all N weights (nearest
+  centroid, not timed). Errors are float64 sums over all N, computed the same way for every row.
+* first use: a fresh interpreter with an empty ``NUMBA_CACHE_DIR`` calls each new kernel once on a tiny input
+  (compiling it), then a second one with the same cache (loading it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+INITS = ["linear", "density", "kmeans++"]
+
+
+def _first_use() -> dict[str, float]:
+    start = time.perf_counter()
+    from engine import kernels as k
+
+    times = {"import engine.kernels": time.perf_counter() - start}
+    v = np.linspace(-1, 1, 50, dtype=np.float32)
+    for init in INITS:
+        start = time.perf_counter()
+        c, labels = k.kmeans_1d(v, 4, init=init)
+        times[f"kmeans_1d init={init}"] = time.perf_counter() - start
+    start = time.perf_counter()
+    k.cluster_error(v, c, labels)
+    times["cluster_error"] = time.perf_counter() - start
+    return times
+
+
+def _fresh_process(cache_dir: str) -> dict[str, float]:
+    env = {**os.environ, "NUMBA_CACHE_DIR": cache_dir}
+    done = subprocess.run([sys.executable, __file__, "--child"], env=env, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout)
+
+
+def _ours(v: np.ndarray, k: int) -> list[dict[str, Any]]:
+    from engine import kernels as kern
+
+    kern.kmeans_1d(v[:1000], k, init="kmeans++")  # load the compiled kernels
+    rows = []
+    for iterations in (50, 1000):
+        for init in INITS:
+            start = time.perf_counter()
+            c, labels = kern.kmeans_1d(v, k, init=init, iterations=iterations)
+            seconds = time.perf_counter() - start
+            error = kern.cluster_error(v, c, labels)
+            rows.append({"method": f"ours {init}, {iterations} it", "seconds": seconds, "error": error})
+            print(f"  {rows[-1]}", file=sys.stderr)
+    return rows
+
+
+def _sklearn(v: np.ndarray, k: int, fraction: float) -> dict[str, Any]:
+    from sklearn.cluster import KMeans
+
+    from engine import kernels as kern
+
+    sample = v if fraction == 1 else np.random.default_rng(1).choice(v, int(v.size * fraction), replace=False)
+    start = time.perf_counter()
+    model = KMeans(n_clusters=k, n_init=1, random_state=0).fit(sample.reshape(-1, 1))
+    seconds = time.perf_counter() - start
+    centroids = np.sort(model.cluster_centers_.ravel()).astype(np.float32)
+    # Nearest centroid of every weight: the sorted centroids' midpoints split the line.
+    labels = np.searchsorted(0.5 * (centroids[1:] + centroids[:-1]), v).astype(np.uint8)
+    error = kern.cluster_error(v, centroids, labels)
+    row = {"method": f"scikit-learn KMeans n_init=1, fit on {sample.size / 1e6:g} M", "seconds": seconds,
+           "error": error, "iterations": int(model.n_iter_)}  # fmt: skip
+    print(f"  {row}", file=sys.stderr)
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--json", type=Path, help="also write the measurements to this JSON file")
+    parser.add_argument("--n", type=int, default=25_000_000, help="number of weights (default 25 M)")
+    parser.add_argument("--k", type=int, default=16, help="clusters (default 16)")
+    parser.add_argument("--skip-full-sklearn", action="store_true", help="fit scikit-learn on the subsample only")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        print(json.dumps(_first_use()))
+        return 0
+
+    with tempfile.TemporaryDirectory(prefix="numba-cache-") as cache_dir:
+        first = _fresh_process(cache_dir)
+        cached = _fresh_process(cache_dir)
+    rng = np.random.default_rng(0)
+    data = {"normal": rng.standard_normal(args.n, np.float32), "laplace": rng.laplace(size=args.n).astype(np.float32)}
+    results: dict[str, list[dict[str, Any]]] = {}
+    for name, v in data.items():
+        print(f"{name}:", file=sys.stderr)
+        rows = _ours(v, args.k)
+        rows.append(_sklearn(v, args.k, 0.1))
+        if not args.skip_full_sklearn:
+            rows.append(_sklearn(v, args.k, 1.0))
+        results[name] = rows
+
+    lines = [
+        "| first use | compile, empty cache (s) | load from cache (s) |",
+        "|---|---|---|",
+        *(f"| {name} | {first[name]:.2f} | {cached[name]:.3f} |" for name in first),
+        f"| total | {sum(first.values()):.2f} | {sum(cached.values()):.3f} |",
+        "",
+    ]
+    for name, rows in results.items():
+        reference = rows[-1]
+        lines += [
+            f"**{name}, {args.n / 1e6:g} M float32 weights, K = {args.k}** (relative to the last row)",
+            "",
+            "| method | seconds | x time | within-cluster squared error | x error |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['method']} | {r['seconds']:.2f} | {r['seconds'] / reference['seconds']:.3f} | {r['error']:.6g} | "
+            f"{r['error'] / reference['error']:.5f} |"
+            for r in rows
+        ]
+        lines.append("")
+    print("\n".join(lines))
+    if args.json:
+        args.json.write_text(json.dumps({"first_use_s": first, "cached_load_s": cached, "results": results}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,162 @@
+"""1-D k-means (weight sharing): Numba against numpy twin, Lloyd's monotone error, brute-force optima, bad input."""
+
+import itertools
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from engine import kernels as k
+from engine.errors import EngineError
+
+INITS = st.sampled_from(["linear", "density", "kmeans++"])
+FAST = settings(deadline=None, max_examples=60)  # the first example compiles (or loads) the kernels
+
+
+@st.composite
+def weights(draw: st.DrawFn, max_n: int = 60) -> np.ndarray:
+    """Weights at one magnitude: normal, heavy-tailed or few-valued (many duplicates), some exact zeros."""
+    n = draw(st.integers(1, max_n))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    kind = draw(st.sampled_from(["normal", "laplace", "few"]))
+    if kind == "few":
+        v = rng.integers(-3, 4, n).astype(np.float64)
+    else:
+        v = rng.standard_normal(n) if kind == "normal" else rng.laplace(size=n)
+    v[rng.random(n) < draw(st.sampled_from([0.0, 0.3]))] = 0.0
+    return (v * 10.0 ** draw(st.integers(-6, 6))).astype(np.float32)
+
+
+def group_means(v: np.ndarray, labels: np.ndarray, size: int) -> np.ndarray:
+    counts = np.bincount(labels, minlength=size)
+    sums = np.bincount(labels, weights=v.astype(np.float64), minlength=size)
+    return np.divide(sums, counts, out=np.zeros(size), where=counts > 0)
+
+
+def sse(v: np.ndarray, labels: np.ndarray) -> float:
+    """Squared error of a labelling with each group at its own mean (float64, two-pass)."""
+    d = v.astype(np.float64) - group_means(v, labels, int(labels.max()) + 1)[labels]
+    return float(d @ d)
+
+
+def brute_force(v: np.ndarray, k: int) -> tuple[float, np.ndarray]:
+    """Least squared error over every partition of the sorted distinct values into min(k, m) contiguous
+    groups (duplicates stay together: splitting equal values never helps), and its group means."""
+    distinct = np.unique(v)
+    m = distinct.size
+    best, best_means = np.inf, None
+    for cuts in itertools.combinations(range(1, m), min(k, m) - 1):
+        labels = np.searchsorted(distinct[list(cuts)], v, side="right")
+        error = sse(v, labels)
+        if error < best:
+            best, best_means = error, group_means(v, labels, min(k, m))
+    return best, best_means
+
+
+def scale(v: np.ndarray) -> float:
+    """Tolerance unit for errors: the total squared magnitude (float64 prefix sums are exact to ~1e-16 of it)."""
+    return float(np.sum(v.astype(np.float64) ** 2)) + 1e-300
+
+
+@FAST
+@given(weights(), st.integers(1, 20), INITS, st.booleans(), st.integers(0, 2**31))
+def test_twins_agree_and_result_is_a_lloyd_partition(
+    v: np.ndarray, clusters: int, init: str, keep_zero: bool, seed: int
+) -> None:
+    if keep_zero and clusters == 1 and (v == 0).any() and (v != 0).any():
+        clusters = 2
+    c, labels = k.kmeans_1d(v, clusters, init=init, seed=seed, keep_zero=keep_zero)
+    c2, labels2 = k.kmeans_1d_numpy(v, clusters, init=init, seed=seed, keep_zero=keep_zero)
+    np.testing.assert_allclose(c, c2, rtol=1e-6, atol=1e-6 * np.abs(v).max())
+    assert np.array_equal(labels, labels2) or k.cluster_error(v, c, labels) == pytest.approx(
+        k.cluster_error(v, c2, labels2), rel=1e-9, abs=1e-12 * scale(v)
+    )
+    assert c.dtype == np.float32 and labels.dtype == np.uint8 and labels.shape == v.shape
+    assert c.size <= clusters and (labels < c.size).all() and np.unique(c).size <= clusters
+    assert k.cluster_error(v, c, labels) == pytest.approx(k.cluster_error_numpy(v, c, labels), rel=1e-9, abs=1e-300)
+    # Every code is used, and each centroid is the mean of the values carrying it.
+    assert np.array_equal(np.unique(labels), np.arange(c.size))
+    np.testing.assert_allclose(c, group_means(v, labels, c.size), rtol=1e-5, atol=1e-5 * np.abs(v).max())
+    offset = 0
+    if keep_zero and (v == 0).any():
+        assert c[0] == 0.0 and (labels[v == 0] == 0).all() and (labels[v != 0] > 0).all()
+        assert (c[labels][v == 0] == 0).all()
+        offset = 1
+    nonzero = v[labels >= offset]
+    distinct = np.unique(nonzero).size
+    assert c.size - offset == min(clusters - offset, distinct)  # empty clusters are replaced, never kept
+    if clusters - offset >= distinct:  # exact: every distinct value is its own centroid
+        assert np.array_equal(np.sort(c[offset:]), np.unique(nonzero))
+    # Codes follow the values: a larger value never gets a smaller label (the clusters are ranges).
+    order = np.argsort(nonzero, kind="stable")
+    assert (np.diff(labels[labels >= offset][order].astype(int)) >= 0).all()
+
+
+@FAST
+@given(weights(), st.integers(1, 12), INITS, st.integers(0, 2**31))
+def test_lloyd_never_increases_the_error(v: np.ndarray, clusters: int, init: str, seed: int) -> None:
+    for twin in (False, True):
+        history = k._lloyd_history(v, clusters, init=init, seed=seed, iterations=200, twin=twin)
+        errors = [sse(v, labels) for labels in history]
+        tolerance = 1e-12 * scale(v)
+        assert all(b <= a + tolerance for a, b in itertools.pairwise(errors)), errors
+        # The returned labels are the last partition Lloyd reached.
+        assert np.array_equal(history[-1], (k.kmeans_1d_numpy if twin else k.kmeans_1d)(
+            v, clusters, init=init, seed=seed, iterations=200)[1])  # fmt: skip
+
+
+@FAST
+@given(weights(max_n=12), st.integers(1, 4), INITS, st.integers(0, 2**31))
+def test_against_brute_force(v: np.ndarray, clusters: int, init: str, seed: int) -> None:
+    """Lloyd may stop in a local optimum, so from any init its error is at least the optimum; the optimum is a
+    fixed point of Lloyd, so started from the optimal centroids it stays there (ties at midpoints aside,
+    which cost the same)."""
+    optimum, means = brute_force(v, clusters)
+    tolerance = 1e-9 * scale(v)
+    c, labels = k.kmeans_1d(v, clusters, init=init, seed=seed)
+    assert k.cluster_error(v, c, labels) >= optimum - tolerance
+    for kmeans in (k.kmeans_1d, k.kmeans_1d_numpy):
+        c, labels = kmeans(v, clusters, init=means)
+        assert k.cluster_error(v, c, labels) == pytest.approx(optimum, rel=1e-5, abs=tolerance)
+
+
+def test_two_clusters_of_distinct_groups_are_found() -> None:
+    v = np.array([-5.0, -5.0, -4.0, 0.0, 0.0, 10.0, 11.0, 12.0], np.float32)
+    for init in ("linear", "density", "kmeans++"):
+        c, labels = k.kmeans_1d(v, 3, init=init)
+        assert c.tolist() == pytest.approx([-14 / 3, 0.0, 11.0]) and labels.tolist() == [0, 0, 0, 1, 1, 2, 2, 2]
+    c, labels = k.kmeans_1d(v, 3, keep_zero=True)  # zero is code 0; the rest share two codes
+    assert c.tolist() == pytest.approx([0.0, -14 / 3, 11.0]) and labels.tolist() == [1, 1, 1, 0, 0, 2, 2, 2]
+    c, labels = k.kmeans_1d(v.reshape(2, 4), 256)  # exact; labels keep the shape
+    assert c.tolist() == [-5, -4, 0, 10, 11, 12] and labels.shape == (2, 4)
+
+
+def test_seed_makes_kmeanspp_deterministic() -> None:
+    v = np.random.default_rng(3).laplace(size=5000).astype(np.float32)
+    a, b = k.kmeans_1d(v, 8, init="kmeans++", seed=5, iterations=0), k.kmeans_1d(v, 8, init="kmeans++", seed=5,
+                                                                                   iterations=0)  # fmt: skip
+    assert np.array_equal(a[0], b[0])
+    assert not np.array_equal(a[0], k.kmeans_1d(v, 8, init="kmeans++", seed=6, iterations=0)[0])
+
+
+def test_bad_input_is_refused() -> None:
+    v = np.ones(4, np.float32)
+    cases = [
+        (lambda: k.kmeans_1d(np.array([1.0, np.nan], np.float32), 2), "NaN or infinity"),
+        (lambda: k.kmeans_1d(np.array([np.inf]), 2), "NaN or infinity"),
+        (lambda: k.kmeans_1d(np.zeros(0, np.float32), 2), "empty"),
+        (lambda: k.kmeans_1d(v, 0), "from 1 to 256"),
+        (lambda: k.kmeans_1d(v, 257), "from 1 to 256"),
+        (lambda: k.kmeans_1d(v, 2.0), "from 1 to 256"),
+        (lambda: k.kmeans_1d(v, 2, init="random"), "unknown k-means init"),
+        (lambda: k.kmeans_1d(v, 2, init=np.array([1.0, 2.0, 3.0])), "start centroids"),
+        (lambda: k.kmeans_1d(v, 2, iterations=-1), "iterations"),
+        (lambda: k.kmeans_1d(v, 2, seed=1.5), "seed"),
+        (lambda: k.kmeans_1d(np.array([0.0, 1.0]), 1, keep_zero=True), "at least 2"),
+        (lambda: k.cluster_error(v, np.ones(2), np.array([0, 1, 2, 0])), "index the 2 centroids"),
+        (lambda: k.cluster_error(v, np.ones(2), np.zeros(3, int)), "expected 4 integer labels"),
+    ]
+    for call, message in cases:
+        with pytest.raises(EngineError, match=message):
+            call()
