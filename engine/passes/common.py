@@ -63,40 +63,52 @@ def install(model: Model, weight: Weight, stored: Tensor, direct: list[tuple[Ope
     the other uses keep reading ``weight.value``, which becomes the output of DENSIFY (if ``stored`` is sparse)
     and DEQUANTIZE (unless it is float32) ops inserted before its first reader.
     """
-    sg = weight.subgraph
-    value = weight.value
     if stored.type == _FLOAT32 and stored.sparsity is None:
         direct = list(weight.uses)
-        sg.outputs = [stored if t is value else t for t in sg.outputs]
+        weight.subgraph.outputs = [stored if t is weight.value else t for t in weight.subgraph.outputs]
     direct_ids = {(id(op), i) for op, i in direct}
     for op, i in direct:
         op.inputs[i] = stored
+    decoders = []
+    current = stored
+    if stored.sparsity is not None:
+        dense = Tensor(f"{stored.name}/dense", stored.shape, stored.type, quantization=stored.quantization)
+        decoders.append(Operator(model.opcode("DENSIFY"), [stored], [dense]))
+        current = dense
+    if current.type != _FLOAT32:
+        version = dequantize_version(current.type_name, _per_channel(current))
+        decoders.append(Operator(model.opcode("DEQUANTIZE", version), [current], [weight.value]))
+    elif decoders:  # a float32 sparse constant: DENSIFY alone gives the float tensor
+        decoders[-1].outputs = [weight.value]
     remaining = [op for op, i in weight.uses if (id(op), i) not in direct_ids]
+    replace_chain(
+        weight, decoders, remaining, [stored, *(stored.quantization.tensors() if stored.quantization else ())]
+    )
+
+
+def replace_chain(weight: Weight, decoders: list[Operator], readers: list[Operator], constants: list[Tensor]) -> None:
+    """Swap ``weight``'s stored constant and decoding ops for ``decoders`` (the last writes ``weight.value``),
+    inserted before the first of ``readers`` (the ops still reading ``weight.value``), and ``constants``.
+
+    The old chain's ops go (unless something else reads their outputs), so do its tensors once unused, and the
+    input file's pages behind the old constant are released.  With no reader left, no decoder is inserted.
+    """
+    sg = weight.subgraph
+    value = weight.value
     old = [weight.source, *(t for op in weight.chain for t in op.outputs if t is not value)]
     if weight.source.buffer is not None:
         release_pages(weight.source.buffer.data)
     for op in reversed(weight.chain):
         if op is weight.chain[-1] or not _is_read(sg, op.outputs):
             sg.remove_operator(op)
-    if remaining or any(t is value for t in sg.outputs):
-        decoders = []
-        current = stored
-        if stored.sparsity is not None:
-            dense = Tensor(f"{stored.name}/dense", stored.shape, stored.type, quantization=stored.quantization)
-            decoders.append(Operator(model.opcode("DENSIFY"), [stored], [dense]))
-            current = dense
-        if current.type != _FLOAT32:
-            version = dequantize_version(current.type_name, _per_channel(current))
-            decoders.append(Operator(model.opcode("DEQUANTIZE", version), [current], [value]))
-        else:  # a float32 sparse constant: DENSIFY alone gives the float tensor
-            decoders[-1].outputs = [value]
+    if readers or any(t is value for t in sg.outputs):
         value.buffer, value.type, value.quantization, value.sparsity = None, _FLOAT32, None, None
-        first = min((sg.operators.index(op) for op in remaining), default=len(sg.operators))
+        first = min((sg.operators.index(op) for op in readers), default=len(sg.operators))
         for offset, op in enumerate(decoders):
             sg.insert_operator(first + offset, op)
     else:
         sg.tensors = [t for t in sg.tensors if t is not value]
-    for t in (stored, *(stored.quantization.tensors() if stored.quantization else ())):
+    for t in constants:
         if t not in sg.tensors:
             sg.tensors.append(t)
     _drop_unused(sg, old)
