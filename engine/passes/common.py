@@ -10,11 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
+
 from engine.ir import TENSOR_TYPES, Model, Operator, Subgraph, Tensor
-from engine.ops import dequantize_version
+from engine.ops import DENSIFY_INPUTS, dequantize_version
+from engine.pruning import parse_pattern
 from engine.reader import release_pages
 from engine.recipe import Recipe, TensorOptions
 from engine.report import TensorReport
+from engine.sparse import encode_sparse, index_bytes, sparse_bytes
 from engine.weights import Weight, find_weights
 
 _FLOAT32 = TENSOR_TYPES["FLOAT32"]
@@ -131,3 +135,31 @@ def _drop_unused(sg: Subgraph, candidates: list[Tensor]) -> None:
     used = {id(t) for op in sg.operators for t in op.tensors()} | {id(t) for t in (*sg.inputs, *sg.outputs)}
     gone = {id(t) for t in candidates if id(t) not in used}
     sg.tensors = [t for t in sg.tensors if id(t) not in gone]
+
+
+def float_constant(weight: Weight, values: np.ndarray, options: TensorOptions) -> Tensor:
+    """A float weight's new constant: dense, or in TFLite's sparse format (blockwise for block pruning patterns
+    DENSIFY decodes) when ``sparse_format`` is ``tflite`` and that takes fewer bytes.  A dense float32 constant
+    keeps the weight's name, since the ops read it directly; the others take a suffix, as the float tensor
+    their DENSIFY/DEQUANTIZE writes keeps the name."""
+    stored = Tensor(weight.name)
+    stored.data = values
+    if stored.type_name != "FLOAT32":
+        stored.name = f"{weight.name}_{stored.type_name.lower()}"
+    if options.sparse_format != "tflite" or stored.type_name not in DENSIFY_INPUTS:
+        return stored
+    pattern = parse_pattern(options.prune_pattern)
+    block = (pattern.a, pattern.b) if options.prune is not None and pattern.kind == "block" else None
+    if block not in DENSIFY_INPUTS[stored.type_name] or values.ndim != 2:
+        block = None
+    packed, sparsity = encode_sparse(values, block)
+    if sparse_bytes(packed, sparsity) < values.nbytes:
+        stored.data = packed
+        stored.name, stored.shape, stored.sparsity = f"{weight.name}_sparse", tuple(values.shape), sparsity
+    return stored
+
+
+def constant_bytes(t: Tensor) -> int:
+    """What a constant takes in the file: its buffer, plus index vectors when sparse."""
+    assert t.buffer is not None
+    return int(t.buffer.data.size) + (index_bytes(t.sparsity) if t.sparsity is not None else 0)

@@ -13,13 +13,11 @@ from __future__ import annotations
 import numpy as np
 
 from engine.errors import EngineError
-from engine.ir import Model, Tensor
-from engine.ops import DENSIFY_INPUTS
-from engine.passes.common import entry, install, select
-from engine.pruning import global_masks, parse_pattern, prune_mask, sparsity_of
+from engine.ir import Model
+from engine.passes.common import constant_bytes, entry, float_constant, install, select
+from engine.pruning import global_masks, prune_mask, sparsity_of
 from engine.recipe import Recipe, TensorOptions
 from engine.report import TensorReport
-from engine.sparse import encode_sparse, sparse_bytes
 from engine.validate import sqnr_db
 from engine.weights import Weight
 
@@ -39,13 +37,13 @@ def prune_weights(model: Model, recipe: Recipe) -> tuple[Model, list[TensorRepor
         mask = masks[id(weight)]
         original = weight.decode()
         values = np.where(mask, original, np.float32(0))  # +0.0: a sparse encoding keeps -0.0 as a value
-        stored = _stored(weight, values.astype(weight.source.dtype), options)
+        stored = float_constant(weight, values.astype(weight.source.dtype), options)
         report = entry(weight, options)
         install(model, weight, stored, direct=[])
         report.sparsity, report.prune_pattern = sparsity_of(mask), options.prune_pattern
         report.weight_sqnr_db = sqnr_db(original, values)
         report.dtype_after = stored.type_name
-        report.bytes_after = _bytes(stored)
+        report.bytes_after = constant_bytes(stored)
         report.form = "sparse" if stored.sparsity is not None else "dense"
         reports.append(report)
     return model, reports
@@ -81,27 +79,3 @@ def _masks(layouts: list[tuple[Weight, TensorOptions]]) -> dict[int, np.ndarray]
         for weight, mask in zip(weights, global_masks(layout, sparsity, pattern), strict=True):
             masks[id(weight)] = mask
     return masks
-
-
-def _stored(weight: Weight, values: np.ndarray, options: TensorOptions) -> Tensor:
-    """The pruned weight as a constant: sparse (blockwise for block patterns DENSIFY decodes) when smaller."""
-    stored = Tensor(weight.name)  # a dense float32 weight is read directly, under its own name
-    stored.data = values
-    if stored.type_name != "FLOAT32":
-        stored.name = f"{weight.name}_pruned"  # the float tensor its DEQUANTIZE writes keeps the name
-    if options.sparse_format != "tflite" or stored.type_name not in DENSIFY_INPUTS:
-        return stored
-    pattern = parse_pattern(options.prune_pattern)
-    block = (pattern.a, pattern.b) if pattern.kind == "block" else None
-    if block not in DENSIFY_INPUTS[stored.type_name] or values.ndim != 2:
-        block = None
-    packed, sparsity = encode_sparse(values, block)
-    if sparse_bytes(packed, sparsity) < values.nbytes:
-        stored.data = packed
-        stored.name, stored.shape, stored.sparsity = f"{weight.name}_pruned", tuple(values.shape), sparsity
-    return stored
-
-
-def _bytes(stored: Tensor) -> int:
-    assert stored.buffer is not None
-    return int(stored.buffer.data.size) + (sparse_bytes(np.zeros(0), stored.sparsity) if stored.sparsity else 0)
