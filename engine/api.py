@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.ir import Model
+from engine.passes.cluster import cluster_weights
 from engine.passes.common import entry
 from engine.passes.float16 import float16_weights
 from engine.passes.prune import prune_weights
@@ -24,8 +25,8 @@ from engine.weights import find_weights
 from engine.writer import write_model
 
 Pass = Callable[[Model, Recipe], tuple[Model, list[TensorReport]]]
-# Order matters: pruning first (quantization keeps its zeros and re-encodes the sparse form).
-PIPELINE: tuple[Pass, ...] = (prune_weights, float16_weights, quantize_weights)
+# Order matters: prune, then cluster (which keeps the zeros), then quantize (which keeps both and re-encodes).
+PIPELINE: tuple[Pass, ...] = (prune_weights, cluster_weights, float16_weights, quantize_weights)
 
 
 def compress(

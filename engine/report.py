@@ -44,6 +44,7 @@ class TensorReport:
     needs_xnnpack: bool = False
     sparsity: float | None = None
     prune_pattern: str | None = None
+    clusters: int | None = None
 
     def then(self, later: TensorReport) -> TensorReport:
         """This entry followed by a later pass's on the same weight: what it started as, what it ended as."""
@@ -113,6 +114,7 @@ class Report:
                 part
                 for part in (
                     f"pruned {t.prune_pattern}" if t.prune_pattern else None,
+                    f"clustered ({t.form})" if t.clusters and not t.mode else "clustered" if t.clusters else None,
                     f"{t.mode} ({t.form}, {t.dtype_after}, {t.granularity})" if t.mode else None,
                     "sparse" if t.sparsity is not None and t.form == "sparse" else None,
                 )

@@ -1,0 +1,110 @@
+"""``--cluster K``: k-means weight sharing, so each tensor (or output channel) holds at most K distinct values.
+
+Exact 1-D Lloyd (``engine.kernels.kmeans_1d``) per tensor or per output channel, sparsity-preserving: exact
+zeros (a pruned weight's) stay zero and do not take a cluster.  Storage:
+
+- ``values``: the weight takes its centroid values in its own float type.  The file shrinks under general
+  compression (gzip, app packages); composed with ``--quantize``, the quantized tensor holds at most K
+  distinct codes per tensor or channel.
+- ``gather``: a UINT8 index tensor plus a K-entry float32 codebook, rebuilt at run time by CAST (uint8 to
+  int32: GATHER refuses 8-bit positions) and GATHER, so the file itself shrinks like int8 with non-uniform
+  levels.  Per-channel codebooks are gathered row by row (``batch_dims`` 1), which needs the channels on
+  axis 0.  The weight is then computed, not constant, so it cannot be quantized afterwards.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from engine import kernels
+from engine.ir import TENSOR_TYPES, Model, Operator, Table, Tensor
+from engine.passes.common import constant_bytes, entry, float_constant, install, replace_chain, select
+from engine.progress import track
+from engine.recipe import Recipe, TensorOptions
+from engine.report import TensorReport
+from engine.validate import sqnr_db
+from engine.weights import Weight
+
+# Lloyd iterations: each costs O(K log n), so running to convergence is cheap (benchmarks/kmeans.py).
+_ITERATIONS = 1000
+
+
+def cluster_weights(model: Model, recipe: Recipe) -> tuple[Model, list[TensorReport]]:
+    """Share K values in every weight the recipe clusters; one report entry per weight."""
+    chosen, reports = select(model, recipe, lambda options: options.cluster is not None)
+    for weight, options in track(chosen, "clustering weights"):
+        if options.cluster_storage == "gather" and options.cluster_granularity == "channel" and weight.channel_axis:
+            reports.append(entry(weight, options, "gather storage per channel needs the channels on axis 0"))
+            continue
+        values = weight.decode()
+        centroids, labels = _cluster(values, weight.channel_axis, options)
+        rows = np.take_along_axis(centroids, labels.astype(np.intp), axis=1)
+        clustered = _unrows(rows, values.shape, weight.channel_axis, options)
+        report = entry(weight, options)
+        if options.cluster_storage == "gather":
+            report.bytes_after = _install_gather(model, weight, centroids, labels)
+            report.dtype_after, report.form = "UINT8", "gather"
+        else:
+            stored = float_constant(weight, clustered.astype(weight.source.dtype), options)
+            install(model, weight, stored, direct=[])
+            report.bytes_after, report.dtype_after, report.form = constant_bytes(stored), stored.type_name, "values"
+        report.clusters = int(centroids.shape[1])
+        report.weight_sqnr_db = sqnr_db(values, clustered)
+        reports.append(report)
+    return model, reports
+
+
+def _cluster(values: np.ndarray, channel_axis: int | None, options: TensorOptions) -> tuple[np.ndarray, np.ndarray]:
+    """Codebooks [rows, K] (float32) and labels [rows, n] (uint8) of the weight as rows: its output channels
+    (moved to axis 0) with channel granularity, else one row.  A channel with fewer distinct values than the
+    others gets its codebook padded by repeating its last entry, which no label points at."""
+    assert options.cluster is not None
+    rows = _rows(values, channel_axis, options)
+    books, labels = [], np.empty(rows.shape, np.uint8)
+    for i, row in enumerate(rows):
+        book, labels[i] = kernels.kmeans_1d(
+            row, options.cluster, init=options.cluster_init, iterations=_ITERATIONS, keep_zero=True
+        )
+        books.append(book)
+    width = max(len(b) for b in books)
+    return np.stack([np.pad(b, (0, width - len(b)), mode="edge") for b in books]).astype(np.float32), labels
+
+
+def _rows(values: np.ndarray, channel_axis: int | None, options: TensorOptions) -> np.ndarray:
+    if options.cluster_granularity == "channel" and channel_axis is not None:
+        return np.moveaxis(values, channel_axis, 0).reshape(values.shape[channel_axis], -1)
+    return values.reshape(1, -1)
+
+
+def _unrows(rows: np.ndarray, shape: tuple[int, ...], channel_axis: int | None, options: TensorOptions) -> np.ndarray:
+    """The inverse of ``_rows``."""
+    if options.cluster_granularity == "channel" and channel_axis is not None:
+        moved = (shape[channel_axis], *(d for i, d in enumerate(shape) if i != channel_axis))
+        return np.moveaxis(rows.reshape(moved), 0, channel_axis)
+    return rows.reshape(shape)
+
+
+def _install_gather(model: Model, weight: Weight, codebook: np.ndarray, labels: np.ndarray) -> int:
+    """Store the labels (UINT8) and codebook (FLOAT32); CAST + GATHER rebuild the weight.  Bytes stored."""
+    shape = weight.shape
+    per_channel = codebook.shape[0] > 1
+    indices = Tensor(f"{weight.name}_indices")
+    indices.data = labels.reshape(shape)  # per channel, the channels are axis 0: the rows' order is C order
+    book = Tensor(f"{weight.name}_codebook")
+    book.data = codebook if per_channel else codebook[0]
+    positions = Tensor(f"{weight.name}_positions", shape, TENSOR_TYPES["INT32"])
+    cast = Operator(
+        model.opcode("CAST"),
+        [indices],
+        [positions],
+        builtin_options=Table(
+            "CastOptions", {"in_data_type": TENSOR_TYPES["UINT8"], "out_data_type": TENSOR_TYPES["INT32"]}
+        ),
+    )
+    options = {"axis": 1 if per_channel else 0, "batch_dims": 1 if per_channel else 0}
+    gather = Operator(
+        model.opcode("GATHER"), [book, positions], [weight.value], builtin_options=Table("GatherOptions", options)
+    )
+    replace_chain(weight, [cast, gather], [op for op, _ in weight.uses], [indices, book])
+    weight.value.shape = shape
+    return constant_bytes(indices) + constant_bytes(book)
