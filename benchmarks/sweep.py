@@ -51,6 +51,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # the worktree's engine, not whichever one is installed
     sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from quantize import photo_inputs  # noqa: E402  (the same photos as the quantization benchmark)
 
 INT8 = {"quantize": "weight-int8"}
 
@@ -105,7 +107,6 @@ LATENCY_FORMS: list[tuple[str, dict[str, Any] | None]] = [
 LATENCY_MODELS = ("iris_landmark", "hand_recrop", "palm_detection_lite")
 RUNTIMES = ("builtin", "default")
 WARMUP = 5
-PHOTOS = 3
 KB, MB = 1e3, 1e6
 
 
@@ -122,17 +123,6 @@ def real_models(names: list[str] | tuple[str, ...] | None) -> dict[str, Path]:
     if unknown:
         raise SystemExit(f"unknown or custom-op models: {', '.join(unknown)} (choose from {', '.join(models)})")
     return {n: models[n] for n in names}
-
-
-def photo_inputs(name: str, path: Path) -> list[np.ndarray]:
-    from engine import read_model
-    from engine.zoo import INPUT_RANGES, photo_input
-
-    model = read_model(path)
-    if len(model.main.inputs) != 1:
-        raise SystemExit(f"{name}: expected one image input, found {len(model.main.inputs)}")
-    shape = model.main.inputs[0].shape
-    return [photo_input(shape, "float32", i, value_range=INPUT_RANGES[name]) for i in range(PHOTOS)]
 
 
 def score(reference: list[dict[str, np.ndarray]], candidate: list[dict[str, np.ndarray]]) -> dict[str, Any]:
