@@ -74,7 +74,6 @@ class _Graph:
     """The lookups a walk needs for one subgraph, computed once."""
 
     def __init__(self, sg: Subgraph, weights: dict[int, Weight]) -> None:
-        self.sg = sg
         self.consumers = sg.consumers()
         self.outputs = {id(t) for t in sg.outputs}
         self.weights = weights
@@ -98,7 +97,9 @@ def plan_channels(
         keep = np.flatnonzero(mask.reshape(mask.shape[0], -1).any(axis=1))
         if keep.size == mask.shape[0]:
             continue
-        graph = graphs.setdefault(id(weight.subgraph), _Graph(weight.subgraph, by_value))
+        if id(weight.subgraph) not in graphs:
+            graphs[id(weight.subgraph)] = _Graph(weight.subgraph, by_value)
+        graph = graphs[id(weight.subgraph)]
         plan = _Plan(weight, keep, options.prune_channels)
         plan.reason = _walk(plan, graph)
         plans.append(plan)
