@@ -61,7 +61,7 @@ def _rewrite(source: Path, target: Path, **write_options: Any) -> tuple[Model, d
 
 _COMPRESSION_FLAGS = (
     "quantize", "bits", "granularity", "scale", "min_elements",
-    "prune", "prune_pattern", "prune_scope", "sparse_format",
+    "prune", "prune_pattern", "prune_scope", "prune_channels", "sparse_format",
     "cluster", "cluster_granularity", "cluster_init", "cluster_storage",
 )  # fmt: skip
 
@@ -179,6 +179,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--prune", type=float, metavar="SPARSITY", help="zero this fraction of each weight (0..1)")
     p.add_argument("--prune-pattern", metavar="P", help="unstructured (default), N:M (e.g. 2:4), block:RxC, channel")
     p.add_argument("--prune-scope", metavar="S", help="layer (default): each tensor alone; global: one threshold")
+    p.add_argument(
+        "--prune-channels",
+        metavar="C",
+        help="channel pattern: remove (default) filters where the graph allows, or zero them",
+    )
     p.add_argument("--cluster", type=int, metavar="K", help="share K values per tensor or channel (2..256)")
     p.add_argument("--cluster-granularity", metavar="G", help="tensor (default) or channel")
     p.add_argument("--cluster-init", metavar="I", help="kmeans++ (default), linear or density")

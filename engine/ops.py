@@ -41,6 +41,16 @@ class OpRule:
     ``max_version`` is the highest operator version LiteRT registers: a model declaring a higher one fails to
     load, while every version from 1 up runs the same kernels (hybrid, per-channel and int4 weights need no
     particular version).
+
+    Channel removal (``--prune-pattern channel``) follows a pruned filter's output channel, the last axis of
+    the activations, through the ops that read it.  ``channel_flow`` says what an op does with that axis of
+    its ``channel_inputs``: ``"contract"`` sums over it (the weight's input axis loses the channel; such an op
+    also starts a removal, its output channels being the weight's channel axis), ``"pass"`` computes each
+    channel on its own (its output keeps the channel and the removal goes on), ``"merge"`` combines inputs
+    channel by channel (every input must lose the same channels).  ``channel_constants`` are inputs holding one
+    value per channel on their last axis, removed with it; ``channel_options`` are option values the op needs
+    to keep channels apart (a depthwise multiplier of 1); ``channel_paddings_input`` holds [rank, 2] paddings
+    that must leave the channel axis unpadded.  An op with no ``channel_flow`` stops a removal.
     """
 
     options: str | None = None
@@ -54,6 +64,11 @@ class OpRule:
     adjoint_option: str | None = None
     packed_rows_whole_bytes: bool = False
     xnnpack_only: tuple[tuple[int, frozenset[str]], ...] = ()
+    channel_flow: str | None = None
+    channel_inputs: tuple[int, ...] = (0,)
+    channel_constants: tuple[int, ...] = ()
+    channel_options: tuple[tuple[str, int], ...] = ()
+    channel_paddings_input: int | None = None
 
     def hybrid_granularities(self, bits: int) -> frozenset[str]:
         """Granularities ("tensor", "channel", "block") of ``bits``-bit weights this op's kernel reads directly."""
@@ -103,15 +118,17 @@ RULES: dict[str, OpRule] = {
     # results); GATHER, PRELU and CONV_3D have none (GATHER returns the codes, PRELU garbage, CONV_3D refuses).
     "CONV_2D": OpRule(
         "Conv2DOptions", weight_input=1, weight_channel_axis=0, weight_input_axis=3, bias_input=2,
-        hybrid=((8, _BOTH), (4, _BOTH)), max_version=8,
+        hybrid=((8, _BOTH), (4, _BOTH)), max_version=8, channel_flow="contract",
     ),
     "DEPTHWISE_CONV_2D": OpRule(
         "DepthwiseConv2DOptions", weight_input=1, weight_channel_axis=3, weight_input_axis=2, bias_input=2,
-        hybrid=((8, _CHANNEL),), max_version=7,
+        hybrid=((8, _CHANNEL),), max_version=7, channel_flow="pass", channel_constants=(1, 2),
+        channel_options=(("depth_multiplier", 1),),
     ),
     "FULLY_CONNECTED": OpRule(
         "FullyConnectedOptions", weight_input=1, weight_channel_axis=0, weight_input_axis=1, bias_input=2,
         hybrid=((8, _BOTH), (4, _BOTH), (2, _BOTH)), max_version=14, xnnpack_only=((4, frozenset({"block"})),),
+        channel_flow="contract",
     ),
     "TRANSPOSE_CONV": OpRule(
         "TransposeConvOptions", weight_input=1, weight_channel_axis=0, weight_input_axis=3, bias_input=3,
@@ -127,26 +144,26 @@ RULES: dict[str, OpRule] = {
         packed_rows_whole_bytes=True,
     ),
     "GATHER": OpRule("GatherOptions", weight_input=0, weight_channel_axis=0, max_version=8, axis_option="axis"),
-    "PRELU": OpRule(weight_input=1, weight_channel_axis=-1),
+    "PRELU": OpRule(weight_input=1, weight_channel_axis=-1, channel_flow="pass", channel_constants=(1,)),
     # Arithmetic.
-    "ADD": OpRule("AddOptions", max_version=6),
+    "ADD": OpRule("AddOptions", max_version=6, channel_flow="merge", channel_inputs=(0, 1)),
     "SUB": OpRule("SubOptions", max_version=5),
     "MUL": OpRule("MulOptions", max_version=8),
     "DIV": OpRule("DivOptions", max_version=2),
     "MAXIMUM": OpRule("MaximumMinimumOptions", max_version=4),
     "MINIMUM": OpRule("MaximumMinimumOptions", max_version=4),
     # Pooling and reductions.
-    "AVERAGE_POOL_2D": OpRule("Pool2DOptions", max_version=3),
-    "MAX_POOL_2D": OpRule("Pool2DOptions", max_version=3),
+    "AVERAGE_POOL_2D": OpRule("Pool2DOptions", max_version=3, channel_flow="pass"),
+    "MAX_POOL_2D": OpRule("Pool2DOptions", max_version=3, channel_flow="pass"),
     "MEAN": OpRule("ReducerOptions", max_version=3),
     # Activations.
     "SOFTMAX": OpRule("SoftmaxOptions", max_version=4),
-    "RELU": OpRule(max_version=3),
-    "RELU6": OpRule(max_version=3),
+    "RELU": OpRule(max_version=3, channel_flow="pass"),
+    "RELU6": OpRule(max_version=3, channel_flow="pass"),
     "RELU_N1_TO_1": OpRule(),
-    "LOGISTIC": OpRule(max_version=3),
-    "TANH": OpRule(max_version=3),
-    "HARD_SWISH": OpRule("HardSwishOptions"),
+    "LOGISTIC": OpRule(max_version=3, channel_flow="pass"),
+    "TANH": OpRule(max_version=3, channel_flow="pass"),
+    "HARD_SWISH": OpRule("HardSwishOptions", channel_flow="pass"),
     "LEAKY_RELU": OpRule("LeakyReluOptions", max_version=2),
     # Type conversion.
     "DEQUANTIZE": OpRule("DequantizeOptions", max_version=9),
@@ -155,7 +172,7 @@ RULES: dict[str, OpRule] = {
     # Data movement.
     "RESHAPE": OpRule("ReshapeOptions"),
     "CONCATENATION": OpRule("ConcatenationOptions", max_version=7),
-    "PAD": OpRule("PadOptions", max_version=6),
+    "PAD": OpRule("PadOptions", max_version=6, channel_flow="pass", channel_paddings_input=1),
     "RESIZE_BILINEAR": OpRule("ResizeBilinearOptions", max_version=4),
     "STRIDED_SLICE": OpRule("StridedSliceOptions", max_version=8),
     "TRANSPOSE": OpRule("TransposeOptions", max_version=9),

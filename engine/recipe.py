@@ -39,6 +39,9 @@ MODES: dict[str, tuple[str, int | None]] = {
 }
 SCALE_METHODS = ("minmax", "mse")
 PRUNE_SCOPES = ("layer", "global")
+# Channel pruning: take the pruned filters out of the graph where it allows (smaller tensors, less compute), or
+# only zero them (same shapes; the readers' matching input channels are zeroed too, so both compute the same).
+PRUNE_CHANNELS = ("remove", "zero")
 CLUSTER_GRANULARITIES = ("tensor", "channel")
 # kmeans++ first: on the MediaPipe weights it gives the best or near-best error at K = 16, 64 and 256, where
 # density starts Lloyd in poor local optima at large K and linear at small K (weight SQNR, README).
@@ -67,6 +70,7 @@ class TensorOptions:
     prune: float | None = None
     prune_pattern: str = "unstructured"
     prune_scope: str = "layer"
+    prune_channels: str = "remove"
     sparse_format: str = "tflite"
     cluster: int | None = None
     cluster_granularity: str = "tensor"
@@ -147,6 +151,8 @@ def _check_options(options: dict[str, Any], where: str) -> dict[str, Any]:
         ):
             if name == option and value not in allowed:
                 raise EngineError(f"{where}: unknown {option} {value!r} (choose from {', '.join(allowed)})")
+        if name == "prune_channels" and value not in PRUNE_CHANNELS:
+            raise EngineError(f"{where}: unknown prune_channels {value!r} (choose from {', '.join(PRUNE_CHANNELS)})")
         if name == "sparse_format" and value not in SPARSE_FORMATS:
             raise EngineError(f"{where}: unknown sparse_format {value!r} (formats: {', '.join(SPARSE_FORMATS)})")
     return dict(options)

@@ -44,6 +44,7 @@ class TensorReport:
     needs_xnnpack: bool = False
     sparsity: float | None = None
     prune_pattern: str | None = None
+    channels_removed: int | None = None
     clusters: int | None = None
 
     def then(self, later: TensorReport) -> TensorReport:

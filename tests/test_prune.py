@@ -76,7 +76,7 @@ CASES: dict[tuple[str, float, str], dict[str, float]] = {
         "face_landmark": -6,  # measured -2.3
         "hand_landmark_full": -81,  # measured -77.8
         "hand_landmark_lite": -66,  # measured -62.6
-        "hand_recrop": 13,  # measured 16.8
+        "hand_recrop": 16,  # measured 19.2 (16.8 zeroing only the filters, their biases flowing on)
         "iris_landmark": 1,  # measured 4.5
         "palm_detection_full": -4,  # measured -0.4
         "palm_detection_lite": -3,  # measured 0.5
@@ -105,6 +105,8 @@ def test_pruned_models_have_the_asked_sparsity_and_run(
     for name, path in runnable.items():
         out = tmp_path / f"{name}.tflite"
         options = {"prune": sparsity, "prune_pattern": pattern, "prune_scope": scope, "sparse_format": "dense"}
+        if pattern == "channel":  # zeroed at full size, so the zeros can be counted; removal computes the same
+            options["prune_channels"] = "zero"
         _, report = engine.compress(path, output=out, **options)
         pruned = [t for t in report.compressed if t.sparsity is not None]
         assert pruned, name

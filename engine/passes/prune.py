@@ -4,8 +4,8 @@ The masks come from ``engine.pruning`` (unstructured, N:M, block, channel; one t
 threshold over every weight pruned in global scope).  The pruned weight keeps its stored float type (float16
 stays float16) and, with ``sparse_format`` ``tflite``, is stored in TFLite's sparse format behind DENSIFY
 when that takes fewer bytes than dense, blockwise for block patterns DENSIFY decodes.  Passes that run after
-(quantization) re-encode it and keep it sparse where that is smaller.  Channel pruning here zeroes whole
-filters; it does not remove them from the graph.
+(quantization) re-encode it and keep it sparse where that is smaller.  Channel pruning takes whole filters out
+of the graph where it allows (``engine.passes.channels``), and zeroes them elsewhere.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from __future__ import annotations
 import numpy as np
 
 from engine.errors import EngineError
-from engine.ir import Model
+from engine.ir import Model, Tensor
+from engine.passes.channels import plan_channels
 from engine.passes.common import constant_bytes, entry, float_constant, install, select
 from engine.pruning import global_masks, prune_mask, sparsity_of
 from engine.recipe import Recipe, TensorOptions
@@ -33,20 +34,37 @@ def prune_weights(model: Model, recipe: Recipe) -> tuple[Model, list[TensorRepor
         else:
             layouts.append((weight, options))
     masks = _masks(layouts)
+    edits = plan_channels(model, layouts, masks)
+    pruned = {id(weight.value) for weight, _ in layouts}
     for weight, options in layouts:
         mask = masks[id(weight)]
         original = weight.decode()
         values = np.where(mask, original, np.float32(0))  # +0.0: a sparse encoding keeps -0.0 as a value
-        stored = float_constant(weight, values.astype(weight.source.dtype), options)
         report = entry(weight, options)
-        install(model, weight, stored, direct=[])
+        stored = _install(model, weight, edits.apply(weight, values).astype(weight.source.dtype), options)
         report.sparsity, report.prune_pattern = sparsity_of(mask), options.prune_pattern
+        report.channels_removed = edits.removed.get(id(weight.value))
+        report.reason = edits.reasons.get(id(weight.value))
         report.weight_sqnr_db = sqnr_db(original, values)
         report.dtype_after = stored.type_name
         report.bytes_after = constant_bytes(stored)
         report.form = "sparse" if stored.sparsity is not None else "dense"
         reports.append(report)
+    for key, (weight, _) in edits.weights.items():  # readers of removed channels that are not pruned themselves
+        if key not in pruned:
+            options = recipe.resolve(weight.op_name, weight.name)
+            _install(model, weight, edits.apply(weight, weight.decode()).astype(weight.source.dtype), options)
     return model, reports
+
+
+def _install(model: Model, weight: Weight, values: np.ndarray, options: TensorOptions) -> Tensor:
+    """Store ``values`` as the weight; the float tensor its readers see takes their shape (channels removed)."""
+    stored = float_constant(weight, values, options)
+    weight.value.shape = tuple(values.shape)
+    if weight.value.shape_signature is not None:
+        weight.value.shape_signature = tuple(values.shape)
+    install(model, weight, stored, direct=[])
+    return stored
 
 
 def _unprunable(weight: Weight, options: TensorOptions) -> str | None:
