@@ -31,7 +31,7 @@ memory-mapped input included.  Times are measured by the launcher around the chi
 are medians over ``--runs`` fresh processes (default 1 for the real models, 3 for the synthetic
 one; a run over ``LONG_RUN_S`` is not repeated), after one unmeasured warm-up run of each tool.
 
-About 8 minutes on the 2-core CI machine with the numpy stand-in kernels, ``--quick`` about 2.
+About 6 minutes on the 2-core CI machine, ``--quick`` about 2.
 """
 
 from __future__ import annotations
@@ -587,8 +587,7 @@ def markdown_defaults(rows: list[dict[str, Any]]) -> str:
 
 
 def environment() -> dict[str, Any]:
-    import engine.kernels
-
+    """Where and with what the benchmarks ran."""
     versions = {}
     for package in ("litert-quantizer", "ai-edge-litert", "numpy", "numba"):
         try:
@@ -601,8 +600,6 @@ def environment() -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
         "versions": versions,
-        "engine_kernels": "numba" if "numba" in sys.modules else "numpy stand-in",
-        "engine_kernels_file": engine.kernels.__file__,
     }
 
 
@@ -639,7 +636,7 @@ def main(argv: list[str] | None = None) -> int:
     results["total_s"] = time.perf_counter() - started
 
     env = results["environment"]
-    print(f"# Quantization benchmark ({env['date']}, {env['cpus']} CPUs, engine kernels: {env['engine_kernels']}, "
+    print(f"# Quantization benchmark ({env['date']}, {env['cpus']} CPUs, "
           f"litert-quantizer {env['versions']['litert-quantizer']}, {results['total_s']:.0f} s)\n")  # fmt: skip
     if "real" in results:
         print("## Real models: inputs\n\n" + markdown_inputs(results["real"]["inputs"]) + "\n")

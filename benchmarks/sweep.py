@@ -36,7 +36,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -52,7 +51,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # the worktree's engine, not whichever one is installed
     sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quantize import photo_inputs  # noqa: E402  (the same photos as the quantization benchmark)
+from quantize import environment, photo_inputs  # noqa: E402  (the same photos as the quantization benchmark)
 
 INT8 = {"quantize": "weight-int8"}
 
@@ -139,24 +138,6 @@ def score(reference: list[dict[str, np.ndarray]], candidate: list[dict[str, np.n
         per_output[name] = sqnr_db(ref, got)
     values = list(per_output.values())
     return {"worst_sqnr_db": min(values), "median_sqnr_db": statistics.median(values), "output_sqnr_db": per_output}
-
-
-def environment() -> dict[str, Any]:
-    from importlib import metadata
-
-    versions = {}
-    for package in ("ai-edge-litert", "numpy"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = None
-    return {
-        "date": time.strftime("%Y-%m-%d"),
-        "cpus": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "versions": versions,
-    }
 
 
 def fmt_db(value: float | None) -> str:
