@@ -151,7 +151,9 @@ class _Resolver:
             OperatorCode(c["builtin_code"], c["custom_code"], c["version"], c["deprecated_builtin_code"])
             for c in tree["operator_codes"] or []
         ]
-        subgraphs = [self.subgraph(sg, i, codes) for i, sg in enumerate(tree["subgraphs"] or [])]
+        if not tree["subgraphs"]:  # LiteRT cannot load it either, and the writer could not write it back
+            raise EngineError("corrupt TFLite file: the model has no subgraphs")
+        subgraphs = [self.subgraph(sg, i, codes) for i, sg in enumerate(tree["subgraphs"])]
         metadata_buffer = tree["metadata_buffer"]
         return Model(
             version=tree["version"],

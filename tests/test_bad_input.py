@@ -210,3 +210,11 @@ def test_mutated_real_model_raises_only_engine_error(small: bytes, data: st.Data
         return
     # What reads must also write and read back the same (a mutation may land in weights or names).
     assert structural_diff(model, read_model(model_to_bytes(model))) == []
+
+
+def test_a_model_without_subgraphs_is_refused_when_read(small: bytes) -> None:
+    """Found by the mutation test: LiteRT cannot load such a file, and it could not be written back."""
+    tree = decode(small)
+    tree["subgraphs"] = []
+    with pytest.raises(EngineError, match="no subgraphs"):
+        read_model(bytes(encode(tree)))
