@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from engine.errors import EngineError
-from engine.ir import DimensionMetadata, SparsityParams, Table
+from engine.ir import DimensionMetadata, SparsityParams, Table, Tensor
 
 DENSE, SPARSE_CSR = 0, 1
 # The SparseIndexVector union members, smallest first: (table, element dtype).
@@ -83,3 +83,9 @@ def index_bytes(sparsity: SparsityParams) -> int:
 def sparse_bytes(values: np.ndarray, sparsity: SparsityParams) -> int:
     """Bytes of a sparse constant (values plus index vectors), to compare with its dense size."""
     return int(np.asarray(values).nbytes) + index_bytes(sparsity)
+
+
+def constant_bytes(t: Tensor) -> int:
+    """What a constant takes in the file: its buffer, plus index vectors when sparse."""
+    assert t.buffer is not None
+    return int(t.buffer.data.size) + (index_bytes(t.sparsity) if t.sparsity is not None else 0)

@@ -16,7 +16,7 @@ import numpy as np
 from engine.errors import EngineError
 from engine.ir import Model, Operator, Subgraph, Tensor
 from engine.ops import RULES
-from engine.sparse import DENSE, SPARSE_CSR, index_bytes
+from engine.sparse import DENSE, SPARSE_CSR, constant_bytes, index_bytes
 
 _FLOAT_TYPES = ("FLOAT32", "FLOAT16")
 _DECODERS = ("DEQUANTIZE", "DENSIFY")
@@ -71,8 +71,7 @@ class Weight:
     @property
     def stored_bytes(self) -> int:
         """What the weight takes in the file: its buffer, plus the index vectors when it is sparse."""
-        assert self.source.buffer is not None
-        return int(self.source.buffer.data.size) + self.index_bytes
+        return constant_bytes(self.source)
 
     def decode(self) -> np.ndarray:
         """The dense float32 values the ops compute with."""

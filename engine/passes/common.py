@@ -18,7 +18,7 @@ from engine.pruning import parse_pattern
 from engine.reader import release_pages
 from engine.recipe import Recipe, TensorOptions
 from engine.report import TensorReport
-from engine.sparse import encode_sparse, index_bytes, sparse_bytes
+from engine.sparse import encode_sparse, sparse_bytes
 from engine.weights import Weight, find_weights
 
 _FLOAT32 = TENSOR_TYPES["FLOAT32"]
@@ -157,9 +157,3 @@ def float_constant(weight: Weight, values: np.ndarray, options: TensorOptions) -
         stored.data = packed
         stored.name, stored.shape, stored.sparsity = f"{weight.name}_sparse", tuple(values.shape), sparsity
     return stored
-
-
-def constant_bytes(t: Tensor) -> int:
-    """What a constant takes in the file: its buffer, plus index vectors when sparse."""
-    assert t.buffer is not None
-    return int(t.buffer.data.size) + (index_bytes(t.sparsity) if t.sparsity is not None else 0)

@@ -15,10 +15,11 @@ import numpy as np
 from engine.errors import EngineError
 from engine.ir import Model, Tensor
 from engine.passes.channels import plan_channels
-from engine.passes.common import constant_bytes, entry, float_constant, install, select
+from engine.passes.common import entry, float_constant, install, select
 from engine.pruning import global_masks, prune_mask, sparsity_of
 from engine.recipe import Recipe, TensorOptions
 from engine.report import TensorReport
+from engine.sparse import constant_bytes
 from engine.validate import sqnr_db
 from engine.weights import Weight
 
@@ -27,13 +28,15 @@ def prune_weights(model: Model, recipe: Recipe) -> tuple[Model, list[TensorRepor
     """Zero the smallest weights of every weight the recipe prunes; one report entry per weight."""
     chosen, reports = select(model, recipe, lambda options: options.prune is not None)
     layouts: list[tuple[Weight, TensorOptions]] = []
+    layer_masks: dict[int, np.ndarray] = {}
     for weight, options in chosen:
-        reason = _unprunable(weight, options)
-        if reason:
-            reports.append(entry(weight, options, reason))
+        mask = _layer_mask(weight, options)
+        if isinstance(mask, str):
+            reports.append(entry(weight, options, mask))
         else:
             layouts.append((weight, options))
-    masks = _masks(layouts)
+            layer_masks[id(weight)] = mask
+    masks = _masks(layouts, layer_masks)
     edits = plan_channels(model, layouts, masks)
     pruned = {id(weight.value) for weight, _ in layouts}
     for weight, options in layouts:
@@ -67,31 +70,29 @@ def _install(model: Model, weight: Weight, values: np.ndarray, options: TensorOp
     return stored
 
 
-def _unprunable(weight: Weight, options: TensorOptions) -> str | None:
-    """Why the weight cannot take the pattern (None if it can): no input axis, or a shape the pattern does not
-    tile (a 3x3 depthwise filter and 2:4, say); such weights are left as they are, not the whole model."""
+def _layer_mask(weight: Weight, options: TensorOptions) -> np.ndarray | str:
+    """The weight's keep-mask pruned alone, or why it cannot take the pattern: no input axis, or a shape the
+    pattern does not tile (a 3x3 depthwise filter and 2:4, say); such weights are left as they are, not the
+    whole model."""
     if weight.channel_axis is None or weight.input_axis is None or len(weight.shape) < 2:
         return f"{weight.op_name} weights have no pruning layout"
     try:
-        prune_mask(weight.decode(), options.prune, options.prune_pattern, weight.channel_axis, weight.input_axis)
+        return prune_mask(weight.decode(), options.prune, options.prune_pattern, weight.channel_axis, weight.input_axis)
     except EngineError as exc:
         return str(exc)
-    return None
 
 
-def _masks(layouts: list[tuple[Weight, TensorOptions]]) -> dict[int, np.ndarray]:
-    """Keep-masks by ``id(weight)``: per tensor (layer scope), or per (sparsity, pattern) group (global scope)."""
+def _masks(layouts: list[tuple[Weight, TensorOptions]], layer_masks: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
+    """Keep-masks by ``id(weight)``: each tensor's own (layer scope), or per (sparsity, pattern) group (global
+    scope)."""
     masks: dict[int, np.ndarray] = {}
     groups: dict[tuple[float, str], list[Weight]] = {}
     for weight, options in layouts:
-        assert options.prune is not None and weight.channel_axis is not None and weight.input_axis is not None
+        assert options.prune is not None
         if options.prune_scope == "global":
             groups.setdefault((options.prune, options.prune_pattern), []).append(weight)
         else:
-            values = weight.decode()
-            masks[id(weight)] = prune_mask(
-                values, options.prune, options.prune_pattern, weight.channel_axis, weight.input_axis
-            )
+            masks[id(weight)] = layer_masks[id(weight)]
     for (sparsity, pattern), weights in groups.items():
         layout = [(w.decode(), w.channel_axis, w.input_axis) for w in weights]
         for weight, mask in zip(weights, global_masks(layout, sparsity, pattern), strict=True):
