@@ -129,7 +129,7 @@ def _validate(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from engine.api import compress
     from engine.validate import validate
-    from engine.zoo import INPUT_RANGES, mediapipe_model, photo_input
+    from engine.zoo import mediapipe_model, model_photo
 
     source = mediapipe_model(args.model)
     out_dir = Path(args.output_dir) if args.output_dir else Path(tempfile.mkdtemp(prefix="litert-engine-demo-"))
@@ -140,9 +140,7 @@ def _demo(args: argparse.Namespace) -> int:
     _, report = compress(source, output=target, quantize=args.quantize)
     print(f"\ncompressed with --quantize {args.quantize}: wrote {target}")
     print(report.format_text())
-    shape = tuple(read_model(source).main.inputs[0].shape or ())
-    photo = photo_input(shape, "float32", value_range=INPUT_RANGES[args.model])
-    result = validate(source, target, photo, intermediates=False)
+    result = validate(source, target, model_photo(args.model), intermediates=False)
     print("\nLiteRT on a real photo, original vs compressed:")
     print(result.format_text())
     return 0

@@ -194,6 +194,14 @@ def photo_input(
     raise EngineError(f"photo_input cannot make {dtype} pixels; use a float, uint8 or int8 input")
 
 
+def model_photo(name: str, index: int = 0) -> np.ndarray:
+    """Photo ``index`` as the float input of MediaPipe model ``name``: its input shape, its trained pixel range."""
+    from engine.reader import read_model
+
+    shape = read_model(mediapipe_model(name)).main.inputs[0].shape
+    return photo_input(shape, "float32", index, value_range=INPUT_RANGES[name])
+
+
 def _resize_bilinear(image: np.ndarray, height: int, width: int) -> np.ndarray:
     """Bilinear resize with half-pixel centres (float64 HxWxC), numpy only."""
     out = image.astype(np.float64)

@@ -13,7 +13,7 @@ from engine.errors import EngineError
 from engine.recipe import Recipe
 from engine.validate import run, sqnr_db
 from engine.weights import find_weights
-from engine.zoo import INPUT_RANGES, photo_input
+from engine.zoo import model_photo
 
 # K -> worst output SQNR floor (dB) per model on one real photo with tensor-granularity clustering: measured
 # 2026-11-23, floors about 3 dB below.
@@ -47,11 +47,6 @@ FLOORS: dict[int, dict[str, float]] = {
 }
 
 
-def _photo(path: Path, name: str) -> np.ndarray:
-    shape = tuple(engine.read_model(path).main.inputs[0].shape)
-    return photo_input(shape, "float32", 0, value_range=INPUT_RANGES[name])
-
-
 def _worst(path: Path, out: Path, photo: np.ndarray) -> float:
     return min(sqnr_db(a, b) for a, b in zip(run(path, photo).values(), run(out, photo).values(), strict=True))
 
@@ -67,7 +62,7 @@ def test_clustered_models_share_at_most_k_values_and_run(k: int, runnable: dict[
         for w in find_weights(engine.read_model(out)):
             if w.name in clustered:
                 assert len(np.unique(w.decode()[w.decode() != 0])) <= k, w.name
-        measured[name] = _worst(path, out, _photo(path, name))
+        measured[name] = _worst(path, out, model_photo(name))
     assert all(measured[n] >= FLOORS[k][n] for n in measured), measured
 
 
@@ -97,7 +92,7 @@ def test_gather_storage_computes_the_same_weights(granularity: str, runnable: di
     indices = [t for t in model.main.tensors if t.is_constant and t.type_name == "UINT8"]
     assert indices and all(t.data.max() < 16 for t in indices)
     assert files["gather"].stat().st_size < 0.45 * files["values"].stat().st_size
-    photo = _photo(path, "iris_landmark")
+    photo = model_photo("iris_landmark")
     a, b = run(files["values"], photo), run(files["gather"], photo)
     assert all(np.array_equal(a[k], b[k]) for k in a)
 

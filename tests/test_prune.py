@@ -12,7 +12,7 @@ from engine.errors import EngineError
 from engine.recipe import Recipe
 from engine.validate import run, sqnr_db
 from engine.weights import find_weights
-from engine.zoo import INPUT_RANGES, photo_input
+from engine.zoo import model_photo
 
 # (pattern, sparsity, scope) -> worst output SQNR floor (dB) per model on one real photo: measured 2026-11-23,
 # floors about 3 dB below.  One-shot magnitude pruning without retraining hurts these small models a lot;
@@ -86,11 +86,6 @@ CASES: dict[tuple[str, float, str], dict[str, float]] = {
 }
 
 
-def _photo(path: Path, name: str) -> np.ndarray:
-    shape = tuple(engine.read_model(path).main.inputs[0].shape)
-    return photo_input(shape, "float32", 0, value_range=INPUT_RANGES[name])
-
-
 def _groups_of(values: np.ndarray, channel_axis: int, input_axis: int, m: int) -> np.ndarray:
     """The weight as rows of M consecutive elements along its input axis."""
     moved = np.moveaxis(values, input_axis, -1)
@@ -127,7 +122,7 @@ def test_pruned_models_have_the_asked_sparsity_and_run(
             achieved = sum(t.sparsity * np.prod(t.shape) for t in pruned) / elements
             assert abs(achieved - sparsity) < 1e-3, (name, achieved)
         assert zeros >= sparsity * elements * (0.99 if pattern == "channel" else 1) - len(pruned)
-        photo = _photo(path, name)
+        photo = model_photo(name)
         measured[name] = min(
             sqnr_db(a, b) for a, b in zip(run(path, photo).values(), run(out, photo).values(), strict=True)
         )
@@ -144,7 +139,7 @@ def test_sparse_storage_is_smaller_with_identical_outputs(name: str, runnable: d
     assert files["tflite"].stat().st_size < 0.8 * files["dense"].stat().st_size
     sparse = [t for t in engine.read_model(files["tflite"]).main.tensors if t.sparsity is not None]
     assert sparse
-    photo = _photo(path, name)
+    photo = model_photo(name)
     dense_out, sparse_out = run(files["dense"], photo), run(files["tflite"], photo)
     assert all(np.array_equal(dense_out[k], sparse_out[k]) for k in dense_out)
 

@@ -14,7 +14,7 @@ from engine.errors import EngineError
 from engine.recipe import DEFAULT_MIN_ELEMENTS, MODES, Recipe
 from engine.validate import run, sqnr_db
 from engine.weights import find_weights
-from engine.zoo import CUSTOM_OP_MODELS, INPUT_RANGES, photo_input
+from engine.zoo import CUSTOM_OP_MODELS, model_photo
 
 # Worst output SQNR (dB) over the model's outputs on one real photo, measured 2026-11-23 (README table),
 # floors set about 3 dB below.  Scalar outputs such as hand presence on a photo with no hand sit deep in a
@@ -88,11 +88,6 @@ FLOORS: dict[str, dict[str, float]] = {
 }
 
 
-def _photo(path: Path, name: str, index: int = 0) -> np.ndarray:
-    shape = tuple(engine.read_model(path).main.inputs[0].shape)
-    return photo_input(shape, "float32", index, value_range=INPUT_RANGES[name])
-
-
 def _worst_sqnr(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray]) -> float:
     return min(sqnr_db(reference[k], candidate[k]) for k in reference)
 
@@ -103,7 +98,7 @@ def test_every_mode_on_every_runnable_mediapipe_model(mode: str, runnable: dict[
     for name, path in runnable.items():
         out = tmp_path / f"{name}.tflite"
         _, report = engine.compress(path, output=out, quantize=mode)
-        photo = _photo(path, name)
+        photo = model_photo(name)
         measured[name] = _worst_sqnr(run(path, photo), run(out, photo))
         assert report.file_bytes_after is not None and report.file_bytes_before is not None
         if mode != "float16":  # the float16 MediaPipe models are float16 already: nothing to gain
@@ -230,7 +225,7 @@ def test_passes_compose_float16_then_int8(runnable: dict[str, Path], tmp_path: P
     int8 = tmp_path / "int8.tflite"
     _, report = engine.compress(half, output=int8, quantize="weight-int8")
     assert report.compressed and all(t.dtype_before == "FLOAT16" for t in report.compressed)
-    photo = _photo(runnable["hand_recrop"], "hand_recrop")
+    photo = model_photo("hand_recrop")
     assert _worst_sqnr(run(runnable["hand_recrop"], photo), run(int8, photo)) > 40
 
 
@@ -241,7 +236,7 @@ def test_sparse_weights_are_decoded_and_reencoded(runnable: dict[str, Path], tmp
     written = engine.read_model(out)
     sparse = [t for t in written.main.tensors if t.sparsity is not None and t.type_name == "INT8"]
     assert sparse and all(t.quantization is not None and t.quantization.scale.size > 1 for t in sparse)
-    photo = _photo(path, "face_detection_full_range_sparse")
+    photo = model_photo("face_detection_full_range_sparse")
     assert _worst_sqnr(run(path, photo), run(out, photo)) > 20
     kept_sparse = {t.name.removesuffix("_int8") for t in sparse}
     assert kept_sparse <= {t.name for t in report.compressed}
