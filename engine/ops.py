@@ -51,6 +51,15 @@ class OpRule:
     value per channel on their last axis, removed with it; ``channel_options`` are option values the op needs
     to keep channels apart (a depthwise multiplier of 1); ``channel_paddings_input`` holds [rank, 2] paddings
     that must leave the channel axis unpadded.  An op with no ``channel_flow`` stops a removal.
+
+    Full-integer quantization (``--quantize int8|int16x8``, LiteRT's integer quantization specification):
+    ``integer`` lists the activation types ("int8": int8 asymmetric per tensor; "int16": int16 symmetric, the
+    16x8 scheme) LiteRT has an integer kernel for, each with the op version a converter declares for it.
+    ``scales`` says where the output's (scale, zero_point) comes from: "own" (its calibrated range), "same"
+    (the kernel does not rescale: the output and every float activation input share one), "fixed" (the kernel
+    requires ``fixed_output``).  ``integer_weights`` is the weight's granularity (symmetric int8, zero point 0)
+    in the integer kernel; the bias becomes ``BIAS_TYPES[activations]`` with scale input_scale * weight_scale.
+    ``integer_options`` are (activations, option, value) the integer kernel needs.
     """
 
     options: str | None = None
@@ -69,6 +78,23 @@ class OpRule:
     channel_constants: tuple[int, ...] = ()
     channel_options: tuple[tuple[str, int], ...] = ()
     channel_paddings_input: int | None = None
+    integer: tuple[tuple[str, int], ...] = ()
+    scales: str = "own"
+    fixed_output: tuple[tuple[str, float, int], ...] = ()
+    integer_weights: str = "channel"
+    integer_options: tuple[tuple[str, str, object], ...] = ()
+
+    def integer_version(self, activations: str) -> int | None:
+        """The op version a full-integer model declares for ``activations`` ("int8"/"int16"); None: no kernel."""
+        return dict(self.integer).get(activations)
+
+    def fixed_params(self, activations: str) -> tuple[float, int] | None:
+        """The (scale, zero_point) the integer kernel requires of the output, if it fixes one."""
+        return next(((s, z) for a, s, z in self.fixed_output if a == activations), None)
+
+    def options_for(self, activations: str) -> dict[str, object]:
+        """Option values the integer kernel needs (int16 ADD/SUB must not assume power-of-two scales)."""
+        return {name: value for a, name, value in self.integer_options if a == activations}
 
     def hybrid_granularities(self, bits: int) -> frozenset[str]:
         """Granularities ("tensor", "channel", "block") of ``bits``-bit weights this op's kernel reads directly."""
@@ -104,6 +130,9 @@ class OpRule:
 
 _BOTH = frozenset({"tensor", "channel"})
 _CHANNEL = frozenset({"channel"})
+I8, I16 = "int8", "int16"  # activation types of the integer kernels: int8 (asymmetric) and int16 (16x8, symmetric)
+# The bias of an integer weighted op, by activation type: int32 for int8, int64 for 16x8 (zero point 0).
+BIAS_TYPES = {I8: "INT32", I16: "INT64"}
 
 # fmt: off
 RULES: dict[str, OpRule] = {
@@ -118,67 +147,95 @@ RULES: dict[str, OpRule] = {
     # results); GATHER, PRELU and CONV_3D have none (GATHER returns the codes, PRELU garbage, CONV_3D refuses).
     "CONV_2D": OpRule(
         "Conv2DOptions", weight_input=1, weight_channel_axis=0, weight_input_axis=3, bias_input=2,
-        hybrid=((8, _BOTH), (4, _BOTH)), max_version=8, channel_flow="contract",
+        hybrid=((8, _BOTH), (4, _BOTH)), max_version=8, channel_flow="contract", integer=((I8, 3), (I16, 4)),
     ),
     "DEPTHWISE_CONV_2D": OpRule(
         "DepthwiseConv2DOptions", weight_input=1, weight_channel_axis=3, weight_input_axis=2, bias_input=2,
         hybrid=((8, _CHANNEL),), max_version=7, channel_flow="pass", channel_constants=(1, 2),
-        channel_options=(("depth_multiplier", 1),),
+        channel_options=(("depth_multiplier", 1),), integer=((I8, 3), (I16, 5)),
     ),
     "FULLY_CONNECTED": OpRule(
         "FullyConnectedOptions", weight_input=1, weight_channel_axis=0, weight_input_axis=1, bias_input=2,
         hybrid=((8, _BOTH), (4, _BOTH), (2, _BOTH)), max_version=14, xnnpack_only=((4, frozenset({"block"})),),
-        channel_flow="contract",
+        channel_flow="contract", integer=((I8, 4), (I16, 7)),
     ),
     "TRANSPOSE_CONV": OpRule(
         "TransposeConvOptions", weight_input=1, weight_channel_axis=0, weight_input_axis=3, bias_input=3,
-        hybrid=((8, _BOTH),), max_version=5,
+        hybrid=((8, _BOTH),), max_version=5, integer=((I8, 2), (I16, 3)),
     ),
     "CONV_3D": OpRule("Conv3DOptions", weight_input=1, weight_channel_axis=4, weight_input_axis=3, bias_input=2),
     "BATCH_MATMUL": OpRule(
         "BatchMatMulOptions", weight_input=1, weight_channel_axis=-1, weight_input_axis=-2,
-        hybrid=((8, _BOTH),), max_version=4, adjoint_option="adj_y",
+        hybrid=((8, _BOTH),), max_version=4, adjoint_option="adj_y", integer=((I8, 2), (I16, 3)),
+        integer_weights="tensor",
     ),
     "EMBEDDING_LOOKUP": OpRule(
         weight_input=1, weight_channel_axis=0, hybrid=((8, _BOTH), (4, _BOTH), (2, _BOTH)), max_version=5,
         packed_rows_whole_bytes=True,
     ),
-    "GATHER": OpRule("GatherOptions", weight_input=0, weight_channel_axis=0, max_version=8, axis_option="axis"),
-    "PRELU": OpRule(weight_input=1, weight_channel_axis=-1, channel_flow="pass", channel_constants=(1,)),
-    # Arithmetic.
-    "ADD": OpRule("AddOptions", max_version=6, channel_flow="merge", channel_inputs=(0, 1)),
-    "SUB": OpRule("SubOptions", max_version=5),
-    "MUL": OpRule("MulOptions", max_version=8),
+    "GATHER": OpRule(
+        "GatherOptions", weight_input=0, weight_channel_axis=0, max_version=8, axis_option="axis",
+        integer=((I8, 2), (I16, 5)), scales="same",
+    ),
+    "PRELU": OpRule(
+        weight_input=1, weight_channel_axis=-1, channel_flow="pass", channel_constants=(1,), integer=((I8, 1),),
+    ),
+    # Arithmetic.  int16 ADD/SUB must be told the scales are not powers of two (the option defaults to true).
+    "ADD": OpRule(
+        "AddOptions", max_version=6, channel_flow="merge", channel_inputs=(0, 1), integer=((I8, 2), (I16, 3)),
+        integer_options=((I16, "pot_scale_int16", False),),
+    ),
+    "SUB": OpRule(
+        "SubOptions", max_version=5, integer=((I8, 2), (I16, 3)), integer_options=((I16, "pot_scale_int16", False),),
+    ),
+    "MUL": OpRule("MulOptions", max_version=8, integer=((I8, 2), (I16, 4))),
     "DIV": OpRule("DivOptions", max_version=2),
-    "MAXIMUM": OpRule("MaximumMinimumOptions", max_version=4),
-    "MINIMUM": OpRule("MaximumMinimumOptions", max_version=4),
+    "MAXIMUM": OpRule("MaximumMinimumOptions", max_version=4, integer=((I8, 2), (I16, 4)), scales="same"),
+    "MINIMUM": OpRule("MaximumMinimumOptions", max_version=4, integer=((I8, 2), (I16, 4)), scales="same"),
     # Pooling and reductions.
-    "AVERAGE_POOL_2D": OpRule("Pool2DOptions", max_version=3, channel_flow="pass"),
-    "MAX_POOL_2D": OpRule("Pool2DOptions", max_version=3, channel_flow="pass"),
-    "MEAN": OpRule("ReducerOptions", max_version=3),
-    # Activations.
-    "SOFTMAX": OpRule("SoftmaxOptions", max_version=4),
-    "RELU": OpRule(max_version=3, channel_flow="pass"),
-    "RELU6": OpRule(max_version=3, channel_flow="pass"),
+    "AVERAGE_POOL_2D": OpRule(
+        "Pool2DOptions", max_version=3, channel_flow="pass", integer=((I8, 2), (I16, 3)), scales="same",
+    ),
+    "MAX_POOL_2D": OpRule(
+        "Pool2DOptions", max_version=3, channel_flow="pass", integer=((I8, 2), (I16, 3)), scales="same",
+    ),
+    "MEAN": OpRule("ReducerOptions", max_version=3, integer=((I8, 2), (I16, 3))),
+    # Activations.  Fixed output parameters: the integer kernels' lookup tables assume them.
+    "SOFTMAX": OpRule(
+        "SoftmaxOptions", max_version=4, integer=((I8, 2), (I16, 3)), scales="fixed",
+        fixed_output=((I8, 1 / 256, -128), (I16, 1 / 32768, 0)),
+    ),
+    "RELU": OpRule(max_version=3, channel_flow="pass", integer=((I8, 2), (I16, 3))),
+    "RELU6": OpRule(max_version=3, channel_flow="pass", integer=((I8, 2), (I16, 3))),
     "RELU_N1_TO_1": OpRule(),
-    "LOGISTIC": OpRule(max_version=3, channel_flow="pass"),
-    "TANH": OpRule(max_version=3, channel_flow="pass"),
-    "HARD_SWISH": OpRule("HardSwishOptions", channel_flow="pass"),
-    "LEAKY_RELU": OpRule("LeakyReluOptions", max_version=2),
+    "LOGISTIC": OpRule(
+        max_version=3, channel_flow="pass", integer=((I8, 2), (I16, 3)), scales="fixed",
+        fixed_output=((I8, 1 / 256, -128), (I16, 1 / 32768, 0)),
+    ),
+    "TANH": OpRule(
+        max_version=3, channel_flow="pass", integer=((I8, 2), (I16, 3)), scales="fixed",
+        fixed_output=((I8, 1 / 128, 0), (I16, 1 / 32768, 0)),
+    ),
+    "HARD_SWISH": OpRule("HardSwishOptions", channel_flow="pass", integer=((I8, 1),)),
+    "LEAKY_RELU": OpRule("LeakyReluOptions", max_version=2, integer=((I8, 1), (I16, 2))),
     # Type conversion.
     "DEQUANTIZE": OpRule("DequantizeOptions", max_version=9),
     "QUANTIZE": OpRule("QuantizeOptions", max_version=6),
     "DENSIFY": OpRule("DensifyOptions"),
-    # Data movement.
-    "RESHAPE": OpRule("ReshapeOptions"),
-    "CONCATENATION": OpRule("ConcatenationOptions", max_version=7),
-    "PAD": OpRule("PadOptions", max_version=6, channel_flow="pass", channel_paddings_input=1),
-    "RESIZE_BILINEAR": OpRule("ResizeBilinearOptions", max_version=4),
-    "STRIDED_SLICE": OpRule("StridedSliceOptions", max_version=8),
-    "TRANSPOSE": OpRule("TransposeOptions", max_version=9),
-    "SQUEEZE": OpRule("SqueezeOptions", max_version=2),
-    "SLICE": OpRule("SliceOptions", max_version=8),
-    "SPLIT": OpRule("SplitOptions", max_version=5),
+    # Data movement: the integer kernels copy codes, so input and output share their parameters.
+    "RESHAPE": OpRule("ReshapeOptions", integer=((I8, 1), (I16, 1)), scales="same"),
+    "CONCATENATION": OpRule("ConcatenationOptions", max_version=7, integer=((I8, 2), (I16, 3)), scales="same"),
+    "PAD": OpRule(
+        "PadOptions", max_version=6, channel_flow="pass", channel_paddings_input=1, integer=((I8, 2), (I16, 4)),
+        scales="same",
+    ),
+    "RESIZE_BILINEAR": OpRule("ResizeBilinearOptions", max_version=4, integer=((I8, 2), (I16, 4)), scales="same"),
+    "STRIDED_SLICE": OpRule("StridedSliceOptions", max_version=8, integer=((I8, 2), (I16, 4)), scales="same"),
+    "TRANSPOSE": OpRule("TransposeOptions", max_version=9, integer=((I8, 2), (I16, 5)), scales="same"),
+    "SQUEEZE": OpRule("SqueezeOptions", max_version=2, integer=((I8, 1), (I16, 1)), scales="same"),
+    "SLICE": OpRule("SliceOptions", max_version=8, integer=((I8, 2), (I16, 4)), scales="same"),
+    "DEPTH_TO_SPACE": OpRule("DepthToSpaceOptions", max_version=2, integer=((I8, 2),), scales="same"),
+    "SPLIT": OpRule("SplitOptions", max_version=5, integer=((I8, 2), (I16, 4)), scales="same"),
 }
 # fmt: on
 
