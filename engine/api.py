@@ -11,14 +11,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from engine.calibrate import CalibrationSource
+from engine.errors import EngineError
 from engine.ir import Model
 from engine.passes.cluster import cluster_weights
 from engine.passes.common import entry
 from engine.passes.float16 import float16_weights
+from engine.passes.full_integer import quantize_model
 from engine.passes.prune import prune_weights
 from engine.passes.quantize_weights import quantize_weights
 from engine.reader import read_model
-from engine.recipe import Recipe
+from engine.recipe import STATIC_MODES, Recipe
 from engine.report import GZIP_LIMIT_BYTES, Report, TensorReport, gzip_size
 from engine.summary import summarize
 from engine.weights import find_weights
@@ -35,14 +38,17 @@ def compress(
     *,
     output: str | os.PathLike[str] | None = None,
     exclude: list[str] | None = None,
+    calibration: CalibrationSource | None = None,
     **options: Any,
 ) -> tuple[Model, Report]:
     """Compress a model (edited in place when one is given) and report what changed.
 
     ``recipe`` is a ``Recipe``, its dictionary form, or a JSON file; keyword ``options`` (``quantize``,
-    ``bits``, ``granularity``, ``scale``, ``min_elements``) override its global options and ``exclude`` adds
-    patterns, as the command line's flags do.  With ``output`` the result is written there (atomically) and
-    the report gets the file and gzip sizes.
+    ``bits``, ``granularity``, ``scale``, ``min_elements``, ``observer``, ``io``, ...) override its global options
+    and ``exclude`` adds patterns, as the command line's flags do.  The full-integer modes (``quantize="int8"``
+    or ``"int16x8"``) need ``calibration``: an .npz path keyed by input name, a dict of arrays, or one array for
+    a single-input model, the leading axis being the sample.  With ``output`` the result is written there
+    (atomically) and the report gets the file and gzip sizes.
     """
     source = None if isinstance(model_or_path, Model) else Path(model_or_path)
     model = read_model(source) if source is not None else model_or_path
@@ -56,6 +62,13 @@ def compress(
         for t in entries:
             key = (t.subgraph, t.name)
             by_weight[key] = by_weight[key].then(t) if key in by_weight else t
+    if recipe.options.get("quantize") in STATIC_MODES:
+        model, entries, integer = quantize_model(model, recipe, calibration)
+        report.integer = integer
+        for t in entries:
+            by_weight[(t.subgraph, t.name)] = t
+    elif calibration is not None:
+        raise EngineError("calibration data is only used by the full-integer modes (--quantize int8 or int16x8)")
     report.tensors = sorted(by_weight.values(), key=lambda t: (t.subgraph, t.name))
     report.bytes_by_dtype_after = _bytes_by_dtype(model)
     if output is not None:

@@ -18,10 +18,11 @@ from typing import Any
 from engine.errors import EngineError
 from engine.ir import Model
 from engine.reader import read_model
-from engine.recipe import DEFAULT_MIN_ELEMENTS, GRANULARITIES, MODES, SCALE_METHODS
+from engine.recipe import DEFAULT_MIN_ELEMENTS, GRANULARITIES, IO_TYPES, MODES, SCALE_METHODS
 from engine.summary import format_summary, summarize
 from engine.writer import write_model
 
+OBSERVER_SPECS = ("minmax", "percentile[:P]", "mse", "entropy")
 DEMO_MODEL = "face_detection_short_range"
 DEMO_MODE = "weight-int8"
 EXIT_ERROR = 1
@@ -63,6 +64,7 @@ _COMPRESSION_FLAGS = (
     "quantize", "bits", "granularity", "scale", "min_elements",
     "prune", "prune_pattern", "prune_scope", "prune_channels", "sparse_format",
     "cluster", "cluster_granularity", "cluster_init", "cluster_storage",
+    "observer", "io", "bias_correction", "strict",
 )  # fmt: skip
 
 
@@ -79,7 +81,9 @@ def _compress(args: argparse.Namespace) -> int:
         return 0
     from engine.api import compress
 
-    _, report = compress(args.input, args.recipe, output=args.output, exclude=args.exclude, **options)
+    _, report = compress(
+        args.input, args.recipe, output=args.output, exclude=args.exclude, calibration=args.calibration, **options
+    )
     print(f"wrote {args.output}")
     print(report.format_text())
     status = 0
@@ -95,7 +99,7 @@ def _validate_after(args: argparse.Namespace, report: Any) -> int:
     """``compress --validate``: compare the written model with the input in LiteRT and add it to the report."""
     from engine.validate import load_inputs, validate
 
-    data = load_inputs(args.data) if args.data else None
+    data = load_inputs(args.data) if args.data else _first_sample(args.input, args.calibration)
     try:
         result = validate(args.input, args.output, data, intermediates=False, xnnpack=report.needs_xnnpack)
     except EngineError as exc:
@@ -105,6 +109,17 @@ def _validate_after(args: argparse.Namespace, report: Any) -> int:
     print(f"\nLiteRT ({'XNNPACK' if report.needs_xnnpack else 'builtin kernels'}), input vs compressed:")
     print(result.format_text())
     return 0
+
+
+def _first_sample(model: str, calibration: str | None) -> dict[str, Any] | None:
+    """Without --data, ``--validate`` after a full-integer run compares on the calibration data's first sample
+    (real inputs say more than generated ones); None: generated inputs."""
+    if calibration is None:
+        return None
+    from engine.calibrate import load_calibration
+
+    data = load_calibration(calibration, read_model(model))
+    return {name: value for (name, _, _), value in zip(data.inputs, data.sample(0), strict=True)}
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -162,7 +177,24 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True)
     p.add_argument("--share-identical-buffers", action="store_true", help="store identical constant buffers once")
     p.add_argument(
-        "--quantize", metavar="MODE", help=f"weight mode: {', '.join(MODES)} or none (a recipe can set it per op)"
+        "--quantize",
+        metavar="MODE",
+        help=f"{', '.join(MODES)} or none (a recipe can set weight modes per op); int8 and int16x8 quantize the whole "
+        "model (weights and activations) and need --calibration",
+    )
+    p.add_argument(
+        "--calibration", metavar="DATA", help="samples for int8/int16x8: .npz keyed by input name, or one array"
+    )
+    p.add_argument("--observer", metavar="O", help=f"activation ranges: {', '.join(OBSERVER_SPECS)} (default minmax)")
+    p.add_argument("--io", metavar="T", help=f"interface of an int8 model: {', '.join(IO_TYPES)} (default float)")
+    p.add_argument(
+        "--bias-correction",
+        action="store_true",
+        default=None,
+        help="shift each layer's bias by its mean output error measured on the calibration data",
+    )
+    p.add_argument(
+        "--strict", action="store_true", default=None, help="refuse if an op would stay float (no integer kernel)"
     )
     p.add_argument("--bits", type=int, metavar="N", help="bits of the integer levels, 2..8 (default: the mode's)")
     p.add_argument("--granularity", metavar="G", help=f"one scale per: {', '.join(GRANULARITIES)} (default channel)")

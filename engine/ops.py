@@ -133,6 +133,11 @@ _CHANNEL = frozenset({"channel"})
 I8, I16 = "int8", "int16"  # activation types of the integer kernels: int8 (asymmetric) and int16 (16x8, symmetric)
 # The bias of an integer weighted op, by activation type: int32 for int8, int64 for 16x8 (zero point 0).
 BIAS_TYPES = {I8: "INT32", I16: "INT64"}
+# Ops whose kernels (float and integer) apply a fused_activation_function option: a RELU/RELU6/RELU_N1_TO_1
+# after one of them folds into it (engine/passes/fuse.py).
+FUSES_ACTIVATION = frozenset(
+    {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "SUB", "MUL", "AVERAGE_POOL_2D", "MAX_POOL_2D"}
+)
 
 # fmt: off
 RULES: dict[str, OpRule] = {
@@ -145,25 +150,34 @@ RULES: dict[str, OpRule] = {
     # filter only sums over its H x W taps, so its input axis is W (a kernel row).
     # Hybrid kernels: DEPTHWISE_CONV_2D reads one scale per output channel even when given one per tensor (wrong
     # results); GATHER, PRELU and CONV_3D have none (GATHER returns the codes, PRELU garbage, CONV_3D refuses).
+    # Integer versions are tensorflow/lite/tools/versioning/op_version.cc's for the forms the engine writes (bias
+    # present, no fused activation on TRANSPOSE_CONV, rank <= 4).  16x8 CONV_2D, DEPTHWISE_CONV_2D and
+    # FULLY_CONNECTED get 1 there: its int16 test wants int16 weights, so int8 weights fall through (8/11 only
+    # with quantized_bias_type set).  Integer kernels measured (tests/test_integer_kernels.py): per-channel int8
+    # weights run right in CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED and TRANSPOSE_CONV (int8 and 16x8).  Bias:
+    # int8 refuses int64 (FULLY_CONNECTED reads it wrong); 16x8 CONV_2D and TRANSPOSE_CONV misread int32 unless
+    # quantized_bias_type says INT32, DEPTHWISE_CONV_2D refuses it, FULLY_CONNECTED reads both.  CONV_3D refuses
+    # int8/int16 input; EMBEDDING_LOOKUP refuses a non-float output.
     "CONV_2D": OpRule(
         "Conv2DOptions", weight_input=1, weight_channel_axis=0, weight_input_axis=3, bias_input=2,
-        hybrid=((8, _BOTH), (4, _BOTH)), max_version=8, channel_flow="contract", integer=((I8, 3), (I16, 4)),
+        hybrid=((8, _BOTH), (4, _BOTH)), max_version=8, channel_flow="contract", integer=((I8, 3), (I16, 1)),
     ),
     "DEPTHWISE_CONV_2D": OpRule(
         "DepthwiseConv2DOptions", weight_input=1, weight_channel_axis=3, weight_input_axis=2, bias_input=2,
         hybrid=((8, _CHANNEL),), max_version=7, channel_flow="pass", channel_constants=(1, 2),
-        channel_options=(("depth_multiplier", 1),), integer=((I8, 3), (I16, 5)),
+        channel_options=(("depth_multiplier", 1),), integer=((I8, 3), (I16, 1)),  # 2 with dilation
     ),
     "FULLY_CONNECTED": OpRule(
         "FullyConnectedOptions", weight_input=1, weight_channel_axis=0, weight_input_axis=1, bias_input=2,
         hybrid=((8, _BOTH), (4, _BOTH), (2, _BOTH)), max_version=14, xnnpack_only=((4, frozenset({"block"})),),
-        channel_flow="contract", integer=((I8, 4), (I16, 7)),
+        channel_flow="contract", integer=((I8, 4), (I16, 1)),  # keep_num_dims: 5; two inputs (no -1 bias): 6
     ),
     "TRANSPOSE_CONV": OpRule(
         "TransposeConvOptions", weight_input=1, weight_channel_axis=0, weight_input_axis=3, bias_input=3,
-        hybrid=((8, _BOTH),), max_version=5, integer=((I8, 2), (I16, 3)),
+        hybrid=((8, _BOTH),), max_version=5, integer=((I8, 3), (I16, 3)),  # 3: has a bias (2 without)
     ),
     "CONV_3D": OpRule("Conv3DOptions", weight_input=1, weight_channel_axis=4, weight_input_axis=3, bias_input=2),
+    # BATCH_MATMUL reads one scale for the whole right-hand side: per-channel codes give all-zero outputs.
     "BATCH_MATMUL": OpRule(
         "BatchMatMulOptions", weight_input=1, weight_channel_axis=-1, weight_input_axis=-2,
         hybrid=((8, _BOTH),), max_version=4, adjoint_option="adj_y", integer=((I8, 2), (I16, 3)),
@@ -173,23 +187,31 @@ RULES: dict[str, OpRule] = {
         weight_input=1, weight_channel_axis=0, hybrid=((8, _BOTH), (4, _BOTH), (2, _BOTH)), max_version=5,
         packed_rows_whole_bytes=True,
     ),
+    # GATHER copies codes, and its output takes the params' type whatever the model says: the params are
+    # quantized like the output (one scale; int16 params for 16x8), other output parameters read wrong.
     "GATHER": OpRule(
         "GatherOptions", weight_input=0, weight_channel_axis=0, max_version=8, axis_option="axis",
-        integer=((I8, 2), (I16, 5)), scales="same",
+        integer=((I8, 2), (I16, 4)), scales="same", integer_weights="tensor",
     ),
+    # PRELU reads one alpha scale (per-channel alpha: wrong); alpha is int8 (any zero point) for int8 and 16x8
+    # alike (an int16 alpha reads wrong).
     "PRELU": OpRule(
-        weight_input=1, weight_channel_axis=-1, channel_flow="pass", channel_constants=(1,), integer=((I8, 1),),
+        weight_input=1, weight_channel_axis=-1, channel_flow="pass", channel_constants=(1,),
+        integer=((I8, 1), (I16, 1)), integer_weights="tensor",
     ),
-    # Arithmetic.  int16 ADD/SUB must be told the scales are not powers of two (the option defaults to true).
+    # Arithmetic.  int16 ADD/SUB: with pot_scale_int16 (default true) and power-of-two scales the kernel takes a
+    # shift-only path that refuses unequal input shifts; false always rescales, and gives op_version.cc's 3/5.
     "ADD": OpRule(
         "AddOptions", max_version=6, channel_flow="merge", channel_inputs=(0, 1), integer=((I8, 2), (I16, 3)),
         integer_options=((I16, "pot_scale_int16", False),),
     ),
     "SUB": OpRule(
-        "SubOptions", max_version=5, integer=((I8, 2), (I16, 3)), integer_options=((I16, "pot_scale_int16", False),),
+        "SubOptions", max_version=5, integer=((I8, 2), (I16, 5)), integer_options=((I16, "pot_scale_int16", False),),
     ),
-    "MUL": OpRule("MulOptions", max_version=8, integer=((I8, 2), (I16, 4))),
-    "DIV": OpRule("DivOptions", max_version=2),
+    "MUL": OpRule("MulOptions", max_version=8, integer=((I8, 2), (I16, 4))),  # int8: 3 if s1 * s2 / s_out >= 1
+    "DIV": OpRule("DivOptions", max_version=2, integer=((I8, 1), (I16, 1))),  # rescales; op_version.cc: 1
+    # MAXIMUM/MINIMUM, pooling and the data movement ops below compare or copy codes: other input/output
+    # parameters are not refused, the result is silently wrong.
     "MAXIMUM": OpRule("MaximumMinimumOptions", max_version=4, integer=((I8, 2), (I16, 4)), scales="same"),
     "MINIMUM": OpRule("MaximumMinimumOptions", max_version=4, integer=((I8, 2), (I16, 4)), scales="same"),
     # Pooling and reductions.
@@ -200,14 +222,17 @@ RULES: dict[str, OpRule] = {
         "Pool2DOptions", max_version=3, channel_flow="pass", integer=((I8, 2), (I16, 3)), scales="same",
     ),
     "MEAN": OpRule("ReducerOptions", max_version=3, integer=((I8, 2), (I16, 3))),
-    # Activations.  Fixed output parameters: the integer kernels' lookup tables assume them.
+    # Activations.  Fixed output parameters, refused otherwise at prepare: SOFTMAX int8 (1/256, -128), int16
+    # (1/32768, 0); LOGISTIC the same (int8's zero point is not checked but assumed: 0 reads wrong); int16 TANH a
+    # 2^-15 scale, zero point 0.  int8 TANH's lookup table rescales to any output: (1/128, 0), the spec's, spans
+    # [-1, 1].  HARD_SWISH and RELU_N1_TO_1 refuse int16 when invoked.
     "SOFTMAX": OpRule(
         "SoftmaxOptions", max_version=4, integer=((I8, 2), (I16, 3)), scales="fixed",
         fixed_output=((I8, 1 / 256, -128), (I16, 1 / 32768, 0)),
     ),
     "RELU": OpRule(max_version=3, channel_flow="pass", integer=((I8, 2), (I16, 3))),
     "RELU6": OpRule(max_version=3, channel_flow="pass", integer=((I8, 2), (I16, 3))),
-    "RELU_N1_TO_1": OpRule(),
+    "RELU_N1_TO_1": OpRule(integer=((I8, 1),)),
     "LOGISTIC": OpRule(
         max_version=3, channel_flow="pass", integer=((I8, 2), (I16, 3)), scales="fixed",
         fixed_output=((I8, 1 / 256, -128), (I16, 1 / 32768, 0)),
@@ -218,23 +243,28 @@ RULES: dict[str, OpRule] = {
     ),
     "HARD_SWISH": OpRule("HardSwishOptions", channel_flow="pass", integer=((I8, 1),)),
     "LEAKY_RELU": OpRule("LeakyReluOptions", max_version=2, integer=((I8, 1), (I16, 2))),
-    # Type conversion.
+    # Type conversion.  QUANTIZE requantizes int8 -> int8 and int16 -> int16 and converts uint8, int8 and int16
+    # into each other (but int16 -> uint8: refused); its versions are also float -> int8 (1) and float -> int16
+    # (2).  DEQUANTIZE reads int8, uint8 and int16 (zero point 0) into float; an integer output runs and is
+    # garbage.  DENSIFY refuses a computed input.
     "DEQUANTIZE": OpRule("DequantizeOptions", max_version=9),
-    "QUANTIZE": OpRule("QuantizeOptions", max_version=6),
+    "QUANTIZE": OpRule("QuantizeOptions", max_version=6, integer=((I8, 1), (I16, 2))),
     "DENSIFY": OpRule("DensifyOptions"),
-    # Data movement: the integer kernels copy codes, so input and output share their parameters.
+    # Data movement: the integer kernels copy codes, so input and output share their parameters (CONCATENATION
+    # int8 refuses others at prepare, int16 reads them wrong).  Versions: op_version.cc has no int16 case for
+    # STRIDED_SLICE (1; 4 for rank > 4); int8 RESIZE_BILINEAR with half_pixel_centers is 3.
     "RESHAPE": OpRule("ReshapeOptions", integer=((I8, 1), (I16, 1)), scales="same"),
     "CONCATENATION": OpRule("ConcatenationOptions", max_version=7, integer=((I8, 2), (I16, 3)), scales="same"),
     "PAD": OpRule(
-        "PadOptions", max_version=6, channel_flow="pass", channel_paddings_input=1, integer=((I8, 2), (I16, 4)),
+        "PadOptions", max_version=6, channel_flow="pass", channel_paddings_input=1, integer=((I8, 2), (I16, 3)),
         scales="same",
     ),
     "RESIZE_BILINEAR": OpRule("ResizeBilinearOptions", max_version=4, integer=((I8, 2), (I16, 4)), scales="same"),
-    "STRIDED_SLICE": OpRule("StridedSliceOptions", max_version=8, integer=((I8, 2), (I16, 4)), scales="same"),
+    "STRIDED_SLICE": OpRule("StridedSliceOptions", max_version=8, integer=((I8, 2), (I16, 1)), scales="same"),
     "TRANSPOSE": OpRule("TransposeOptions", max_version=9, integer=((I8, 2), (I16, 5)), scales="same"),
     "SQUEEZE": OpRule("SqueezeOptions", max_version=2, integer=((I8, 1), (I16, 1)), scales="same"),
     "SLICE": OpRule("SliceOptions", max_version=8, integer=((I8, 2), (I16, 4)), scales="same"),
-    "DEPTH_TO_SPACE": OpRule("DepthToSpaceOptions", max_version=2, integer=((I8, 2),), scales="same"),
+    "DEPTH_TO_SPACE": OpRule("DepthToSpaceOptions", max_version=2, integer=((I8, 2),), scales="same"),  # no int16
     "SPLIT": OpRule("SplitOptions", max_version=5, integer=((I8, 2), (I16, 4)), scales="same"),
 }
 # fmt: on
@@ -269,6 +299,15 @@ DENSIFY_XNNPACK_READERS = frozenset({"FULLY_CONNECTED", "CONV_2D", "BATCH_MATMUL
 # version from 1 to its max_version the same way; the version tells other runtimes which features are used.
 _DEQUANTIZE_VERSIONS = {"INT8": 2, "FLOAT16": 3, "INT16": 3, "INT4": 6}
 _DEQUANTIZE_PER_CHANNEL_INT8_VERSION = 5
+
+
+# The QUANTIZE version a converter declares, by output type (float -> int8/uint8/int16, or a requantization).
+_QUANTIZE_VERSIONS = {"UINT8": 1, "INT8": 1, "INT16": 2}
+
+
+def quantize_version(output_type: str) -> int:
+    """The QUANTIZE version a model must declare for this output type."""
+    return _QUANTIZE_VERSIONS.get(output_type, 1)
 
 
 def dequantize_version(input_type: str, per_channel: bool) -> int:

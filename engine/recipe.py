@@ -36,7 +36,15 @@ MODES: dict[str, tuple[str, int | None]] = {
     "dynamic-int8": ("hybrid", 8),
     "weight-int4": ("dequantize", 4),
     "dynamic-int4": ("hybrid", 4),
+    "int8": ("static", 8),
+    "int16x8": ("static", 8),
 }
+# Full-integer modes (engine/passes/full_integer.py), by the activation type of their integer kernels.
+STATIC_MODES = {"int8": "int8", "int16x8": "int16"}
+# The model's interface in a full-integer model: float with QUANTIZE/DEQUANTIZE at the edges, or integer.
+IO_TYPES = ("float", "int8", "uint8")
+# Options of the whole model rather than of one tensor: only the recipe's global section may set them.
+MODEL_OPTIONS = ("io", "bias_correction", "strict")
 SCALE_METHODS = ("minmax", "mse")
 PRUNE_SCOPES = ("layer", "global")
 # Channel pruning: take the pruned filters out of the graph where it allows (smaller tensors, less compute), or
@@ -76,6 +84,10 @@ class TensorOptions:
     cluster_granularity: str = "tensor"
     cluster_init: str = "kmeans++"
     cluster_storage: str = "values"
+    observer: str = "minmax"
+    io: str = "float"
+    bias_correction: bool = False
+    strict: bool = False
 
     @property
     def scale_method(self) -> str:
@@ -153,9 +165,32 @@ def _check_options(options: dict[str, Any], where: str) -> dict[str, Any]:
                 raise EngineError(f"{where}: unknown {option} {value!r} (choose from {', '.join(allowed)})")
         if name == "prune_channels" and value not in PRUNE_CHANNELS:
             raise EngineError(f"{where}: unknown prune_channels {value!r} (choose from {', '.join(PRUNE_CHANNELS)})")
+        if name == "observer":
+            from engine.observers import make_observer
+
+            try:
+                make_observer(value)
+            except EngineError as exc:
+                raise EngineError(f"{where}: {exc}") from None
+        if name == "io" and value not in IO_TYPES:
+            raise EngineError(f"{where}: unknown io {value!r} (choose from {', '.join(IO_TYPES)})")
+        if name in ("bias_correction", "strict") and not isinstance(value, bool):
+            raise EngineError(f"{where}: {name} must be true or false, not {value!r}")
         if name == "sparse_format" and value not in SPARSE_FORMATS:
             raise EngineError(f"{where}: unknown sparse_format {value!r} (formats: {', '.join(SPARSE_FORMATS)})")
     return dict(options)
+
+
+def _check_local(options: dict[str, Any], where: str) -> dict[str, Any]:
+    """Per-op or per-tensor options: checked as global ones, but model-wide options have no meaning there, and
+    full-integer quantization is all or nothing for the model (an op can only be left float, with null)."""
+    checked = _check_options(options, where)
+    for name in MODEL_OPTIONS:
+        if name in checked:
+            raise EngineError(f"{where}: {name} applies to the whole model; set it in the recipe's global options")
+    if checked.get("quantize") in STATIC_MODES:
+        raise EngineError(f"{where}: {checked['quantize']} applies to the whole model; set it globally")
+    return checked
 
 
 def _check_combination(options: TensorOptions, where: str) -> None:
@@ -167,6 +202,10 @@ def _check_combination(options: TensorOptions, where: str) -> None:
             " be quantized too; use cluster_storage values with quantize"
         )
     if mode is None:
+        return
+    if mode in STATIC_MODES:
+        if bits is not None and bits != 8:
+            raise EngineError(f"{where}: {mode} stores 8-bit weights; bits do not apply")
         return
     if mode == "float16":
         if bits is not None:
@@ -200,10 +239,10 @@ class Recipe:
         for op, overrides in self.ops.items():
             if op not in BUILTIN_OPS:
                 raise EngineError(f"recipe: unknown op type {op!r} in 'ops'")
-            self.ops[op] = _check_options(overrides, f"recipe ops[{op!r}]")
+            self.ops[op] = _check_local(overrides, f"recipe ops[{op!r}]")
         for pattern, overrides in self.tensors.items():
             _compile(pattern, "recipe tensors")
-            self.tensors[pattern] = _check_options(overrides, f"recipe tensors[{pattern!r}]")
+            self.tensors[pattern] = _check_local(overrides, f"recipe tensors[{pattern!r}]")
         self._tensor_patterns = [(_compile(p, "recipe tensors"), o) for p, o in self.tensors.items()]
         self._exclude = [_compile(p, "recipe exclude") for p in self.exclude]
         _check_combination(TensorOptions(**self.options), "recipe")

@@ -86,6 +86,8 @@ class Report:
     gzip_bytes_before: int | None = None
     gzip_bytes_after: int | None = None
     validation: dict[str, Any] | None = None
+    # Full-integer runs: engine.passes.full_integer.IntegerReport (ops integer/float, boundaries, calibration).
+    integer: Any = None
 
     @property
     def compressed(self) -> list[TensorReport]:
@@ -145,6 +147,8 @@ class Report:
             if self.bytes_by_dtype_before.get(d, 0) != self.bytes_by_dtype_after.get(d, 0)
         ]
         lines.append("constants by dtype (bytes): " + ("; ".join(changed) if changed else "unchanged"))
+        if self.integer is not None:
+            lines.append(self.integer.format_text())
         lines.append("file: " + _ratio(self.file_bytes_before, self.file_bytes_after))
         lines.append("gzip: " + _ratio(self.gzip_bytes_before, self.gzip_bytes_after))
         if self.needs_xnnpack:

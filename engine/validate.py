@@ -200,7 +200,9 @@ def json_safe(obj: Any) -> Any:
 # ------------------------------------------------------------------------------------ interpreter
 
 
-def _interpreter(model: ModelSource, label: str, *, preserve_all: bool, num_threads: int, xnnpack: bool) -> Any:
+def interpreter(
+    model: ModelSource, label: str, *, preserve_all: bool, num_threads: int = 1, xnnpack: bool = False
+) -> Any:
     """Build an interpreter with builtin kernels only (or the default XNNPACK delegate), turning load errors into
     one-line EngineErrors."""
     try:
@@ -344,7 +346,7 @@ def run(model: ModelSource, inputs: InputData, *, num_threads: int = 1, xnnpack:
     default delegate instead of the builtin kernels.
     """
     label = _label(model, "model")
-    interp = _interpreter(model, label, preserve_all=False, num_threads=num_threads, xnnpack=xnnpack)
+    interp = interpreter(model, label, preserve_all=False, num_threads=num_threads, xnnpack=xnnpack)
     details = interp.get_input_details()
     data = _named_data(details, inputs, label, seed=0)
     _invoke(interp, [(d, _cast_for(data[d["name"]], d, d)) for d in details], label)
@@ -393,8 +395,8 @@ def validate(
     ref_label, cand_label = _label(reference, "reference"), _label(candidate, "candidate")
     intermediates = intermediates and not xnnpack
     options = {"preserve_all": intermediates, "num_threads": num_threads, "xnnpack": xnnpack}
-    ref = _interpreter(reference, ref_label, **options)
-    cand = _interpreter(candidate, cand_label, **options)
+    ref = interpreter(reference, ref_label, **options)
+    cand = interpreter(candidate, cand_label, **options)
 
     in_pairs = _pairs(ref.get_input_details(), cand.get_input_details(), "input")
     named = _named_data([r for r, _ in in_pairs], data, ref_label, seed)

@@ -60,6 +60,12 @@ INPUT_RANGES: dict[str, tuple[float, float]] = {
 }
 
 _PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field")
+# Calibration draws from other scikit-image pictures than the validation photo (astronaut, index 0), so a
+# quantized model is judged on an image its ranges were not fitted to; grey ones are repeated to three channels.
+_CALIBRATION_PICTURES = (
+    "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field", "camera", "coins", "moon", "clock",
+    "brick", "grass", "gravel", "cell", "page", "text",
+)  # fmt: skip
 
 # folder -> ((name, size, mtime_ns) per file) that passed the sha256 check in this process.
 _verified: dict[Path, tuple[tuple[str, int, int], ...]] = {}
@@ -200,6 +206,42 @@ def model_photo(name: str, index: int = 0) -> np.ndarray:
 
     shape = read_model(mediapipe_model(name)).main.inputs[0].shape
     return photo_input(shape, "float32", index, value_range=INPUT_RANGES[name])
+
+
+def calibration_photos(
+    shape: tuple[int, ...] | list[int], count: int, *, value_range: tuple[float, float] = (-1.0, 1.0), seed: int = 0
+) -> np.ndarray:
+    """``count`` float32 samples [count, H, W, C] for an NHWC input of ``shape``: seeded random crops (60-100% of
+    the shorter side) of real pictures other than the validation photo, flipped on every second pass."""
+    try:
+        from skimage import data
+    except ImportError as exc:
+        raise EngineError("calibration photos need scikit-image: pip install scikit-image") from exc
+    _, h, w, c = (int(d) for d in shape)
+    rng = np.random.default_rng(seed)
+    lo, hi = value_range
+    samples = np.empty((count, h, w, c), np.float32)
+    for i in range(count):
+        picture = np.asarray(getattr(data, _CALIBRATION_PICTURES[i % len(_CALIBRATION_PICTURES)])())
+        picture = np.repeat(picture[..., None], 3, axis=2) if picture.ndim == 2 else picture[..., :3]
+        side = int(min(picture.shape[:2]) * rng.uniform(0.6, 1.0))
+        top = int(rng.integers(0, picture.shape[0] - side + 1))
+        left = int(rng.integers(0, picture.shape[1] - side + 1))
+        crop = picture[top : top + side, left : left + side]
+        if (i // len(_CALIBRATION_PICTURES)) % 2:
+            crop = crop[:, ::-1]
+        image = _resize_bilinear(crop, h, w)
+        image = image.mean(axis=2, keepdims=True) if c == 1 else image
+        samples[i] = lo + image * ((hi - lo) / 255.0)
+    return samples
+
+
+def model_calibration(name: str, count: int = 16) -> np.ndarray:
+    """Calibration samples for MediaPipe model ``name``: its input shape and trained pixel range."""
+    from engine.reader import read_model
+
+    shape = read_model(mediapipe_model(name)).main.inputs[0].shape
+    return calibration_photos(shape, count, value_range=INPUT_RANGES[name])
 
 
 def _resize_bilinear(image: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -25,7 +25,7 @@ from engine.recipe import MODES, Recipe, TensorOptions
 from engine.report import TensorReport
 from engine.weights import Weight, channel_axis_of, sparse_positions
 
-INTEGER_MODES = tuple(mode for mode, (_, bits) in MODES.items() if bits is not None)
+INTEGER_MODES = tuple(mode for mode, (form, bits) in MODES.items() if bits is not None and form != "static")
 _CONTAINERS = {2: "INT2", 4: "INT4", 8: "INT8"}
 _PACKERS: dict[int, Callable[[np.ndarray], np.ndarray]] = {2: kernels.pack_int2, 4: kernels.pack_int4}
 

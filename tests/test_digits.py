@@ -1,0 +1,47 @@
+"""The digits helper is a usable baseline: accurate, faithful to its numpy reference in LiteRT, and reproducible."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine.reader import read_model
+from engine.writer import model_to_bytes
+from tests.digits import (
+    accuracy,
+    build_digits_model,
+    digits_data,
+    digits_model_path,
+    digits_params,
+    litert_predictions,
+    predict,
+    train_digits,
+)
+
+
+@pytest.fixture(scope="session")
+def digits_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return digits_model_path(tmp_path_factory.mktemp("digits"))
+
+
+def test_float_model_is_accurate_and_matches_numpy(digits_model: Path) -> None:
+    """Quantization tests measure accuracy drops against this model, so it must be good and be the numpy net."""
+    _, _, x_test, y_test = digits_data()
+    assert len(x_test) == 540
+    assert accuracy(digits_model, x_test, y_test) >= 0.96
+    assert accuracy(digits_model.read_bytes(), x_test, y_test) == accuracy(digits_model, x_test, y_test)
+    reference = predict(digits_params(), x_test).argmax(axis=1)
+    assert np.mean(litert_predictions(digits_model, x_test) == reference) >= 0.995
+
+    graph = read_model(digits_model).subgraphs[0]
+    assert [(t.name, t.shape) for t in graph.inputs] == [("image", (1, 8, 8, 1))]
+    assert [(t.name, t.shape) for t in graph.outputs] == [("probabilities", (1, 10))]
+
+
+def test_training_is_deterministic() -> None:
+    """Same seed, same bytes: results that depend on the trained weights stay reproducible across runs."""
+    params = train_digits(0)
+    assert model_to_bytes(build_digits_model(params)) == model_to_bytes(build_digits_model(digits_params()))
+    assert not np.array_equal(train_digits(1)["fc/weights"], params["fc/weights"])
