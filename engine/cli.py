@@ -143,8 +143,9 @@ def _validate(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     from engine.api import compress
+    from engine.recipe import STATIC_MODES
     from engine.validate import validate
-    from engine.zoo import mediapipe_model, model_photo
+    from engine.zoo import mediapipe_model, model_calibration, model_photo
 
     source = mediapipe_model(args.model)
     out_dir = Path(args.output_dir) if args.output_dir else Path(tempfile.mkdtemp(prefix="litert-engine-demo-"))
@@ -152,7 +153,8 @@ def _demo(args: argparse.Namespace) -> int:
     target = out_dir / f"{args.model}.{args.quantize}.tflite"
     print(f"model: {args.model} (mediapipe 0.10.14) from {source}")
     print(format_summary(summarize(read_model(source), source.stat().st_size)))
-    _, report = compress(source, output=target, quantize=args.quantize)
+    calibration = model_calibration(args.model) if args.quantize in STATIC_MODES else None
+    _, report = compress(source, output=target, quantize=args.quantize, calibration=calibration)
     print(f"\ncompressed with --quantize {args.quantize}: wrote {target}")
     print(report.format_text())
     result = validate(source, target, model_photo(args.model), intermediates=False)
@@ -185,7 +187,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--calibration", metavar="DATA", help="samples for int8/int16x8: .npz keyed by input name, or one array"
     )
-    p.add_argument("--observer", metavar="O", help=f"activation ranges: {', '.join(OBSERVER_SPECS)} (default minmax)")
+    p.add_argument("--observer", metavar="O", help=f"activation ranges: {', '.join(OBSERVER_SPECS)} (default mse)")
     p.add_argument("--io", metavar="T", help=f"interface of an int8 model: {', '.join(IO_TYPES)} (default float)")
     p.add_argument(
         "--bias-correction",
