@@ -1,0 +1,50 @@
+"""Graph cleanup passes the full-integer pass runs first: constant decoders folded, activations fused.  Both must
+compute exactly what the input model does, which LiteRT checks bit for bit on the real models."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine.builder import GraphBuilder
+from engine.passes.fold import fold_constant_decoders
+from engine.passes.fuse import fuse_activations
+from engine.reader import read_model
+from engine.validate import validate
+from engine.writer import model_to_bytes, write_model
+from engine.zoo import CUSTOM_OP_MODELS, MODEL_SHA256, mediapipe_model, model_photo
+
+RUNNABLE = sorted(set(MODEL_SHA256) - CUSTOM_OP_MODELS)
+
+
+@pytest.mark.parametrize("name", RUNNABLE)
+def test_folding_and_fusing_keep_real_models_bit_identical(name: str) -> None:
+    model = read_model(mediapipe_model(name))
+    before = Counter(op.name for op in model.main.operators)
+    model, folded = fold_constant_decoders(model)
+    model, fused = fuse_activations(model)
+    after = Counter(op.name for op in model.main.operators)
+    assert folded == before["DEQUANTIZE"] + before["DENSIFY"] and after["DEQUANTIZE"] == after["DENSIFY"] == 0
+    assert fused == sum(before[a] - after[a] for a in ("RELU", "RELU6", "RELU_N1_TO_1"))
+    result = validate(mediapipe_model(name), bytes(model_to_bytes(model)), model_photo(name), intermediates=False)
+    assert all(o.bit_identical for o in result.outputs), result.format_text()
+
+
+def test_fusion_needs_a_fusable_producer_read_by_the_activation_alone(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    b = GraphBuilder()
+    x = b.input("x", (1, 6, 6, 3))
+    conv = b.conv2d(x, rng.normal(size=(4, 3, 3, 3)).astype(np.float32))
+    relu = b.op("RELU", [conv], [conv.shape])[0]  # fused: the conv's only reader
+    shared = b.conv2d(relu, rng.normal(size=(4, 3, 3, 4)).astype(np.float32))
+    kept = b.op("RELU6", [shared], [shared.shape])[0]  # not fused: the conv output is also read by the ADD
+    b.output(b.add(kept, shared), "y")
+    model, fused = fuse_activations(b.build())
+    assert fused == 1
+    assert [op.name for op in model.main.operators] == ["CONV_2D", "CONV_2D", "RELU6", "ADD"]
+    assert model.main.operators[0].builtin_options.fields["fused_activation_function"] == 1  # RELU
+    write_model(model, tmp_path / "fused.tflite")
+    assert read_model(tmp_path / "fused.tflite").main.operators[0].outputs[0].name == relu.name
