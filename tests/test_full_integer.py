@@ -14,7 +14,7 @@ import pytest
 import engine
 from engine.builder import GraphBuilder
 from engine.errors import EngineError
-from engine.ir import Model
+from engine.ir import Model, Operator, Subgraph, Table, Tensor, tensor_type
 from engine.ops import RULES
 from engine.reader import read_model
 from engine.validate import run, validate
@@ -284,3 +284,53 @@ def test_bias_correction_removes_the_mean_shift_of_rounded_weights(tmp_path: Pat
         errors[corrected] = np.abs((got["y"] - reference["y"]).mean(axis=(0, 1, 2))).mean()
     assert report.integer.bias_correction["biases"] == 1
     assert errors[True] < errors[False] / 3, errors
+
+
+def _while_model() -> Model:
+    """FC -> WHILE (while i < 3: h = h + 0.5 h) -> FC: the loop and its two subgraphs have no integer kernels."""
+    rng = np.random.default_rng(4)
+    b = GraphBuilder()
+    h = b.fully_connected(b.input("x", (1, 8)), rng.normal(size=(8, 8)).astype(np.float32))
+    model = b.model
+
+    def tensor(name: str, shape: tuple[int, ...], dtype: type, value: object = None) -> Tensor:
+        t = Tensor(name, shape, tensor_type(dtype))
+        if value is not None:
+            t.data = np.full(shape, value, dtype)
+        return t
+
+    i, hc, less, three = (tensor("c_i", (), np.int32), tensor("c_h", (1, 8), np.float32),
+                          tensor("c_less", (), np.bool_), tensor("three", (), np.int32, 3))  # fmt: skip
+    cond = Subgraph([i, hc, three, less], [i, hc], [less], [Operator(model.opcode("LESS"), [i, three], [less])])
+    bi, bh, bi2, bm, bh2 = (tensor("b_i", (), np.int32), tensor("b_h", (1, 8), np.float32),
+                            tensor("b_i2", (), np.int32), tensor("b_m", (1, 8), np.float32),
+                            tensor("b_h2", (1, 8), np.float32))  # fmt: skip
+    one, half = tensor("one", (), np.int32, 1), tensor("half", (1, 8), np.float32, 0.5)
+    body_ops = [
+        Operator(model.opcode("ADD"), [bi, one], [bi2], builtin_options=Table("AddOptions", {})),
+        Operator(model.opcode("MUL"), [bh, half], [bm], builtin_options=Table("MulOptions", {})),
+        Operator(model.opcode("ADD"), [bh, bm], [bh2], builtin_options=Table("AddOptions", {})),
+    ]
+    model.subgraphs += [cond, Subgraph([bi, bh, one, half, bi2, bm, bh2], [bi, bh], [bi2, bh2], body_ops)]
+    looped = [b.graph.add_tensor(tensor("w_i", (), np.int32)), b.graph.add_tensor(tensor("w_h", (1, 8), np.float32))]
+    options = Table("WhileOptions", {"cond_subgraph_index": 1, "body_subgraph_index": 2})
+    start = b.constant(np.zeros((), np.int32), "i0")
+    b.graph.operators.append(Operator(model.opcode("WHILE"), [start, h], looped, builtin_options=options))
+    b.output(b.fully_connected(looped[1], rng.normal(size=(4, 8)).astype(np.float32)), "y")
+    return b.build()
+
+
+def test_control_flow_stays_float_and_the_rest_is_integer(tmp_path: Path) -> None:
+    source, out = tmp_path / "while.tflite", tmp_path / "while.int8.tflite"
+    write_model(_while_model(), source)
+    data = np.random.default_rng(1).normal(size=(16, 1, 8)).astype(np.float32)
+    _, report = engine.compress(source, output=out, quantize="int8", calibration=data)
+    assert report.integer.integer_ops == {"FULLY_CONNECTED": 2}
+    assert Counter(f["op"] for f in report.integer.float_ops) == {"WHILE": 1, "ADD": 2, "MUL": 1, "LESS": 1}
+    assert {f["reason"] for f in report.integer.float_ops if f["op"] != "WHILE"} == {
+        "in subgraph 1 (control flow bodies stay float)",
+        "in subgraph 2 (control flow bodies stay float)",
+    }
+    names = [op.name for op in read_model(out).main.operators]
+    assert names == ["QUANTIZE", "FULLY_CONNECTED", "DEQUANTIZE", "WHILE", "QUANTIZE", "FULLY_CONNECTED", "DEQUANTIZE"]
+    assert validate(source, out, data[0]).worst_sqnr_db > 28
