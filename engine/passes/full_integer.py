@@ -368,6 +368,7 @@ class _Rewriter:
     def __init__(self, model: Model, recipe: Recipe, activations: str, io: str, report: IntegerReport) -> None:
         self.model, self.sg, self.activations, self.io, self.report = model, model.main, activations, io, report
         self.recipe = recipe
+        self.correct_biases = bool(recipe.options.get("bias_correction"))
         self.type = TENSOR_TYPES[_CODES[activations][0]]
         self.constants: dict[tuple, Tensor] = {}
         self.entries: list[TensorReport] = []
@@ -432,9 +433,10 @@ class _Rewriter:
                 q = self._sparse(q, op, entry)
             self.constants[key] = q
             self.entries.append(entry)
-            dequantized = (codes.astype(np.float64) * scales[:, None]).reshape(moved.shape)
-            dequantized = dequantized if axis is None else np.moveaxis(dequantized, 0, axis)
-            self.weight_errors[id(q)] = dequantized.reshape(values.shape) - values
+            if self.correct_biases:  # only then: a float64 copy of every weight
+                dequantized = (codes.astype(np.float64) * scales[:, None]).reshape(moved.shape)
+                dequantized = dequantized if axis is None else np.moveaxis(dequantized, 0, axis)
+                self.weight_errors[id(q)] = dequantized.reshape(values.shape) - values
         q = self.constants[key]
         assert q.quantization is not None and q.quantization.scale is not None
         return q, q.quantization.scale
@@ -473,7 +475,8 @@ class _Rewriter:
         q.quantization = QuantizationParams(
             scale=scales.astype(np.float32), zero_point=np.zeros(scales.size, np.int64), quantized_dimension=0
         )
-        self.biases.append(_Bias(op, q, scales, x, self.weight_errors[id(weight)]))
+        if self.correct_biases:
+            self.biases.append(_Bias(op, q, scales, x, self.weight_errors[id(weight)]))
         return q
 
 
