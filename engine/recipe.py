@@ -27,6 +27,7 @@ from typing import Any
 
 from engine.errors import EngineError
 from engine.ir import BUILTIN_OPS
+from engine.observers import make_observer
 from engine.pruning import parse_pattern
 
 # mode -> (how ops read the weight, bits of its levels by default); None stores float16.
@@ -145,11 +146,12 @@ def _check_options(options: dict[str, Any], where: str) -> dict[str, Any]:
             and (not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value < 1)
         ):
             raise EngineError(f"{where}: prune is the fraction of weights to zero, from 0 up to 1, not {value!r}")
-        if name == "prune_pattern":
-            try:
-                parse_pattern(value)
-            except EngineError as exc:
-                raise EngineError(f"{where}: {exc}") from None
+        for option, parse in (("prune_pattern", parse_pattern), ("observer", make_observer)):
+            if name == option:
+                try:
+                    parse(value)
+                except EngineError as exc:
+                    raise EngineError(f"{where}: {exc}") from None
         if name == "prune_scope" and value not in PRUNE_SCOPES:
             raise EngineError(f"{where}: unknown prune_scope {value!r} (scopes: {', '.join(PRUNE_SCOPES)})")
         if (
@@ -162,20 +164,12 @@ def _check_options(options: dict[str, Any], where: str) -> dict[str, Any]:
             ("cluster_granularity", CLUSTER_GRANULARITIES),
             ("cluster_init", CLUSTER_INITS),
             ("cluster_storage", CLUSTER_STORAGES),
+            ("io", IO_TYPES),
         ):
             if name == option and value not in allowed:
                 raise EngineError(f"{where}: unknown {option} {value!r} (choose from {', '.join(allowed)})")
         if name == "prune_channels" and value not in PRUNE_CHANNELS:
             raise EngineError(f"{where}: unknown prune_channels {value!r} (choose from {', '.join(PRUNE_CHANNELS)})")
-        if name == "observer":
-            from engine.observers import make_observer
-
-            try:
-                make_observer(value)
-            except EngineError as exc:
-                raise EngineError(f"{where}: {exc}") from None
-        if name == "io" and value not in IO_TYPES:
-            raise EngineError(f"{where}: unknown io {value!r} (choose from {', '.join(IO_TYPES)})")
         if name in ("bias_correction", "strict") and not isinstance(value, bool):
             raise EngineError(f"{where}: {name} must be true or false, not {value!r}")
         if name == "sparse_format" and value not in SPARSE_FORMATS:
