@@ -41,7 +41,7 @@ class Executor(Protocol):
 class LiteRTExecutor:
     """The official interpreter, builtin kernels, every intermediate tensor kept."""
 
-    def __init__(self, model: bytes, num_threads: int = 1) -> None:
+    def __init__(self, model: bytes, num_threads: int = min(4, os.cpu_count() or 1)) -> None:
         from engine.validate import interpreter
 
         self._interpreter = interpreter(model, "float model", preserve_all=True, num_threads=num_threads)

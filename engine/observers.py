@@ -199,10 +199,9 @@ class HistogramObserver(Observer):
         elif self._counts.size:  # pairs of bins merge, as often as the width doubled: k -> floor(k / 2**shift)
             old = self._first + np.arange(self._counts.size, dtype=np.int64)
             np.add.at(counts, (old >> min(e - self._exp, 63)) - first, self._counts)
-        k = np.multiply(x, math.ldexp(1.0, -e), dtype=np.float64)
-        np.floor(k, out=k)
-        k -= first
-        counts += np.bincount(k.astype(np.intp), minlength=counts.size)
+        from engine import kernels  # imported on first use: ``import engine`` stays free of Numba
+
+        kernels.histogram_add(x, e, first, counts)
         self._exp, self._first, self._counts, self._cache = e, first, counts, None
 
     def _support(self) -> tuple[np.ndarray, np.ndarray]:

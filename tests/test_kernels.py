@@ -232,6 +232,25 @@ def test_bad_arguments_are_refused() -> None:
             call()
 
 
+@FAST
+@given(
+    arrays(np.float32, st.integers(0, 300), elements=st.floats(-(2.0**100), 2.0**100, width=32)), st.integers(-130, 100)
+)
+def test_histogram_add_twins_agree(values: np.ndarray, exponent: int) -> None:
+    """Any finite float32 values at any bin width: the kernel counts exactly what the numpy twin counts."""
+    if values.size:
+        first = int(np.floor(float(values.min()) * 2.0**-exponent))
+        size = int(np.floor(float(values.max()) * 2.0**-exponent)) - first + 1
+    else:
+        first, size = 0, 1
+    if size > 1 << 20 or abs(first) > 1 << 60:  # too fine a width for this range: the observer picks coarser
+        return
+    start = np.arange(size, dtype=np.int64)  # counts are added to, not overwritten
+    fast = k.histogram_add(values, exponent, first, start.copy())
+    twin = k.histogram_add_numpy(values, exponent, first, start.copy())
+    assert np.array_equal(fast, twin) and fast.sum() == start.sum() + values.size
+
+
 def test_import_engine_does_not_import_numba() -> None:
     code = "import engine, sys; assert 'numba' not in sys.modules, 'numba imported'"
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
