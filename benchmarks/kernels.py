@@ -42,6 +42,7 @@ KERNELS = [
     "unpack_int4",
     "pack_int2",
     "unpack_int2",
+    "histogram_add",
 ]
 
 
@@ -65,6 +66,7 @@ def _first_use() -> dict[str, float]:
         "unpack_int4": lambda: k.unpack_int4(k.pack_int4_numpy(codes4), codes4.size),
         "pack_int2": lambda: k.pack_int2(codes2),
         "unpack_int2": lambda: k.unpack_int2(k.pack_int2_numpy(codes2), codes2.size),
+        "histogram_add": lambda: k.histogram_add(g.reshape(-1), 0, -8, np.zeros(16, np.int64)),
     }
     assert list(calls) == KERNELS
     for name, call in calls.items():
