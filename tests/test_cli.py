@@ -136,3 +136,4 @@ def test_readme_python_example_runs_as_written(mediapipe: dict[str, Path], tmp_p
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "int8.tflite").exists() and (tmp_path / "mixed.tflite").exists()
+    assert read_model(tmp_path / "full.int8.tflite").main.inputs[0].type_name == "INT8"  # io="int8"
