@@ -59,7 +59,10 @@ class OpRule:
     (the kernel does not rescale: the output and every float activation input share one), "fixed" (the kernel
     requires ``fixed_output``).  ``integer_weights`` is the weight's granularity (symmetric int8, zero point 0)
     in the integer kernel; the bias becomes ``BIAS_TYPES[activations]`` with scale input_scale * weight_scale.
-    ``integer_options`` are (activations, option, value) the integer kernel needs.
+    ``integer_options`` are (activations, option, value) the integer kernel needs.  ``xnnpack_integer=False``:
+    XNNPACK (LiteRT's CPU delegate) does not take the op's int8 form, so an int8 model splits into many
+    partitions around it and runs slower than the float model; with a float interface (a CPU model) such an op
+    stays float between a DEQUANTIZE and a QUANTIZE, which XNNPACK runs in one partition.
     """
 
     options: str | None = None
@@ -83,6 +86,7 @@ class OpRule:
     fixed_output: tuple[tuple[str, float, int], ...] = ()
     integer_weights: str = "channel"
     integer_options: tuple[tuple[str, str, object], ...] = ()
+    xnnpack_integer: bool = True
 
     def integer_version(self, activations: str) -> int | None:
         """The op version a full-integer model declares for ``activations`` ("int8"/"int16"); None: no kernel."""
@@ -195,9 +199,12 @@ RULES: dict[str, OpRule] = {
     ),
     # PRELU reads one alpha scale (per-channel alpha: wrong); alpha is int8 (any zero point) for int8 and 16x8
     # alike (an int16 alpha reads wrong).
+    # PRELU: XNNPACK takes float PRELU only (alpha of any form); its int8 builtin kernel is right with a per-tensor
+    # alpha (a per-channel one computes wrong) but slow: iris_landmark int8 ran 6.4 ms in 38 partitions against
+    # 0.75 ms with its 53 PRELUs as float islands (1 thread).
     "PRELU": OpRule(
         weight_input=1, weight_channel_axis=-1, channel_flow="pass", channel_constants=(1,),
-        integer=((I8, 1), (I16, 1)), integer_weights="tensor",
+        integer=((I8, 1), (I16, 1)), integer_weights="tensor", xnnpack_integer=False,
     ),
     # Arithmetic.  int16 ADD/SUB: with pot_scale_int16 (default true) and power-of-two scales the kernel takes a
     # shift-only path that refuses unequal input shifts; false always rescales, and gives op_version.cc's 3/5.
@@ -294,6 +301,10 @@ DENSIFY_INPUTS: dict[str, frozenset[tuple[int, int] | None]] = dict.fromkeys(
 # DEQUANTIZE of FLOAT16/INT8.  (DEQUANTIZE of a FLOAT16/INT8 constant as a graph output fails under XNNPACK
 # dense or sparse.)  The builtin kernels are exact for every reader.
 DENSIFY_XNNPACK_READERS = frozenset({"FULLY_CONNECTED", "CONV_2D", "BATCH_MATMUL", "ADD"})
+# Integer ops reading an int8 weight through DENSIFY right in both the builtin kernels and XNNPACK (measured):
+# CONV_2D.  XNNPACK claims an int8 FULLY_CONNECTED reading a DENSIFY output and then fails to prepare it, so the
+# model does not load with the default interpreter (hand_landmark_full); its weights stay dense.
+DENSIFY_INTEGER_READERS = frozenset({"CONV_2D"})
 
 # The DEQUANTIZE version a converter declares for each input (per-channel int8 has its own).  LiteRT runs any
 # version from 1 to its max_version the same way; the version tells other runtimes which features are used.

@@ -77,9 +77,14 @@ def _op_types(model: Model) -> Counter:
 def test_int8_mediapipe_runs_integer_and_keeps_quality(name: str, tmp_path: Path) -> None:
     out, report = _calibrated(name, tmp_path)
     model = read_model(out)
-    ops = model.main.operators
-    integer = [op for op in ops if op.name not in ("QUANTIZE", "DEQUANTIZE", "DENSIFY")]
+    sg = model.main
+    ops = sg.operators
+    # Every op is integer but PRELU, which a CPU model keeps float (XNNPACK has no int8 PRELU).
+    integer = [op for op in ops if op.name not in ("QUANTIZE", "DEQUANTIZE", "DENSIFY", "PRELU")]
     assert all(op.outputs[0].type_name == "INT8" for op in integer), _op_types(model)
+    assert {f["op"] for f in report.integer.float_ops} <= {"PRELU"}
+    assert all(f["reason"].startswith("faster float on CPU") for f in report.integer.float_ops)
+    assert sum(report.integer.integer_ops.values()) == len(integer)
     # Sparse weights stay sparse where that is smaller, as int8 behind DENSIFY.
     assert all(op.outputs[0].type_name == "INT8" for op in ops if op.name == "DENSIFY")
     weighted = [op for op in ops if op.name in WEIGHTED]
@@ -88,10 +93,21 @@ def test_int8_mediapipe_runs_integer_and_keeps_quality(name: str, tmp_path: Path
         bias = op.inputs[RULES[op.name].bias_input]
         assert bias is None or bias.type_name == "INT32"
         assert op.opcode.version == RULES[op.name].integer_version("int8")
-    # Float interface: one QUANTIZE per input, one DEQUANTIZE per output, nothing else converts.
+    # Conversions only at the seams: a QUANTIZE reads a graph input or a PRELU, a DEQUANTIZE feeds a graph output
+    # or PRELUs; one per input, output and float PRELU.
+    writers = sg.producers()
+    readers = sg.consumers()
+    for op in ops:
+        if op.name == "QUANTIZE":
+            source = writers.get(id(op.inputs[0]))
+            assert op.inputs[0] in sg.inputs or source.name == "PRELU"
+        if op.name == "DEQUANTIZE":
+            users = {u.name for u in readers.get(id(op.outputs[0]), [])}
+            assert users <= {"PRELU"} and (users or op.outputs[0] in sg.outputs)
     conversions = Counter(op.name for op in ops if op.name in ("QUANTIZE", "DEQUANTIZE"))
-    assert conversions == {"QUANTIZE": len(model.main.inputs), "DEQUANTIZE": len(model.main.outputs)}
-    assert report.integer.float_ops == [] and sum(report.integer.integer_ops.values()) == len(integer)
+    prelus = len(report.integer.float_ops)
+    assert conversions == {"QUANTIZE": len(sg.inputs) + prelus, "DEQUANTIZE": len(sg.outputs) + prelus}
+    run(out, model_photo(name), xnnpack=True)  # the default interpreter (XNNPACK) loads and runs it
     result = validate(mediapipe_model(name), out, model_photo(name), intermediates=False)
     assert result.worst_sqnr_db >= INT8_FLOORS[name], result.format_text()
     main = max(result.outputs, key=lambda o: np.prod(o.shape))

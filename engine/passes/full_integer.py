@@ -29,7 +29,7 @@ from engine.ir import TENSOR_TYPES, Buffer, Model, Operator, QuantizationParams,
 from engine.observers import Observer, make_observer
 from engine.ops import (
     BIAS_TYPES,
-    DENSIFY_XNNPACK_READERS,
+    DENSIFY_INTEGER_READERS,
     I8,
     I16,
     RULES,
@@ -164,6 +164,9 @@ def _float_reason(op: Operator, rule: OpRule | None, activations: str, recipe: R
     """Why ``op`` cannot run an integer kernel (None: it can)."""
     if rule is None or rule.integer_version(activations) is None:
         return f"no {activations} kernel in LiteRT"
+    options = TensorOptions(**recipe.options)
+    if activations == I8 and not rule.xnnpack_integer and options.io == "float" and not options.strict:
+        return "faster float on CPU: XNNPACK has no int8 kernel for it (--io int8|uint8 or --strict: integer)"
     name = next((t.name for t in op.outputs if t is not None), None) or ""
     if recipe.excludes(name) or recipe.resolve(op.name, name).quantize is None:
         return "left float by the recipe"
@@ -427,7 +430,7 @@ class _Rewriter:
             )
             entry = _weight_entry(t, q, rows, codes, scales, self.activations, method)
             if (
-                op.name in DENSIFY_XNNPACK_READERS
+                op.name in DENSIFY_INTEGER_READERS
                 and self.recipe.resolve(op.name, t.name or "").sparse_format == "tflite"
             ):
                 q = self._sparse(q, op, entry)
