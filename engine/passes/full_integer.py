@@ -43,13 +43,14 @@ from engine.recipe import STATIC_MODES, Recipe, TensorOptions
 from engine.report import TensorReport
 from engine.schema import enum_name
 from engine.sparse import encode_sparse, sparse_bytes
+from engine.validate import quantize_array
 from engine.weights import channel_axis_of
 from engine.writer import model_to_bytes
 
 _FLOAT32 = TENSOR_TYPES["FLOAT32"]
 # Activation type -> (tensor type, lowest code, highest code, symmetric).
 _CODES = {I8: ("INT8", -128, 127, False), I16: ("INT16", -32768, 32767, True)}
-_IO_TYPES = {"int8": "INT8", "uint8": "UINT8"}
+_CODE_DTYPES = {I8: np.int8, I16: np.int16}
 # What a fused activation lets through: the output range is clipped to it.
 _FUSED_BOUNDS = {"RELU": (0.0, math.inf), "RELU6": (0.0, 6.0), "RELU_N1_TO_1": (-1.0, 1.0)}
 _INT32_MAX = 2**31 - 1
@@ -347,12 +348,6 @@ def _quantization(params: Params) -> QuantizationParams:
     )
 
 
-def _codes(values: np.ndarray, params: Params, activations: str) -> np.ndarray:
-    type_name, qmin, qmax, _ = _CODES[activations]
-    q = np.rint(np.asarray(values, np.float64) / params.scale) + params.zero_point
-    return np.clip(q, qmin, qmax).astype(np.int16 if type_name == "INT16" else np.int8)
-
-
 @dataclass
 class _Bias:
     """A quantized bias, kept for bias correction: its op, tensor, per-channel scales, the op's (integer) input,
@@ -399,7 +394,7 @@ class _Rewriter:
         key = (id(t), params, activations)
         if key not in self.constants:
             q = Tensor(f"{t.name}/{activations}", quantization=_quantization(params))
-            q.data = _codes(np.asarray(t.data), params, activations)
+            q.data = quantize_array(np.asarray(t.data), params.scale, params.zero_point, _CODE_DTYPES[activations])
             self.constants[key] = q
         return self.constants[key]
 
@@ -691,6 +686,4 @@ def _as_input(value: np.ndarray, t: Tensor) -> np.ndarray:
     q = t.quantization
     if t.type == _FLOAT32 or q is None or q.scale is None:
         return value
-    info = np.iinfo(t.dtype)
-    codes = np.rint(np.asarray(value, np.float64) / float(q.scale[0])) + int(q.zero_point[0])
-    return np.clip(codes, info.min, info.max).astype(t.dtype)
+    return quantize_array(value, float(q.scale[0]), int(q.zero_point[0]), t.dtype)
