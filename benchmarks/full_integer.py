@@ -118,9 +118,10 @@ def quantizer_child(model: str, data: str, output: str) -> int:
     return 0
 
 
-def engine_command(model: Path, data: Path, output: Path, observer: str, bias_correction: bool) -> list[str]:
+def engine_command(model: Path, data: Path, output: Path, observer: str | None, bias_correction: bool) -> list[str]:
+    """The engine's command line: its defaults unless an observer or bias correction is asked for."""
     command = [sys.executable, "-m", "engine", "compress", str(model), "-o", str(output), "--quantize", "int8"]
-    command += ["--calibration", str(data), "--observer", observer]
+    command += ["--calibration", str(data)] + (["--observer", observer] if observer else [])
     return command + (["--bias-correction"] if bias_correction else [])
 
 
@@ -650,7 +651,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--invokes", type=int, help=f"timed invokes per latency (default {INVOKES})")
     parser.add_argument("--samples", type=int, default=SAMPLES, help=f"calibration samples (default {SAMPLES})")
     parser.add_argument("--photos", type=int, default=PHOTOS, help=f"photos for SQNR (default {PHOTOS})")
-    parser.add_argument("--observer", default="minmax", help="the engine's --observer (default minmax)")
+    parser.add_argument("--observer", help="the engine's --observer (default: the engine's own, mse)")
     parser.add_argument("--bias-correction", action="store_true", help="pass --bias-correction to the engine")
     parser.add_argument("--child-quantizer", nargs=3, metavar=("MODEL", "DATA", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
