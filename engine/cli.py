@@ -187,7 +187,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--calibration", metavar="DATA", help="samples for int8/int16x8: .npz keyed by input name, or one array"
     )
-    p.add_argument("--observer", metavar="O", help=f"activation ranges: {', '.join(OBSERVER_SPECS)} (default mse)")
+    p.add_argument("--observer", metavar="O", help=f"activation ranges: {', '.join(OBSERVER_SPECS)} (default minmax)")
     p.add_argument("--io", metavar="T", help=f"interface of an int8 model: {', '.join(IO_TYPES)} (default float)")
     p.add_argument(
         "--bias-correction",

@@ -85,7 +85,7 @@ class TensorOptions:
     cluster_granularity: str = "tensor"
     cluster_init: str = "kmeans++"
     cluster_storage: str = "values"
-    observer: str = "mse"
+    observer: str = "minmax"
     io: str = "float"
     bias_correction: bool = False
     strict: bool = False
