@@ -17,7 +17,7 @@ from engine.errors import EngineError
 from engine.ir import Model, Operator, Subgraph, Table, Tensor, tensor_type
 from engine.ops import RULES
 from engine.reader import read_model
-from engine.validate import run, validate
+from engine.validate import interpreter, run, validate
 from engine.writer import write_model
 from engine.zoo import CUSTOM_OP_MODELS, MODEL_SHA256, mediapipe_model, model_calibration, model_photo
 from tests.digits import accuracy, digits_data, digits_model_path
@@ -350,3 +350,30 @@ def test_control_flow_stays_float_and_the_rest_is_integer(tmp_path: Path) -> Non
     names = [op.name for op in read_model(out).main.operators]
     assert names == ["QUANTIZE", "FULLY_CONNECTED", "DEQUANTIZE", "WHILE", "QUANTIZE", "FULLY_CONNECTED", "DEQUANTIZE"]
     assert validate(source, out, data[0]).worst_sqnr_db > 28
+
+
+def _delegated_partitions(path: Path) -> int:
+    """How many XNNPACK partitions the default interpreter makes of a model (one: XNNPACK runs all of it)."""
+    interp = interpreter(path, "model", preserve_all=False, xnnpack=True)
+    return [op["op_name"] for op in interp._get_ops_details()].count("DELEGATE")
+
+
+def test_prelu_is_a_float_island_in_cpu_models_because_xnnpack_has_no_int8_prelu(tmp_path: Path) -> None:
+    """The op table's ``xnnpack_integer=False`` for PRELU, checked: an int8 PRELU splits XNNPACK's graph, a float
+    one between DEQUANTIZE and QUANTIZE does not."""
+    rng = np.random.default_rng(5)
+    b = GraphBuilder()
+    h = b.conv2d(b.input("x", (1, 8, 8, 4)), rng.normal(size=(8, 3, 3, 4)).astype(np.float32))
+    h = b.op("PRELU", [h, np.full((1, 1, 8), 0.25, np.float32)], [h.shape])[0]
+    b.output(b.conv2d(h, rng.normal(size=(4, 3, 3, 8)).astype(np.float32)), "y")
+    source = tmp_path / "prelu.tflite"
+    write_model(b.build(), source)
+    data = rng.uniform(-1, 1, (16, 1, 8, 8, 4)).astype(np.float32)
+    cpu, accelerator = tmp_path / "cpu.tflite", tmp_path / "accelerator.tflite"
+    _, report = engine.compress(source, output=cpu, quantize="int8", calibration=data)
+    assert [f["op"] for f in report.integer.float_ops] == ["PRELU"]
+    _, report = engine.compress(source, output=accelerator, quantize="int8", calibration=data, io="int8")
+    assert report.integer.float_ops == [] and report.integer.integer_ops["PRELU"] == 1
+    assert _delegated_partitions(cpu) == 1
+    assert _delegated_partitions(accelerator) == 2  # the int8 PRELU runs on the builtin kernel between two
+    assert validate(source, accelerator, data[0]).worst_sqnr_db > 25  # and is right there
