@@ -2,11 +2,12 @@
 
 Full-integer quantization needs a (scale, zero point) for every tensor the model computes, which only the
 values those tensors take on real inputs can give.  ``calibrate`` streams the samples one at a time through an
-``Executor`` (LiteRT by default, keeping every intermediate tensor), and feeds each watched tensor's values to
-its ``Observer`` (engine.observers), so memory does not grow with the number of samples.
+``Executor`` (LiteRT: XNNPACK on a copy whose outputs include the watched tensors, else the builtin kernels
+keeping every intermediate), and feeds each watched tensor's values to its ``Observer`` (engine.observers), so
+memory does not grow with the number of samples.
 
-The executor is a small interface (load a model, run one sample, read a tensor by index), so another runtime
-can replace LiteRT without touching the rest.
+The executor is a small interface (run one sample, read a tensor by index), so another runtime can replace
+LiteRT without touching the rest.
 """
 
 from __future__ import annotations

@@ -115,7 +115,7 @@ def replace_chain(weight: Weight, decoders: list[Operator], readers: list[Operat
     for t in constants:
         if t not in sg.tensors:
             sg.tensors.append(t)
-    _drop_unused(sg, old)
+    drop_unused(sg, old)
 
 
 def _per_channel(t: Tensor) -> bool:
@@ -130,7 +130,7 @@ def _is_read(sg: Subgraph, tensors: list[Tensor | None]) -> bool:
     )
 
 
-def _drop_unused(sg: Subgraph, candidates: list[Tensor]) -> None:
+def drop_unused(sg: Subgraph, candidates: list[Tensor]) -> None:
     """Remove ``candidates`` from the tensor list when no op or subgraph input/output uses them any more."""
     used = {id(t) for op in sg.operators for t in op.tensors()} | {id(t) for t in (*sg.inputs, *sg.outputs)}
     gone = {id(t) for t in candidates if id(t) not in used}

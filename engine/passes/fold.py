@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.ir import PACKED_BITS, Model, Subgraph, Tensor
+from engine.ir import PACKED_BITS, Model, Tensor
+from engine.passes.common import drop_unused
 from engine.weights import densify
 
 _DECODERS = ("DEQUANTIZE", "DENSIFY")
@@ -20,6 +21,7 @@ def fold_constant_decoders(model: Model) -> tuple[Model, int]:
     and how many ops went.  Decoders of forms numpy cannot read (packed INT4/INT2) are left as they are."""
     folded = 0
     for sg in model.subgraphs:
+        sources = []
         for op in list(sg.operators):
             if op.name not in _DECODERS or not op.inputs or op.inputs[0] is None or not op.inputs[0].is_constant:
                 continue
@@ -32,8 +34,9 @@ def fold_constant_decoders(model: Model) -> tuple[Model, int]:
             output.data = value.astype(np.float32) if op.name == "DEQUANTIZE" else value
             output.quantization = None if op.name == "DEQUANTIZE" else source.quantization
             sg.remove_operator(op)
-            _drop_if_unused(sg, source)
+            sources.append(source)
             folded += 1
+        drop_unused(sg, sources)
     return model, folded
 
 
@@ -58,9 +61,3 @@ def _densified(source: Tensor, output: Tensor) -> np.ndarray | None:
     if source.sparsity is None or output.shape is None or source.dtype is None:
         return None
     return densify(np.asarray(source.data), tuple(output.shape), source)
-
-
-def _drop_if_unused(sg: Subgraph, t: Tensor) -> None:
-    if any(t is u for op in sg.operators for u in op.tensors()) or any(t is u for u in (*sg.inputs, *sg.outputs)):
-        return
-    sg.tensors = [u for u in sg.tensors if u is not t]
