@@ -123,7 +123,7 @@ def quantize_model(
     model, fused = fuse_activations(model)
     data = load_calibration(calibration, model)
     sg = model.main
-    integer, float_ops = plan_ops(model, recipe, activations)
+    integer, float_ops = plan_ops(model, recipe, options)
     if options.strict and float_ops:
         listed = "; ".join(f"{f['op']} {f['output']!r}: {f['reason']}" for f in float_ops[:10])
         raise EngineError(f"--strict: {len(float_ops)} op(s) would stay float: {listed}")
@@ -131,19 +131,24 @@ def quantize_model(
     calibrate(model, data, observers, executor)
     params, requantize = assign_params(sg, integer, observers, activations)
     report = IntegerReport(
-        activations, options.io, _observer_label(recipe), data.count, folded_decoders=folded, fused_activations=fused
+        activations,
+        options.io,
+        _observer_label(recipe, options),
+        data.count,
+        folded_decoders=folded,
+        fused_activations=fused,
     )
     report.float_ops = float_ops
     tensors = {key: t for key, (t, _) in observers.items()}
-    entries, biases = rewrite(model, recipe, integer, tensors, params, requantize, activations, options.io, report)
+    entries, biases = rewrite(model, recipe, integer, tensors, params, requantize, options, report)
     if options.bias_correction:
         report.bias_correction = correct_biases(model, biases, data, executor)
     sg.remove_unused_tensors()
     return model, entries, report
 
 
-def _observer_label(recipe: Recipe) -> str:
-    spec = recipe.options.get("observer", TensorOptions.observer)
+def _observer_label(recipe: Recipe, options: TensorOptions) -> str:
+    spec = options.observer
     overrides = sum("observer" in o for o in (*recipe.ops.values(), *recipe.tensors.values()))
     return f"{spec} observer" + (f", {overrides} recipe override(s)" if overrides else "")
 
@@ -161,12 +166,16 @@ def _multiplies_weight(rule: OpRule) -> bool:
     return rule.weight_input is not None and rule.weight_input_axis is not None
 
 
-def _float_reason(op: Operator, rule: OpRule | None, activations: str, recipe: Recipe) -> str | None:
-    """Why ``op`` cannot run an integer kernel (None: it can)."""
+def _optional_input(op: Operator, index: int | None) -> Tensor | None:
+    """Input ``index`` of ``op``, None where the rule names none or the op omits it."""
+    return op.inputs[index] if index is not None and index < len(op.inputs) else None
+
+
+def _float_reason(op: Operator, rule: OpRule | None, activations: str, recipe: Recipe, cpu: bool) -> str | None:
+    """Why ``op`` cannot run an integer kernel (None: it can); ``cpu``: a float-interface model, not strict."""
     if rule is None or rule.integer_version(activations) is None:
         return f"no {activations} kernel in LiteRT"
-    options = TensorOptions(**recipe.options)
-    if activations == I8 and not rule.xnnpack_integer and options.io == "float" and not options.strict:
+    if activations == I8 and not rule.xnnpack_integer and cpu:
         return "faster float on CPU: XNNPACK has no int8 kernel for it (--io int8|uint8 or --strict: integer)"
     name = next((t.name for t in op.outputs if t is not None), None) or ""
     if recipe.excludes(name) or recipe.resolve(op.name, name).quantize is None:
@@ -179,10 +188,10 @@ def _float_reason(op: Operator, rule: OpRule | None, activations: str, recipe: R
         if t.type_name not in ("INT32", "INT64") or i in (rule.weight_input, rule.bias_input):
             return f"input {i} is {t.type_name}"
     if _multiplies_weight(rule):
-        weight = op.inputs[rule.weight_input] if rule.weight_input < len(op.inputs) else None
+        weight = _optional_input(op, rule.weight_input)
         if weight is None or not weight.is_constant:
             return "its weight is computed, not a constant"
-        bias = op.inputs[rule.bias_input] if rule.bias_input is not None and rule.bias_input < len(op.inputs) else None
+        bias = _optional_input(op, rule.bias_input)
         if bias is not None and not bias.is_constant:
             return "its bias is computed, not a constant"
     if not any(is_activation(t) for t in op.inputs):
@@ -190,8 +199,11 @@ def _float_reason(op: Operator, rule: OpRule | None, activations: str, recipe: R
     return None
 
 
-def plan_ops(model: Model, recipe: Recipe, activations: str) -> tuple[list[Operator], list[dict[str, str]]]:
-    """The main subgraph's ops that get an integer kernel, and every op left float with the reason."""
+def plan_ops(model: Model, recipe: Recipe, options: TensorOptions) -> tuple[list[Operator], list[dict[str, str]]]:
+    """The main subgraph's ops that get an integer kernel, and every op left float with the reason, for the
+    recipe's global ``options`` (parsed once by the caller)."""
+    activations = STATIC_MODES[options.quantize or ""]
+    cpu = options.io == "float" and not options.strict
     integer, left = [], []
     for index, sg in enumerate(model.subgraphs):
         for op in sg.operators:
@@ -200,7 +212,7 @@ def plan_ops(model: Model, recipe: Recipe, activations: str) -> tuple[list[Opera
             elif index > 0:
                 reason = f"in subgraph {index} (control flow bodies stay float)"
             else:
-                reason = _float_reason(op, RULES.get(op.name), activations, recipe)
+                reason = _float_reason(op, RULES.get(op.name), activations, recipe, cpu)
             if reason is None:
                 integer.append(op)
             else:
@@ -363,11 +375,11 @@ class _Bias:
 class _Rewriter:
     """Retypes one subgraph's tensors and constants and inserts the conversions at the integer/float seams."""
 
-    def __init__(self, model: Model, recipe: Recipe, activations: str, io: str, report: IntegerReport) -> None:
-        self.model, self.sg, self.activations, self.io, self.report = model, model.main, activations, io, report
-        self.recipe = recipe
-        self.correct_biases = bool(recipe.options.get("bias_correction"))
-        self.type = TENSOR_TYPES[_CODES[activations][0]]
+    def __init__(self, model: Model, recipe: Recipe, options: TensorOptions, report: IntegerReport) -> None:
+        self.model, self.sg, self.recipe, self.report = model, model.main, recipe, report
+        self.activations, self.io = STATIC_MODES[options.quantize or ""], options.io
+        self.correct_biases = options.bias_correction
+        self.type = TENSOR_TYPES[_CODES[self.activations][0]]
         self.constants: dict[tuple, Tensor] = {}
         self.entries: list[TensorReport] = []
         self.biases: list[_Bias] = []
@@ -485,13 +497,13 @@ def rewrite(
     tensors: dict[int, Tensor],
     params: dict[int, Params],
     requantize: set[tuple[int, int]],
-    activations: str,
-    io: str,
+    options: TensorOptions,
     report: IntegerReport,
 ) -> tuple[list[TensorReport], list[_Bias]]:
     """Turn the planned ops integer: activations retyped, constants quantized, conversions at the seams."""
     sg = model.main
-    rw = _Rewriter(model, recipe, activations, io, report)
+    rw = _Rewriter(model, recipe, options, report)
+    activations, io = rw.activations, rw.io
     is_integer = {id(op) for op in integer}
     producers, consumers = sg.producers(), sg.consumers()
     int_view: dict[int, Tensor] = {}
@@ -609,7 +621,7 @@ def _quantize_op(
 def _scale_floor(rule: OpRule, op: Operator, x: Tensor | None, activations: str) -> np.ndarray:
     """The smallest weight scale per channel whose bias still fits its integer type: a channel of near-zero
     weights gets a near-zero scale, and bias / (input_scale * weight_scale) would overflow int32 (clipping it)."""
-    bias = op.inputs[rule.bias_input] if rule.bias_input is not None and rule.bias_input < len(op.inputs) else None
+    bias = _optional_input(op, rule.bias_input)
     if bias is None or x is None or x.quantization is None or x.quantization.scale is None:
         return np.zeros(1)
     limit = _INT32_MAX if BIAS_TYPES[activations] == "INT32" else 2**62
