@@ -541,8 +541,9 @@ def rewrite(
         for op in int_readers:
             op.inputs = [int_view[key] if u is t else u for u in op.inputs]
     _integer_outputs(rw, params, int_view)
+    originals = {id(view): key for key, view in int_view.items()}  # integer tensor -> the observed tensor's id
     for op in integer:
-        _quantize_op(rw, op, params, int_view, requantize)
+        _quantize_op(rw, op, params, originals, requantize)
     report.integer_ops = dict(Counter(op.name for op in integer))
     return rw.entries, rw.biases
 
@@ -578,12 +579,12 @@ def _quantize_op(
     rw: _Rewriter,
     op: Operator,
     params: dict[int, Params],
-    int_view: dict[int, Tensor],
+    originals: dict[int, int],
     requantize: set[tuple[int, int]],
 ) -> None:
-    """Give one integer op its integer inputs (activations, weight, bias, constants), version and options."""
+    """Give one integer op its integer inputs (activations, weight, bias, constants), version and options;
+    ``originals`` maps each integer tensor's id to the observed tensor's (the key of ``params``)."""
     rule = RULES[op.name]
-    originals = {id(view): key for key, view in int_view.items()}
     out_key = originals.get(id(op.outputs[0]), id(op.outputs[0]))
     out_params = params[out_key]
     x = None  # the first integer activation input: a bias's scale is its scale times the weight's
