@@ -12,14 +12,14 @@ from collections.abc import Callable
 
 import numpy as np
 
-from engine.ir import TENSOR_TYPES, Model, Operator, Subgraph, Tensor
-from engine.ops import DENSIFY_INPUTS, dequantize_version
+from engine.ir import PACKED_BITS, TENSOR_TYPES, Model, Operator, Subgraph, Tensor
+from engine.ops import DENSIFY_INPUTS, RULES, dequantize_version
 from engine.pruning import parse_pattern
 from engine.reader import release_pages
 from engine.recipe import Recipe, TensorOptions
 from engine.report import TensorReport
 from engine.sparse import encode_sparse, sparse_bytes
-from engine.weights import Weight, find_weights
+from engine.weights import Weight, densify, find_weights
 
 _FLOAT32 = TENSOR_TYPES["FLOAT32"]
 
@@ -115,7 +115,69 @@ def replace_chain(weight: Weight, decoders: list[Operator], readers: list[Operat
     for t in constants:
         if t not in sg.tensors:
             sg.tensors.append(t)
+    old += float32_biases(sg, [op for op, _ in weight.weighted_uses()])
     drop_unused(sg, old)
+
+
+def float32_biases(sg: Subgraph, ops: list[Operator]) -> list[Tensor]:
+    """Give ``ops`` a float32 bias where they read a constant one through DEQUANTIZE (FLOAT16 in MediaPipe's
+    models), and return the stored constants that no longer need to be read.
+
+    XNNPACK, the default interpreter's delegate, takes a weighted op only when its bias type matches the filter
+    as it sees it (``engine.ops.XNNPACK_BIAS_TYPES``): once a pass re-encodes a float16 filter, a float16 bias
+    makes it refuse the op, which then runs in the builtin kernel (2-3x slower for the whole model), fails to
+    prepare (hybrid filters), or reads garbage (filters behind DENSIFY).  A bias is a few bytes per channel."""
+    sources = []
+    for op in ops:
+        index = RULES[op.name].bias_input
+        bias = op.inputs[index] if index is not None and index < len(op.inputs) else None
+        producer = sg.producer_of(bias) if bias is not None and not bias.is_constant else None
+        if producer is not None and producer.name == "DEQUANTIZE":
+            source = fold_decoder(sg, producer)
+            if source is not None:
+                sources.append(source)
+    return sources
+
+
+def fold_decoder(sg: Subgraph, op: Operator) -> Tensor | None:
+    """Replace ``op``, a DEQUANTIZE or DENSIFY of a constant, by the float32 (DENSIFY: the decoded type) constant
+    it computes; returns the stored constant it read, or None when ``op`` is not such a decoder or decodes a form
+    numpy cannot read (packed INT4/INT2, blockwise scales, external data).  Exact: both decoders are."""
+    if op.name not in ("DEQUANTIZE", "DENSIFY") or not op.inputs or op.inputs[0] is None or not op.outputs:
+        return None
+    source, output = op.inputs[0], op.outputs[0]
+    if output is None or not source.is_constant or source.type in PACKED_BITS or source.external_buffer is not None:
+        return None
+    value = _dequantized(source) if op.name == "DEQUANTIZE" else _densified(source, output)
+    if value is None:
+        return None
+    output.data = value.astype(np.float32) if op.name == "DEQUANTIZE" else value
+    output.quantization = None if op.name == "DEQUANTIZE" else source.quantization
+    sg.remove_operator(op)
+    return source
+
+
+def _dequantized(t: Tensor) -> np.ndarray | None:
+    """What DEQUANTIZE makes of a dense constant: float16 widened, integers mapped through their scales."""
+    if t.sparsity is not None or t.dtype is None:
+        return None
+    data = np.asarray(t.data)
+    if data.dtype.kind == "f":
+        return data
+    q = t.quantization
+    if q is None or q.scale is None or q.scale.size == 0 or q.details is not None:
+        return None
+    shape = [1] * data.ndim
+    if q.scale.size > 1:
+        shape[q.quantized_dimension] = -1
+    zero = q.zero_point if q.zero_point is not None and q.zero_point.size else np.zeros(1, np.int64)
+    return (data.astype(np.float64) - zero.reshape(shape)) * q.scale.astype(np.float64).reshape(shape)
+
+
+def _densified(source: Tensor, output: Tensor) -> np.ndarray | None:
+    if source.sparsity is None or output.shape is None or source.dtype is None:
+        return None
+    return densify(np.asarray(source.data), tuple(output.shape), source)
 
 
 def _per_channel(t: Tensor) -> bool:
