@@ -38,6 +38,11 @@ class OpRule:
     delegate): its builtin FULLY_CONNECTED runs blockwise int4 weights (``BlockwiseQuantization``) but its
     outputs are garbage (0.2 dB against the float model), XNNPACK's are right.
 
+    ``xnnpack_hybrid``: the hybrid forms XNNPACK takes over; it leaves the others to the builtin kernel, which
+    splits the graph around the op (DEPTHWISE_CONV_2D with int8 weights read directly made hand_landmark_full 1.6x
+    slower than float).  Where XNNPACK decodes the DEQUANTIZE alternative once at load time
+    (``XNNPACK_FOLDED_DEQUANTIZE``) and runs the float op, that is the faster form in the default interpreter.
+
     ``max_version`` is the highest operator version LiteRT registers: a model declaring a higher one fails to
     load, while every version from 1 up runs the same kernels (hybrid, per-channel and int4 weights need no
     particular version).
@@ -76,6 +81,7 @@ class OpRule:
     adjoint_option: str | None = None
     packed_rows_whole_bytes: bool = False
     xnnpack_only: tuple[tuple[int, frozenset[str]], ...] = ()
+    xnnpack_hybrid: tuple[tuple[int, frozenset[str]], ...] = ()
     channel_flow: str | None = None
     channel_inputs: tuple[int, ...] = (0,)
     channel_constants: tuple[int, ...] = ()
@@ -107,6 +113,10 @@ class OpRule:
     def needs_xnnpack(self, bits: int, granularity: str) -> bool:
         """Whether this hybrid form is computed right only by XNNPACK (the default interpreter's delegate)."""
         return granularity in dict(self.xnnpack_only).get(bits, frozenset())
+
+    def xnnpack_runs_hybrid(self, bits: int, granularity: str) -> bool:
+        """Whether XNNPACK (the default interpreter's delegate) takes this hybrid form over."""
+        return granularity in dict(self.xnnpack_hybrid).get(bits, frozenset())
 
     def runs_hybrid(self, bits: int, granularity: str, weight_shape: Sequence[int]) -> bool:
         """Whether LiteRT computes right when the op reads this quantized weight directly: the builtin kernel,
@@ -164,7 +174,8 @@ RULES: dict[str, OpRule] = {
     # int8/int16 input; EMBEDDING_LOOKUP refuses a non-float output.
     "CONV_2D": OpRule(
         "Conv2DOptions", weight_input=1, weight_channel_axis=0, weight_input_axis=3, bias_input=2,
-        hybrid=((8, _BOTH), (4, _BOTH)), max_version=8, channel_flow="contract", integer=((I8, 3), (I16, 1)),
+        hybrid=((8, _BOTH), (4, _BOTH)), xnnpack_hybrid=((8, _BOTH),), max_version=8, channel_flow="contract",
+        integer=((I8, 3), (I16, 1)),
     ),
     "DEPTHWISE_CONV_2D": OpRule(
         "DepthwiseConv2DOptions", weight_input=1, weight_channel_axis=3, weight_input_axis=2, bias_input=2,
@@ -174,17 +185,20 @@ RULES: dict[str, OpRule] = {
     "FULLY_CONNECTED": OpRule(
         "FullyConnectedOptions", weight_input=1, weight_channel_axis=0, weight_input_axis=1, bias_input=2,
         hybrid=((8, _BOTH), (4, _BOTH), (2, _BOTH)), max_version=14, xnnpack_only=((4, frozenset({"block"})),),
+        xnnpack_hybrid=((8, _BOTH), (4, _BOTH | {"block"}), (2, _CHANNEL)),
         channel_flow="contract", integer=((I8, 4), (I16, 1)),  # keep_num_dims: 5; two inputs (no -1 bias): 6
     ),
     "TRANSPOSE_CONV": OpRule(
         "TransposeConvOptions", weight_input=1, weight_channel_axis=0, weight_input_axis=3, bias_input=3,
-        hybrid=((8, _BOTH),), max_version=5, integer=((I8, 3), (I16, 3)),  # 3: has a bias (2 without)
+        hybrid=((8, _BOTH),), xnnpack_hybrid=((8, _BOTH),), max_version=5,
+        integer=((I8, 3), (I16, 3)),  # 3: has a bias (2 without)
     ),
     "CONV_3D": OpRule("Conv3DOptions", weight_input=1, weight_channel_axis=4, weight_input_axis=3, bias_input=2),
     # BATCH_MATMUL reads one scale for the whole right-hand side: per-channel codes give all-zero outputs.
     "BATCH_MATMUL": OpRule(
         "BatchMatMulOptions", weight_input=1, weight_channel_axis=-1, weight_input_axis=-2,
-        hybrid=((8, _BOTH),), max_version=4, adjoint_option="adj_y", integer=((I8, 2), (I16, 3)),
+        hybrid=((8, _BOTH),), xnnpack_hybrid=((8, _BOTH),), max_version=4, adjoint_option="adj_y",
+        integer=((I8, 2), (I16, 3)),
         integer_weights="tensor",
     ),
     "EMBEDDING_LOOKUP": OpRule(
@@ -281,6 +295,11 @@ RULES: dict[str, OpRule] = {
 # in both the builtin kernel and with XNNPACK, so any weight the hybrid kernels cannot read can take this route.
 DEQUANTIZE_INPUTS: dict[int, frozenset[str]] = {16: frozenset({"tensor"}), 8: _BOTH, 4: _BOTH, 2: _BOTH}
 
+# The stored types whose constant DEQUANTIZE XNNPACK decodes once, when the model loads, so the op after it runs
+# as a float op at float speed: FLOAT16 and INT8 (per tensor or channel).  INT4/INT2 DEQUANTIZE runs in the builtin
+# kernel, and XNNPACK then leaves the op reading its output to the builtin kernels too.
+XNNPACK_FOLDED_DEQUANTIZE = frozenset({"FLOAT16", "INT8"})
+
 # What DENSIFY turns back into a dense tensor (the layouts of engine.sparse), by stored type: the block shapes
 # (rows, columns) of a 2-D [out, in] weight, None meaning unblocked CSR (any rank: 2-D and 4-D OHWI measured).
 # INT8 keeps its quantization parameters (per channel too) for the DEQUANTIZE after it.  Every form comes out
@@ -305,6 +324,18 @@ DENSIFY_XNNPACK_READERS = frozenset({"FULLY_CONNECTED", "CONV_2D", "BATCH_MATMUL
 # CONV_2D.  XNNPACK claims an int8 FULLY_CONNECTED reading a DENSIFY output and then fails to prepare it, so the
 # model does not load with the default interpreter (hand_landmark_full); its weights stay dense.
 DENSIFY_INTEGER_READERS = frozenset({"CONV_2D"})
+
+# XNNPACK (the default delegate) takes a float CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED or TRANSPOSE_CONV only
+# when its bias type goes with its filter type as XNNPACK sees them: a FLOAT16 constant behind DEQUANTIZE counts as
+# FLOAT16 (XNNPACK drops that DEQUANTIZE and reads the half-precision data itself), anything else behind DEQUANTIZE
+# as FLOAT32, and a filter the op reads quantized (hybrid) wants a FLOAT32 bias.  Other pairs leave the op to the
+# builtin kernel, which splits the graph (a FLOAT32 filter with a FLOAT16 bias made MediaPipe's models 2-3x slower),
+# fails to prepare (hybrid filters), or reads garbage where the filter comes through DENSIFY -> DEQUANTIZE (XNNPACK
+# claims the DENSIFY and leaves its output unwritten).  So the weight passes give every op whose filter they
+# re-encode a FLOAT32 bias (engine.passes.common.float32_biases); checked by tests/test_xnnpack_bias.py.
+XNNPACK_BIAS_TYPES: dict[str, frozenset[str]] = {
+    "FLOAT32": frozenset({"FLOAT32"}), "FLOAT16": frozenset({"FLOAT16", "FLOAT32"}), "INT8": frozenset({"FLOAT32"}),
+}
 
 # The DEQUANTIZE version a converter declares for each input (per-channel int8 has its own).  LiteRT runs any
 # version from 1 to its max_version the same way; the version tells other runtimes which features are used.

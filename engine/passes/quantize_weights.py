@@ -18,7 +18,7 @@ import numpy as np
 from engine import kernels
 from engine.errors import EngineError
 from engine.ir import TENSOR_TYPES, Buffer, Model, Operator, QuantizationParams, Table, Tensor
-from engine.ops import DEQUANTIZE_INPUTS, RULES
+from engine.ops import DEQUANTIZE_INPUTS, RULES, XNNPACK_FOLDED_DEQUANTIZE
 from engine.passes.common import entry, install, select
 from engine.progress import track
 from engine.recipe import MODES, Recipe, TensorOptions
@@ -92,15 +92,23 @@ def _granularity(weight: Weight, options: TensorOptions) -> str:
 def _hybrid_uses(
     weight: Weight, options: TensorOptions, container: int, granularity: str
 ) -> list[tuple[Operator, int]]:
-    """The weighted uses whose kernel reads ``container``-bit weights of this granularity directly."""
+    """The weighted uses whose kernel reads ``container``-bit weights of this granularity directly.
+
+    A hybrid form XNNPACK leaves to the builtin kernel is used only where XNNPACK would not decode the DEQUANTIZE
+    alternative at load time either: otherwise the float op after DEQUANTIZE is the fast form in the default
+    interpreter (and the more accurate one)."""
     if options.form != "hybrid" or weight.source.sparsity is not None:
         return []
+    kind = _kind(granularity)
+    folded = _CONTAINERS[container] in XNNPACK_FOLDED_DEQUANTIZE
     uses = []
     for op, i in weight.weighted_uses():
         rule = RULES[op.name]
         axis = channel_axis_of(rule.channel_axis(op.builtin_options), weight.value)
-        if (granularity == "tensor" or axis == weight.channel_axis) and rule.runs_hybrid(
-            container, _kind(granularity), weight.shape
+        if (
+            (granularity == "tensor" or axis == weight.channel_axis)
+            and rule.runs_hybrid(container, kind, weight.shape)
+            and (rule.xnnpack_runs_hybrid(container, kind) or not folded)
         ):
             uses.append((op, i))
     return uses
