@@ -334,7 +334,9 @@ DENSIFY_INTEGER_READERS = frozenset({"CONV_2D"})
 # claims the DENSIFY and leaves its output unwritten).  So the weight passes give every op whose filter they
 # re-encode a FLOAT32 bias (engine.passes.common.float32_biases); checked by tests/test_xnnpack_bias.py.
 XNNPACK_BIAS_TYPES: dict[str, frozenset[str]] = {
-    "FLOAT32": frozenset({"FLOAT32"}), "FLOAT16": frozenset({"FLOAT16", "FLOAT32"}), "INT8": frozenset({"FLOAT32"}),
+    "FLOAT32": frozenset({"FLOAT32"}),
+    "FLOAT16": frozenset({"FLOAT16", "FLOAT32"}),
+    "INT8": frozenset({"FLOAT32"}),
 }
 
 # The DEQUANTIZE version a converter declares for each input (per-channel int8 has its own).  LiteRT runs any
