@@ -19,6 +19,8 @@ from engine.validate import json_safe
 # gzip sizes are computed when input and output are at most this big; above, they would cost seconds (zlib
 # compresses about 25 MB/s here) and are left out (None).
 GZIP_LIMIT_BYTES = 32 * 1024 * 1024
+# What the forms XNNPACK leaves to the builtin kernels cost, measured by benchmarks/latency.py (README).
+SLOW_FORM_COST = "weight-int4 and gather storage measured 1.7-3.8x the input's latency on MediaPipe's models"
 
 
 @dataclass
@@ -42,6 +44,9 @@ class TensorReport:
     bytes_after: int = 0
     weight_sqnr_db: float | None = None
     needs_xnnpack: bool = False
+    # Why XNNPACK (the default interpreter's delegate) leaves the ops reading this weight to the slower builtin
+    # kernels, when the form makes it do so (INT4 DEQUANTIZE, hybrid forms it does not take, GATHER storage).
+    slow_form: str | None = None
     sparsity: float | None = None
     prune_pattern: str | None = None
     channels_removed: int | None = None
@@ -151,6 +156,13 @@ class Report:
             lines.append(self.integer.format_text())
         lines.append("file: " + _ratio(self.file_bytes_before, self.file_bytes_after))
         lines.append("gzip: " + _ratio(self.gzip_bytes_before, self.gzip_bytes_after))
+        slow = Counter(t.slow_form for t in done if t.slow_form)
+        if slow:
+            lines.append(
+                "latency: in the default interpreter, XNNPACK leaves the ops reading these weights to the builtin "
+                f"kernels, which split the graph ({SLOW_FORM_COST}; compress --validate measures this model):"
+            )
+            lines.extend(f"  {n} x {why}" for why, n in slow.most_common())
         if self.needs_xnnpack:
             lines.append(
                 "note: blockwise weights run right only with XNNPACK (the interpreter's default); LiteRT 2.3's "

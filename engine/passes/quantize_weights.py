@@ -72,6 +72,7 @@ def quantize_weights(model: Model, recipe: Recipe) -> tuple[Model, list[TensorRe
         report.dtype_after, report.bytes_after = dtype, encoding.stored_bytes
         report.weight_sqnr_db = encoding.weight_sqnr_db
         report.needs_xnnpack = any(RULES[op.name].needs_xnnpack(container, _kind(granularity)) for op, _ in direct)
+        report.slow_form = _slow_form(weight, direct, container, granularity)
         if granularity != options.granularity:
             report.reason = f"{options.granularity} not possible here; used {granularity}"
         reports.append(report)
@@ -132,6 +133,21 @@ def _placement(weight: Weight, options: TensorOptions, granularity: str) -> tupl
         f"weight {weight.name!r}: LiteRT cannot run {bits}-bit {granularity} weights for {readers} "
         f"in {options.quantize}: no kernel reads them directly and DEQUANTIZE does not decode them{hint}"
     )
+
+
+def _slow_form(weight: Weight, direct: list[tuple[Operator, int]], container: int, granularity: str) -> str | None:
+    """Why XNNPACK leaves this weight's readers to the builtin kernels (None: it runs them itself).  INT4/INT2
+    behind DEQUANTIZE are not decoded at load time, so their readers get a computed filter, which XNNPACK refuses;
+    a hybrid form it does not take is used only where that is the alternative (``_hybrid_uses``)."""
+    dtype = _CONTAINERS[container]
+    if len(direct) < len(weight.uses) and dtype not in XNNPACK_FOLDED_DEQUANTIZE:
+        return f"{dtype} behind DEQUANTIZE (XNNPACK decodes only FLOAT16 and INT8 when the model loads)"
+    refused = sorted(
+        {op.name for op, _ in direct if not RULES[op.name].xnnpack_runs_hybrid(container, _kind(granularity))}
+    )
+    if refused:
+        return f"{dtype} read directly by {', '.join(refused)} (no XNNPACK kernel for that hybrid form)"
+    return None
 
 
 def _kind(granularity: str) -> str:
