@@ -42,6 +42,13 @@ def prune_weights(model: Model, recipe: Recipe) -> tuple[Model, list[TensorRepor
     for weight, options in layouts:
         mask = masks[id(weight)]
         original = weight.decode()
+        same_storage = (weight.source.sparsity is not None) == (options.sparse_format == "tflite")
+        if same_storage and not np.any(original[~mask]) and id(weight.value) not in edits.weights:
+            zero = sparsity_of(original != 0)
+            left = entry(weight, options, f"already {zero:.1%} zero: pruning to {options.prune:.0%} changes nothing")
+            left.sparsity = sparsity_of(mask)  # what the mask (in global scope, the one threshold) counts
+            reports.append(left)
+            continue
         values = np.where(mask, original, np.float32(0))  # +0.0: a sparse encoding keeps -0.0 as a value
         report = entry(weight, options)
         stored = _install(model, weight, edits.apply(weight, values).astype(weight.source.dtype), options)
