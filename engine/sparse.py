@@ -38,9 +38,14 @@ def index_vector(values: np.ndarray) -> Table:
 
 
 def _stored(dense: np.ndarray) -> np.ndarray:
-    """Where ``dense`` must keep a value: nonzeros, and negative zeros so the round trip is bit-exact."""
+    """Where ``dense`` must keep a value: nonzeros, and negative zeros so the round trip is bit-exact.  At least
+    one (the first) even when all are zero: LiteRT takes a constant with an empty buffer for a computed tensor,
+    and DENSIFY refuses that input (the model does not load)."""
     keep = dense != 0
-    return keep | np.signbit(dense) if dense.dtype.kind == "f" else keep
+    keep = keep | np.signbit(dense) if dense.dtype.kind == "f" else keep
+    if keep.size and not keep.any():
+        keep.flat[0] = True
+    return keep
 
 
 def _csr(mask: np.ndarray) -> DimensionMetadata:
