@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import mmap
 import os
 from pathlib import Path
@@ -12,6 +13,7 @@ import numpy as np
 from engine import flatbuf
 from engine.errors import EngineError
 from engine.ir import (
+    PACKED_BITS,
     TENSOR_REF_FIELDS,
     Buffer,
     DimensionMetadata,
@@ -33,6 +35,9 @@ from engine.ir import (
 
 # Buffer/custom-option offsets of 0 and 1 both mean "not stored outside the flatbuffer" (1 is a placeholder).
 _EXTERNAL_OFFSET_MIN = 2
+# A sparse constant's dense form may take at most this many times the file's size: a 99.9% sparse weight is
+# 1000x, while a corrupt dimension of 2**31 - 1 would ask for a hundred gigabytes.
+_SPARSE_EXPANSION = 4096
 
 
 def read_model(source: str | os.PathLike[str] | bytes | bytearray | memoryview) -> Model:
@@ -247,7 +252,7 @@ class _Resolver:
             external = self.external_by_id.get(t["external_buffer"])
             if external is None:
                 raise EngineError(f"{where} ({t['name']!r}): external buffer id {t['external_buffer']} is not listed")
-        return Tensor(
+        tensor = Tensor(
             name=t["name"],
             shape=_shape(t["shape"]),
             type=t["type"],
@@ -284,6 +289,30 @@ class _Resolver:
             else [VariantSubType(_shape(v["shape"]), v["type"], v["has_rank"]) for v in t["variant_tensors"]],
             external_buffer=external,
         )
+        self.check_size(tensor, where)
+        return tensor
+
+    def check_size(self, t: Tensor, where: str) -> None:
+        """Refuse a constant whose buffer does not hold what its shape and type say (dense: exactly the elements,
+        packed types in whole bytes; sparse: whole values, and a dense form at most ``_SPARSE_EXPANSION`` times
+        the file), so no pass reshapes a wrong-sized buffer or allocates gigabytes for a corrupt dimension.
+        Strings, types without a fixed element size and external buffers are taken as they are."""
+        if t.buffer is None or t.buffer.data.size == 0 or t.shape is None:
+            return
+        bits = PACKED_BITS.get(t.type) or (t.dtype.itemsize * 8 if t.dtype is not None else None)
+        if bits is None:
+            return
+        size = int(t.buffer.data.size)
+        elements = math.prod(t.shape)
+        label = f"{where} ({t.name!r}, {t.type_name}, shape {list(t.shape)})"
+        if t.sparsity is not None:
+            dense = elements * bits // 8
+            if min(t.shape) < 0 or dense > _SPARSE_EXPANSION * self.size:
+                raise EngineError(f"{label}: a sparse tensor of {dense} dense bytes is absurd in a file of {self.size}")
+            if size * 8 % bits:
+                raise EngineError(f"{label}: sparse buffer of {size} bytes is not a whole number of values")
+        elif min(t.shape, default=0) < 0 or size != -(-elements * bits // 8):
+            raise EngineError(f"{label}: buffer holds {size} bytes, the shape needs {-(-elements * bits // 8)}")
 
     def signature(self, s: dict[str, Any], subgraphs: list[Subgraph]) -> SignatureDef:
         where = f"signature {s['signature_key']!r}"

@@ -20,6 +20,9 @@ from engine.sparse import DENSE, SPARSE_CSR, constant_bytes, index_bytes
 
 _FLOAT_TYPES = ("FLOAT32", "FLOAT16")
 _DECODERS = ("DEQUANTIZE", "DENSIFY")
+# Ops whose LiteRT kernels need a bias input (measured in LiteRT 2.3: CONV_2D refuses to prepare without one,
+# DEPTHWISE_CONV_2D with two inputs crashes both runtimes); the other weighted ops' biases are optional.
+_BIAS_REQUIRED = frozenset({"CONV_2D", "DEPTHWISE_CONV_2D"})
 
 
 @dataclass(eq=False)
@@ -86,6 +89,49 @@ class Weight:
     def weighted_uses(self) -> list[tuple[Operator, int]]:
         """The uses where ``value`` is the op's weight input (as opposed to, say, an ADD operand)."""
         return [(op, i) for op, i in self.uses if op.name in RULES and RULES[op.name].weight_input == i]
+
+
+def check_finite(name: str | None, values: np.ndarray, action: str) -> None:
+    """Refuse a constant holding NaN or infinity, naming it: no scale or shared value represents them."""
+    if not np.isfinite(values).all():
+        raise EngineError(f"tensor {name!r} holds NaN or infinity: it cannot be {action}")
+
+
+def check_weighted_ops(model: Model) -> None:
+    """Refuse, naming the op, a weighted op (per the op table) that LiteRT could crash on rather than refuse: a
+    missing weight or other required input (the default interpreter dereferences it), a weight with too few axes
+    for the op's channel and input axes, a missing bias where the kernel needs one (DEPTHWISE_CONV_2D with two
+    inputs crashes both runtimes), or a bias whose size is not the weight's channel count (XNNPACK runs it, the
+    builtin kernels refuse it, and integer biases could not be scaled)."""
+    for index, sg in enumerate(model.subgraphs):
+        for number, op in enumerate(sg.operators):
+            rule = RULES.get(op.name)
+            if rule is None or rule.weight_input is None:
+                continue
+            out = next((t.name for t in op.outputs if t is not None), None)
+            where = f"subgraph {index} operator {number} ({op.name}, output {out!r})"
+            named = max(rule.weight_input, rule.bias_input or 0) + 1
+            given = [*op.inputs, *[None] * (named - len(op.inputs))]
+            missing = [
+                i for i, t in enumerate(given) if t is None and (i != rule.bias_input or op.name in _BIAS_REQUIRED)
+            ]
+            if missing:
+                role = {rule.weight_input: "weight", rule.bias_input: "bias"}.get(missing[0], "required")
+                raise EngineError(f"{where}: its {role} input {missing[0]} is missing")
+            weight, bias = given[rule.weight_input], given[rule.bias_input] if rule.bias_input is not None else None
+            assert weight is not None
+            axes = [a for a in (rule.weight_channel_axis, rule.weight_input_axis) if a is not None]
+            rank = max((a + 1 if a >= 0 else -a for a in axes), default=0)
+            if weight.shape is not None and len(weight.shape) < rank:
+                raise EngineError(f"{where}: weight {weight.name!r} has shape {weight.shape}; the op needs {rank} axes")
+            axis = channel_axis_of(rule.channel_axis(op.builtin_options), weight)
+            if bias is not None and bias.shape is not None and weight.shape and axis is not None:
+                channels = weight.shape[axis]
+                if int(np.prod(bias.shape, dtype=np.int64)) != channels:
+                    raise EngineError(
+                        f"{where}: bias {bias.name!r} of shape {bias.shape} does not hold one value for each of "
+                        f"the weight's {channels} output channels"
+                    )
 
 
 def _has_scale(t: Tensor) -> bool:
@@ -161,7 +207,12 @@ def _mark_shared(weights: list[Weight]) -> None:
 
 
 def densify(values: np.ndarray, shape: tuple[int, ...], tensor: Tensor) -> np.ndarray:
-    """The dense array a sparse constant stands for."""
+    """The dense array a sparse constant stands for.  ``shape`` (its DENSIFY output's) must be the constant's own,
+    which the reader has bounded by the file's size: a corrupt output shape must not allocate gigabytes."""
+    if tensor.shape is not None and tuple(shape) != tuple(tensor.shape):
+        raise EngineError(
+            f"sparse tensor {tensor.name!r} has shape {tuple(tensor.shape)} but is decoded to shape {tuple(shape)}"
+        )
     out = np.zeros(shape, dtype=values.dtype)
     out.flat[sparse_positions(tensor, shape, values.size)] = values
     return out
