@@ -24,7 +24,7 @@ from engine.recipe import Recipe, TensorOptions
 from engine.report import TensorReport
 from engine.sparse import constant_bytes
 from engine.validate import sqnr_db
-from engine.weights import Weight
+from engine.weights import Weight, check_finite
 
 # Lloyd iterations: each costs O(K log n), so running to convergence is cheap (benchmarks/kmeans.py).
 _ITERATIONS = 1000
@@ -38,6 +38,7 @@ def cluster_weights(model: Model, recipe: Recipe) -> tuple[Model, list[TensorRep
             reports.append(entry(weight, options, "gather storage per channel needs the channels on axis 0"))
             continue
         values = weight.decode()
+        check_finite(weight.name, values, "clustered")
         centroids, labels = _cluster(values, weight.channel_axis, options)
         rows = np.take_along_axis(centroids, labels.astype(np.intp), axis=1)
         clustered = _unrows(rows, values.shape, weight.channel_axis, options)
@@ -45,6 +46,7 @@ def cluster_weights(model: Model, recipe: Recipe) -> tuple[Model, list[TensorRep
         if options.cluster_storage == "gather":
             report.bytes_after = _install_gather(model, weight, centroids, labels)
             report.dtype_after, report.form = "UINT8", "gather"
+            report.slow_form = "UINT8 indices rebuilt by CAST + GATHER at every run (a computed filter)"
         else:
             stored = float_constant(weight, clustered.astype(weight.source.dtype), options)
             install(model, weight, stored, direct=[])

@@ -18,10 +18,14 @@ def float16_weights(model: Model, recipe: Recipe) -> tuple[Model, list[TensorRep
         if weight.stored_type == "FLOAT16":
             reports.append(entry(weight, options, "already FLOAT16"))
             continue
-        report = entry(weight, options)
         values = weight.source.data
         assert values is not None
-        half = values.astype(np.float16)
+        with np.errstate(over="ignore"):
+            half = values.astype(np.float16)
+        if np.any(np.isinf(half) & np.isfinite(values)):
+            reports.append(entry(weight, options, "values beyond FLOAT16's ±65504 would become infinite"))
+            continue
+        report = entry(weight, options)
         stored = Tensor(f"{weight.name}_float16", weight.source.shape, sparsity=weight.source.sparsity)
         stored.data = half
         stored.shape, stored.sparsity = weight.source.shape, weight.source.sparsity
