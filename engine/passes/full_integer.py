@@ -44,7 +44,7 @@ from engine.report import TensorReport
 from engine.schema import enum_name
 from engine.sparse import encode_sparse, sparse_bytes
 from engine.validate import quantize_array
-from engine.weights import channel_axis_of
+from engine.weights import channel_axis_of, check_weighted_ops
 from engine.writer import model_to_bytes
 
 _FLOAT32 = TENSOR_TYPES["FLOAT32"]
@@ -58,6 +58,11 @@ _INT32_MAX = 2**31 - 1
 # them on headroom costs nothing measurable, while inputs unlike the calibration samples no longer clip (on the
 # MediaPipe models' held-out photo, 4x gains 0-13 dB of output SQNR in 16x8, README).  int8 has no such slack.
 _HEADROOM = {I8: 1.0, I16: 4.0}
+# LiteRT turns scale ratios into fixed-point multipliers and aborts the process (no error to catch) where one is
+# out of range: an activation scale beyond this marks a range no integer kernel can rescale (1e36-wide ranges from
+# weights near 1e38 did), and int8 ADD/SUB need 2 * max(input scales) < 2^20 * output scale.
+_MAX_ACTIVATION_SCALE = 1e30
+_ADD_SCALE_RATIO = 2.0**19
 
 
 @dataclass
@@ -127,9 +132,11 @@ def quantize_model(
     if options.strict and float_ops:
         listed = "; ".join(f"{f['op']} {f['output']!r}: {f['reason']}" for f in float_ops[:10])
         raise EngineError(f"--strict: {len(float_ops)} op(s) would stay float: {listed}")
+    check_quantizable(model, integer)
     observers = observe(sg, integer, recipe, options.io != "float")
     calibrate(model, data, observers, executor)
     params, requantize = assign_params(sg, integer, observers, activations)
+    check_multipliers(integer, params)
     report = IntegerReport(
         activations,
         options.io,
@@ -219,6 +226,20 @@ def plan_ops(model: Model, recipe: Recipe, options: TensorOptions) -> tuple[list
                 out = next((t.name for t in op.outputs if t is not None), None) or ""
                 left.append({"op": op.name, "output": out, "reason": reason})
     return integer, left
+
+
+def check_quantizable(model: Model, integer: list[Operator]) -> None:
+    """Before the model runs in LiteRT: refuse, naming the op or tensor, what the interpreter could crash on
+    (``check_weighted_ops``) and constants of integer ops the quantization kernels refuse (NaN, infinity,
+    beyond the range whose dequantized values stay finite), rather than fail after calibration."""
+    check_weighted_ops(model)
+    for op in integer:
+        for t in op.inputs:
+            if t is not None and t.type == _FLOAT32 and t.is_constant:
+                try:
+                    kernels.absmax_scales(np.asarray(t.data, np.float32).reshape(1, -1), 8)
+                except EngineError as exc:
+                    raise EngineError(f"{op.name} constant {t.name!r}: {exc}") from None
 
 
 def observe(
@@ -336,6 +357,23 @@ def assign_params(
         root = groups.find(key)
         params[key] = groups.fixed.get(root) or activation_params(*ranges[root], activations)
     return params, requantize
+
+
+def check_multipliers(integer: list[Operator], params: dict[int, Params]) -> None:
+    """Refuse, naming the op, parameters whose rescaling LiteRT cannot express (it would abort when it loads)."""
+    for op in integer:
+        scales = {t.name: params[id(t)].scale for t in (*op.inputs, *op.outputs) if t is not None and id(t) in params}
+        for name, scale in scales.items():
+            if not 0 < scale <= _MAX_ACTIVATION_SCALE:
+                raise EngineError(f"{op.name} tensor {name!r}: calibrated range too wide for integer kernels")
+        out = op.outputs[0]
+        if op.name in ("ADD", "SUB") and out is not None and id(out) in params:
+            ins = [params[id(t)].scale for t in op.inputs if t is not None and id(t) in params]
+            if ins and max(ins) > _ADD_SCALE_RATIO * params[id(out)].scale:
+                raise EngineError(
+                    f"{op.name} {out.name!r}: input ranges over 2^19 times its output's, which the int8 kernel "
+                    f"cannot rescale"
+                )
 
 
 def _fused_bounds(integer: list[Operator]) -> dict[int, tuple[float, float]]:

@@ -51,7 +51,10 @@ def quantize_weights(model: Model, recipe: Recipe) -> tuple[Model, list[TensorRe
         key = (weight.subgraph_index, id(weight.source.buffer), weight.shape, weight.channel_axis, options)
         key += (granularity, container)
         if key not in encoded:  # tensors sharing a buffer share its encoding
-            encoded[key] = _encode(weight, options, granularity, container, sparse_ok=not direct)
+            try:
+                encoded[key] = _encode(weight, options, granularity, container, sparse_ok=not direct)
+            except EngineError as exc:
+                raise EngineError(f"weight {weight.name!r}: {exc}") from None
         encoding = encoded[key]
         dtype = _CONTAINERS[container]
         if encoding.stored_bytes >= weight.stored_bytes:
