@@ -13,7 +13,7 @@ import numpy as np
 from hypothesis import strategies as st
 
 from engine.builder import GraphBuilder
-from engine.ir import Model, Tensor
+from engine.ir import Buffer, Model, Subgraph, Tensor
 
 Draw = Callable[[st.SearchStrategy], object]
 # A step turns a chosen NHWC tensor into a new NHWC tensor, and may use the other tensors built so far.
@@ -136,3 +136,123 @@ def graphs(draw: Draw, max_steps: int = 6, max_size: int = 8) -> Model:
     if extra and draw(st.booleans()):
         b.output(draw(st.sampled_from(extra)))
     return b.build()
+
+
+# ------------------------------------------------------------------------------------------ hostile weights
+# Weight values a converted or hand-made model may hold that break naive arithmetic: non-finite values, the
+# float32 extremes, values float16 cannot hold, degenerate tensors.  Each maps an array to its mutated copy.
+MUTATIONS: dict[str, Callable[[np.ndarray, np.random.Generator], np.ndarray]] = {
+    "nan": lambda a, rng: _at_random(a, rng, np.nan),
+    "inf": lambda a, rng: _at_random(a, rng, rng.choice([np.inf, -np.inf])),
+    "denormal": lambda a, rng: (a * np.float32(1e-40)).astype(a.dtype),
+    "huge": lambda a, rng: np.where(rng.random(a.shape) < 0.5, a, np.sign(a) * 3e38).astype(a.dtype),
+    "near-limit": lambda a, rng: (np.sign(a) * 1e38).astype(a.dtype),
+    "beyond-float16": lambda a, rng: (a * np.float32(1e5)).astype(a.dtype),
+    "zero": lambda a, rng: np.zeros_like(a),
+    "one-value": lambda a, rng: np.full_like(a, rng.uniform(-2, 2)),
+    "negative-zero": lambda a, rng: np.full_like(a, -0.0),
+}
+
+
+def _at_random(a: np.ndarray, rng: np.random.Generator, value: float) -> np.ndarray:
+    out = a.copy()
+    if out.size:
+        out.flat[rng.integers(out.size)] = value
+    return out
+
+
+def mutate(model: Model, rng: np.random.Generator, count: int = 2) -> list[str]:
+    """Give ``count`` of the model's float weights (and biases) one of ``MUTATIONS`` each, in place; returns
+    what was done, as "mutation:tensor" labels.  Float16 constants are mutated in float16 (a value beyond
+    65504 becomes inf there, as a converter would store it)."""
+    from engine.ops import RULES
+
+    candidates = []
+    for sg in model.subgraphs:
+        for op in sg.operators:
+            rule = RULES.get(op.name)
+            for i in (rule.weight_input, rule.bias_input) if rule else ():
+                t = op.inputs[i] if i is not None and i < len(op.inputs) else None
+                source = _stored_float(t, sg)
+                if source is not None and source not in candidates:
+                    candidates.append(source)
+    done = []
+    for index in rng.permutation(len(candidates))[:count]:
+        t = candidates[int(index)]
+        name = str(rng.choice(sorted(MUTATIONS)))
+        with np.errstate(all="ignore"):
+            mutated = MUTATIONS[name](np.array(t.data, np.float32), rng).astype(t.dtype)
+        t.buffer = Buffer.of(mutated)  # a tensor sharing the old buffer keeps its values
+        done.append(f"{name}:{t.name}")
+    return done
+
+
+def _stored_float(t: Tensor | None, sg: Subgraph) -> Tensor | None:
+    """The dense float constant behind ``t`` (itself, or the input of the DEQUANTIZE writing it), if any."""
+    if t is not None and not t.is_constant:
+        producer = sg.producer_of(t)
+        t = producer.inputs[0] if producer is not None and producer.name == "DEQUANTIZE" else None
+    if t is None or not t.is_constant or t.sparsity is not None or t.type_name not in ("FLOAT32", "FLOAT16"):
+        return None
+    return t
+
+
+def _dense_weight(draw: Draw, rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    return (rng.standard_normal(shape) / np.sqrt(max(1, int(np.prod(shape[1:]))))).astype(np.float32)
+
+
+@st.composite
+def hostile_graphs(draw: Draw) -> tuple[Model, list[str]]:
+    """A small float model of the weighted ops every pass handles (CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED,
+    BATCH_MATMUL, GATHER) with ADD and CONCATENATION around them, shapes down to one element, weights shared
+    between two weighted ops or with an ADD, an optional bias left out, some weights float16 behind
+    DEQUANTIZE, and then ``mutate``'d weights.  Returns the model and the labels of what was done to it."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    labels: list[str] = []
+    b = GraphBuilder()
+    h, w, c = (draw(st.integers(1, 4)) for _ in range(3))
+    x = b.input("x", (1, h, w, c))
+    y = x
+    for _ in range(draw(st.integers(1, 3))):
+        kind = draw(st.sampled_from(["conv2d", "depthwise", "add", "concat", "shared-conv"]))
+        labels.append(kind)
+        if kind in ("conv2d", "shared-conv"):
+            out = y.shape[3] if kind == "shared-conv" else draw(st.integers(1, 4))
+            k = draw(st.integers(1, 2))
+            weights = _weights(draw, b, rng, (out, k, k, y.shape[3]), k * k * y.shape[3])
+            z = b.conv2d(y, weights, _bias(draw, rng, out), 1, "SAME", draw(st.sampled_from(FUSED)))
+            y = b.conv2d(z, b.graph.operators[-1].inputs[1], None, 1, "SAME") if kind == "shared-conv" else z
+        elif kind == "depthwise":
+            k = draw(st.integers(1, 2))
+            weights = _weights(draw, b, rng, (1, k, k, y.shape[3]), k * k)
+            y = b.depthwise_conv2d(y, weights, _bias(draw, rng, y.shape[3]), activation=draw(st.sampled_from(FUSED)))
+        elif kind == "add":
+            y = b.add(y, rng.uniform(-1, 1, (y.shape[3],)).astype(np.float32))
+        else:
+            y = b.concatenation([y, x], 3)
+    head = draw(st.sampled_from(["none", "fully_connected", "shared-fc", "fc-and-add", "batch_matmul", "gather"]))
+    labels.append(head)
+    if head in ("fully_connected", "shared-fc", "fc-and-add"):
+        flat = b.reshape(y, (1, -1))
+        units = draw(st.integers(1, 4))
+        weights = b.constant(_dense_weight(draw, rng, (units, flat.shape[1])))
+        y = b.fully_connected(flat, weights, _bias(draw, rng, units))
+        if b.graph.operators[-1].inputs[2] is None and draw(st.booleans()):  # no bias slot at all: two inputs
+            b.graph.operators[-1].inputs.pop()
+            labels.append("fc-two-inputs")
+        if head == "shared-fc":
+            b.output(b.fully_connected(flat, weights), "shared")
+        elif head == "fc-and-add":
+            b.output(b.add(flat, weights), "added")
+    elif head == "batch_matmul":
+        rows = b.reshape(y, (1, y.shape[1] * y.shape[2], y.shape[3]))
+        y = b.batch_matmul(rows, _dense_weight(draw, rng, (y.shape[3], draw(st.integers(1, 4)))))
+    elif head == "gather":
+        table = _dense_weight(draw, rng, (draw(st.integers(1, 4)), y.shape[3]))
+        index = b.constant(np.array([rng.integers(table.shape[0])], np.int32))
+        y = b.add(y, b.gather(table, index))
+    b.output(y, "out")
+    model = b.build()
+    if draw(st.booleans()):
+        labels += mutate(model, rng, draw(st.integers(1, 2)))
+    return model, labels
