@@ -277,6 +277,11 @@ class Operator:
     def name(self) -> str:
         return self.opcode.name
 
+    def optional_input(self, index: int | None) -> Tensor | None:
+        """Input ``index``, or None where there is no index (an op rule naming none), the op omits it (-1 in the
+        file) or it has fewer inputs (an optional bias left off the end)."""
+        return self.inputs[index] if index is not None and index < len(self.inputs) else None
+
     def tensors(self) -> Iterator[Tensor]:
         """Every tensor the operator touches (inputs, outputs, intermediates), omitted ones skipped."""
         for group in (self.inputs, self.outputs, self.intermediates or ()):

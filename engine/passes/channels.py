@@ -162,12 +162,12 @@ def _follow(plan: _Plan, graph: _Graph, user: Operator, t: Tensor, n: int) -> st
         if fields.get(option) != value:
             return f"{user.name} reading {t.name} has {option} {fields.get(option)}, not {value}"
     if user_rule.channel_paddings_input is not None:
-        paddings = _input(user, user_rule.channel_paddings_input)
+        paddings = user.optional_input(user_rule.channel_paddings_input)
         data = paddings.data if paddings is not None else None
         if data is None or np.asarray(data)[-1].any():
             return f"{user.name} after {t.name} pads the channel axis (or not by a constant)"
     if flow == "contract":
-        value = _input(user, user_rule.weight_input or 0)
+        value = user.optional_input(user_rule.weight_input or 0)
         weight = graph.weights.get(id(value)) if value is not None else None
         if weight is None or not weight.is_float or len(weight.uses) != 1 or weight.shared_source:
             return f"{user.name} reading {t.name} has no float weight of its own"
@@ -192,7 +192,7 @@ def _follow(plan: _Plan, graph: _Graph, user: Operator, t: Tensor, n: int) -> st
 
 def _constant(plan: _Plan, graph: _Graph, op: Operator, index: int, n: int) -> str | None:
     """Record ``op``'s per-channel constant input ``index`` (absent, omitted or broadcast: nothing to do)."""
-    c = _input(op, index)
+    c = op.optional_input(index)
     if c is None or (c.shape and c.shape[-1] == 1):
         return None
     weight = graph.weights.get(id(c))
@@ -211,11 +211,6 @@ def _constant(plan: _Plan, graph: _Graph, op: Operator, index: int, n: int) -> s
     else:
         plan.constants[id(c)] = c
     return None
-
-
-def _input(op: Operator, index: int) -> Tensor | None:
-    """Input ``index`` of ``op``; None where it is omitted (-1) or the op has fewer inputs (an optional bias)."""
-    return op.inputs[index] if index < len(op.inputs) else None
 
 
 def _groups(plans: list[_Plan]) -> list[list[_Plan]]:

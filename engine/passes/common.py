@@ -129,8 +129,7 @@ def float32_biases(sg: Subgraph, ops: list[Operator]) -> list[Tensor]:
     prepare (hybrid filters), or reads garbage (filters behind DENSIFY).  A bias is a few bytes per channel."""
     sources = []
     for op in ops:
-        index = RULES[op.name].bias_input
-        bias = op.inputs[index] if index is not None and index < len(op.inputs) else None
+        bias = op.optional_input(RULES[op.name].bias_input)
         producer = sg.producer_of(bias) if bias is not None and not bias.is_constant else None
         if producer is not None and producer.name == "DEQUANTIZE":
             source = fold_decoder(sg, producer)

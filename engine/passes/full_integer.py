@@ -173,11 +173,6 @@ def _multiplies_weight(rule: OpRule) -> bool:
     return rule.weight_input is not None and rule.weight_input_axis is not None
 
 
-def _optional_input(op: Operator, index: int | None) -> Tensor | None:
-    """Input ``index`` of ``op``, None where the rule names none or the op omits it."""
-    return op.inputs[index] if index is not None and index < len(op.inputs) else None
-
-
 def _float_reason(op: Operator, rule: OpRule | None, activations: str, recipe: Recipe, cpu: bool) -> str | None:
     """Why ``op`` cannot run an integer kernel (None: it can); ``cpu``: a float-interface model, not strict."""
     if rule is None or rule.integer_version(activations) is None:
@@ -195,10 +190,10 @@ def _float_reason(op: Operator, rule: OpRule | None, activations: str, recipe: R
         if t.type_name not in ("INT32", "INT64") or i in (rule.weight_input, rule.bias_input):
             return f"input {i} is {t.type_name}"
     if _multiplies_weight(rule):
-        weight = _optional_input(op, rule.weight_input)
+        weight = op.optional_input(rule.weight_input)
         if weight is None or not weight.is_constant:
             return "its weight is computed, not a constant"
-        bias = _optional_input(op, rule.bias_input)
+        bias = op.optional_input(rule.bias_input)
         if bias is not None and not bias.is_constant:
             return "its bias is computed, not a constant"
     if not any(is_activation(t) for t in op.inputs):
@@ -660,7 +655,7 @@ def _quantize_op(
 def _scale_floor(rule: OpRule, op: Operator, x: Tensor | None, activations: str) -> np.ndarray:
     """The smallest weight scale per channel whose bias still fits its integer type: a channel of near-zero
     weights gets a near-zero scale, and bias / (input_scale * weight_scale) would overflow int32 (clipping it)."""
-    bias = _optional_input(op, rule.bias_input)
+    bias = op.optional_input(rule.bias_input)
     if bias is None or x is None or x.quantization is None or x.quantization.scale is None:
         return np.zeros(1)
     limit = _INT32_MAX if BIAS_TYPES[activations] == "INT32" else 2**62
