@@ -43,6 +43,9 @@ class OpRule:
     slower than float).  Where XNNPACK decodes the DEQUANTIZE alternative once at load time
     (``XNNPACK_FOLDED_DEQUANTIZE``) and runs the float op, that is the faster form in the default interpreter.
 
+    ``bias_required``: the kernels need the bias input (LiteRT 2.3: CONV_2D refuses to prepare without one,
+    DEPTHWISE_CONV_2D with two inputs crashes both runtimes); the other weighted ops' biases are optional.
+
     ``max_version`` is the highest operator version LiteRT registers: a model declaring a higher one fails to
     load, while every version from 1 up runs the same kernels (hybrid, per-channel and int4 weights need no
     particular version).
@@ -75,6 +78,7 @@ class OpRule:
     weight_channel_axis: int | None = None
     weight_input_axis: int | None = None
     bias_input: int | None = None
+    bias_required: bool = False
     hybrid: tuple[tuple[int, frozenset[str]], ...] = ()
     max_version: int = 1
     axis_option: str | None = None
@@ -173,12 +177,13 @@ RULES: dict[str, OpRule] = {
     # quantized_bias_type says INT32, DEPTHWISE_CONV_2D refuses it, FULLY_CONNECTED reads both.  CONV_3D refuses
     # int8/int16 input; EMBEDDING_LOOKUP refuses a non-float output.
     "CONV_2D": OpRule(
-        "Conv2DOptions", weight_input=1, weight_channel_axis=0, weight_input_axis=3, bias_input=2,
+        "Conv2DOptions", weight_input=1, weight_channel_axis=0, weight_input_axis=3, bias_input=2, bias_required=True,
         hybrid=((8, _BOTH), (4, _BOTH)), xnnpack_hybrid=((8, _BOTH),), max_version=8, channel_flow="contract",
         integer=((I8, 3), (I16, 1)),
     ),
     "DEPTHWISE_CONV_2D": OpRule(
         "DepthwiseConv2DOptions", weight_input=1, weight_channel_axis=3, weight_input_axis=2, bias_input=2,
+        bias_required=True,
         hybrid=((8, _CHANNEL),), max_version=7, channel_flow="pass", channel_constants=(1, 2),
         channel_options=(("depth_multiplier", 1),), integer=((I8, 3), (I16, 1)),  # 2 with dilation
     ),

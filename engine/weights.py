@@ -20,9 +20,6 @@ from engine.sparse import DENSE, SPARSE_CSR, constant_bytes, index_bytes
 
 _FLOAT_TYPES = ("FLOAT32", "FLOAT16")
 _DECODERS = ("DEQUANTIZE", "DENSIFY")
-# Ops whose LiteRT kernels need a bias input (measured in LiteRT 2.3: CONV_2D refuses to prepare without one,
-# DEPTHWISE_CONV_2D with two inputs crashes both runtimes); the other weighted ops' biases are optional.
-_BIAS_REQUIRED = frozenset({"CONV_2D", "DEPTHWISE_CONV_2D"})
 
 
 @dataclass(eq=False)
@@ -112,9 +109,7 @@ def check_weighted_ops(model: Model) -> None:
             where = f"subgraph {index} operator {number} ({op.name}, output {out!r})"
             named = max(rule.weight_input, rule.bias_input or 0) + 1
             given = [*op.inputs, *[None] * (named - len(op.inputs))]
-            missing = [
-                i for i, t in enumerate(given) if t is None and (i != rule.bias_input or op.name in _BIAS_REQUIRED)
-            ]
+            missing = [i for i, t in enumerate(given) if t is None and (i != rule.bias_input or rule.bias_required)]
             if missing:
                 role = {rule.weight_input: "weight", rule.bias_input: "bias"}.get(missing[0], "required")
                 raise EngineError(f"{where}: its {role} input {missing[0]} is missing")
