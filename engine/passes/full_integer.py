@@ -97,6 +97,19 @@ class IntegerReport:
         if self.bias_correction:
             bc = self.bias_correction
             lines.append(f"  bias correction: {bc['biases']} biases, mean |shift| {bc['mean_abs_shift']:.3g}")
+        slow = [op for op, n in self.integer_ops.items() if n and not RULES[op].xnnpack_integer]
+        if self.activations == I16:
+            lines.append(
+                "  latency: XNNPACK (the default interpreter's delegate) has no 16x8 kernels, so LiteRT's builtin "
+                "int16 kernels run the model: 15-47x the float model's latency on MediaPipe's models (benchmarks/"
+                "latency.py); 16x8 is for accelerators and accuracy studies, not CPU speed"
+            )
+        elif slow:
+            lines.append(
+                f"  latency: XNNPACK takes no int8 {', '.join(sorted(slow))}, so the graph splits around each one "
+                "and they run in the slower builtin kernels (with --io int8 on MediaPipe's PRELU models: 2.8-6.4x "
+                "the float model's latency, benchmarks/latency.py); a float interface keeps them float on a CPU"
+            )
         return "\n".join(lines)
 
 
