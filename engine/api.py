@@ -25,7 +25,7 @@ from engine.recipe import STATIC_MODES, Recipe
 from engine.report import GZIP_LIMIT_BYTES, Report, TensorReport, gzip_size
 from engine.summary import summarize
 from engine.weights import find_weights
-from engine.writer import write_model
+from engine.writer import same_file, write_model
 
 Pass = Callable[[Model, Recipe], tuple[Model, list[TensorReport]]]
 # Order matters: prune, then cluster (which keeps the zeros), then quantize (which keeps both and re-encodes).
@@ -39,21 +39,27 @@ def compress(
     output: str | os.PathLike[str] | None = None,
     exclude: list[str] | None = None,
     calibration: CalibrationSource | None = None,
+    share_identical_buffers: bool = False,
     **options: Any,
 ) -> tuple[Model, Report]:
     """Compress a model (edited in place when one is given) and report what changed.
 
     ``recipe`` is a ``Recipe``, its dictionary form, or a JSON file; keyword ``options`` (``quantize``,
     ``bits``, ``granularity``, ``scale``, ``min_elements``, ``observer``, ``io``, ...) override its global options
-    and ``exclude`` adds patterns, as the command line's flags do.  The full-integer modes (``quantize="int8"``
-    or ``"int16x8"``) need ``calibration``: an .npz path keyed by input name, a dict of arrays, or one array for
-    a single-input model, the leading axis being the sample.  With ``output`` the result is written there
-    (atomically) and the report gets the file and gzip sizes.
+    and ``exclude`` adds patterns, as the command line's flags do; an option that would do nothing is refused.
+    The full-integer modes (``quantize="int8"`` or ``"int16x8"``) need ``calibration``, and only they take it: an
+    .npz or .npy path (keyed by input name, or one array for a single-input model), a dict of arrays or one
+    array, the leading axis being the sample.  With ``output`` the result is written there (atomically;
+    ``share_identical_buffers`` stores identical constant buffers once) and the report gets the file and gzip
+    sizes.
     """
     source = None if isinstance(model_or_path, Model) else Path(model_or_path)
+    if source is not None and output is not None and same_file(source, output):
+        raise EngineError(f"output={str(output)!r} is the input file; the input is never overwritten")
+    recipe = _recipe(recipe, exclude, options)
+    recipe.check_calibration(calibration is not None)
     model = read_model(source) if source is not None else model_or_path
     assert isinstance(model, Model)
-    recipe = _recipe(recipe, exclude, options)
     report = Report(recipe=recipe.to_dict())
     report.bytes_by_dtype_before = _bytes_by_dtype(model)
     by_weight = {(t.subgraph, t.name): t for t in _left_alone(model, recipe)}
@@ -67,12 +73,10 @@ def compress(
         report.integer = integer
         for t in entries:
             by_weight[(t.subgraph, t.name)] = t
-    elif calibration is not None:
-        raise EngineError("calibration data is only used by the full-integer modes (--quantize int8 or int16x8)")
     report.tensors = sorted(by_weight.values(), key=lambda t: (t.subgraph, t.name))
     report.bytes_by_dtype_after = _bytes_by_dtype(model)
     if output is not None:
-        report.file_bytes_after = write_model(model, output)
+        report.file_bytes_after = write_model(model, output, share_identical_buffers=share_identical_buffers)
         if source is not None:
             report.file_bytes_before = source.stat().st_size
             if max(report.file_bytes_before, report.file_bytes_after) <= GZIP_LIMIT_BYTES:

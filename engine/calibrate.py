@@ -8,15 +8,19 @@ memory does not grow with the number of samples.
 
 The executor is a small interface (run one sample, read a tensor by index), so another runtime can replace
 LiteRT without touching the rest.
+
+``load_samples`` reads and checks sample data for calibration and for validation (``--data``) alike: one
+format, one loader, one set of errors.
 """
 
 from __future__ import annotations
 
 import os
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import numpy as np
 
@@ -63,82 +67,136 @@ class LiteRTExecutor:
         return self._interpreter.get_tensor(index)
 
 
+class InputSpec(NamedTuple):
+    """One model input as samples must fit it.  ``shape`` may hold -1 for a dynamic dimension; ``quantization``
+    is the (scale, zero point) of an integer input that takes float samples, quantized with them."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    quantization: tuple[float, int] | None = None
+
+
 @dataclass
 class CalibrationData:
-    """Samples for each graph input of the float model, checked against it: ``arrays[name][i]`` is sample i."""
+    """Samples for each graph input, checked against it: ``arrays[name][i]`` is sample i, in the input's rank."""
 
     arrays: dict[str, np.ndarray]
     count: int
-    inputs: list[tuple[str, tuple[int, ...], np.dtype]]
+    inputs: list[InputSpec]
 
     def sample(self, i: int) -> list[np.ndarray]:
-        """Sample ``i`` of every input, in input order, shaped and typed as the float model's input."""
-        return [np.asarray(self.arrays[name][i]).reshape(shape).astype(dtype, copy=False)
-                for name, shape, dtype in self.inputs]  # fmt: skip
+        """Sample ``i`` of every input, in input order, as the input takes it (float data for a quantized input
+        quantized with its parameters)."""
+        from engine.validate import quantize_array
+
+        values = []
+        for spec in self.inputs:
+            value = self.arrays[spec.name][i]
+            if spec.quantization is not None and value.dtype.kind == "f":
+                values.append(quantize_array(value, *spec.quantization, spec.dtype))
+            else:
+                values.append(value.astype(spec.dtype, copy=False))
+        return values
+
+
+def input_specs(model: Model) -> list[InputSpec]:
+    """What samples for ``model``'s graph inputs must look like."""
+    specs = []
+    for t in model.main.inputs:
+        if t.dtype is None:
+            raise EngineError(f"input {t.name!r} is {t.type_name}, which no samples can be given for")
+        q, quantization = t.quantization, None
+        if q is not None and q.scale is not None and q.scale.size == 1 and t.dtype.kind in "iu":
+            zero_point = q.zero_point[0] if q.zero_point is not None and q.zero_point.size else 0
+            quantization = (float(q.scale[0]), int(zero_point))
+        specs.append(InputSpec(t.name or "", tuple(t.shape or ()), t.dtype, quantization))
+    return specs
 
 
 def load_calibration(source: CalibrationSource, model: Model) -> CalibrationData:
-    """Read and check calibration data for ``model``'s inputs: an .npz keyed by input name (or one array for a
-    single-input model, as .npy/.npz or in memory); the leading axis is the sample.  Wrong names, shapes or
-    dtypes, no samples, or non-finite values are an error naming the input."""
-    inputs = model.main.inputs
-    names = [t.name or "" for t in inputs]
-    arrays = _read(source)
+    """Read and check calibration data for ``model``'s inputs (see `load_samples`)."""
+    return load_samples(source, input_specs(model), "calibration data")
+
+
+def load_samples(source: CalibrationSource, inputs: list[InputSpec], what: str) -> CalibrationData:
+    """Read and check samples for ``inputs``: an .npz keyed by input name, or one array for a single-input model
+    (an .npy, an .npz holding one array under any name, or in memory); the leading axis is the sample, and a
+    batch-1 input also takes samples without the batch axis.  Calibration and validation data are the same
+    format, read here.  Wrong names, shapes or dtypes, no samples, or non-finite values are one error naming the
+    input; ``what`` says which data it is."""
+    names = [spec.name for spec in inputs]
+    arrays = _read(source, len(inputs), what)
     if not isinstance(arrays, dict):
         if len(inputs) != 1:
-            raise EngineError(f"calibration data is one array but the model has {len(inputs)} inputs "
+            raise EngineError(f"{what} is one array but the model has {len(inputs)} inputs "
                               f"({', '.join(names)}); pass an .npz keyed by input name")  # fmt: skip
         arrays = {names[0]: arrays}
     unknown = sorted(set(arrays) - set(names))
     if unknown:
-        raise EngineError(
-            f"calibration data for unknown input(s) {', '.join(unknown)}; the model has {', '.join(names)}"
-        )
+        raise EngineError(f"{what} for unknown input(s) {', '.join(unknown)}; the model has {', '.join(names)}")
     missing = [n for n in names if n not in arrays]
     if missing:
-        raise EngineError(f"calibration data has no samples for input(s) {', '.join(missing)}")
-    counts = {}
-    for t in inputs:
-        arrays[t.name or ""] = _checked(arrays[t.name or ""], t)
-        counts[t.name] = len(arrays[t.name or ""])
+        raise EngineError(f"{what} has no samples for input(s) {', '.join(missing)}")
+    checked = {spec.name: _checked(arrays[spec.name], spec, what) for spec in inputs}
+    counts = {name: len(array) for name, array in checked.items()}
     if len(set(counts.values())) > 1:
         detail = ", ".join(f"{n}: {c}" for n, c in counts.items())
-        raise EngineError(f"calibration inputs have different numbers of samples ({detail})")
-    specs = [(t.name or "", tuple(t.shape or ()), np.dtype(t.dtype)) for t in inputs]
-    return CalibrationData(arrays, next(iter(counts.values())), specs)
+        raise EngineError(f"{what}: inputs have different numbers of samples ({detail})")
+    return CalibrationData(checked, next(iter(counts.values()), 0), list(inputs))
 
 
-def _read(source: CalibrationSource) -> dict[str, np.ndarray] | np.ndarray:
+def _read(source: CalibrationSource, inputs: int, what: str) -> dict[str, np.ndarray] | np.ndarray:
+    """The arrays of ``source``: a file's by name (one array when a single-input model's file holds only one,
+    whatever np.savez named it), or the caller's."""
     if isinstance(source, np.ndarray):
         return source
     if isinstance(source, Mapping):
         return {str(k): np.asarray(v) for k, v in source.items()}
-    from engine.validate import load_inputs
-
     path = Path(source)
     if not path.is_file():
-        raise EngineError(f"calibration data {path}: file not found")
-    return load_inputs(path)
+        raise EngineError(f"{what} {path}: file not found")
+    if path.suffix not in (".npz", ".npy"):
+        raise EngineError(f"{what} {path}: must be .npz (keyed by input name) or .npy")
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if isinstance(loaded, np.ndarray):
+            return loaded
+        with loaded:
+            arrays = {name: loaded[name] for name in loaded.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise EngineError(f"{what} {path}: cannot read it: {exc}") from None
+    if not arrays:
+        raise EngineError(f"{what} {path}: holds no arrays")
+    return next(iter(arrays.values())) if len(arrays) == 1 and inputs == 1 else arrays
 
 
-def _checked(array: np.ndarray, t: Tensor) -> np.ndarray:
-    """``array`` as [samples, *input shape]; a model input with batch 1 also takes samples without that axis."""
-    name, shape = t.name, tuple(t.shape or ())
+def _checked(array: np.ndarray, spec: InputSpec, what: str) -> np.ndarray:
+    """``array`` as [samples, *input shape]; a model input with batch 1 also takes samples without that axis
+    (added back here, as a view)."""
+    name, shape = spec.name, spec.shape
     array = np.asarray(array)
     if array.ndim == 0 or array.shape[0] == 0:
-        raise EngineError(f"calibration data for input {name!r} holds no samples")
+        raise EngineError(f"{what} for input {name!r} holds no samples")
     sample = array.shape[1:]
-    if sample != shape and not (shape[:1] == (1,) and sample == shape[1:]):
-        raise EngineError(
-            f"calibration data for input {name!r} has samples of shape {list(sample)}; the input is {list(shape)} "
-            f"(the leading axis of the data is the sample)"
-        )
-    want = t.dtype
-    if want is None or (want.kind == "f") != (array.dtype.kind == "f") or array.dtype.kind not in "fiub":
-        raise EngineError(f"calibration data for input {name!r} is {array.dtype}; the input is {t.type_name}")
+    if not _fits(sample, shape):
+        if not (shape[:1] == (1,) and _fits(sample, shape[1:])):
+            raise EngineError(
+                f"{what} for input {name!r} has samples of shape {list(sample)}; the input is {list(shape)} "
+                f"(the leading axis of the data is the sample)"
+            )
+        array = array[:, np.newaxis]
+    kinds = "f" if spec.dtype.kind == "f" else "fiub" if spec.quantization is not None else "iub"
+    if array.dtype.kind not in kinds:
+        raise EngineError(f"{what} for input {name!r} is {array.dtype}; the input is {spec.dtype.name.upper()}")
     if array.dtype.kind == "f" and not np.isfinite(array).all():
-        raise EngineError(f"calibration data for input {name!r} contains NaN or infinite values")
+        raise EngineError(f"{what} for input {name!r} contains NaN or infinite values")
     return array
+
+
+def _fits(sample: tuple[int, ...], shape: tuple[int, ...]) -> bool:
+    """Whether a sample of this shape fits an input of ``shape`` (-1: any size)."""
+    return len(sample) == len(shape) and all(s in (-1, n) for s, n in zip(shape, sample, strict=True))
 
 
 def _runner(model: Model, tensors: list[Tensor], executor: type[LiteRTExecutor]) -> tuple[Executor, dict[int, int]]:

@@ -1,7 +1,15 @@
 """``python -m engine <command>``: inspect, compress, validate, demo.
 
-Every command exits 0 on success.  Bad input (a broken model, missing data, ...) prints one ``error:`` line
-on stderr and exits 1, with no traceback and no output file left behind.
+Exit codes, the same for every command:
+
+* 0: success.
+* 1: error: bad input (a broken model, missing or bad data, an option that does nothing, ...) or a request that
+  cannot be done: one ``error:`` line on stderr, no traceback, no output file written (the input file is never
+  modified).
+* 2: the command line itself is wrong (argparse's usage error).
+* 3: validation failed: an output below ``--min-sqnr``, or the candidate fails to load or run in a runtime the
+  reference runs in.  After ``compress --validate`` the output file has been written, and the ``error:`` line
+  says so (``wrote OUT; validation failed: ...``), also when validation could not run at all.
 """
 
 from __future__ import annotations
@@ -15,18 +23,27 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from engine.errors import EngineError
 from engine.ir import Model
 from engine.reader import read_model
 from engine.recipe import DEFAULT_MIN_ELEMENTS, GRANULARITIES, IO_TYPES, MODES, SCALE_METHODS
+from engine.report import Report
 from engine.summary import format_summary, summarize
-from engine.writer import write_model
+from engine.validate import RUNTIME_CHOICES, ValidationReport, validate
+from engine.writer import same_file, write_model
 
 OBSERVER_SPECS = ("minmax", "percentile[:P]", "mse", "entropy")
 DEMO_MODEL = "face_detection_short_range"
 DEMO_MODE = "weight-int8"
 EXIT_ERROR = 1
-EXIT_BELOW_THRESHOLD = 3
+EXIT_VALIDATION_FAILED = 3
+LATENCY_RUNS = 20
+_DATA = (
+    ".npz keyed by input name, or one array (.npy, or an .npz holding one) for a single-input model; the leading "
+    "axis is the sample"
+)
 
 
 def _inspect(args: argparse.Namespace) -> int:
@@ -69,82 +86,152 @@ _COMPRESSION_FLAGS = (
 
 
 def _compress(args: argparse.Namespace) -> int:
+    if same_file(args.input, args.output):
+        raise EngineError(f"-o {args.output} is the input file; the input is never overwritten")
+    if not args.validate:
+        for flag, value in (("--data", args.data), ("--runtime", args.runtime), ("--min-sqnr", args.min_sqnr)):
+            if value is not None:
+                raise EngineError(f"{flag} does nothing without --validate")
     options = {name: getattr(args, name) for name in _COMPRESSION_FLAGS if getattr(args, name) is not None}
     if args.quantize == "none":
         options["quantize"] = None
-    if not options and not args.recipe and not args.exclude:
+    report = None
+    if options or args.recipe or args.exclude or args.calibration is not None:
+        from engine.api import compress
+        from engine.recipe import FLAGS, Recipe
+
+        recipe = Recipe.load(args.recipe) if args.recipe else Recipe()
+        _, report = compress(
+            args.input,
+            recipe.with_options(args.exclude, origin=FLAGS, **options),
+            output=args.output,
+            calibration=args.calibration,
+            share_identical_buffers=args.share_identical_buffers,
+        )
+        print(f"wrote {args.output}")
+        print(report.format_text())
+    else:
+        if args.report:
+            raise EngineError(
+                "--report does nothing in a lossless rewrite (no compression option given): no weight changes"
+            )
         _, _, change = _rewrite(
             Path(args.input), Path(args.output), share_identical_buffers=args.share_identical_buffers
         )
         print(f"wrote {args.output} (lossless rewrite: no compression options given)")
         print("\n".join(change))
-        return 0
-    from engine.api import compress
-
-    _, report = compress(
-        args.input, args.recipe, output=args.output, exclude=args.exclude, calibration=args.calibration, **options
-    )
-    print(f"wrote {args.output}")
-    print(report.format_text())
-    status = 0
-    if args.validate:
-        status = _validate_after(args, report)
-    if args.report:
+    status = _validate_after(args, report) if args.validate else 0
+    if report is not None and args.report:
         report.save(args.report)
         print(f"report: {args.report}")
     return status
 
 
-def _validate_after(args: argparse.Namespace, report: Any) -> int:
-    """``compress --validate``: compare the written model with the input in LiteRT and add it to the report."""
-    from engine.validate import load_inputs, validate
-
-    data = load_inputs(args.data) if args.data else _first_sample(args.input, args.calibration)
+def _validate_after(args: argparse.Namespace, report: Report | None) -> int:
+    """``compress --validate``: compare the written model with the input in LiteRT, time both, and add it all to
+    the report.  The output exists by now, so a failure says so and exits EXIT_VALIDATION_FAILED."""
     try:
-        result = validate(args.input, args.output, data, intermediates=False, xnnpack=report.needs_xnnpack)
+        data = _validation_data(args)
+        result = validate(
+            args.input,
+            args.output,
+            data,
+            intermediates=False,
+            runtime=args.runtime or "both",
+            advisory=report.advisory_runtimes if report else None,
+        )
     except EngineError as exc:
-        print(f"error: cannot validate {args.output}: {exc}", file=sys.stderr)
-        return EXIT_ERROR
-    report.validation = result.to_dict()
-    print(f"\nLiteRT ({'XNNPACK' if report.needs_xnnpack else 'builtin kernels'}), input vs compressed:")
+        if report is not None:
+            report.validation = {"error": str(exc)}
+        return _failed(f"wrote {args.output}; validation failed: {exc}")
+    print("\nLiteRT, input vs compressed:")
     print(result.format_text())
-    return 0
+    first = None if data is None else {name: samples[0] for name, samples in data.items()}
+    latency = _latency(args, first)
+    print(_summary(args, result.worst_sqnr_db, latency))
+    if report is not None:
+        report.validation, report.latency = result.to_dict(), latency
+    problem = _verdict(result, args.min_sqnr)
+    return _failed(f"wrote {args.output}; validation failed: {problem}") if problem else 0
 
 
-def _first_sample(model: str, calibration: str | None) -> dict[str, Any] | None:
-    """Without --data, ``--validate`` after a full-integer run compares on the calibration data's first sample
-    (real inputs say more than generated ones); None: generated inputs."""
-    if calibration is None:
+def _validation_data(args: argparse.Namespace) -> dict[str, np.ndarray] | None:
+    """The samples ``--validate`` compares on: every ``--data`` sample, else the first calibration sample (real
+    inputs say more than generated ones), else None (generated)."""
+    source = args.data if args.data else args.calibration
+    if source is None:
         return None
-    from engine.calibrate import load_calibration
+    from engine.calibrate import input_specs, load_samples
 
-    data = load_calibration(calibration, read_model(model))
-    return {name: value for (name, _, _), value in zip(data.inputs, data.sample(0), strict=True)}
+    loaded = load_samples(source, input_specs(read_model(args.input)), "--data" if args.data else "calibration data")
+    count = loaded.count if args.data else 1
+    return {spec.name: loaded.arrays[spec.name][:count] for spec in loaded.inputs}
+
+
+def _latency(args: argparse.Namespace, sample: dict[str, np.ndarray] | None) -> dict[str, Any]:
+    """Median invoke time of input and output in one runtime (the default one unless only the builtin kernels
+    were asked for), timed in interleaved rounds on one thread; why not, when a model does not run there."""
+    from engine.latency import median_latency_ms
+
+    runtime = "builtin" if args.runtime == "builtin" else "default"
+    facts: dict[str, Any] = {"runtime": runtime, "num_threads": 1, "runs": LATENCY_RUNS}
+    try:
+        facts["input_ms"], facts["output_ms"] = median_latency_ms(
+            [args.input, args.output], sample, runtime=runtime, num_threads=1, runs=LATENCY_RUNS
+        )
+    except EngineError as exc:
+        facts["error"] = str(exc)
+    return facts
+
+
+def _summary(args: argparse.Namespace, worst_sqnr_db: float, latency: dict[str, Any]) -> str:
+    """One line with what the user weighs: size, worst output SQNR, latency, input against output."""
+    before, after = Path(args.input).stat().st_size, Path(args.output).stat().st_size
+    if "error" in latency:
+        timing = f"latency not measured: {latency['error']}"
+    else:
+        timing = (
+            f"latency {latency['input_ms']:.3g} -> {latency['output_ms']:.3g} ms ({latency['runtime']} runtime, "
+            f"1 thread, median of {latency['runs']} interleaved runs)"
+        )
+    return (
+        f"input -> output: {before:,} -> {after:,} bytes ({after / before:.1%}), worst output SQNR "
+        f"{worst_sqnr_db:.2f} dB, {timing}"
+    )
+
+
+def _verdict(report: ValidationReport, min_sqnr: float | None) -> str | None:
+    """Why a validation report fails, or None: the candidate fails in a runtime that decides, or an output is
+    below ``min_sqnr`` (NaN too: an unknown SQNR is not a passing one)."""
+    if report.failures:
+        return "; ".join(f"the candidate fails in the {failure}" for failure in report.failures)
+    if min_sqnr is not None and not report.worst_sqnr_db >= min_sqnr:
+        return f"worst output SQNR {report.worst_sqnr_db:.2f} dB is below {min_sqnr} dB"
+    return None
+
+
+def _failed(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return EXIT_VALIDATION_FAILED
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from engine.validate import load_inputs, validate
-
-    data = load_inputs(args.data) if args.data else None
     report = validate(
         args.reference,
         args.candidate,
-        data,
+        args.data,
         seed=args.seed,
         intermediates=not args.no_intermediates,
-        xnnpack=args.xnnpack,
+        runtime=args.runtime,
     )
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.format_text())
-    if args.min_sqnr is not None and report.worst_sqnr_db < args.min_sqnr:
-        print(f"error: worst output SQNR {report.worst_sqnr_db:.2f} dB is below {args.min_sqnr} dB", file=sys.stderr)
-        return EXIT_BELOW_THRESHOLD
-    return 0
+    problem = _verdict(report, args.min_sqnr)
+    return _failed(problem) if problem else 0
 
 
 def _demo(args: argparse.Namespace) -> int:
     from engine.api import compress
     from engine.recipe import STATIC_MODES
-    from engine.validate import validate
     from engine.zoo import mediapipe_model, model_calibration, model_photo
 
     source = mediapipe_model(args.model)
@@ -161,6 +248,23 @@ def _demo(args: argparse.Namespace) -> int:
     print("\nLiteRT on a real photo, original vs compressed:")
     print(result.format_text())
     return 0
+
+
+def _validation_flags(p: argparse.ArgumentParser, runtime_default: str | None) -> None:
+    """The flags ``validate`` and ``compress --validate`` share."""
+    p.add_argument(
+        "--runtime",
+        choices=RUNTIME_CHOICES,
+        default=runtime_default,
+        help="default: the interpreter as users load it (XNNPACK), the judge; builtin: the builtin kernels alone "
+        "(intermediates come from them only); both (default): each reported, the worse decides",
+    )
+    p.add_argument(
+        "--min-sqnr",
+        type=float,
+        metavar="DB",
+        help=f"exit {EXIT_VALIDATION_FAILED} if an output's worst SQNR (dB) is lower in a runtime that decides",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -184,9 +288,7 @@ def _parser() -> argparse.ArgumentParser:
         help=f"{', '.join(MODES)} or none (a recipe can set weight modes per op); int8 and int16x8 quantize the whole "
         "model (weights and activations) and need --calibration",
     )
-    p.add_argument(
-        "--calibration", metavar="DATA", help="samples for int8/int16x8: .npz keyed by input name, or one array"
-    )
+    p.add_argument("--calibration", metavar="DATA", help=f"samples for int8/int16x8: {_DATA}")
     p.add_argument("--observer", metavar="O", help=f"activation ranges: {', '.join(OBSERVER_SPECS)} (default minmax)")
     p.add_argument("--io", metavar="T", help=f"interface of an int8 model: {', '.join(IO_TYPES)} (default float)")
     p.add_argument(
@@ -228,19 +330,27 @@ def _parser() -> argparse.ArgumentParser:
         "--exclude", action="append", metavar="REGEX", help="leave weights whose name matches this regex (repeatable)"
     )
     p.add_argument("--report", metavar="FILE.json", help="write the per-tensor report to this JSON file")
-    p.add_argument("--validate", action="store_true", help="compare with the input in LiteRT after writing")
-    p.add_argument("--data", help="inputs for --validate: .npz keyed by input name, or one array")
+    p.add_argument(
+        "--validate",
+        action="store_true",
+        help="after writing, compare with the input in LiteRT and time both (failure: exit "
+        f"{EXIT_VALIDATION_FAILED}, the output written)",
+    )
+    p.add_argument("--data", metavar="DATA", help=f"samples for --validate, in the --calibration format; {_DATA}")
+    _validation_flags(p, runtime_default=None)
     p.set_defaults(run=_compress)
 
     p = commands.add_parser("validate", help="compare two models' outputs in the LiteRT interpreter")
     p.add_argument("reference")
     p.add_argument("candidate")
-    p.add_argument("--data", help=".npz keyed by input name, or a single-array .npz/.npy")
+    p.add_argument("--data", metavar="DATA", help=f"samples to compare on: {_DATA} (default: one generated sample)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.add_argument("--seed", type=int, default=0, help="seed for generated inputs (when --data is not given)")
     p.add_argument("--no-intermediates", action="store_true", help="compare model outputs only")
-    p.add_argument("--xnnpack", action="store_true", help="run with the default XNNPACK delegate (outputs only)")
-    p.add_argument("--min-sqnr", type=float, help=f"exit {EXIT_BELOW_THRESHOLD} if an output's SQNR (dB) is lower")
+    _validation_flags(p, runtime_default="both")
+    p.add_argument(
+        "--xnnpack", dest="runtime", action="store_const", const="default", help="deprecated: --runtime default"
+    )
     p.set_defaults(run=_validate)
 
     p = commands.add_parser("demo", help="fetch a real MediaPipe model, compress it, and show what changed")

@@ -14,16 +14,19 @@ regex.  Its JSON form (``--recipe FILE.json``) is the same dictionary ``Recipe.t
     }
 
 Later layers win: global < op type < tensor regex (in file order).  Every name is checked when the recipe is
-built, so a typo is an error naming it rather than an option silently ignored.
+built, so a typo is an error naming it rather than an option silently ignored; so is an option that would do
+nothing (a clustering setting without ``cluster``, ``observer`` without a full-integer mode, ...).  Errors name
+an option as it was given: ``--quantize`` on the command line, ``quantize=`` in Python, the recipe otherwise.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from engine.errors import EngineError
 from engine.ir import BUILTIN_OPS
@@ -123,95 +126,145 @@ class TensorOptions:
 
 
 _OPTION_NAMES = tuple(f.name for f in fields(TensorOptions))
+# Options that do something only when another is set somewhere in the recipe: option -> that option.
+_NEEDS = {
+    **dict.fromkeys(("prune_pattern", "prune_scope", "prune_channels"), "prune"),
+    **dict.fromkeys(("cluster_granularity", "cluster_init", "cluster_storage"), "cluster"),
+}
+# Options of integer weight levels: they need an integer quantize mode somewhere (float16 has no scales).
+_LEVEL_OPTIONS = ("bits", "granularity", "scale")
+# Options only full-integer quantization reads.
+_STATIC_OPTIONS = ("io", "observer", "bias_correction", "strict")
 
 
-def _check_options(options: dict[str, Any], where: str) -> dict[str, Any]:
-    """``options`` with each name and value checked; raises naming the first bad one."""
+class Origin(NamedTuple):
+    """Where options were given, so that an error names them as the user wrote them: ``name`` spells an option
+    there (``--min-elements``, ``min_elements=``, or ``min_elements`` in a recipe), ``where`` starts the message
+    (the recipe section) when the name alone does not say where."""
+
+    name: Callable[[str], str]
+    where: str | None = None
+
+    def error(self, text: str) -> EngineError:
+        return EngineError(f"{self.where}: {text}" if self.where else text)
+
+
+FLAGS = Origin(lambda option: "--" + option.replace("_", "-"))
+KEYWORDS = Origin(lambda option: f"{option}=")
+
+
+def _in_recipe(where: str) -> Origin:
+    return Origin(lambda option: option, where)
+
+
+RECIPE = _in_recipe("recipe")
+
+
+def _check_options(options: dict[str, Any], origin_of: Callable[[str], Origin]) -> dict[str, Any]:
+    """``options`` with each name and value checked; raises naming the first bad one as it was given."""
     for name, value in options.items():
+        origin = origin_of(name)
+        n = origin.name
         if name not in _OPTION_NAMES:
-            raise EngineError(f"{where}: unknown option {name!r} (options: {', '.join(_OPTION_NAMES)})")
+            raise origin.error(f"unknown option {n(name)!r} (options: {', '.join(_OPTION_NAMES)})")
         if name == "quantize" and value is not None and value not in MODES:
-            raise EngineError(f"{where}: unknown quantize mode {value!r} (modes: {', '.join(MODES)}, or null)")
+            raise origin.error(f"unknown {n(name)} mode {value!r} (modes: {', '.join(MODES)})")
         if name == "bits" and value is not None and (not isinstance(value, int) or not 2 <= value <= 8):
-            raise EngineError(f"{where}: bits must be an integer from 2 to 8, not {value!r}")
+            raise origin.error(f"{n(name)} must be an integer from 2 to 8, not {value!r}")
         if name == "granularity" and value not in GRANULARITIES:
-            raise EngineError(f"{where}: unknown granularity {value!r} (granularities: {', '.join(GRANULARITIES)})")
+            raise origin.error(f"unknown {n(name)} {value!r} (granularities: {', '.join(GRANULARITIES)})")
         if name == "scale" and value is not None and value not in SCALE_METHODS:
-            raise EngineError(f"{where}: unknown scale method {value!r} (methods: {', '.join(SCALE_METHODS)})")
+            raise origin.error(f"unknown {n(name)} method {value!r} (methods: {', '.join(SCALE_METHODS)})")
         if name == "min_elements" and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
-            raise EngineError(f"{where}: min_elements must be a non-negative integer, not {value!r}")
+            raise origin.error(f"{n(name)} must be a non-negative integer, not {value!r}")
         if (
             name == "prune"
             and value is not None
             and (not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value < 1)
         ):
-            raise EngineError(f"{where}: prune is the fraction of weights to zero, from 0 up to 1, not {value!r}")
+            raise origin.error(f"{n(name)} is the fraction of weights to zero, from 0 up to 1, not {value!r}")
         for option, parse in (("prune_pattern", parse_pattern), ("observer", make_observer)):
             if name == option:
                 try:
                     parse(value)
                 except EngineError as exc:
-                    raise EngineError(f"{where}: {exc}") from None
-        if name == "prune_scope" and value not in PRUNE_SCOPES:
-            raise EngineError(f"{where}: unknown prune_scope {value!r} (scopes: {', '.join(PRUNE_SCOPES)})")
+                    raise origin.error(f"{n(name)}: {exc}") from None
         if (
             name == "cluster"
             and value is not None
             and (not isinstance(value, int) or isinstance(value, bool) or not 2 <= value <= 256)
         ):
-            raise EngineError(f"{where}: cluster is the number of shared values, 2 to 256, not {value!r}")
+            raise origin.error(f"{n(name)} is the number of shared values, 2 to 256, not {value!r}")
         for option, allowed in (
+            ("prune_scope", PRUNE_SCOPES),
+            ("prune_channels", PRUNE_CHANNELS),
             ("cluster_granularity", CLUSTER_GRANULARITIES),
             ("cluster_init", CLUSTER_INITS),
             ("cluster_storage", CLUSTER_STORAGES),
             ("io", IO_TYPES),
+            ("sparse_format", SPARSE_FORMATS),
         ):
             if name == option and value not in allowed:
-                raise EngineError(f"{where}: unknown {option} {value!r} (choose from {', '.join(allowed)})")
-        if name == "prune_channels" and value not in PRUNE_CHANNELS:
-            raise EngineError(f"{where}: unknown prune_channels {value!r} (choose from {', '.join(PRUNE_CHANNELS)})")
+                raise origin.error(f"unknown {n(name)} {value!r} (choose from {', '.join(allowed)})")
         if name in ("bias_correction", "strict") and not isinstance(value, bool):
-            raise EngineError(f"{where}: {name} must be true or false, not {value!r}")
-        if name == "sparse_format" and value not in SPARSE_FORMATS:
-            raise EngineError(f"{where}: unknown sparse_format {value!r} (formats: {', '.join(SPARSE_FORMATS)})")
+            raise origin.error(f"{n(name)} must be true or false, not {value!r}")
     return dict(options)
 
 
 def _check_local(options: dict[str, Any], where: str) -> dict[str, Any]:
     """Per-op or per-tensor options: checked as global ones, but model-wide options have no meaning there, and
     full-integer quantization is all or nothing for the model (an op can only be left float, with null)."""
-    checked = _check_options(options, where)
+    origin = _in_recipe(where)
+    checked = _check_options(options, lambda _: origin)
     for name in MODEL_OPTIONS:
         if name in checked:
-            raise EngineError(f"{where}: {name} applies to the whole model; set it in the recipe's global options")
+            raise origin.error(f"{name} applies to the whole model; set it in the recipe's global options")
     if checked.get("quantize") in STATIC_MODES:
-        raise EngineError(f"{where}: {checked['quantize']} applies to the whole model; set it globally")
+        raise origin.error(f"{checked['quantize']} applies to the whole model; set it globally")
     return checked
 
 
-def _check_combination(options: TensorOptions, where: str) -> None:
-    """Refuse combinations no encoding exists for (the per-name checks passed already)."""
+def _check_combination(options: TensorOptions, origin_of: Callable[[str], Origin]) -> None:
+    """Refuse combinations no encoding exists for (the per-name checks passed already), naming the option that
+    does not fit the others."""
     mode, bits = options.quantize, options.bits
     if options.cluster is not None and options.cluster_storage == "gather" and mode is not None:
-        raise EngineError(
-            f"{where}: cluster_storage gather rebuilds the weight at run time from a float codebook, so it cannot"
-            " be quantized too; use cluster_storage values with quantize"
+        origin = origin_of("cluster_storage")
+        n = origin.name
+        raise origin.error(
+            f"{n('cluster_storage')} gather rebuilds the weight at run time from a float codebook, so it cannot"
+            f" be quantized too; use {n('cluster_storage')} values with {n('quantize')}"
         )
     if mode is None:
         return
+    origin = origin_of("bits")
+    n = origin.name
     if mode in STATIC_MODES:
         if bits is not None and bits != 8:
-            raise EngineError(f"{where}: {mode} stores 8-bit weights; bits do not apply")
+            raise origin.error(f"{mode} stores 8-bit weights; {n('bits')} do not apply")
+        if options.io != "float" and STATIC_MODES[mode] != "int8":
+            origin = origin_of("io")
+            raise origin.error(f"{origin.name('io')} {options.io} is for int8 models; {mode} keeps a float interface")
         return
     if mode == "float16":
         if bits is not None:
-            raise EngineError(f"{where}: bits do not apply to float16 (use weight-int8/-int4 or dynamic-int8/-int4)")
+            raise origin.error(f"{n('bits')} do not apply to float16 (use weight-int8/-int4 or dynamic-int8/-int4)")
         return
     container = MODES[mode][1]
     if bits is not None and container is not None and bits > container:
-        raise EngineError(f"{where}: {mode} holds at most {container}-bit levels, not {bits} (use an int8 mode)")
-    if options.block_size is not None and options.level_bits is not None and options.level_bits > 4:
-        raise EngineError(f"{where}: block granularity is for 4-bit (or fewer) weights, not {mode}")
+        raise origin.error(f"{mode} holds at most {container}-bit levels, not {n('bits')} {bits} (use an int8 mode)")
+    if options.block_size is not None:
+        origin = origin_of("granularity")
+        if options.level_bits is not None and options.level_bits > 4:
+            raise origin.error(
+                f"{origin.name('granularity')} {options.granularity}: block granularity is for 4-bit (or fewer) "
+                f"weights, not {mode}"
+            )
+        if mode != "dynamic-int4":
+            raise origin.error(
+                f"{origin.name('granularity')} {options.granularity}: blockwise weights run only in dynamic-int4 "
+                f"(read by FULLY_CONNECTED), not {mode}"
+            )
 
 
 def _compile(pattern: str, where: str) -> re.Pattern[str]:
@@ -223,15 +276,22 @@ def _compile(pattern: str, where: str) -> re.Pattern[str]:
 
 @dataclass
 class Recipe:
-    """Options for every weight: global, per op type, per tensor-name regex, and an exclude list."""
+    """Options for every weight: global, per op type, per tensor-name regex, and an exclude list.
+
+    ``caller`` is how the options over the recipe were given (`FLAGS` on the command line, `KEYWORDS` in Python)
+    and ``overridden`` which global options came that way, so that an error names ``--quantize`` or
+    ``quantize=`` rather than a recipe the user never wrote.
+    """
 
     options: dict[str, Any] = field(default_factory=dict)
     ops: dict[str, dict[str, Any]] = field(default_factory=dict)
     tensors: dict[str, dict[str, Any]] = field(default_factory=dict)
     exclude: list[str] = field(default_factory=list)
+    caller: Origin = field(default=KEYWORDS, repr=False, compare=False)
+    overridden: frozenset[str] = field(default=frozenset(), repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        self.options = _check_options(self.options, "recipe")
+        self.options = _check_options(self.options, self._origin)
         for op, overrides in self.ops.items():
             if op not in BUILTIN_OPS:
                 raise EngineError(f"recipe: unknown op type {op!r} in 'ops'")
@@ -241,7 +301,57 @@ class Recipe:
             self.tensors[pattern] = _check_local(overrides, f"recipe tensors[{pattern!r}]")
         self._tensor_patterns = [(_compile(p, "recipe tensors"), o) for p, o in self.tensors.items()]
         self._exclude = [_compile(p, "recipe exclude") for p in self.exclude]
-        _check_combination(TensorOptions(**self.options), "recipe")
+        _check_combination(TensorOptions(**self.options), self._origin)
+        self._check_used()
+
+    def _origin(self, option: str) -> Origin:
+        return self.caller if option in self.overridden else RECIPE
+
+    def _check_used(self) -> None:
+        """Refuse an option that would do nothing: a pruning or clustering setting without pruning or clustering,
+        scale settings without integer weights, full-integer settings without a full-integer mode."""
+        sections = [
+            (self.options, self._origin),
+            *((o, lambda _, w=f"recipe ops[{op!r}]": _in_recipe(w)) for op, o in self.ops.items()),
+            *((o, lambda _, w=f"recipe tensors[{p!r}]": _in_recipe(w)) for p, o in self.tensors.items()),
+        ]
+
+        def anywhere(option: str, test: Callable[[Any], bool] = lambda v: v is not None) -> bool:
+            return any(option in options and test(options[option]) for options, _ in sections)
+
+        mode = self.options.get("quantize")
+        for options, origin_of in sections:
+            for name in options:
+                origin = origin_of(name)
+                n = origin.name
+                if name in _NEEDS and not anywhere(_NEEDS[name]):
+                    raise origin.error(f"{n(name)} does nothing without {n(_NEEDS[name])}")
+                if name == "prune_channels" and not anywhere("prune_pattern", lambda v: v == "channel"):
+                    raise origin.error(f"{n(name)} does nothing without {n('prune_pattern')} channel")
+                if name in _LEVEL_OPTIONS and not anywhere("quantize", lambda v: v not in (None, "float16")):
+                    raise origin.error(f"{n(name)} does nothing without an integer {n('quantize')} mode")
+                if name == "granularity" and mode in STATIC_MODES:
+                    raise origin.error(
+                        f"{n(name)} does nothing in {mode}: its weights are per output channel (BATCH_MATMUL's per "
+                        "tensor)"
+                    )
+                if name in _STATIC_OPTIONS and mode not in STATIC_MODES:
+                    raise origin.error(
+                        f"{n(name)} does nothing without {n('quantize')} int8 or int16x8 (full-integer quantization)"
+                    )
+
+    def check_calibration(self, given: bool) -> None:
+        """Calibration data is read by the full-integer modes only, which cannot do without it."""
+        mode, n = self.options.get("quantize"), self.caller.name
+        if given and mode not in STATIC_MODES:
+            raise self.caller.error(
+                f"{n('calibration')} does nothing without {n('quantize')} int8 or int16x8 (full-integer quantization)"
+            )
+        if not given and mode in STATIC_MODES:
+            raise self.caller.error(
+                f"{n('quantize')} {mode} needs calibration data: pass {n('calibration')} DATA (.npz keyed by input "
+                "name, or one array for a single-input model; the leading axis is the sample)"
+            )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Recipe:
@@ -282,10 +392,18 @@ class Recipe:
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
-    def with_options(self, exclude: list[str] | None = None, **options: Any) -> Recipe:
-        """A copy with global options updated and exclude patterns added (command-line flags over a file)."""
+    def with_options(self, exclude: list[str] | None = None, *, origin: Origin = KEYWORDS, **options: Any) -> Recipe:
+        """A copy with global options updated and exclude patterns added (command-line flags or keyword arguments
+        over a recipe); ``origin`` is how they were given, which errors then name."""
+        for pattern in exclude or []:
+            _compile(pattern, origin.name("exclude"))
         return Recipe(
-            {**self.options, **options}, dict(self.ops), dict(self.tensors), [*self.exclude, *(exclude or [])]
+            {**self.options, **options},
+            dict(self.ops),
+            dict(self.tensors),
+            [*self.exclude, *(exclude or [])],
+            caller=origin,
+            overridden=self.overridden | set(options),
         )
 
     def excludes(self, tensor_name: str) -> bool:
@@ -299,5 +417,6 @@ class Recipe:
             if pattern.search(tensor_name):
                 merged.update(overrides)
         options = replace(TensorOptions(), **merged)
-        _check_combination(options, f"recipe for tensor {tensor_name!r}")
+        origin = _in_recipe(f"recipe for tensor {tensor_name!r}")
+        _check_combination(options, lambda _: origin)
         return options

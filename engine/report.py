@@ -91,6 +91,8 @@ class Report:
     gzip_bytes_before: int | None = None
     gzip_bytes_after: int | None = None
     validation: dict[str, Any] | None = None
+    # ``compress --validate``: median invoke time (ms) of the input and the output, timed together (engine.latency).
+    latency: dict[str, Any] | None = None
     # Full-integer runs: engine.passes.full_integer.IntegerReport (ops integer/float, boundaries, calibration).
     integer: Any = None
 
@@ -106,6 +108,13 @@ class Report:
     def needs_xnnpack(self) -> bool:
         """Whether some weight is in a form only XNNPACK (the default interpreter) computes right."""
         return any(t.needs_xnnpack for t in self.tensors)
+
+    @property
+    def advisory_runtimes(self) -> dict[str, str]:
+        """Runtimes whose validation figures are known to be wrong for this output, with why: shown, not deciding."""
+        if self.needs_xnnpack:
+            return {"builtin": "its FULLY_CONNECTED kernel miscomputes blockwise int4 weights (LiteRT 2.3)"}
+        return {}
 
     def to_dict(self) -> dict[str, Any]:
         return json_safe(asdict(self))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import struct
 from pathlib import Path
 
@@ -218,3 +219,51 @@ def test_a_model_without_subgraphs_is_refused_when_read(small: bytes) -> None:
     tree["subgraphs"] = []
     with pytest.raises(EngineError, match="no subgraphs"):
         read_model(bytes(encode(tree)))
+
+
+def test_api_errors_name_the_keyword_argument(tmp_path: Path) -> None:
+    """Options given as keyword arguments are named that way (the command line names its flags, tests/test_cli.py);
+    an option that would do nothing is refused before anything is written; "recipe:" only for a recipe."""
+    import engine
+
+    source, out = mediapipe_model(SMALL_MODEL), tmp_path / "out.tflite"
+    cases = [
+        ({"quantize": "int3"}, "unknown quantize= mode 'int3'"),
+        ({"quantise": "weight-int8"}, "unknown option 'quantise='"),
+        ({"quantize": "weight-int8", "observer": "mse"}, "observer= does nothing without quantize= int8 or int16x8"),
+        ({"quantize": "weight-int8", "calibration": np.zeros((1, 1))}, "calibration= does nothing without quantize="),
+        ({"quantize": "int8"}, "quantize= int8 needs calibration data: pass calibration= DATA"),
+        ({"quantize": "int16x8", "io": "int8", "calibration": np.zeros((1, 1))}, "io= int8 is for int8 models"),
+        ({"cluster_storage": "gather"}, "cluster_storage= does nothing without cluster="),
+        ({"quantize": "weight-int8", "cluster": 16, "cluster_storage": "gather"}, "cannot be quantized too"),
+        ({"quantize": "weight-int8", "exclude": ["("]}, "exclude=: bad regular expression"),
+    ]
+    for options, message in cases:
+        with pytest.raises(EngineError) as info:
+            engine.compress(source, output=out, **options)
+        assert message in str(info.value) and "recipe" not in str(info.value), str(info.value)
+    with pytest.raises(EngineError, match=r"^recipe: observer does nothing without quantize int8"):
+        engine.compress(source, {"quantize": "weight-int8", "observer": "mse"}, output=out)
+    with pytest.raises(EngineError, match=r"^observer= does nothing"):  # the keyword over the recipe is named
+        engine.compress(source, {"quantize": "weight-int8"}, output=out, observer="mse")
+    assert not out.exists()
+
+
+def test_validation_reports_overflowing_outputs_instead_of_crashing() -> None:
+    """A candidate whose outputs overflow to inf against a finite reference: SQNR -inf, where it raised "math
+    domain error" (log10 of a ratio that underflowed to 0)."""
+    from engine.builder import GraphBuilder
+    from engine.validate import validate
+
+    def mean(scaled: bool) -> bytes:
+        b = GraphBuilder()
+        x = b.input("x", (1, 4))
+        axis = b.constant(np.array([1], np.int32))
+        b.output(b.op("MEAN", [b.mul(x, np.full((1, 4), 0.25, np.float32)) if scaled else x, axis], [(1,)])[0], "y")
+        return model_to_bytes(b.build())
+
+    data = np.full((1, 1, 4), 3e38, np.float32)  # the sum of four overflows float32, of four quarters it does not
+    report = validate(mean(True), mean(False), data)
+    assert report.worst_sqnr_db == -math.inf and report.outputs[0].max_abs_error == math.inf
+    assert all(r.worst_sqnr_db == -math.inf for r in report.runtimes)
+    assert math.isnan(validate(mean(False), mean(True), data).worst_sqnr_db)  # an infinite reference: unknown

@@ -11,8 +11,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from engine import read_model, zoo
 from engine import validate as v
-from engine import zoo
+from engine.calibrate import load_calibration
 from engine.errors import EngineError
 
 
@@ -44,11 +45,20 @@ def test_model_against_itself_is_exact(models: dict[str, Path]) -> None:
     assert report.worst_sqnr_db == math.inf
     assert len(report.intermediates) > 50
     assert all(t.sqnr_db == math.inf for t in report.intermediates)
+    # Both runtimes, each with its own section; intermediates come from the builtin kernels only.
+    assert [r.runtime for r in report.runtimes] == ["default", "builtin"] and report.failures == []
+    assert [o.name for o in report.runtimes[0].outputs] == [o.name for o in report.outputs]
+    assert report.runtimes[0].intermediates is None and report.runtimes[1].intermediates == report.intermediates
     encoded = json.loads(json.dumps(report.to_dict()))
-    assert encoded["worst_sqnr_db"] == "inf"
-    assert encoded["outputs"][0]["shape"] == [1, 63]
+    assert encoded["worst_sqnr_db"] == "inf" and encoded["samples"] == 1
+    for runtime in ("default", "builtin"):
+        assert encoded["runtimes"][runtime]["outputs"][0]["shape"] == [1, 63]
+        assert encoded["runtimes"][runtime]["worst_sqnr_db"] == "inf"
+    assert encoded["runtimes"]["default"]["intermediates"] is None
     assert encoded["inputs"]["input_1"]["source"] == "given"
-    assert "Identity_3" in report.format_text()
+    text = report.format_text()
+    assert "Identity_3" in text and "intermediates: builtin kernels only" in text
+    assert "default runtime (XNNPACK):" in text and "builtin kernels:" in text
 
 
 def test_different_models_give_finite_sqnr(models: dict[str, Path]) -> None:
@@ -61,6 +71,7 @@ def test_different_models_give_finite_sqnr(models: dict[str, Path]) -> None:
     assert report.outputs[0].top1_agreement is not None  # class_scores=True: last dim 18 > 1
     assert report.outputs[1].top1_agreement is None
     assert report.worst_sqnr_db == min(o.sqnr_db for o in report.outputs)
+    assert report.worst_sqnr_db == min(r.worst_sqnr_db for r in report.runtimes)
     assert any(math.isfinite(t.sqnr_db) for t in report.intermediates)
     text = report.format_text()
     assert "Identity_1" in text and "intermediates:" in text
@@ -91,16 +102,99 @@ def test_run_returns_outputs_by_name(models: dict[str, Path]) -> None:
         np.testing.assert_array_equal(first[name], second[name])
 
 
-@pytest.mark.parametrize(
-    ("name", "op"),
-    [
-        ("face_landmark_with_attention", "Landmarks2TransformMatrix"),
-        ("selfie_segmentation", "Convolution2DTransposeBias"),
-    ],
-)
-def test_custom_op_model_names_the_op(models: dict[str, Path], name: str, op: str) -> None:
-    with pytest.raises(EngineError, match=op):
+def test_custom_op_model_names_the_op(models: dict[str, Path]) -> None:
+    """A reference no runtime runs is an error naming the op; one only XNNPACK runs (MediaPipe's selfie
+    segmentation, whose Convolution2DTransposeBias only XNNPACK has) is compared there and the builtin section
+    says why it is not compared: the reference's own limit is no failure of the candidate."""
+    name = "face_landmark_with_attention"
+    with pytest.raises(EngineError, match=r"default runtime \(XNNPACK\) and builtin kernels: .*Landmarks2Transform"):
         v.validate(models[name], models[name])
+    selfie = models["selfie_segmentation"]
+    report = v.validate(selfie, selfie, intermediates=False)
+    default, builtin = report.runtimes
+    assert default.decides and default.worst_sqnr_db == math.inf and all(o.bit_identical for o in default.outputs)
+    assert not builtin.decides and "Convolution2DTransposeBias" in builtin.skipped and builtin.error is None
+    assert report.failures == [] and report.worst_sqnr_db == math.inf
+    assert "builtin kernels: not compared, the reference fails here" in report.format_text()
+    with pytest.raises(EngineError, match="Convolution2DTransposeBias"):
+        v.validate(selfie, selfie, runtime="builtin")
+
+
+def _constant_output(dequantized: bool) -> bytes:
+    """A model whose output is a constant; ``dequantized`` stores it as float16 behind DEQUANTIZE, which XNNPACK
+    fails to run ("failed to setup XNNPACK runtime") while the builtin kernels run it."""
+    from engine import model_to_bytes
+    from engine.builder import GraphBuilder
+
+    w = np.linspace(-1, 1, 128, dtype=np.float32).reshape(8, 16)
+    b = GraphBuilder()
+    b.output(b.dequantize(b.constant(w.astype(np.float16), "w16")) if dequantized else b.constant(w, "w"), "w")
+    return model_to_bytes(b.build())
+
+
+def test_a_candidate_failing_in_one_runtime_is_a_failure_naming_it() -> None:
+    report = v.validate(_constant_output(False), _constant_output(True), runtime="both")
+    default, builtin = report.runtimes
+    assert default.error is not None and default.error.startswith("candidate (")
+    assert "interpreter error: " in default.error and "\n" not in default.error
+    assert default.outputs == [] and default.worst_sqnr_db == -math.inf
+    assert builtin.error is None and all(o.sqnr_db > 60 for o in builtin.outputs)  # float16 rounding only
+    assert report.failures == [f"default runtime (XNNPACK): {default.error}"]
+    assert report.worst_sqnr_db == -math.inf and report.outputs == builtin.outputs
+    assert "FAILED in the default runtime (XNNPACK): candidate" in report.format_text()
+    encoded = json.loads(json.dumps(report.to_dict()))
+    assert encoded["failures"] == report.failures and encoded["runtimes"]["default"]["worst_sqnr_db"] == "-inf"
+    only_builtin = v.validate(_constant_output(False), _constant_output(True), runtime="builtin")
+    assert [r.runtime for r in only_builtin.runtimes] == ["builtin"] and only_builtin.failures == []
+
+
+def test_default_runtime_is_the_interpreter_as_users_build_it(models: dict[str, Path], monkeypatch) -> None:
+    """The judge is ``Interpreter(model_path=p)`` with one thread and nothing else; the builtin runtime only adds
+    the op resolver (and keeps intermediates when asked)."""
+    import ai_edge_litert.interpreter as litert
+
+    calls = []
+
+    class Recording(litert.Interpreter):
+        def __init__(self, **kwargs):
+            calls.append(kwargs)
+            super().__init__(**kwargs)
+
+    monkeypatch.setattr(litert, "Interpreter", Recording)
+    path = models["hand_recrop"]
+    v.validate(path, path, runtime="default")
+    assert calls == [{"model_path": str(path), "num_threads": 1}] * 2
+    calls.clear()
+    v.validate(path, path.read_bytes(), runtime="builtin")
+    resolver = litert.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    options = {"num_threads": 1, "experimental_op_resolver_type": resolver, "experimental_preserve_all_tensors": True}
+    assert calls == [{"model_path": str(path), **options}, {"model_content": path.read_bytes(), **options}]
+    with pytest.raises(EngineError, match="unknown runtime 'gpu'"):
+        v.validate(path, path, runtime="gpu")
+
+
+def test_blockwise_builtin_result_is_shown_but_does_not_decide(tmp_path: Path) -> None:
+    """LiteRT 2.3's builtin FULLY_CONNECTED miscomputes blockwise int4 weights: with the report's advisory, the
+    builtin figures are shown and only the default runtime decides."""
+    import engine
+    from engine.builder import GraphBuilder
+
+    rng = np.random.default_rng(0)
+    b = GraphBuilder()
+    x = b.input("x", (4, 256))
+    h = b.fully_connected(x, rng.normal(0, 0.1, (128, 256)).astype(np.float32), activation="RELU")
+    b.output(b.fully_connected(h, rng.normal(0, 0.1, (64, 128)).astype(np.float32)), "y")
+    source, out = tmp_path / "mlp.tflite", tmp_path / "block.tflite"
+    engine.write_model(b.build(), source)
+    _, compressed = engine.compress(source, output=out, quantize="dynamic-int4", granularity="block:32")
+    report = v.validate(source, out, advisory=compressed.advisory_runtimes)
+    default, builtin = report.runtimes
+    assert builtin.advisory and not builtin.decides and builtin.worst_sqnr_db < 3  # garbage, shown
+    assert default.decides and report.worst_sqnr_db == default.worst_sqnr_db > 10
+    assert "builtin kernels (shown, not deciding: its FULLY_CONNECTED kernel miscomputes" in report.format_text()
+    assert v.validate(source, out).worst_sqnr_db == builtin.worst_sqnr_db  # without the advisory it would decide
+    with pytest.raises(EngineError, match="shown only"):
+        v.validate(source, out, runtime="builtin", advisory=compressed.advisory_runtimes)
 
 
 def test_incompatible_models_are_an_engine_error(models: dict[str, Path]) -> None:
@@ -122,29 +216,48 @@ def test_missing_interpreter_says_what_to_install(models: dict[str, Path], monke
 # --------------------------------------------------------------------------------- input data
 
 
-def test_npz_keyed_by_name_and_single_arrays(models: dict[str, Path], tmp_path: Path) -> None:
+def test_data_files_are_the_calibration_format(models: dict[str, Path], tmp_path: Path) -> None:
+    """.npz by name, one array in an .npz under any name or in an .npy, samples with or without the batch axis:
+    the loader calibration uses, so the same file serves both."""
     photo = _photo(HAND, HAND_SHAPE)
+    expected = v.validate(models[HAND], models[HAND], photo, intermediates=False)
     np.savez(tmp_path / "named.npz", input_1=photo)
-    np.savez(tmp_path / "single.npz", photo)
+    np.savez(tmp_path / "photos.npz", photos=photo)  # one array, not under the input's name nor arr_0
+    np.savez(tmp_path / "arr_0.npz", photo[np.newaxis])  # the batch axis kept: [samples, 1, H, W, C]
     np.save(tmp_path / "single.npy", photo)
-    named = v.load_inputs(tmp_path / "named.npz")
-    assert isinstance(named, dict) and list(named) == ["input_1"]
-    for single in ("single.npz", "single.npy"):
-        np.testing.assert_array_equal(v.load_inputs(tmp_path / single), photo)
-    expected = v.run(models[HAND], photo)
-    report = v.validate(models[HAND], models[HAND], named, intermediates=False)
-    assert report.inputs["input_1"]["max"] == pytest.approx(float(photo.max()))
-    np.testing.assert_array_equal(v.run(models[HAND], v.load_inputs(tmp_path / "single.npy"))["Identity"],
-                                  expected["Identity"])  # fmt: skip
+    for name in ("named.npz", "photos.npz", "arr_0.npz", "single.npy"):
+        report = v.validate(models[HAND], models[HAND], tmp_path / name, intermediates=False)
+        assert report.samples == 1 and report.inputs == expected.inputs, name
+    loaded = load_calibration(tmp_path / "photos.npz", read_model(models[HAND]))
+    assert loaded.count == 1 and np.array_equal(loaded.sample(0)[0], photo)
+
+
+def test_every_sample_runs_and_the_worst_decides(models: dict[str, Path], tmp_path: Path) -> None:
+    lite, full = models["palm_detection_lite"], models["palm_detection_full"]
+    photos = np.stack([zoo.photo_input(PALM_SHAPE, np.float32, i, value_range=(0.0, 1.0))[0] for i in range(3)])
+    np.save(tmp_path / "photos.npy", photos)  # [3, 192, 192, 3]: samples without the batch axis
+    report = v.validate(lite, full, tmp_path / "photos.npy", runtime="default")
+    singles = [v.validate(lite, full, photo[np.newaxis], runtime="default") for photo in photos]
+    assert report.samples == 3 and report.inputs["input_1"]["shape"] == [1, 192, 192, 3]
+    for k, output in enumerate(report.outputs):
+        per_sample = [s.outputs[k].sqnr_db for s in singles]
+        assert len(set(per_sample)) == 3 and output.sqnr_db == min(per_sample)
+        assert output.median_sqnr_db == pytest.approx(float(np.median(per_sample)))
+        assert output.max_abs_error == max(s.outputs[k].max_abs_error for s in singles)
+    assert report.worst_sqnr_db == min(s.worst_sqnr_db for s in singles)
+    assert "median" in report.format_text() and "inputs (3 samples)" in report.format_text()
 
 
 @pytest.mark.parametrize(
     ("data", "message"),
     [
         ({"wrong_name": np.zeros(HAND_SHAPE, np.float32)}, "wrong_name"),
-        ({}, "no data for input.*input_1"),
+        ({}, "no samples for input.*input_1"),
         ({"input_1": np.zeros((1, 64, 64, 3), np.float32)}, r"input_1.*\[1, 224, 224, 3\]"),
         (np.zeros((224, 224, 3), np.float32), "input_1"),
+        (np.full((2, *HAND_SHAPE), np.nan, np.float32), "input 'input_1' contains NaN or infinite values"),
+        (np.zeros((2, *HAND_SHAPE), np.int32), "input 'input_1' is int32; the input is FLOAT32"),
+        (np.zeros((0, *HAND_SHAPE), np.float32), "input 'input_1' holds no samples"),
     ],
 )
 def test_bad_data_names_the_input(models: dict[str, Path], data: object, message: str) -> None:
@@ -152,12 +265,19 @@ def test_bad_data_names_the_input(models: dict[str, Path], data: object, message
         v.validate(models[HAND], models[HAND], data, intermediates=False)
 
 
-def test_load_inputs_rejects_bad_files(tmp_path: Path) -> None:
-    with pytest.raises(EngineError, match="npz"):
-        v.load_inputs(tmp_path / "data.csv")
-    (tmp_path / "broken.npz").write_bytes(b"not a zip")
-    with pytest.raises(EngineError, match="broken"):
-        v.load_inputs(tmp_path / "broken.npz")
+def test_bad_data_files_are_refused(models: dict[str, Path], tmp_path: Path) -> None:
+    for name, content, message in [
+        ("data.csv", b"1,2", "must be .npz"),
+        ("broken.npz", b"not a zip", "broken.npz: cannot read it"),
+        ("missing.npz", None, "missing.npz: file not found"),
+    ]:
+        if content is not None:
+            (tmp_path / name).write_bytes(content)
+        with pytest.raises(EngineError, match=message):
+            v.validate(models[HAND], models[HAND], tmp_path / name)
+    np.savez(tmp_path / "empty.npz")
+    with pytest.raises(EngineError, match="holds no arrays"):
+        v.validate(models[HAND], models[HAND], tmp_path / "empty.npz")
 
 
 def _detail(dtype: type, scale: float = 0.0, zero_point: int = 0) -> dict:
@@ -176,6 +296,37 @@ def test_cast_quantizes_float_data_and_passes_integer_data() -> None:
 
 
 # ------------------------------------------------------------------------------------ metrics
+
+
+@given(
+    arrays(np.float64, st.integers(1, 8), elements=st.floats(allow_nan=True, allow_infinity=True, width=64)),
+    arrays(np.float64, st.integers(1, 8), elements=st.floats(allow_nan=True, allow_infinity=True, width=64)),
+)
+def test_sqnr_is_a_float_for_any_values(a: np.ndarray, b: np.ndarray) -> None:
+    """Never raises (weights near 1e38 overflow to inf outputs; it once hit log10(0)): inf when identical (even
+    with infinities), NaN when either holds NaN, -inf for a zero reference."""
+    b = np.resize(b, a.shape)
+    with np.errstate(over="ignore"):  # float64 -> float32 overflows to inf: more cases, not an error
+        pairs = ((a, b), (a.astype(np.float32), b.astype(np.float32)), (a, a))
+    for ref, cand in pairs:
+        result = v.sqnr_db(ref, cand)
+        assert isinstance(result, float)
+        if np.isnan(ref).any() or np.isnan(cand).any():
+            assert math.isnan(result)
+        elif np.array_equal(ref, cand):
+            assert result == math.inf
+        elif not ref.any():
+            assert result == -math.inf
+
+
+def test_sqnr_of_extreme_values() -> None:
+    big = np.float32(3e38)
+    assert v.sqnr_db([1.0], [math.inf]) == -math.inf  # was log10(0): math domain error
+    assert v.sqnr_db([1.0, math.inf], [1.0, math.inf]) == math.inf
+    assert math.isnan(v.sqnr_db([math.inf], [-math.inf]))
+    assert v.sqnr_db(np.array([big, -big]), np.array([big, big])) == pytest.approx(10 * math.log10(2 / 4))
+    # signal / noise underflows to 0 (log10(0) raised); the difference of logs does not
+    assert v.sqnr_db([2.3e-162, 0, 0, 0], [1, 1, 1, 1]) == pytest.approx(-3239.08, abs=0.01)
 
 
 def test_sqnr_matches_known_noise_power() -> None:
@@ -223,11 +374,12 @@ def test_quantize_round_trip_within_half_a_step(x: np.ndarray, scale: float, zer
 
 
 def test_report_json_encodes_non_finite_values() -> None:
-    out = v.OutputComparison("y", (2,), math.nan, 0.0, "y", 1.0, None, False)
-    report = v.ValidationReport(outputs=[out])
+    out = v.OutputComparison("y", (2,), math.nan, 0.0, math.nan, "y", 1.0, None, False)
+    report = v.ValidationReport([v.RuntimeResult("builtin", [out])])
     assert math.isnan(report.worst_sqnr_db)
-    assert json.loads(json.dumps(report.to_dict()))["outputs"][0]["sqnr_db"] == "nan"
-    assert v.ValidationReport(outputs=[]).to_dict()["worst_sqnr_db"] == "inf"
+    encoded = json.loads(json.dumps(report.to_dict()))
+    assert encoded["runtimes"]["builtin"]["outputs"][0]["sqnr_db"] == "nan" and encoded["worst_sqnr_db"] == "nan"
+    assert v.ValidationReport([v.RuntimeResult("default")]).to_dict()["worst_sqnr_db"] == "inf"
 
 
 def _two_in_two_out(quantized_io: bool) -> bytes:
@@ -261,7 +413,7 @@ def test_several_inputs_outputs_and_int8_boundaries(tmp_path: Path) -> None:
     rng = np.random.default_rng(3)
     data = {name: rng.uniform(-1, 1, (1, 4, 4, 2)).astype(np.float32) for name in ("a", "b")}
     np.savez(tmp_path / "ab.npz", **data)
-    same = v.validate(reference, reference, v.load_inputs(tmp_path / "ab.npz"))
+    same = v.validate(reference, reference, tmp_path / "ab.npz")
     assert [o.name for o in same.outputs] == ["y0", "y1"] and all(o.bit_identical for o in same.outputs)
     report = v.validate(reference, candidate, data, intermediates=False)
     # int8 with scale 1/64 in and 1/32 out: errors of about half an output step, SQNR well above 20 dB.
