@@ -1,7 +1,8 @@
-"""What LiteRT's DENSIFY runs, checked against engine.ops: every form ``DENSIFY_INPUTS`` claims (stored type,
-block shape, each index vector type, 2-D and 4-D) decodes the engine's encoding bit-exactly, in the builtin
-kernels and with XNNPACK; unclaimed types are refused; ``DENSIFY_XNNPACK_READERS`` and the readers XNNPACK gets
-wrong are what the comment says.
+"""What LiteRT's DENSIFY runs, checked against engine.ops in both runtimes (``tests/runtimes.py``): every form
+``DENSIFY_INPUTS`` claims (stored type, block shape, each index vector type, 2-D and 4-D) decodes the engine's
+encoding bit-exactly, with the builtin kernels and in the default runtime (XNNPACK); unclaimed types are refused;
+``DENSIFY_XNNPACK_READERS`` and the readers XNNPACK gets wrong are what the comment says; and a sparse filter's
+bias must go with it as ``XNNPACK_BIAS_TYPES`` says, or the default runtime reads garbage.
 
 A candidate stores the weight sparse behind DENSIFY (then DEQUANTIZE for FLOAT16 and INT8, per channel); the
 reference is the same graph storing it dense.  Both run in the same runtime, so the outputs must be equal bit
@@ -14,17 +15,16 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
-from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
 from engine import model_to_bytes
 from engine.builder import GraphBuilder
 from engine.ir import TENSOR_TYPES, Model, QuantizationParams, Table, Tensor
-from engine.ops import DENSIFY_INPUTS, DENSIFY_XNNPACK_READERS
+from engine.ops import DENSIFY_INPUTS, DENSIFY_XNNPACK_READERS, XNNPACK_BIAS_TYPES, XNNPACK_FOLDED_DEQUANTIZE
 from engine.sparse import INDEX_VECTORS, encode_sparse
+from tests.runtimes import BOTH_RUNTIMES, RUNTIMES, Refused, run_model
 
 Feeds = dict[str, np.ndarray]
 Reader = Callable[[GraphBuilder, Tensor, Feeds], None]
-RUNTIMES = pytest.mark.parametrize("xnnpack", [False, True], ids=["builtin", "xnnpack"])
 FORMS = sorted(
     [(t, b, 2) for t, blocks in DENSIFY_INPUTS.items() for b in blocks] + [(t, None, 4) for t in DENSIFY_INPUTS],
     key=str,
@@ -93,18 +93,12 @@ def _conv2d(b: GraphBuilder, w: Tensor, feeds: Feeds) -> None:
     b.output(b.conv2d(b.input("x", feeds["x"].shape), w))
 
 
-def _run(model: Model, feeds: Feeds, xnnpack: bool) -> list[np.ndarray] | None:
+def _run(model: Model, feeds: Feeds, runtime: str) -> list[np.ndarray] | None:
     """The outputs, or None when the model fails to load or run."""
-    resolver = {} if xnnpack else {"experimental_op_resolver_type": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES}
     try:
-        interp = Interpreter(model_content=model_to_bytes(model), num_threads=1, **resolver)
-        interp.allocate_tensors()
-        for detail in interp.get_input_details():
-            interp.set_tensor(detail["index"], feeds[detail["name"]])
-        interp.invoke()
-    except (RuntimeError, ValueError):
+        return list(run_model(model_to_bytes(model), feeds, runtime).values())
+    except Refused:
         return None
-    return [interp.get_tensor(d["index"]) for d in interp.get_output_details()]
 
 
 def _compare(
@@ -112,26 +106,26 @@ def _compare(
     shape: tuple[int, ...],
     block: tuple[int, int] | None,
     reader: Reader,
-    xnnpack: bool,
+    runtime: str,
     index_type: str | None = None,
 ) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
     """(reference outputs, candidate outputs or None) for one form."""
     feeds: Feeds = {}
-    reference = _run(_model(_weight(type_name, shape, block, 0), reader, feeds), feeds, xnnpack)
+    reference = _run(_model(_weight(type_name, shape, block, 0), reader, feeds), feeds, runtime)
     assert reference is not None
     candidate = _model(_sparsified(_weight(type_name, shape, block, 0), block, index_type), reader, feeds)
-    return reference, _run(candidate, feeds, xnnpack)
+    return reference, _run(candidate, feeds, runtime)
 
 
 @pytest.mark.parametrize(("type_name", "block", "rank"), FORMS)
 @pytest.mark.parametrize("index_type", [name for name, _ in INDEX_VECTORS])
-@RUNTIMES
+@BOTH_RUNTIMES
 def test_claimed_forms_decode_exactly(
-    type_name: str, block: tuple[int, int] | None, rank: int, index_type: str, xnnpack: bool
+    type_name: str, block: tuple[int, int] | None, rank: int, index_type: str, runtime: str
 ) -> None:
     """FULLY_CONNECTED [16, 32] (any block of 16 fits) and CONV_2D OHWI [16, 3, 3, 16]."""
     shape, reader = ((16, 32), _fully_connected) if rank == 2 else ((16, 3, 3, 16), _conv2d)
-    reference, candidate = _compare(type_name, shape, block, reader, xnnpack, index_type)
+    reference, candidate = _compare(type_name, shape, block, reader, runtime, index_type)
     assert candidate is not None, "claimed DENSIFY form failed to load or run"
     for want, got in zip(reference, candidate, strict=True):
         np.testing.assert_array_equal(got, want)
@@ -139,13 +133,13 @@ def test_claimed_forms_decode_exactly(
 
 @pytest.mark.parametrize("block", [None, (1, 4)])
 @pytest.mark.parametrize("type_name", UNCLAIMED_TYPES)
-@RUNTIMES
-def test_unclaimed_types_are_refused(type_name: str, block: tuple[int, int] | None, xnnpack: bool) -> None:
+@BOTH_RUNTIMES
+def test_unclaimed_types_are_refused(type_name: str, block: tuple[int, int] | None, runtime: str) -> None:
     assert type_name not in DENSIFY_INPUTS
     weight = _sparsified(_weight(type_name, (8, 16), block, 1), block)
     b = GraphBuilder()
     b.output(b.op("DENSIFY", [b.graph.add_tensor(weight)], [weight.shape])[0])
-    assert _run(b.build(), {}, xnnpack) is None
+    assert _run(b.build(), {}, runtime) is None
 
 
 def _input(b: GraphBuilder, feeds: Feeds, name: str, shape: tuple[int, ...]) -> Tensor:
@@ -163,10 +157,10 @@ READERS: dict[str, Reader] = {
 
 @pytest.mark.parametrize("type_name", sorted(DENSIFY_INPUTS))
 @pytest.mark.parametrize("reader", sorted(DENSIFY_XNNPACK_READERS))
-@RUNTIMES
-def test_xnnpack_readers_see_the_exact_weight(reader: str, type_name: str, xnnpack: bool) -> None:
+@BOTH_RUNTIMES
+def test_xnnpack_readers_see_the_exact_weight(reader: str, type_name: str, runtime: str) -> None:
     """CONV_2D here reads the weight through a RESHAPE: still exact."""
-    reference, candidate = _compare(type_name, (16, 32), None, READERS[reader], xnnpack)
+    reference, candidate = _compare(type_name, (16, 32), None, READERS[reader], runtime)
     assert candidate is not None
     for want, got in zip(reference, candidate, strict=True):
         np.testing.assert_array_equal(got, want)
@@ -196,15 +190,16 @@ def test_xnnpack_gets_other_readers_wrong(reader: Reader, type_name: str) -> Non
     """The builtin kernels are exact; with XNNPACK the dense form is right and the sparse one fails or is wrong.
     Compared: the last output, the weight itself or the lookup (XNNPACK's FULLY_CONNECTED sums in another order)."""
     feeds: Feeds = {}
-    truth = _run(_model(_weight(type_name, (8, 16), None, 0), reader, feeds), feeds, xnnpack=False)
+    truth = _run(_model(_weight(type_name, (8, 16), None, 0), reader, feeds), feeds, "builtin")
     runs = {
-        (sparse, xnnpack): _run(
+        (sparse, runtime): _run(
             _model(_sparsified(_weight(type_name, (8, 16), None, 0), None) if sparse else
-                   _weight(type_name, (8, 16), None, 0), reader, feeds), feeds, xnnpack)
-        for sparse in (False, True) for xnnpack in (False, True)
+                   _weight(type_name, (8, 16), None, 0), reader, feeds), feeds, runtime)
+        for sparse in (False, True) for runtime in RUNTIMES
     }  # fmt: skip
     right = {key: out is not None and np.array_equal(out[-1], truth[-1]) for key, out in runs.items()}
-    assert right == {(False, False): True, (True, False): True, (False, True): True, (True, True): False}
+    expected = {(False, "builtin"): True, (True, "builtin"): True, (False, "default"): True, (True, "default"): False}
+    assert right == expected
 
 
 @pytest.mark.parametrize("type_name", ["FLOAT16", "INT8"])
@@ -212,5 +207,52 @@ def test_xnnpack_gets_other_readers_wrong(reader: Reader, type_name: str) -> Non
 def test_xnnpack_cannot_output_a_dequantized_constant(sparse: bool, type_name: str) -> None:
     weight = _weight(type_name, (8, 16), None, 0)
     model = _model(_sparsified(weight, None) if sparse else weight, _as_output, {})
-    assert _run(model, {}, xnnpack=False) is not None
-    assert _run(model, {}, xnnpack=True) is None
+    assert _run(model, {}, "builtin") is not None
+    assert _run(model, {}, "default") is None
+
+
+# How XNNPACK sees a filter stored as each type behind DENSIFY (-> DEQUANTIZE): a FLOAT16 DEQUANTIZE it drops and reads
+# the half-precision data, an INT8 one it decodes to FLOAT32 at load time (as in tests/test_xnnpack_bias.py).
+SEEN_AS = {"FLOAT32": "FLOAT32", "FLOAT16": "FLOAT16", "INT8": "FLOAT32"}
+# Readers with a bias: the weight's shape and the op on an input (16 output channels each).
+BIASED_READERS: dict[str, tuple[tuple[int, ...], Callable[[GraphBuilder, Tensor, Tensor, Feeds], Tensor]]] = {
+    "FULLY_CONNECTED": ((16, 32), lambda b, w, bias, f: b.fully_connected(_input(b, f, "x", (2, 32)), w, bias)),
+    "CONV_2D": ((16, 1, 1, 32), lambda b, w, bias, f: b.conv2d(_input(b, f, "x", (1, 4, 4, 32)), w, bias)),
+    "DEPTHWISE_CONV_2D": (
+        (1, 3, 3, 16),
+        lambda b, w, bias, f: b.depthwise_conv2d(_input(b, f, "x", (1, 4, 4, 16)), w, bias),
+    ),
+}
+
+
+def _with_bias(name: str, bias_type: str) -> Reader:
+    """``name`` reading the weight, with a bias stored as ``bias_type`` (FLOAT16 behind DEQUANTIZE, as MediaPipe's)."""
+
+    def reader(b: GraphBuilder, w: Tensor, feeds: Feeds) -> None:
+        bias = np.random.default_rng(6).uniform(-1, 1, 16)
+        if bias_type == "FLOAT32":
+            stored = b.constant(bias.astype(np.float32))
+        else:
+            stored = b.dequantize(b.constant(bias.astype(np.float16)))
+        b.output(BIASED_READERS[name][1](b, w, stored, feeds))
+
+    return reader
+
+
+@pytest.mark.parametrize("bias_type", ["FLOAT32", "FLOAT16"])
+@pytest.mark.parametrize("type_name", sorted(DENSIFY_INPUTS))
+@pytest.mark.parametrize("reader", sorted(BIASED_READERS))
+@BOTH_RUNTIMES
+def test_a_sparse_filter_needs_the_bias_type_xnnpack_takes(
+    reader: str, type_name: str, bias_type: str, runtime: str
+) -> None:
+    """Where XNNPACK refuses the op for its bias type (``XNNPACK_BIAS_TYPES``) but claims the DENSIFY ->
+    DEQUANTIZE before it (an INT8 filter, whose DEQUANTIZE it decodes at load time: ``XNNPACK_FOLDED_DEQUANTIZE``),
+    the builtin kernel that runs the op reads a weight nobody wrote: garbage, different from run to run (an INT8
+    sparse filter with MediaPipe's FLOAT16 bias).  Every other pair is exact in both runtimes, DEPTHWISE_CONV_2D
+    included (which ``DENSIFY_XNNPACK_READERS`` does not list)."""
+    reference, candidate = _compare(type_name, BIASED_READERS[reader][0], None, _with_bias(reader, bias_type), runtime)
+    assert candidate is not None
+    refused = bias_type not in XNNPACK_BIAS_TYPES[SEEN_AS[type_name]]
+    garbage = runtime == "default" and refused and type_name in XNNPACK_FOLDED_DEQUANTIZE
+    assert np.array_equal(candidate[0], reference[0]) != garbage

@@ -1,15 +1,17 @@
 """The full-integer columns of engine.ops.RULES (``integer``, ``scales``, ``fixed_output``, ``integer_weights``,
-``integer_options``, and ``BIAS_TYPES``) are what LiteRT 2.3's builtin kernels do.
+``integer_options``, ``xnnpack_integer``, and ``BIAS_TYPES``, ``DENSIFY_INTEGER_READERS``) are what LiteRT 2.3
+does, in both runtimes (``tests/runtimes.py``): the default interpreter (XNNPACK takes the int8 forms it has
+kernels for, and refuses some forms the builtin kernels take or miscompute) and the builtin kernels alone.
 
 Each op runs as a tiny one-op model, made integer here the way the integer quantization spec says: activations
 int8 asymmetric per tensor, or int16 symmetric (zero point 0) for 16x8; weights int8 symmetric (zero point 0),
 per channel along the table's channel axis or per tensor; the bias int32 (int8) or int64 (16x8) with scale
-input_scale * weight_scale; output parameters from the float op's range, the input's ("same") or the table's
-fixed ones.  The reference is the same op in float in LiteRT.  A form is right when its SQNR against the float
-output is at least RIGHT_DB (measured: >= 34.9 dB, the claimed forms >= 39.0 dB), wrong below WRONG_DB
-(measured: <= 11.4 dB): nothing falls in between, so each form is "right", "wrong" or the stage where the
-interpreter refuses it ("load", "prepare", "invoke").  Weights grow geometrically along their channel axis, so
-one scale read for many channels is wrong, not merely coarse.
+input_scale * weight_scale (one per weight scale); output parameters from the float op's range, the input's
+("same") or the table's fixed ones.  The reference is the same op in float in LiteRT (builtin kernels).  A form is
+right when its SQNR against the float output is at least RIGHT_DB (measured: >= 34.9 dB, the claimed forms
+>= 39.0 dB in both runtimes), wrong below WRONG_DB (measured: <= 11.4 dB): nothing falls in between, so each form
+is "right", "wrong" or the stage where the interpreter refuses it ("load", "prepare", "invoke").  Weights grow
+geometrically along their channel axis, so one scale read for many channels is wrong, not merely coarse.
 """
 
 from __future__ import annotations
@@ -20,12 +22,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
-from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
 from engine.builder import GraphBuilder
-from engine.ir import TENSOR_TYPES, Model, QuantizationParams, Tensor
-from engine.ops import BIAS_TYPES, RULES, dequantize_version, rule
+from engine.ir import TENSOR_TYPES, Model, Operator, QuantizationParams, Tensor
+from engine.ops import BIAS_TYPES, DENSIFY_INTEGER_READERS, RULES, dequantize_version, rule
+from engine.sparse import encode_sparse
 from engine.writer import model_to_bytes
+from tests.runtimes import BOTH_RUNTIMES, Refused, delegate_partitions, invoked, run_model
 
 RIGHT_DB = 30.0
 WRONG_DB = 15.0
@@ -65,8 +68,14 @@ UNCLAIMED = {
     ("DEQUANTIZE", "int8"): "wrong", ("DEQUANTIZE", "int16"): "wrong",  # an integer output runs, garbage
     ("DENSIFY", "int8"): "prepare", ("DENSIFY", "int16"): "prepare",  # constant input only
 }  # fmt: skip
-# "same" ops that refuse other output (or input) parameters at prepare; every other one computes garbage.
-SAME_REFUSED = {("CONCATENATION", "int8")}
+# "same" ops that refuse other output (or input) parameters at prepare, per runtime; every other one computes
+# garbage.  XNNPACK takes these int8 ops only with the output parameters of their input, and fails to prepare them
+# otherwise (the builtin kernels copy the codes).
+XNNPACK_SAME_OUTPUT = ("MAX_POOL_2D", "PAD", "RESIZE_BILINEAR", "TRANSPOSE", "SLICE", "DEPTH_TO_SPACE", "SPLIT")
+SAME_REFUSED = {
+    "builtin": {("CONCATENATION", "int8")},
+    "default": {("CONCATENATION", "int8"), *((name, "int8") for name in XNNPACK_SAME_OUTPUT)},
+}
 
 
 # ------------------------------------------------------------------------------------------------ models
@@ -205,33 +214,10 @@ def _make(case: Case) -> tuple[Model, list[np.ndarray]]:
 # ------------------------------------------------------------------------------------------------ running
 
 
-class Refused(Exception):
-    """The interpreter refused the model at ``stage`` ("load", "prepare" or "invoke")."""
-
-    def __init__(self, stage: str, message: str) -> None:
-        super().__init__(f"{stage}: {message}")
-        self.stage = stage
-
-
-def _invoke(model: Model, feeds: Sequence[np.ndarray]) -> list[np.ndarray]:
-    try:
-        interp = Interpreter(
-            model_content=model_to_bytes(model),
-            experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
-        )
-    except (RuntimeError, ValueError) as exc:
-        raise Refused("load", str(exc)) from None
-    try:
-        interp.allocate_tensors()
-    except RuntimeError as exc:
-        raise Refused("prepare", str(exc)) from None
-    for detail, x in zip(interp.get_input_details(), feeds, strict=True):
-        interp.set_tensor(detail["index"], x)
-    try:
-        interp.invoke()
-    except RuntimeError as exc:
-        raise Refused("invoke", str(exc)) from None
-    return [interp.get_tensor(d["index"]) for d in interp.get_output_details()]
+def _invoke(model: Model, feeds: Sequence[np.ndarray], runtime: str) -> list[np.ndarray]:
+    """The outputs of ``model`` on ``feeds`` (in input order); ``Refused`` names the stage that failed."""
+    named = {t.name: x for t, x in zip(model.main.inputs, feeds, strict=True)}
+    return list(run_model(model_to_bytes(model), named, runtime).values())
 
 
 def _sqnr(reference: np.ndarray, candidate: np.ndarray) -> float:
@@ -294,6 +280,7 @@ def integerize(
     granularity: str | None = None,
     weight_type: str = "int8",
     bias_type: str | None = None,
+    bias_scale_per_channel: bool = False,
     options: dict | None = None,
     version: int | None = None,
 ) -> Integer:
@@ -341,8 +328,9 @@ def integerize(
         t.type, t.quantization = code, _quantization(*p)
     bias = op.inputs[r.bias_input] if r.bias_input is not None else None
     if bias is not None:
-        scale = inputs[0][0] * np.broadcast_to(weight_scale, bias.shape)
-        bias.data = np.rint(bias.data / scale).astype(DTYPES[(bias_type or BIAS_TYPES[activations]).lower()])
+        scale = inputs[0][0] * (np.broadcast_to(weight_scale, bias.shape) if bias_scale_per_channel else weight_scale)
+        codes = np.rint(bias.data / np.broadcast_to(scale, bias.shape))
+        bias.data = codes.astype(DTYPES[(bias_type or BIAS_TYPES[activations]).lower()])
         bias.quantization = _quantization(scale, 0)
     op.opcode.version = version if version is not None else r.integer_version(activations) or 1
     changes = r.options_for(activations) if options is None else options
@@ -354,30 +342,53 @@ def integerize(
 def _reference(case: Case) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """The feeds and the float op's outputs (the input itself for a type conversion)."""
     model, feeds = _make(case)
-    return feeds, ([feeds[0]] if case.identity else _invoke(model, feeds))
+    return feeds, ([feeds[0]] if case.identity else _invoke(model, feeds, "builtin"))
 
 
-def measure(op_name: str, activations: str, **changes: object) -> float:
-    """The SQNR (dB) of the op made integer (``changes``: departures from the table) against the float op; raises
-    Refused when the interpreter does not take it."""
+def _through_densify(model: Model) -> None:
+    """The one op's constant weight stored sparse (TFLite's format, quantization kept) behind a DENSIFY."""
+    op = model.main.operators[0]
+    weight = op.inputs[rule(op.name).weight_input]
+    values, sparsity = encode_sparse(weight.data)
+    stored = Tensor(f"{weight.name}/sparse", weight.shape, weight.type, quantization=weight.quantization)
+    stored.data, stored.shape, stored.sparsity = values, weight.shape, sparsity
+    weight.buffer = None
+    model.main.insert_operator(0, Operator(model.opcode("DENSIFY"), [model.main.add_tensor(stored)], [weight]))
+
+
+def _integer(
+    op_name: str, activations: str, *, through_densify: bool = False, **changes: object
+) -> tuple[Integer, list[np.ndarray], list[np.ndarray]]:
+    """The op made integer (``changes``: departures from the table; its weight read through DENSIFY if asked), its
+    feeds quantized, and the float op's outputs."""
     case = CASES[op_name]
     feeds, reference = _reference(case)
     model, _ = _make(case)
     integer = integerize(model, activations, feeds, reference, **changes)
+    if through_densify:
+        _through_densify(model)
     floats = iter(integer.inputs)
     quantized = [x if t.type == TENSOR_TYPES["INT32"] else _quantize(x, next(floats), activations)
                  for t, x in zip(model.main.inputs, feeds, strict=True)]  # fmt: skip
-    got = _invoke(model, quantized)
+    return integer, quantized, reference
+
+
+def measure(op_name: str, activations: str, runtime: str, **changes: object) -> float:
+    """The SQNR (dB) of the op made integer (``changes``: departures from the table), run in ``runtime``, against
+    the float op (builtin kernels); raises Refused when the interpreter does not take it."""
+    integer, quantized, reference = _integer(op_name, activations, **changes)
+    got = _invoke(integer.model, quantized, runtime)
     return min(
         _sqnr(ref, (out.astype(np.float64) - zero) * scale)
         for ref, out, (scale, zero) in zip(reference, got, integer.outputs, strict=True)
     )
 
 
-def outcome(op_name: str, activations: str, **changes: object) -> str:
-    """The form's fate: "right", "wrong" or the stage that refuses it ("between": neither, never measured)."""
+def outcome(op_name: str, activations: str, runtime: str, **changes: object) -> str:
+    """The form's fate in ``runtime``: "right", "wrong" or the stage that refuses it ("between": neither, never
+    measured)."""
     try:
-        db = measure(op_name, activations, **changes)
+        db = measure(op_name, activations, runtime, **changes)
     except Refused as exc:
         return exc.stage
     return "right" if db >= RIGHT_DB else "wrong" if db < WRONG_DB else f"between ({db:.1f} dB)"
@@ -407,15 +418,36 @@ def test_versions_are_the_converters() -> None:
 
 
 @pytest.mark.parametrize(("name", "activations"), CLAIMED, ids=_ids(CLAIMED))
-def test_claimed_kernel_is_right(name: str, activations: str) -> None:
+@BOTH_RUNTIMES
+def test_claimed_kernel_is_right(name: str, activations: str, runtime: str) -> None:
     """The form the table claims (its version, weights, bias, output parameters, options) loads and is right."""
-    assert measure(name, activations) >= CLAIMED_FLOOR_DB[activations]
+    assert measure(name, activations, runtime) >= CLAIMED_FLOOR_DB[activations]
 
 
 @pytest.mark.parametrize(("name", "activations"), UNCLAIMED_FORMS, ids=_ids(UNCLAIMED_FORMS))
-def test_unclaimed_kernel_is_refused_or_wrong(name: str, activations: str) -> None:
+@BOTH_RUNTIMES
+def test_unclaimed_kernel_is_refused_or_wrong(name: str, activations: str, runtime: str) -> None:
     assert set(UNCLAIMED_FORMS) == set(UNCLAIMED)
-    assert outcome(name, activations) == UNCLAIMED[(name, activations)]
+    assert outcome(name, activations, runtime) == UNCLAIMED[(name, activations)]
+
+
+# Measured: the claimed int8 forms XNNPACK leaves to the builtin kernels in the default runtime, so a graph of them
+# splits into partitions around each.  ``xnnpack_integer`` marks PRELU alone (the engine keeps it float in CPU
+# models); the others it makes integer.
+XNNPACK_LEAVES_INT8 = {
+    "AVERAGE_POOL_2D", "DIV", "GATHER", "HARD_SWISH", "MAXIMUM", "MINIMUM", "PRELU", "RELU", "RELU6", "RELU_N1_TO_1",
+    "SOFTMAX", "SQUEEZE", "STRIDED_SLICE",
+}  # fmt: skip
+INT8_CLAIMED = [name for name, a in CLAIMED if a == "int8"]
+
+
+@pytest.mark.parametrize("name", INT8_CLAIMED)
+def test_which_int8_kernels_xnnpack_takes(name: str) -> None:
+    integer, quantized, _ = _integer(name, "int8")
+    feeds = {t.name: x for t, x in zip(integer.model.main.inputs, quantized, strict=True)}
+    taken = delegate_partitions(invoked(model_to_bytes(integer.model), feeds, "default")) > 0
+    assert taken == (name not in XNNPACK_LEAVES_INT8)
+    assert RULES[name].xnnpack_integer or not taken
 
 
 def _shared_values(name: str) -> np.ndarray:
@@ -427,57 +459,66 @@ def _shared_values(name: str) -> np.ndarray:
     return np.concatenate(values)
 
 
-def _same_expected(name: str, activations: str) -> str:
-    return "prepare" if (name, activations) in SAME_REFUSED else "wrong"
+def _same_expected(name: str, activations: str, runtime: str) -> str:
+    return "prepare" if (name, activations) in SAME_REFUSED[runtime] else "wrong"
 
 
 RESCALING = [(n, a) for n, a in CLAIMED if RULES[n].scales != "fixed"]
 
 
 @pytest.mark.parametrize(("name", "activations"), RESCALING, ids=_ids(RESCALING))
-def test_output_parameters(name: str, activations: str) -> None:
+@BOTH_RUNTIMES
+def test_output_parameters(name: str, activations: str, runtime: str) -> None:
     """An output whose range is twice the one the table gives it: "own" ops rescale; "same" ops copy or compare
     codes, so they compute garbage (or refuse it)."""
     _, reference = _reference(CASES[name])
     if RULES[name].scales == "same":
         outputs = [_stretched(activations, _shared_values(name))] * len(reference)
-        expected = _same_expected(name, activations)
+        expected = _same_expected(name, activations, runtime)
     else:
         outputs, expected = [_stretched(activations, y) for y in reference], "right"
-    assert outcome(name, activations, outputs=outputs) == expected
+    assert outcome(name, activations, runtime, outputs=outputs) == expected
 
 
 MULTI_INPUT = [(n, a) for n, a in CLAIMED if sum(dtype is F for _, _, dtype in CASES[n].inputs) > 1]
 
 
 @pytest.mark.parametrize(("name", "activations"), MULTI_INPUT, ids=_ids(MULTI_INPUT))
-def test_input_parameters(name: str, activations: str) -> None:
+@BOTH_RUNTIMES
+def test_input_parameters(name: str, activations: str, runtime: str) -> None:
     """The second input's range twice the first's: "own" ops rescale each input, "same" ops do not."""
     feeds, _ = _reference(CASES[name])
     if RULES[name].scales == "same":
         shared = _params(activations, _shared_values(name))
         changes = {"inputs": [shared, _stretched(activations, _shared_values(name))], "outputs": [shared]}
-        expected = _same_expected(name, activations)
+        expected = _same_expected(name, activations, runtime)
     else:
         changes, expected = {"inputs": [_params(activations, feeds[0]), _stretched(activations, feeds[1])]}, "right"
-    assert outcome(name, activations, **changes) == expected
+    assert outcome(name, activations, runtime, **changes) == expected
 
 
-# How each fixed-output kernel takes the parameters of the float op's own output range instead.
+# How each fixed-output kernel takes the parameters of the float op's own output range instead, in the builtin
+# kernels; the default runtime does the same but for int8 LOGISTIC, which XNNPACK runs right with any output
+# parameters (the fixed ones are still what the builtin kernel needs).
 OWN_OUTPUT = {
     ("SOFTMAX", "int8"): "prepare", ("SOFTMAX", "int16"): "prepare",  # "not near 1/256", "not near 1/32768"
     ("LOGISTIC", "int8"): "prepare", ("LOGISTIC", "int16"): "prepare",  # scale == 1/256, 1/32768 exactly
     ("TANH", "int8"): "right",  # its lookup table is built for the output parameters it is given
     ("TANH", "int16"): "prepare",  # the scale must round to 2^-15
 }  # fmt: skip
+XNNPACK_OWN_OUTPUT = {("LOGISTIC", "int8"): "right"}
 FIXED = [(n, a) for n, a in CLAIMED if RULES[n].scales == "fixed"]
 
 
 @pytest.mark.parametrize(("name", "activations"), FIXED, ids=_ids(FIXED))
-def test_fixed_output(name: str, activations: str) -> None:
+@BOTH_RUNTIMES
+def test_fixed_output(name: str, activations: str, runtime: str) -> None:
     assert set(FIXED) == set(OWN_OUTPUT)
     _, reference = _reference(CASES[name])
-    assert outcome(name, activations, outputs=[_params(activations, reference[0])]) == OWN_OUTPUT[(name, activations)]
+    expected = OWN_OUTPUT[(name, activations)]
+    if runtime == "default":
+        expected = XNNPACK_OWN_OUTPUT.get((name, activations), expected)
+    assert outcome(name, activations, runtime, outputs=[_params(activations, reference[0])]) == expected
 
 
 # The fixed scale with another zero point: refused, except int8 LOGISTIC, which assumes -128 without checking.
@@ -489,25 +530,61 @@ FIXED_ZERO_POINTS = [
 
 
 @pytest.mark.parametrize(("name", "activations", "params", "expected"), FIXED_ZERO_POINTS, ids=_ids(FIXED_ZERO_POINTS))
-def test_fixed_zero_point(name: str, activations: str, params: Params, expected: str) -> None:
+@BOTH_RUNTIMES
+def test_fixed_zero_point(name: str, activations: str, params: Params, expected: str, runtime: str) -> None:
     assert params[0] == RULES[name].fixed_params(activations)[0]
-    assert outcome(name, activations, outputs=[params]) == expected
+    assert outcome(name, activations, runtime, outputs=[params]) == expected
 
 
 GRANULAR = [(n, a, g) for n, a in WEIGHTED for g in ("tensor", "channel")]
 
 
 @pytest.mark.parametrize(("name", "activations", "granularity"), GRANULAR, ids=_ids(GRANULAR))
-def test_weight_granularity(name: str, activations: str, granularity: str) -> None:
+@BOTH_RUNTIMES
+def test_weight_granularity(name: str, activations: str, granularity: str, runtime: str) -> None:
     """Ops marked "channel" read per-channel and per-tensor weights right; "tensor" ones read one scale for all
     channels (BATCH_MATMUL: all zeros, PRELU: one alpha scale, GATHER: one output scale for every row)."""
     right = granularity == "tensor" or RULES[name].integer_weights == "channel"
-    assert outcome(name, activations, granularity=granularity) == ("right" if right else "wrong")
+    assert outcome(name, activations, runtime, granularity=granularity) == ("right" if right else "wrong")
+
+
+# Measured: XNNPACK refuses (fails to prepare) an int8 CONV_2D, DEPTHWISE_CONV_2D or TRANSPOSE_CONV whose per-tensor
+# weight comes with a bias listing one (equal) scale per channel; the builtin kernels, and XNNPACK's int8
+# FULLY_CONNECTED, read it right.  The spec's bias has one scale per weight scale, which every runtime takes.
+XNNPACK_ONE_BIAS_SCALE = {"CONV_2D", "DEPTHWISE_CONV_2D", "TRANSPOSE_CONV"}
+TENSOR_WEIGHTED = [(n, a) for n, a in BIASED if a == "int8"]
+
+
+@pytest.mark.parametrize(("name", "activations"), TENSOR_WEIGHTED, ids=_ids(TENSOR_WEIGHTED))
+@BOTH_RUNTIMES
+def test_a_per_tensor_weight_wants_one_bias_scale_in_xnnpack(name: str, activations: str, runtime: str) -> None:
+    refused = runtime == "default" and name in XNNPACK_ONE_BIAS_SCALE
+    fate = outcome(name, activations, runtime, granularity="tensor", bias_scale_per_channel=True)
+    assert fate == ("prepare" if refused else "right")
+
+
+# How an integer weighted op takes its weight (int8 codes; GATHER's params in the activation type) through DENSIFY,
+# where that is not right: XNNPACK claims an int8 FULLY_CONNECTED and fails to prepare it; int16 GATHER refuses a
+# computed params tensor.  ``DENSIFY_INTEGER_READERS`` claims CONV_2D; the other ops are right in both runtimes too.
+THROUGH_DENSIFY = {
+    ("FULLY_CONNECTED", "int8", "default"): "prepare",
+    ("GATHER", "int16", "builtin"): "invoke",
+    ("GATHER", "int16", "default"): "invoke",
+}
+
+
+@pytest.mark.parametrize(("name", "activations"), WEIGHTED, ids=_ids(WEIGHTED))
+@BOTH_RUNTIMES
+def test_integer_weights_through_densify(name: str, activations: str, runtime: str) -> None:
+    expected = THROUGH_DENSIFY.get((name, activations, runtime), "right")
+    assert name not in DENSIFY_INTEGER_READERS or expected == "right"
+    assert outcome(name, activations, runtime, through_densify=True) == expected
 
 
 @pytest.mark.parametrize("activations", ACTIVATIONS)
-def test_prelu_alpha_is_int8(activations: str) -> None:
-    assert outcome("PRELU", activations, weight_type="int16") == "wrong"
+@BOTH_RUNTIMES
+def test_prelu_alpha_is_int8(activations: str, runtime: str) -> None:
+    assert outcome("PRELU", activations, runtime, weight_type="int16") == "wrong"
 
 
 # How each weighted op takes each bias type (16x8 with quantized_bias_type unset).
@@ -525,10 +602,11 @@ BIAS_FORMS = [(n, a, b) for n, a in BIASED for b in ("int32", "int64")]
 
 
 @pytest.mark.parametrize(("name", "activations", "bias"), BIAS_FORMS, ids=_ids(BIAS_FORMS))
-def test_bias_type(name: str, activations: str, bias: str) -> None:
+@BOTH_RUNTIMES
+def test_bias_type(name: str, activations: str, bias: str, runtime: str) -> None:
     assert set(BIASED) == set(BIAS)
     assert BIAS[(name, activations)][BIAS_TYPES[activations].lower()] == "right"
-    assert outcome(name, activations, bias_type=bias) == BIAS[(name, activations)][bias]
+    assert outcome(name, activations, runtime, bias_type=bias) == BIAS[(name, activations)][bias]
 
 
 # op_version.cc's version for 16x8 with quantized_bias_type set, which makes an int32 bias read right.
@@ -536,29 +614,31 @@ QUANTIZED_BIAS_VERSIONS = {"CONV_2D": 8, "TRANSPOSE_CONV": 5, "FULLY_CONNECTED":
 
 
 @pytest.mark.parametrize("name", sorted(QUANTIZED_BIAS_VERSIONS))
-def test_int16_int32_bias_with_quantized_bias_type(name: str) -> None:
+@BOTH_RUNTIMES
+def test_int16_int32_bias_with_quantized_bias_type(name: str, runtime: str) -> None:
     version = QUANTIZED_BIAS_VERSIONS[name]
     assert version <= RULES[name].max_version
     options = {"quantized_bias_type": TENSOR_TYPES["INT32"]}
-    assert outcome(name, "int16", bias_type="int32", options=options, version=version) == "right"
+    assert outcome(name, "int16", runtime, bias_type="int32", options=options, version=version) == "right"
 
 
 POT_OPTION = [n for n, r in RULES.items() if r.options_for("int16")]
 
 
 @pytest.mark.parametrize("name", POT_OPTION)
-def test_int16_pot_scale_option(name: str) -> None:
+@BOTH_RUNTIMES
+def test_int16_pot_scale_option(name: str, runtime: str) -> None:
     """int16 ADD/SUB: with pot_scale_int16 true and power-of-two scales the shift-only path refuses inputs whose
     shifts both differ from the output's; false rescales them; non-power-of-two scales rescale either way."""
     assert POT_OPTION == ["ADD", "SUB"]
     assert RULES[name].options_for("int16") == {"pot_scale_int16": False} and not RULES[name].options_for("int8")
     pot = {"inputs": [(2**-12, 0)] * 2, "outputs": [(2**-11, 0)]}
-    assert outcome(name, "int16", options={"pot_scale_int16": True}, **pot) == "prepare"
-    assert outcome(name, "int16", **pot) == "right"
-    assert outcome(name, "int16", options={"pot_scale_int16": True}) == "right"
+    assert outcome(name, "int16", runtime, options={"pot_scale_int16": True}, **pot) == "prepare"
+    assert outcome(name, "int16", runtime, **pot) == "right"
+    assert outcome(name, "int16", runtime, options={"pot_scale_int16": True}) == "right"
 
 
-def _conversion(name: str, source: str, target: str, zero_point: int = 0) -> str:
+def _conversion(name: str, source: str, target: str, runtime: str, zero_point: int = 0) -> str:
     """How ``name`` converts (2, 8) values in [-1, 1] from ``source`` to ``target`` (each float32, uint8, int8 or
     int16 with parameters of its own: the target's range twice the source's); int16 sources get ``zero_point``."""
     x = np.random.default_rng(0).uniform(-1, 1, (2, 8)).astype(F)
@@ -578,7 +658,7 @@ def _conversion(name: str, source: str, target: str, zero_point: int = 0) -> str
     else:
         b.model.operator_codes[0].version = dequantize_version(source.upper(), per_channel=False)
     try:
-        (out,) = _invoke(b.build(), [feed])
+        (out,) = _invoke(b.build(), [feed], runtime)
     except Refused as exc:
         return exc.stage
     got = out.astype(np.float64) if params is None else (out.astype(np.float64) - params[1]) * params[0]
@@ -589,17 +669,20 @@ QUANTIZE_FORMS = [(s, t) for s in ("float32", "uint8", "int8", "int16") for t in
 
 
 @pytest.mark.parametrize(("source", "target"), QUANTIZE_FORMS, ids=_ids(QUANTIZE_FORMS))
-def test_quantize_converts(source: str, target: str) -> None:
+@BOTH_RUNTIMES
+def test_quantize_converts(source: str, target: str, runtime: str) -> None:
     """QUANTIZE quantizes float, requantizes int8 -> int8 and int16 -> int16, and converts between the types but
     int16 -> uint8 (refused)."""
     expected = "prepare" if (source, target) == ("int16", "uint8") else "right"
-    assert _conversion("QUANTIZE", source, target) == expected
+    assert _conversion("QUANTIZE", source, target, runtime) == expected
 
 
 @pytest.mark.parametrize("source", ["uint8", "int8", "int16"])
-def test_dequantize_reads(source: str) -> None:
-    assert _conversion("DEQUANTIZE", source, "float32") == "right"
+@BOTH_RUNTIMES
+def test_dequantize_reads(source: str, runtime: str) -> None:
+    assert _conversion("DEQUANTIZE", source, "float32", runtime) == "right"
 
 
-def test_dequantize_int16_needs_zero_point_0() -> None:
-    assert _conversion("DEQUANTIZE", "int16", "float32", zero_point=3) == "prepare"
+@BOTH_RUNTIMES
+def test_dequantize_int16_needs_zero_point_0(runtime: str) -> None:
+    assert _conversion("DEQUANTIZE", "int16", "float32", runtime, zero_point=3) == "prepare"
