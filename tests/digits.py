@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from engine.builder import GraphBuilder
 from engine.ir import Model
 from engine.writer import write_model
+from tests.runtimes import make_interpreter
 
 Params = dict[str, np.ndarray]
 # (name, stride) of the two convolutions, all 3x3 SAME with a fused RELU.
@@ -184,23 +184,13 @@ def digits_model_path(directory: str | Path) -> Path:
     return path
 
 
-def _interpreter(model: str | Path | bytes) -> Any:
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
-
-    source = {"model_content": bytes(model)} if isinstance(model, bytes | bytearray) else {"model_path": str(model)}
-    interp = Interpreter(
-        **source, num_threads=1, experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-    )
-    interp.allocate_tensors()
-    return interp
-
-
-def litert_predictions(model: str | Path | bytes, x: np.ndarray) -> np.ndarray:
-    """Top-1 classes [N] of a ``.tflite`` run in LiteRT's builtin kernels one image at a time.
+def litert_predictions(model: str | Path | bytes, x: np.ndarray, runtime: str) -> np.ndarray:
+    """Top-1 classes [N] of a ``.tflite`` run in LiteRT one image at a time, in ``runtime`` (``tests/runtimes.py``).
 
     An int8/uint8 input is fed ``x`` quantized with its (scale, zero point), a quantized output dequantized.
     """
-    interp = _interpreter(model)
+    interp = make_interpreter(model, runtime)
+    interp.allocate_tensors()
     (inp,), (out,) = interp.get_input_details(), interp.get_output_details()
     dtype = np.dtype(inp["dtype"])
     in_scale, in_zero = inp["quantization"]
@@ -220,6 +210,6 @@ def litert_predictions(model: str | Path | bytes, x: np.ndarray) -> np.ndarray:
     return predictions
 
 
-def accuracy(model: str | Path | bytes, x: np.ndarray, y: np.ndarray) -> float:
-    """Top-1 accuracy of a ``.tflite`` (path or bytes) in LiteRT on images ``x`` with labels ``y``."""
-    return float(np.mean(litert_predictions(model, x) == np.asarray(y)))
+def accuracy(model: str | Path | bytes, x: np.ndarray, y: np.ndarray, runtime: str) -> float:
+    """Top-1 accuracy of a ``.tflite`` (path or bytes) in LiteRT's ``runtime`` on images ``x`` with labels ``y``."""
+    return float(np.mean(litert_predictions(model, x, runtime) == np.asarray(y)))

@@ -12,7 +12,7 @@ from engine.errors import EngineError
 from engine.ir import BUILTIN_OPS, Model
 from engine.ops import RULES, rule
 from engine.schema import TABLES, UNIONS
-from engine.validate import run
+from tests.runtimes import BOTH_RUNTIMES, RUNTIMES, run_model
 from tests.strategies import graphs
 
 RNG = np.random.default_rng(0)
@@ -27,9 +27,9 @@ def _inputs(model: Model, seed: int = 0) -> dict[str, np.ndarray]:
     return {t.name: rng.uniform(-1, 1, t.shape).astype(np.float32) for t in model.main.inputs}
 
 
-def _run(model: Model, **inputs: np.ndarray) -> np.ndarray:
-    """The model's first output on ``inputs``."""
-    return next(iter(run(model_to_bytes(model), inputs).values()))
+def _run(model: Model, runtime: str, **inputs: np.ndarray) -> np.ndarray:
+    """The model's first output on ``inputs`` in ``runtime``."""
+    return next(iter(run_model(model_to_bytes(model), inputs, runtime).values()))
 
 
 # ------------------------------------------------------------------------------------ random graphs
@@ -51,12 +51,13 @@ def test_generated_models_run_identically_after_rewrite(model: Model) -> None:
     original = model_to_bytes(model)
     rewritten = model_to_bytes(read_model(original))
     inputs = _inputs(model)
-    before, after = run(original, inputs), run(rewritten, inputs)
-    assert list(before) == list(after) == [t.name for t in model.main.outputs]
-    for name, value in before.items():
-        assert value.shape == model.main.outputs[list(before).index(name)].shape
-        assert np.all(np.isfinite(value)), name
-        assert np.array_equal(value, after[name]), name
+    for runtime in RUNTIMES:
+        before, after = run_model(original, inputs, runtime), run_model(rewritten, inputs, runtime)
+        assert list(before) == list(after) == [t.name for t in model.main.outputs]
+        for name, value in before.items():
+            assert value.shape == model.main.outputs[list(before).index(name)].shape
+            assert np.all(np.isfinite(value)), (runtime, name)
+            assert np.array_equal(value, after[name]), (runtime, name)
 
 
 # ------------------------------------------------------------------------------------ numpy references
@@ -87,7 +88,8 @@ def _patches(x: np.ndarray, k: tuple[int, int], stride: int, dilation: int, padd
     ("shape", "stride", "dilation", "padding", "activation"),
     [((1, 7, 6, 3), 2, 1, "SAME", None), ((2, 8, 9, 2), 1, 2, "VALID", "RELU6"), ((1, 5, 5, 4), 3, 1, "SAME", "RELU")],
 )
-def test_conv2d_matches_numpy(shape, stride, dilation, padding, activation) -> None:
+@BOTH_RUNTIMES
+def test_conv2d_matches_numpy(shape, stride, dilation, padding, activation, runtime: str) -> None:
     w, bias = _random(5, 3, 2, shape[3]), _random(5)
     b = GraphBuilder()
     b.output(b.conv2d(b.input("x", shape), w, bias, stride, padding, activation, dilation))
@@ -95,13 +97,14 @@ def test_conv2d_matches_numpy(shape, stride, dilation, padding, activation) -> N
     expected = np.einsum("nhwijc,oijc->nhwo", _patches(x, (3, 2), stride, dilation, padding), w) + bias
     if activation:
         expected = np.clip(expected, 0, 6 if activation == "RELU6" else None)
-    got = _run(b.build(), x=x)
+    got = _run(b.build(), runtime, x=x)
     assert got.shape == expected.shape
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize(("multiplier", "stride", "padding"), [(1, 1, "SAME"), (2, 2, "VALID"), (3, 2, "SAME")])
-def test_depthwise_conv2d_matches_numpy(multiplier: int, stride: int, padding: str) -> None:
+@BOTH_RUNTIMES
+def test_depthwise_conv2d_matches_numpy(multiplier: int, stride: int, padding: str, runtime: str) -> None:
     shape = (1, 6, 7, 2)
     w = _random(1, 3, 3, 2 * multiplier)
     b = GraphBuilder()
@@ -109,20 +112,21 @@ def test_depthwise_conv2d_matches_numpy(multiplier: int, stride: int, padding: s
     x = _random(*shape)
     per_channel = w[0].reshape(3, 3, 2, multiplier)
     expected = np.einsum("nhwijc,ijcm->nhwcm", _patches(x, (3, 3), stride, 1, padding), per_channel)
-    got = _run(b.build(), x=x)
+    got = _run(b.build(), runtime, x=x)
     np.testing.assert_allclose(got, expected.reshape(got.shape), rtol=1e-5, atol=1e-5)
     assert got.shape == (*expected.shape[:3], 2 * multiplier)
 
 
 @pytest.mark.parametrize(("size", "stride", "padding"), [(2, 2, "VALID"), (3, 2, "SAME"), (3, 1, "SAME")])
-def test_pools_match_numpy(size: int, stride: int, padding: str) -> None:
+@BOTH_RUNTIMES
+def test_pools_match_numpy(size: int, stride: int, padding: str, runtime: str) -> None:
     shape = (1, 7, 5, 3)
     b = GraphBuilder()
     x = b.input("x", shape)
     b.output(b.max_pool2d(x, size, stride, padding), "max")
     b.output(b.average_pool2d(x, size, stride, padding), "avg")
     data = _random(*shape)
-    got = run(model_to_bytes(b.build()), {"x": data})
+    got = run_model(model_to_bytes(b.build()), {"x": data}, runtime)
     window = (size, size)
     np.testing.assert_array_equal(got["max"], _patches(data, window, stride, 1, padding, -np.inf).max(axis=(3, 4)))
     total = _patches(data, window, stride, 1, padding).sum(axis=(3, 4))
@@ -131,25 +135,30 @@ def test_pools_match_numpy(size: int, stride: int, padding: str) -> None:
 
 
 @pytest.mark.parametrize("keep_num_dims", [False, True])
-def test_fully_connected_matches_numpy(keep_num_dims: bool) -> None:
+@BOTH_RUNTIMES
+def test_fully_connected_matches_numpy(keep_num_dims: bool, runtime: str) -> None:
     w, bias = _random(5, 4), _random(5)
     b = GraphBuilder()
     b.output(b.fully_connected(b.input("x", (2, 3, 4)), w, bias, keep_num_dims=keep_num_dims))
     x = _random(2, 3, 4)
-    got = _run(b.build(), x=x)
+    got = _run(b.build(), runtime, x=x)
     expected = x @ w.T + bias
     np.testing.assert_allclose(got, expected if keep_num_dims else expected.reshape(6, 5), rtol=1e-5, atol=1e-6)
 
 
-def test_fully_connected_without_bias_flattens_nhwc() -> None:
+@BOTH_RUNTIMES
+def test_fully_connected_without_bias_flattens_nhwc(runtime: str) -> None:
     w = _random(3, 2 * 2 * 4)
     b = GraphBuilder()
     b.output(b.fully_connected(b.input("x", (1, 2, 2, 4)), w, activation="RELU"))
     x = _random(1, 2, 2, 4)
-    np.testing.assert_allclose(_run(b.build(), x=x), np.maximum(x.reshape(1, -1) @ w.T, 0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        _run(b.build(), runtime, x=x), np.maximum(x.reshape(1, -1) @ w.T, 0), rtol=1e-5, atol=1e-6
+    )
 
 
-def test_binary_ops_broadcast_like_numpy() -> None:
+@BOTH_RUNTIMES
+def test_binary_ops_broadcast_like_numpy(runtime: str) -> None:
     b = GraphBuilder()
     a, c = b.input("a", (1, 4, 1, 3)), b.input("c", (1, 1, 5, 3))
     const = _random(3)
@@ -157,14 +166,15 @@ def test_binary_ops_broadcast_like_numpy() -> None:
     b.output(b.mul(a, c), "mul")
     b.output(b.sub(c, a, activation="RELU"), "sub")
     data = {"a": _random(1, 4, 1, 3), "c": _random(1, 1, 5, 3)}
-    got = run(model_to_bytes(b.build()), data)
+    got = run_model(model_to_bytes(b.build()), data, runtime)
     np.testing.assert_allclose(got["add"], data["a"] + const, rtol=1e-6)
     np.testing.assert_allclose(got["mul"], data["a"] * data["c"], rtol=1e-6)
     np.testing.assert_allclose(got["sub"], np.maximum(data["c"] - data["a"], 0), rtol=1e-6)
     assert got["mul"].shape == (1, 4, 5, 3)
 
 
-def test_activations_match_numpy() -> None:
+@BOTH_RUNTIMES
+def test_activations_match_numpy(runtime: str) -> None:
     alpha = np.array([0.1, 0.2, 0.3], np.float32)
     references = {
         "relu": lambda x: np.maximum(x, 0),
@@ -187,12 +197,13 @@ def test_activations_match_numpy() -> None:
     b.output(b.prelu(x, alpha), "prelu")
     b.output(b.softmax(x, beta=2.0), "softmax")
     data = RNG.uniform(-8, 8, (1, 2, 4, 3)).astype(np.float32)
-    got = run(model_to_bytes(b.build()), {"x": data})
+    got = run_model(model_to_bytes(b.build()), {"x": data}, runtime)
     for name, reference in references.items():
         np.testing.assert_allclose(got[name], reference(data), rtol=1e-5, atol=1e-6, err_msg=name)
 
 
-def test_reshape_concatenation_and_float16_dequantize_are_exact() -> None:
+@BOTH_RUNTIMES
+def test_reshape_concatenation_and_float16_dequantize_are_exact(runtime: str) -> None:
     half = RNG.standard_normal((1, 2, 3, 2)).astype(np.float16)
     b = GraphBuilder()
     x = b.input("x", (1, 3, 2, 2))
@@ -204,7 +215,7 @@ def test_reshape_concatenation_and_float16_dequantize_are_exact() -> None:
     data = _random(1, 3, 2, 2)
     reshaped = data.reshape(1, 2, 3, 2)
     expected = np.concatenate([reshaped, half.astype(np.float32), reshaped], axis=-1)
-    np.testing.assert_array_equal(_run(model, x=data), expected)
+    np.testing.assert_array_equal(_run(model, runtime, x=data), expected)
 
 
 def test_builder_names_options_and_constants() -> None:
@@ -227,7 +238,8 @@ def test_builder_names_options_and_constants() -> None:
     assert len(model.operator_codes) == 1 and model.version == 3
 
 
-def test_generic_op_escape_hatch() -> None:
+@BOTH_RUNTIMES
+def test_generic_op_escape_hatch(runtime: str) -> None:
     b = GraphBuilder()
     x = b.input("x", (2, 3))
     (y,) = b.op("MAXIMUM", [x, np.zeros(3, np.float32)], [(2, 3)], label="max")
@@ -235,7 +247,7 @@ def test_generic_op_escape_hatch() -> None:
     b.output(z)
     assert y.name == "max_1/output" and z.name == "mean_1/output"
     data = _random(2, 3)
-    np.testing.assert_allclose(_run(b.build(), x=data), np.maximum(data, 0).mean(1, keepdims=True), rtol=1e-6)
+    np.testing.assert_allclose(_run(b.build(), runtime, x=data), np.maximum(data, 0).mean(1, keepdims=True), rtol=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -249,12 +261,13 @@ def test_generic_op_escape_hatch() -> None:
         ((3, 2, 4), lambda b, x: b.gather(x, b.input("i", (2, 2), np.int32), axis=-1)),
     ],
 )
-def test_new_ops_declare_the_shapes_the_kernels_compute(shape, build) -> None:
+@BOTH_RUNTIMES
+def test_new_ops_declare_the_shapes_the_kernels_compute(shape, build, runtime: str) -> None:
     b = GraphBuilder()
     b.output(build(b, b.input("x", shape)))
     model = b.build()
     data = {t.name: np.zeros(t.shape, t.dtype) for t in model.main.inputs}
-    assert _run(model, **data).shape == model.main.outputs[0].shape
+    assert _run(model, runtime, **data).shape == model.main.outputs[0].shape
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,6 @@
-"""Channel pruning that removes filters: shapes shrink, LiteRT runs the result, and it computes what the
-same network with those channels zeroed computes (``prune_channels`` "zero"), on builder models and a real one."""
+"""Channel pruning that removes filters: shapes shrink, LiteRT runs the result (in both runtimes,
+``tests/runtimes.py``), and it computes what the same network with those channels zeroed computes
+(``prune_channels`` "zero"), on builder models and a real one."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ import engine
 from engine.builder import GraphBuilder
 from engine.ir import Model
 from engine.report import Report
-from engine.validate import run, sqnr_db
 from engine.zoo import INPUT_RANGES, photo_input
+from tests.runtimes import RUNTIMES, run_model, worst_sqnr
 
 RNG = np.random.default_rng(7)
 
@@ -82,17 +83,18 @@ def test_conv_relu_conv_loses_half_the_channels_and_computes_the_pruned_network(
     first = _by_name(report)["conv2d_1/weights"]
     assert first.channels_removed == 4 and first.reason is None
     x = RNG.normal(size=(1, 8, 8, 4)).astype(np.float32)
-    got = run(removed, x)["y"]
     # The numpy reference of the pruned network, from the weights the removed model holds.
     sg = engine.read_model(removed).main
     const = {t.name: t.data for t in sg.tensors if t.is_constant}
     assert all(t.sparsity is None for t in sg.tensors)
     h = np.maximum(_conv(x, const["conv2d_1/weights"], const["conv2d_1/bias"]), 0)
     reference = _conv(h, const["conv2d_2/weights"], const["conv2d_2/bias"])
-    assert np.abs(got - reference).max() < 1e-4 * np.abs(reference).max()
-    # Removing the channels computes what zeroing them (filters and the readers' inputs) does, at full size.
-    full = run(zeroed, x)["y"]
-    assert np.abs(got - full).max() < 1e-5 * np.abs(full).max()
+    for runtime in RUNTIMES:
+        got = run_model(removed, x, runtime)["y"]
+        assert np.abs(got - reference).max() < 1e-4 * np.abs(reference).max(), runtime
+        # Removing the channels computes what zeroing them (filters and the readers' inputs) does, at full size.
+        full = run_model(zeroed, x, runtime)["y"]
+        assert np.abs(got - full).max() < 1e-5 * np.abs(full).max(), runtime
 
 
 def _residual(partner: str) -> Model:
@@ -132,8 +134,7 @@ def test_a_residual_add_loses_channels_only_when_both_branches_lose_the_same(tmp
             assert shapes["conv2d_4/weights"] == (4, 3, 3, 4)
         else:
             assert shapes["add_1/output"] == (1, 6, 6, 8)
-        got, full = run(removed, x)["y"], run(zeroed, x)["y"]
-        assert sqnr_db(full, got) > 100
+        assert all(worst_sqnr(zeroed, removed, x, runtime) > 100 for runtime in RUNTIMES)
     assert outcomes["alike"]["conv2d_2/weights"] == (4, None)
     assert outcomes["different"]["conv2d_2/weights"] == (
         None,
@@ -173,5 +174,4 @@ def test_a_real_model_loses_channels_and_computes_what_zeroing_them_does(
     x = photo_input(
         tuple(engine.read_model(path).main.inputs[0].shape), "float32", 0, value_range=INPUT_RANGES["iris_landmark"]
     )
-    got, full = run(files["remove"], x), run(files["zero"], x)
-    assert all(sqnr_db(full[k], got[k]) > 80 for k in full)
+    assert all(worst_sqnr(files["zero"], files["remove"], x, runtime) > 80 for runtime in RUNTIMES)

@@ -1,4 +1,5 @@
-"""The digits helper is a usable baseline: accurate, faithful to its numpy reference in LiteRT, and reproducible."""
+"""The digits helper is a usable baseline: accurate, faithful to its numpy reference in LiteRT (both runtimes), and
+reproducible."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from tests.digits import (
     predict,
     train_digits,
 )
+from tests.runtimes import BOTH_RUNTIMES
 
 
 @pytest.fixture(scope="session")
@@ -26,14 +28,16 @@ def digits_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return digits_model_path(tmp_path_factory.mktemp("digits"))
 
 
-def test_float_model_is_accurate_and_matches_numpy(digits_model: Path) -> None:
+@BOTH_RUNTIMES
+def test_float_model_is_accurate_and_matches_numpy(digits_model: Path, runtime: str) -> None:
     """Quantization tests measure accuracy drops against this model, so it must be good and be the numpy net."""
     _, _, x_test, y_test = digits_data()
     assert len(x_test) == 540
-    assert accuracy(digits_model, x_test, y_test) >= 0.96
-    assert accuracy(digits_model.read_bytes(), x_test, y_test) == accuracy(digits_model, x_test, y_test)
+    assert accuracy(digits_model, x_test, y_test, runtime) >= 0.96
+    from_bytes = accuracy(digits_model.read_bytes(), x_test, y_test, runtime)
+    assert from_bytes == accuracy(digits_model, x_test, y_test, runtime)
     reference = predict(digits_params(), x_test).argmax(axis=1)
-    assert np.mean(litert_predictions(digits_model, x_test) == reference) >= 0.995
+    assert np.mean(litert_predictions(digits_model, x_test, runtime) == reference) >= 0.995
 
     graph = read_model(digits_model).subgraphs[0]
     assert [(t.name, t.shape) for t in graph.inputs] == [("image", (1, 8, 8, 1))]

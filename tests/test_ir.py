@@ -20,8 +20,8 @@ from engine import (
 )
 from engine.builder import GraphBuilder
 from engine.ir import TENSOR_TYPES, OperatorCode, all_tensors
-from engine.validate import run
 from engine.writer import _FLATBUFFER_LIMIT, _plan
+from tests.runtimes import BOTH_RUNTIMES, run_model
 
 
 def _mlp() -> tuple:
@@ -43,7 +43,8 @@ def test_producers_and_consumers() -> None:
     assert sg.producers()[id(y)] is relu
 
 
-def test_insert_rewire_and_remove_an_operator_runs_in_litert() -> None:
+@BOTH_RUNTIMES
+def test_insert_rewire_and_remove_an_operator_runs_in_litert(runtime: str) -> None:
     """Put a float16 weight behind a DEQUANTIZE (what the float16 pass will do) and check the interpreter."""
     model, _, h, y = _mlp()
     sg = model.main
@@ -57,7 +58,7 @@ def test_insert_rewire_and_remove_an_operator_runs_in_litert() -> None:
     assert sg.remove_unused_tensors() == 1  # the float32 weight
     assert half in sg.tensors and dequantized in sg.tensors and weight not in sg.tensors
     feed = {"x": np.linspace(0, 1, 8, dtype=np.float32).reshape(1, 8)}
-    out = run(model_to_bytes(model), feed)["y"]
+    out = run_model(model_to_bytes(model), feed, runtime)["y"]
     expected = np.maximum(feed["x"] @ weight.data.astype(np.float16).astype(np.float32).T, 0)
     np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-6)
 

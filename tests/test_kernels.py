@@ -15,8 +15,8 @@ from engine import kernels as k
 from engine.builder import GraphBuilder
 from engine.errors import EngineError
 from engine.ir import QuantizationParams
-from engine.validate import run
 from engine.writer import model_to_bytes
+from tests.runtimes import RUNTIMES, run_model
 
 ROOT = Path(__file__).resolve().parents[1]
 BITS = st.integers(2, 8)
@@ -191,7 +191,8 @@ def test_packing_matches_litert(bits: int, tensor_type: int) -> None:
         constant.type, constant.shape = tensor_type, (count,)
         constant.quantization = QuantizationParams(scale=np.ones(1, np.float32), zero_point=np.zeros(1, np.int64))
         b.output(b.dequantize(constant), "out")
-        assert np.array_equal(run(bytes(model_to_bytes(b.build())), {})["out"], codes)
+        model = bytes(model_to_bytes(b.build()))
+        assert all(np.array_equal(run_model(model, {}, runtime)["out"], codes) for runtime in RUNTIMES)
 
 
 # ------------------------------------------------------------------------------------------------ bad input

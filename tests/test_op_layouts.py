@@ -1,4 +1,4 @@
-"""The weight layouts in engine.ops.RULES are the ones LiteRT's kernels use.
+"""The weight layouts in engine.ops.RULES are the ones LiteRT's kernels use, in both runtimes (``tests/runtimes.py``).
 
 For every weighted op: the kernel's output equals a numpy reference written from the table's layout (weight
 and bias read from the inputs the table names), and perturbing one slice of the weight along the table's
@@ -16,14 +16,14 @@ from numpy.lib.stride_tricks import sliding_window_view
 from engine import model_to_bytes
 from engine.ir import Model, Operator
 from engine.ops import RULES, rule
-from engine.validate import run
+from tests.runtimes import BOTH_RUNTIMES, run_model
 from tests.weighted_models import CASES, IDS, Feeds, weighted_op
 
 LOOKUPS = {"EMBEDDING_LOOKUP", "GATHER"}
 
 
-def _run(model: Model, feeds: Feeds) -> np.ndarray:
-    (out,) = run(model_to_bytes(model), feeds).values()
+def _run(model: Model, feeds: Feeds, runtime: str) -> np.ndarray:
+    (out,) = run_model(model_to_bytes(model), feeds, runtime).values()
     return out
 
 
@@ -81,16 +81,18 @@ def test_every_weighted_op_has_a_case() -> None:
 
 
 @pytest.mark.parametrize("label", CASES)
-def test_kernel_matches_the_layout(label: str) -> None:
+@BOTH_RUNTIMES
+def test_kernel_matches_the_layout(label: str, runtime: str) -> None:
     model, feeds = CASES[label]()
-    got = _run(model, feeds)
+    got = _run(model, feeds, runtime)
     expected = _reference(weighted_op(model), feeds)
     assert got.shape == expected.shape
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("label", CASES)
-def test_channel_axis_is_the_output_channel_axis(label: str) -> None:
+@BOTH_RUNTIMES
+def test_channel_axis_is_the_output_channel_axis(label: str, runtime: str) -> None:
     model, feeds = CASES[label]()
     op = weighted_op(model)
     r = rule(op.name)
@@ -98,13 +100,13 @@ def test_channel_axis_is_the_output_channel_axis(label: str) -> None:
     original = weight.data.copy()
     axis = r.channel_axis(op.builtin_options) % original.ndim
     out_axis = axis if op.name in LOOKUPS else -1  # a lookup's rows stay on their axis, in id order
-    before = _run(model, feeds)
+    before = _run(model, feeds, runtime)
     hit = []
     for k in range(original.shape[axis]):
         perturbed = original.copy()
         np.moveaxis(perturbed, axis, 0)[k] += 1.0
         weight.data = perturbed
-        changed = np.moveaxis(_run(model, feeds) != before, out_axis, 0)
+        changed = np.moveaxis(_run(model, feeds, runtime) != before, out_axis, 0)
         hit.append(np.flatnonzero(changed.reshape(changed.shape[0], -1).any(axis=1)).tolist())
     expected = [[IDS.tolist().index(k)] if op.name in LOOKUPS else [k] for k in range(len(hit))]
     assert hit == expected

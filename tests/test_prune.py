@@ -1,4 +1,5 @@
-"""Magnitude pruning on the real models in LiteRT: exact sparsity, N:M groups, sparse storage, output floors."""
+"""Magnitude pruning on the real models in LiteRT: exact sparsity, N:M groups, sparse storage, output floors; every
+output checked in both runtimes (``tests/runtimes.py``)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ import pytest
 import engine
 from engine.errors import EngineError
 from engine.recipe import Recipe
-from engine.validate import run, sqnr_db
 from engine.weights import find_weights
 from engine.zoo import model_photo
+from tests.runtimes import RUNTIMES, run_model, worst_sqnr
 
 # (pattern, sparsity, scope) -> worst output SQNR floor (dB) per model on one real photo: measured 2026-11-23,
 # floors about 3 dB below.  One-shot magnitude pruning without retraining hurts these small models a lot;
@@ -123,10 +124,7 @@ def test_pruned_models_have_the_asked_sparsity_and_run(
             achieved = sum(t.sparsity * np.prod(t.shape) for t in masked) / sum(np.prod(t.shape) for t in masked)
             assert abs(achieved - sparsity) < 1e-3, (name, achieved)
         assert zeros >= sparsity * elements * (0.99 if pattern == "channel" else 1) - len(pruned)
-        photo = model_photo(name)
-        measured[name] = min(
-            sqnr_db(a, b) for a, b in zip(run(path, photo).values(), run(out, photo).values(), strict=True)
-        )
+        measured[name] = min(worst_sqnr(path, out, model_photo(name), runtime) for runtime in RUNTIMES)
     assert all(measured[n] >= CASES[pattern, sparsity, scope][n] for n in measured), measured
 
 
@@ -141,8 +139,9 @@ def test_sparse_storage_is_smaller_with_identical_outputs(name: str, runnable: d
     sparse = [t for t in engine.read_model(files["tflite"]).main.tensors if t.sparsity is not None]
     assert sparse
     photo = model_photo(name)
-    dense_out, sparse_out = run(files["dense"], photo), run(files["tflite"], photo)
-    assert all(np.array_equal(dense_out[k], sparse_out[k]) for k in dense_out)
+    for runtime in RUNTIMES:
+        dense_out, sparse_out = run_model(files["dense"], photo, runtime), run_model(files["tflite"], photo, runtime)
+        assert all(np.array_equal(dense_out[k], sparse_out[k]) for k in dense_out), runtime
 
 
 def test_prune_then_quantize_keeps_the_zeros(runnable: dict[str, Path], tmp_path: Path) -> None:

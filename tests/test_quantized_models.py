@@ -2,7 +2,8 @@
 
 A float model is built here, quantized at test time in every form the quantizer offers for it, and each
 result must read -> write -> read with every field equal, dump equal through the ``tflite`` package, and give
-bit-identical LiteRT outputs (and intermediates) before and after.
+bit-identical LiteRT outputs before and after in both runtimes (``tests/runtimes.py``; intermediates with the
+builtin kernels, which alone keep them), or be refused alike where LiteRT refuses the quantizer's form.
 """
 
 from __future__ import annotations
@@ -15,14 +16,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from ai_edge_litert.interpreter import Interpreter
 from litert_quantizer import recipe
 from litert_quantizer.qtyping import TFLOperationName
 from litert_quantizer.quantizer import Quantizer
 
 from engine import EngineError, Model, SignatureDef, TensorMap, read_model, structural_diff, write_model
 from engine.builder import GraphBuilder
-from engine.validate import run, validate
+from engine.validate import validate
+from tests.runtimes import RUNTIMES, Refused, run_model
 from tests.tflite_dump import dump
 
 
@@ -35,7 +36,7 @@ class Form:
     weight_only: bool = False  # weights go through a DEQUANTIZE op; otherwise the hybrid kernels read them
     blockwise: bool = False
     ops: tuple[str, ...] = ("CONV_2D", "FULLY_CONNECTED")  # whose weights get quantized; the others stay float
-    xnnpack: bool = True  # whether LiteRT 2.3.0's XNNPACK accepts the model
+    xnnpack: bool = True  # whether LiteRT 2.3.0's default runtime (XNNPACK) accepts the model
 
 
 FC = ("FULLY_CONNECTED",)
@@ -125,12 +126,12 @@ def test_quantizer_output_is_what_the_form_promises(quantized: dict[str, Path], 
                 _ = weight.data
 
 
-def _run_default_kernels(path: Path, feed: np.ndarray) -> np.ndarray:
-    """The default kernels (XNNPACK): for blockwise weights, LiteRT 2.3.0's builtin ones (``validate``'s) give
-    outputs as far from the float model's as the outputs are large, XNNPACK's are close."""
-    interpreter = Interpreter(model_path=str(path))
-    interpreter.allocate_tensors()
-    return interpreter.get_signature_runner("serving_default")(x=feed)["y"]
+def _outputs(path: Path, runtime: str) -> dict[str, np.ndarray] | str:
+    """The outputs on ``_feed()``, or the stage at which the runtime refuses the model."""
+    try:
+        return run_model(path, {"x": _feed()}, runtime)
+    except Refused as exc:
+        return exc.stage
 
 
 @pytest.mark.parametrize("name", FORMS)
@@ -141,11 +142,16 @@ def test_quantized_model_round_trips_bit_identically(quantized: dict[str, Path],
     assert structural_diff(read_model(source), read_model(target)) == []
     # The tflite package (older schema) sees the same; blockwise details are a union member it cannot name.
     assert dump(source.read_bytes()) == dump(target.read_bytes())
-    report = validate(source, target, {"x": _feed()})
+    report = validate(source, target, {"x": _feed()})  # builtin kernels: outputs and every intermediate
     assert report.outputs and all(o.bit_identical for o in report.outputs)
     assert report.intermediates and all(t.sqnr_db == float("inf") for t in report.intermediates)
-    if FORMS[name].xnnpack:
-        assert np.array_equal(_run_default_kernels(source, _feed()), _run_default_kernels(target, _feed()))
+    for runtime in RUNTIMES:
+        before, after = _outputs(source, runtime), _outputs(target, runtime)
+        if runtime == "default" and not FORMS[name].xnnpack:
+            assert before == after == "prepare"
+        else:
+            assert isinstance(before, dict) and isinstance(after, dict), (runtime, before, after)
+            assert all(np.array_equal(before[k], after[k]) for k in before), runtime
 
 
 def test_quantizer_output_with_stale_metadata_buffer_indices_reads(mediapipe: dict[str, Path], tmp_path: Path) -> None:
@@ -160,5 +166,6 @@ def test_quantizer_output_with_stale_metadata_buffer_indices_reads(mediapipe: di
     write_model(model, rewritten)
     assert structural_diff(model, read_model(rewritten)) == []
     feed = np.random.default_rng(0).uniform(-1, 1, (1, 192, 192, 3)).astype(np.float32)
-    before, after = run(out, feed), run(rewritten, feed)
-    assert before and all(np.array_equal(before[k], after[k]) for k in before)
+    for runtime in RUNTIMES:
+        before, after = run_model(out, feed, runtime), run_model(rewritten, feed, runtime)
+        assert before and all(np.array_equal(before[k], after[k]) for k in before), runtime
