@@ -43,6 +43,10 @@ class OpRule:
     slower than float).  Where XNNPACK decodes the DEQUANTIZE alternative once at load time
     (``XNNPACK_FOLDED_DEQUANTIZE``) and runs the float op, that is the faster form in the default interpreter.
 
+    ``xnnpack_computed_weight``: XNNPACK runs the op on a weight computed at run time too (BATCH_MATMUL), so it
+    takes it after a DEQUANTIZE it does not decode at load time (INT4/INT2); the other weighted ops it leaves to
+    the builtin kernels then.
+
     ``bias_required``: the kernels need the bias input (LiteRT 2.3: CONV_2D refuses to prepare without one,
     DEPTHWISE_CONV_2D with two inputs crashes both runtimes); the other weighted ops' biases are optional.
 
@@ -86,6 +90,7 @@ class OpRule:
     packed_rows_whole_bytes: bool = False
     xnnpack_only: tuple[tuple[int, frozenset[str]], ...] = ()
     xnnpack_hybrid: tuple[tuple[int, frozenset[str]], ...] = ()
+    xnnpack_computed_weight: bool = False
     channel_flow: str | None = None
     channel_inputs: tuple[int, ...] = (0,)
     channel_constants: tuple[int, ...] = ()
@@ -118,9 +123,13 @@ class OpRule:
         """Whether this hybrid form is computed right only by XNNPACK (the default interpreter's delegate)."""
         return granularity in dict(self.xnnpack_only).get(bits, frozenset())
 
-    def xnnpack_runs_hybrid(self, bits: int, granularity: str) -> bool:
-        """Whether XNNPACK (the default interpreter's delegate) takes this hybrid form over."""
-        return granularity in dict(self.xnnpack_hybrid).get(bits, frozenset())
+    def xnnpack_runs_hybrid(self, bits: int, granularity: str, weight_shape: Sequence[int]) -> bool:
+        """Whether XNNPACK (the default interpreter's delegate) takes this hybrid form over: a packed (int4/int2)
+        weight only when each of its rows fills whole bytes (measured on FULLY_CONNECTED; the builtin kernel runs
+        the others, right)."""
+        if granularity not in dict(self.xnnpack_hybrid).get(bits, frozenset()):
+            return False
+        return bits >= 8 or math.prod(weight_shape[1:]) * bits % 8 == 0
 
     def runs_hybrid(self, bits: int, granularity: str, weight_shape: Sequence[int]) -> bool:
         """Whether LiteRT computes right when the op reads this quantized weight directly: the builtin kernel,
@@ -202,7 +211,8 @@ RULES: dict[str, OpRule] = {
     # BATCH_MATMUL reads one scale for the whole right-hand side: per-channel codes give all-zero outputs.
     "BATCH_MATMUL": OpRule(
         "BatchMatMulOptions", weight_input=1, weight_channel_axis=-1, weight_input_axis=-2,
-        hybrid=((8, _BOTH),), xnnpack_hybrid=((8, _BOTH),), max_version=4, adjoint_option="adj_y",
+        hybrid=((8, _BOTH),), xnnpack_hybrid=((8, _BOTH),), xnnpack_computed_weight=True, max_version=4,
+        adjoint_option="adj_y",
         integer=((I8, 2), (I16, 3)),
         integer_weights="tensor",
     ),
@@ -302,7 +312,8 @@ DEQUANTIZE_INPUTS: dict[int, frozenset[str]] = {16: frozenset({"tensor"}), 8: _B
 
 # The stored types whose constant DEQUANTIZE XNNPACK decodes once, when the model loads, so the op after it runs
 # as a float op at float speed: FLOAT16 and INT8 (per tensor or channel).  INT4/INT2 DEQUANTIZE runs in the builtin
-# kernel, and XNNPACK then leaves the op reading its output to the builtin kernels too.
+# kernel, and XNNPACK then leaves the op reading its output to the builtin kernels too (unless it takes a computed
+# weight: ``xnnpack_computed_weight``).
 XNNPACK_FOLDED_DEQUANTIZE = frozenset({"FLOAT16", "INT8"})
 
 # What DENSIFY turns back into a dense tensor (the layouts of engine.sparse), by stored type: the block shapes
@@ -330,14 +341,15 @@ DENSIFY_XNNPACK_READERS = frozenset({"FULLY_CONNECTED", "CONV_2D", "BATCH_MATMUL
 # model does not load with the default interpreter (hand_landmark_full); its weights stay dense.
 DENSIFY_INTEGER_READERS = frozenset({"CONV_2D"})
 
-# XNNPACK (the default delegate) takes a float CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED or TRANSPOSE_CONV only
-# when its bias type goes with its filter type as XNNPACK sees them: a FLOAT16 constant behind DEQUANTIZE counts as
+# XNNPACK (the default delegate) takes a float CONV_2D, DEPTHWISE_CONV_2D or FULLY_CONNECTED only when its bias
+# type goes with its filter type as XNNPACK sees them: a FLOAT16 constant behind DEQUANTIZE counts as
 # FLOAT16 (XNNPACK drops that DEQUANTIZE and reads the half-precision data itself), anything else behind DEQUANTIZE
 # as FLOAT32, and a filter the op reads quantized (hybrid) wants a FLOAT32 bias.  Other pairs leave the op to the
 # builtin kernel, which splits the graph (a FLOAT32 filter with a FLOAT16 bias made MediaPipe's models 2-3x slower),
 # fails to prepare (hybrid filters), or reads garbage where the filter comes through DENSIFY -> DEQUANTIZE (XNNPACK
 # claims the DENSIFY and leaves its output unwritten).  So the weight passes give every op whose filter they
-# re-encode a FLOAT32 bias (engine.passes.common.float32_biases); checked by tests/test_xnnpack_bias.py.
+# re-encode a FLOAT32 bias (engine.passes.common.float32_biases); checked by tests/test_xnnpack_bias.py.  XNNPACK
+# takes TRANSPOSE_CONV with any of these pairs (tests/test_runtime_forms.py).
 XNNPACK_BIAS_TYPES: dict[str, frozenset[str]] = {
     "FLOAT32": frozenset({"FLOAT32"}),
     "FLOAT16": frozenset({"FLOAT16", "FLOAT32"}),

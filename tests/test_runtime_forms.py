@@ -130,6 +130,11 @@ def _sqnr(reference: bytes, candidate: bytes, feeds: Feeds, runtime: str) -> tup
 # ------------------------------------------------------------------------------------ hybrid forms
 
 
+def _xnnpack_takes(label: str, bits: int, granularity: str) -> bool:
+    op = weighted_op(CASES[label]()[0])
+    return rule(op.name).xnnpack_runs_hybrid(bits, granularity, op.inputs[rule(op.name).weight_input].shape)
+
+
 def _claimed(label: str, bits: int, granularity: str) -> bool:
     op = weighted_op(CASES[label]()[0])
     r = rule(op.name)
@@ -150,7 +155,7 @@ def test_hybrid_column_is_exactly_what_runs_right(label: str, bits: int, granula
         assert outcome is not None, "claimed hybrid form failed to load or run"
         sqnr, delegated = outcome
         assert sqnr > RIGHT_DB
-        assert delegated == (runtime == "default" and rule(label).xnnpack_runs_hybrid(bits, granularity))
+        assert delegated == (runtime == "default" and _xnnpack_takes(label, bits, granularity))
     else:
         assert outcome is None or not outcome[0] >= WRONG_DB, f"unclaimed hybrid form runs right: {outcome[0]:.1f} dB"
 
@@ -167,7 +172,7 @@ def test_claimed_hybrid_forms_need_no_particular_version(label: str, bits: int, 
 
 BIASED_HYBRID = [f for f in CLAIMED_HYBRID if rule(f[0]).bias_input is not None]
 # Measured: the ops whose hybrid form XNNPACK takes over but not with a FLOAT16 bias behind DEQUANTIZE.  XNNPACK
-# takes TRANSPOSE_CONV with any bias type (test below), though XNNPACK_BIAS_TYPES's comment names it too.
+# takes TRANSPOSE_CONV with any bias type (test below).
 FLOAT32_BIAS_HYBRIDS = {"CONV_2D", "FULLY_CONNECTED"}
 
 
@@ -180,7 +185,7 @@ def test_hybrid_filters_need_a_float32_bias_in_xnnpack(label: str, bits: int, gr
     model, feeds = CASES[label]()
     reference, candidate = _forms(model, bits, granularity, dequantize=False)
     outcome = _sqnr(reference, model_to_bytes(_float16_bias(read_model(candidate))), feeds, runtime)
-    taken = runtime == "default" and rule(label).xnnpack_runs_hybrid(bits, granularity)
+    taken = runtime == "default" and _xnnpack_takes(label, bits, granularity)
     if taken and label in FLOAT32_BIAS_HYBRIDS:
         assert outcome is None
     else:
@@ -264,12 +269,13 @@ def test_xnnpack_takes_packed_fully_connected_only_with_rows_of_whole_bytes(
     stored, values = _stored(w, bits, 0 if granularity == "channel" else None, "w")
     feeds = {"x": np.random.default_rng(4).uniform(-1, 1, (3, depth)).astype(np.float32)}
     reference, candidate = _fully_connected(values, depth), _fully_connected(stored, depth)
-    whole_bytes = depth * bits % 8 == 0
+    claimed = granularity in dict(rule("FULLY_CONNECTED").xnnpack_hybrid)[bits]
+    taken = claimed and depth * bits % 8 == 0
+    assert rule("FULLY_CONNECTED").xnnpack_runs_hybrid(bits, granularity, w.shape) == taken
     for runtime in RUNTIMES:
         sqnr, delegated = _sqnr(reference, candidate, feeds, runtime)
         assert sqnr > RIGHT_DB
-        taken = runtime == "default" and rule("FULLY_CONNECTED").xnnpack_runs_hybrid(bits, granularity)
-        assert delegated == (taken and whole_bytes)
+        assert delegated == (runtime == "default" and taken)
 
 
 @pytest.mark.parametrize("activation", ["NONE", "RELU", "RELU6", "RELU_N1_TO_1"])
@@ -295,10 +301,6 @@ def test_blockwise_int4_fully_connected(activation: str, runtime: str) -> None:
 
 
 DEQUANTIZE_FORMS = [(label, bits, g) for label in BASE_CASES for bits, gs in DEQUANTIZE_INPUTS.items() for g in gs]
-# Measured: XNNPACK runs BATCH_MATMUL on a computed right-hand side too, so it takes it after any DEQUANTIZE, folded
-# or not (XNNPACK_FOLDED_DEQUANTIZE's comment says the reader of an INT4/INT2 DEQUANTIZE is left to the builtin
-# kernels: true of the other ops XNNPACK takes).
-COMPUTED_WEIGHT_READERS = {"BATCH_MATMUL"}
 
 
 @pytest.mark.parametrize(("label", "bits", "granularity"), sorted(DEQUANTIZE_FORMS))
@@ -306,13 +308,13 @@ COMPUTED_WEIGHT_READERS = {"BATCH_MATMUL"}
 def test_dequantize_forms_run_before_every_weighted_op(label: str, bits: int, granularity: str, runtime: str) -> None:
     """Right in both runtimes; XNNPACK takes the op reading a DEQUANTIZE output (where it takes the float op at
     all) when it decodes that DEQUANTIZE at load time (``XNNPACK_FOLDED_DEQUANTIZE``), or the op reads a computed
-    weight anyway (``COMPUTED_WEIGHT_READERS``)."""
+    weight anyway (``xnnpack_computed_weight``: BATCH_MATMUL)."""
     model, feeds = CASES[label]()
     reference, candidate = _forms(model, bits, granularity, dequantize=True)
     sqnr, delegated = _sqnr(reference, candidate, feeds, runtime)
     assert sqnr > 100.0  # the same float weights: exact, up to XNNPACK summing in another order
     _, float_delegated = _invoke(reference, feeds, runtime)
-    folded = STORED_TYPES[bits] in XNNPACK_FOLDED_DEQUANTIZE or label in COMPUTED_WEIGHT_READERS
+    folded = STORED_TYPES[bits] in XNNPACK_FOLDED_DEQUANTIZE or rule(label).xnnpack_computed_weight
     assert delegated == (float_delegated and folded)
 
 

@@ -112,7 +112,7 @@ def _hybrid_uses(
         if (
             (granularity == "tensor" or axis == weight.channel_axis)
             and rule.runs_hybrid(container, kind, weight.shape)
-            and (rule.xnnpack_runs_hybrid(container, kind) or not folded)
+            and (rule.xnnpack_runs_hybrid(container, kind, weight.shape) or not folded)
         ):
             uses.append((op, i))
     return uses
@@ -143,10 +143,13 @@ def _slow_form(weight: Weight, direct: list[tuple[Operator, int]], container: in
     behind DEQUANTIZE are not decoded at load time, so their readers get a computed filter, which XNNPACK refuses;
     a hybrid form it does not take is used only where that is the alternative (``_hybrid_uses``)."""
     dtype = _CONTAINERS[container]
-    if len(direct) < len(weight.uses) and dtype not in XNNPACK_FOLDED_DEQUANTIZE:
+    direct_ids = {(id(op), i) for op, i in direct}
+    decoded = [op for op, i in weight.weighted_uses() if (id(op), i) not in direct_ids]
+    if dtype not in XNNPACK_FOLDED_DEQUANTIZE and any(not RULES[op.name].xnnpack_computed_weight for op in decoded):
         return f"{dtype} behind DEQUANTIZE (XNNPACK decodes only FLOAT16 and INT8 when the model loads)"
+    kind = _kind(granularity)
     refused = sorted(
-        {op.name for op, _ in direct if not RULES[op.name].xnnpack_runs_hybrid(container, _kind(granularity))}
+        {op.name for op, _ in direct if not RULES[op.name].xnnpack_runs_hybrid(container, kind, weight.shape)}
     )
     if refused:
         return f"{dtype} read directly by {', '.join(refused)} (no XNNPACK kernel for that hybrid form)"
