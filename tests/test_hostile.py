@@ -224,6 +224,16 @@ def _refused(model: Model, tmp_path: Path, match: str, **options: Any) -> None:
     assert not out.exists()
 
 
+def test_int8_requantization_xnnpack_cannot_express_is_refused(tmp_path: Path) -> None:
+    """A bias near 1e38 raises its conv's weight scale so the bias fits int32; with the output kept in [-1, 1] by a
+    fused RELU_N1_TO_1 the requantization scale is far over the 256 XNNPACK takes, and the int8 model would not
+    load in the default interpreter (found by the fuzzer)."""
+    b = GraphBuilder()
+    x = b.input("x", (1, 4, 4, 2))
+    b.output(b.conv2d(x, _ones(3, 1, 1, 2), np.full(3, 1e38, np.float32), activation="RELU_N1_TO_1"))
+    _refused(b.build(), tmp_path, r"CONV_2D with weight 'conv2d_1/weights'.* beyond the 256 XNNPACK", quantize="int8")
+
+
 def test_buffer_size_disagreeing_with_the_shape_is_refused_by_the_reader(tmp_path: Path) -> None:
     model = _conv_model(_ones(3, 1, 1, 2))
     weight = model.main.operators[0].inputs[1]

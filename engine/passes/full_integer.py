@@ -62,6 +62,8 @@ _HEADROOM = {I8: 1.0, I16: 4.0}
 # out of range: an activation scale beyond this marks a range no integer kernel can rescale (1e36-wide ranges from
 # weights near 1e38 did), and int8 ADD/SUB need 2 * max(input scales) < 2^20 * output scale.
 _MAX_ACTIVATION_SCALE = 1e30
+# The requantization scales XNNPACK's int8 convolutions and fully connected ops take: [2^-32, 256).
+_XNNPACK_REQUANTIZATION = (2.0**-32, 256.0)
 _ADD_SCALE_RATIO = 2.0**19
 
 
@@ -101,13 +103,13 @@ class IntegerReport:
         if self.activations == I16:
             lines.append(
                 "  latency: XNNPACK (the default interpreter's delegate) has no 16x8 kernels, so LiteRT's builtin "
-                "int16 kernels run the model: 15-47x the float model's latency on MediaPipe's models (benchmarks/"
+                "int16 kernels run the model: 14-39x the float model's latency on MediaPipe's models (benchmarks/"
                 "latency.py); 16x8 is for accelerators and accuracy studies, not CPU speed"
             )
         elif slow:
             lines.append(
                 f"  latency: XNNPACK takes no int8 {', '.join(sorted(slow))}, so the graph splits around each one "
-                "and they run in the slower builtin kernels (with --io int8 on MediaPipe's PRELU models: 2.8-6.4x "
+                "and they run in the slower builtin kernels (with --io int8 on MediaPipe's PRELU models: 2.7-5.8x "
                 "the float model's latency, benchmarks/latency.py); a float interface keeps them float on a CPU"
             )
         return "\n".join(lines)
@@ -645,7 +647,9 @@ def _quantize_op(
     if _multiplies_weight(rule):
         w = op.inputs[rule.weight_input]
         assert w is not None
-        op.inputs[rule.weight_input], weight_scales = rw.weight(op, rule, w, _scale_floor(rule, op, x, rw.activations))
+        floor = _scale_floor(rule, op, x, out_params, rw.activations)
+        op.inputs[rule.weight_input], weight_scales = rw.weight(op, rule, w, floor)
+        _check_requantization(op, w, x, weight_scales, out_params, rw.activations)
     for i, t in enumerate(op.inputs):
         if t is None or t.type != _FLOAT32 or not t.is_constant:
             continue
@@ -665,14 +669,39 @@ def _quantize_op(
         op.builtin_options = Table(op.builtin_options.type, {**op.builtin_options.fields, **changes})
 
 
-def _scale_floor(rule: OpRule, op: Operator, x: Tensor | None, activations: str) -> np.ndarray:
-    """The smallest weight scale per channel whose bias still fits its integer type: a channel of near-zero
-    weights gets a near-zero scale, and bias / (input_scale * weight_scale) would overflow int32 (clipping it)."""
-    bias = op.optional_input(rule.bias_input)
-    if bias is None or x is None or x.quantization is None or x.quantization.scale is None:
+def _check_requantization(
+    op: Operator, weight: Tensor, x: Tensor | None, weight_scales: np.ndarray, out: Params, activations: str
+) -> None:
+    """Refuse, naming the op, an int8 weighted op whose requantization scale (input scale x weight scale / output
+    scale) is too large for XNNPACK (``_scale_floor`` prevents too small ones): the model would fail to load in the
+    default interpreter ("failed to create XNNPACK runtime"), while the builtin kernels run it.  Hostile biases do
+    this (a bias near 1e38 raises the weight scale so it fits int32, against an output range a fused RELU_N1_TO_1
+    keeps at [-1, 1])."""
+    if activations != I8 or x is None or x.quantization is None or x.quantization.scale is None:
+        return
+    ratio = float(x.quantization.scale[0]) * float(np.max(weight_scales, initial=0.0)) / out.scale
+    if ratio >= _XNNPACK_REQUANTIZATION[1]:
+        raise EngineError(
+            f"{op.name} with weight {weight.name!r}: input x weight scale over output "
+            f"scale reaches {ratio:.3g}, beyond the {_XNNPACK_REQUANTIZATION[1]:g} XNNPACK (the default interpreter) "
+            f"requantizes: its bias or weights are far too large for its output range"
+        )
+
+
+def _scale_floor(rule: OpRule, op: Operator, x: Tensor | None, out: Params, activations: str) -> np.ndarray:
+    """The smallest weight scale per channel whose bias still fits its integer type (a channel of near-zero
+    weights gets a near-zero scale, and bias / (input_scale * weight_scale) would overflow int32, clipping it)
+    and, in int8, whose requantization scale XNNPACK takes (a smaller one only rounds to zero what is below the
+    output's 2^-32nd step anyway)."""
+    if x is None or x.quantization is None or x.quantization.scale is None:
         return np.zeros(1)
+    in_scale = float(x.quantization.scale[0])
+    floor = np.full(1, _XNNPACK_REQUANTIZATION[0] * out.scale / in_scale if activations == I8 else 0.0)
+    bias = op.optional_input(rule.bias_input)
+    if bias is None:
+        return floor
     limit = _INT32_MAX if BIAS_TYPES[activations] == "INT32" else 2**62
-    return np.abs(np.asarray(bias.data, np.float64).reshape(-1)) / (float(x.quantization.scale[0]) * limit)
+    return np.maximum(floor, np.abs(np.asarray(bias.data, np.float64).reshape(-1)) / (in_scale * limit))
 
 
 def _weight_entry(
