@@ -22,7 +22,7 @@ A mode that fails to compress, or a form that fails to load or run in a runtime,
 error without the model's path, cut short; the JSON keeps it whole).  Latency only: whether a runtime computes a form
 right is the tests' and ``validate``'s business.
 
-About 6 minutes on the 2-core machine (``--quick``: 3 models, 10 runs, under a minute).
+About 4 minutes on the 2-core machine (``--quick``: 3 models, 10 runs, under a minute).
 """
 
 from __future__ import annotations
@@ -46,26 +46,11 @@ if str(ROOT) not in sys.path:  # the worktree's engine, not whichever one is ins
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quantize import environment, real_models  # noqa: E402  (the same environment record and model list)
 
-# name -> engine.compress options, in table order.  "roundtrip" (no option: the engine's lossless rewrite) is
-# the control: it computes what the input does, so its distance from 1.00 is the measurement's noise.
-# "prune-0.5" stores the zeros dense; "prune-0.5-sparse" is the default --sparse-format tflite (TFLite's sparse
-# format behind DENSIFY where that is smaller).
-MODES: dict[str, dict[str, Any]] = {
-    "roundtrip": {},
-    "float16": {"quantize": "float16"},
-    "weight-int8": {"quantize": "weight-int8"},
-    "dynamic-int8": {"quantize": "dynamic-int8"},
-    "weight-int4": {"quantize": "weight-int4"},
-    "dynamic-int4": {"quantize": "dynamic-int4"},
-    "dynamic-int4-block32": {"quantize": "dynamic-int4", "granularity": "block:32"},
-    "prune-0.5": {"prune": 0.5, "sparse_format": "dense"},
-    "prune-0.5-sparse": {"prune": 0.5},
-    "cluster-16": {"cluster": 16},
-    "cluster-16-gather": {"cluster": 16, "cluster_storage": "gather"},
-    "int8": {"quantize": "int8"},
-    "int16x8": {"quantize": "int16x8"},
-    "int8-io-int8": {"quantize": "int8", "io": "int8"},
-}
+from engine.recipes import STANDARD_MODES  # noqa: E402
+
+# name -> engine.compress options, in table order: every standard mode, after "roundtrip" (no option: the engine's
+# lossless rewrite), the control: it computes what the input does, so its distance from 1.00 is the noise.
+MODES: dict[str, dict[str, Any]] = {"roundtrip": {}, **STANDARD_MODES}
 QUICK_MODELS = ("hand_recrop", "iris_landmark", "palm_detection_lite")
 RUNS, QUICK_RUNS = 30, 10
 WARMUP = 3

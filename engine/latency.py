@@ -17,6 +17,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -77,15 +78,6 @@ def measure_latency(
     return [Latency(1e3 * float(np.median(t)), 1e3 * float(np.percentile(t, 90))) for t in times]
 
 
-def median_latency_ms(
-    models: Sequence[str | Path | bytes],
-    data: InputData = None,
-    *,
-    runtime: str = "default",
-    num_threads: int = 1,
-    runs: int = 20,
-    warmup: int = 3,
-) -> list[float]:
-    """The median invoke time in ms of each model, timed interleaved as `measure_latency` does."""
-    measured = measure_latency(models, data, runtime=runtime, num_threads=num_threads, runs=runs, warmup=warmup)
-    return [m.median_ms for m in measured]
+def median_latency_ms(models: Sequence[str | Path | bytes], data: InputData = None, **options: Any) -> list[float]:
+    """The median invoke time in ms of each model, timed interleaved as `measure_latency` does (same options)."""
+    return [m.median_ms for m in measure_latency(models, data, **options)]

@@ -10,26 +10,12 @@ import pytest
 
 import engine
 from engine.recipe import STATIC_MODES
+from engine.recipes import STANDARD_MODES
 from engine.zoo import CUSTOM_OP_MODELS, mediapipe_models, model_calibration
 
-# The compression modes run on every runnable MediaPipe model: name -> engine.compress options.  The full-integer
-# ones are calibrated on ``engine.zoo.model_calibration(name)`` (16 crops of other pictures than
-# ``model_photo(name)``, which judges them).
-MODES: dict[str, dict[str, object]] = {
-    "float16": {"quantize": "float16"},
-    "weight-int8": {"quantize": "weight-int8"},
-    "dynamic-int8": {"quantize": "dynamic-int8"},
-    "weight-int4": {"quantize": "weight-int4"},
-    "dynamic-int4": {"quantize": "dynamic-int4"},
-    "dynamic-int4-block32": {"quantize": "dynamic-int4", "granularity": "block:32"},
-    "prune-0.5": {"prune": 0.5, "sparse_format": "dense"},
-    "prune-0.5-sparse": {"prune": 0.5, "sparse_format": "tflite"},
-    "cluster-16": {"cluster": 16},
-    "cluster-16-gather": {"cluster": 16, "cluster_storage": "gather"},
-    "int8": {"quantize": "int8"},
-    "int16x8": {"quantize": "int16x8"},
-    "int8-io-int8": {"quantize": "int8", "io": "int8"},
-}
+# The compression modes run on every runnable MediaPipe model.  The full-integer ones are calibrated on
+# ``engine.zoo.model_calibration(name)`` (16 crops of other pictures than ``model_photo(name)``, which judges them).
+MODES = STANDARD_MODES
 Compressed = Callable[[str, str], tuple[Path, engine.Report]]
 
 
