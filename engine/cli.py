@@ -147,8 +147,8 @@ def _validate_after(args: argparse.Namespace, report: Report | None) -> int:
     print("\nLiteRT, input vs compressed:")
     print(result.format_text())
     first = None if data is None else {name: samples[0] for name, samples in data.items()}
-    latency = _latency(args, first)
-    print(_summary(args, result.worst_sqnr_db, latency))
+    latency = _latency(args.input, args.output, first, "builtin" if args.runtime == "builtin" else "default")
+    print(_summary(args.input, args.output, result.worst_sqnr_db, latency))
     if report is not None:
         report.validation, report.latency = result.to_dict(), latency
     problem = _verdict(result, args.min_sqnr)
@@ -168,25 +168,24 @@ def _validation_data(args: argparse.Namespace) -> dict[str, np.ndarray] | None:
     return {spec.name: loaded.arrays[spec.name][:count] for spec in loaded.inputs}
 
 
-def _latency(args: argparse.Namespace, sample: dict[str, np.ndarray] | None) -> dict[str, Any]:
-    """Median invoke time of input and output in one runtime (the default one unless only the builtin kernels
-    were asked for), timed in interleaved rounds on one thread; why not, when a model does not run there."""
+def _latency(source: str | Path, target: str | Path, sample: Any, runtime: str) -> dict[str, Any]:
+    """Median invoke time of input and output in ``runtime`` (the default one unless only the builtin kernels were
+    asked for), timed in interleaved rounds on one thread; why not, when a model does not run there."""
     from engine.latency import median_latency_ms
 
-    runtime = "builtin" if args.runtime == "builtin" else "default"
     facts: dict[str, Any] = {"runtime": runtime, "num_threads": 1, "runs": LATENCY_RUNS}
     try:
         facts["input_ms"], facts["output_ms"] = median_latency_ms(
-            [args.input, args.output], sample, runtime=runtime, num_threads=1, runs=LATENCY_RUNS
+            [source, target], sample, runtime=runtime, num_threads=1, runs=LATENCY_RUNS
         )
     except EngineError as exc:
         facts["error"] = str(exc)
     return facts
 
 
-def _summary(args: argparse.Namespace, worst_sqnr_db: float, latency: dict[str, Any]) -> str:
+def _summary(source: str | Path, target: str | Path, worst_sqnr_db: float, latency: dict[str, Any]) -> str:
     """One line with what the user weighs: size, worst output SQNR, latency, input against output."""
-    before, after = Path(args.input).stat().st_size, Path(args.output).stat().st_size
+    before, after = Path(source).stat().st_size, Path(target).stat().st_size
     if "error" in latency:
         timing = f"latency not measured: {latency['error']}"
     else:
@@ -244,9 +243,11 @@ def _demo(args: argparse.Namespace) -> int:
     _, report = compress(source, output=target, quantize=args.quantize, calibration=calibration)
     print(f"\ncompressed with --quantize {args.quantize}: wrote {target}")
     print(report.format_text())
-    result = validate(source, target, model_photo(args.model), intermediates=False)
+    photo = model_photo(args.model)
+    result = validate(source, target, photo, intermediates=False)
     print("\nLiteRT on a real photo, original vs compressed:")
     print(result.format_text())
+    print(_summary(source, target, result.worst_sqnr_db, _latency(source, target, photo, "default")))
     return 0
 
 
