@@ -138,7 +138,6 @@ def _validate_after(args: argparse.Namespace, report: Report | None) -> int:
             data,
             intermediates=False,
             runtime=args.runtime or "both",
-            advisory=report.advisory_runtimes if report else None,
         )
     except EngineError as exc:
         if report is not None:

@@ -34,9 +34,10 @@ class OpRule:
     ``r * row_size * bits // 8``, so it reads the weight right only when each slice along axis 0 fills whole
     bytes (an even number of int4 codes, a multiple of four int2 codes).
 
-    ``xnnpack_only``: hybrid forms LiteRT 2.3 computes right only through XNNPACK (the default interpreter's
-    delegate): its builtin FULLY_CONNECTED runs blockwise int4 weights (``BlockwiseQuantization``) but its
-    outputs are garbage (0.2 dB against the float model), XNNPACK's are right.
+    ``activation_apart``: hybrid forms whose LiteRT 2.3 builtin kernel computes the product right but skips the
+    op's fused activation (FULLY_CONNECTED with blockwise int4 weights, ``BlockwiseQuantization``: a RELU output
+    keeps its negative values), while XNNPACK applies it; the weight pass writes the activation as an op of its
+    own after such an op (``passes.fuse.unfuse_activation``), which both runtimes compute right.
 
     ``xnnpack_hybrid``: the hybrid forms XNNPACK takes over; it leaves the others to the builtin kernel, which
     splits the graph around the op (DEPTHWISE_CONV_2D with int8 weights read directly made hand_landmark_full 1.6x
@@ -88,7 +89,7 @@ class OpRule:
     axis_option: str | None = None
     adjoint_option: str | None = None
     packed_rows_whole_bytes: bool = False
-    xnnpack_only: tuple[tuple[int, frozenset[str]], ...] = ()
+    activation_apart: tuple[tuple[int, frozenset[str]], ...] = ()
     xnnpack_hybrid: tuple[tuple[int, frozenset[str]], ...] = ()
     xnnpack_computed_weight: bool = False
     channel_flow: str | None = None
@@ -119,9 +120,9 @@ class OpRule:
         """Granularities ("tensor", "channel", "block") of ``bits``-bit weights this op's kernel reads directly."""
         return dict(self.hybrid).get(bits, frozenset())
 
-    def needs_xnnpack(self, bits: int, granularity: str) -> bool:
-        """Whether this hybrid form is computed right only by XNNPACK (the default interpreter's delegate)."""
-        return granularity in dict(self.xnnpack_only).get(bits, frozenset())
+    def keeps_activation_apart(self, bits: int, granularity: str) -> bool:
+        """Whether this hybrid form needs its fused activation as an op of its own (see ``activation_apart``)."""
+        return granularity in dict(self.activation_apart).get(bits, frozenset())
 
     def xnnpack_runs_hybrid(self, bits: int, granularity: str, weight_shape: Sequence[int]) -> bool:
         """Whether XNNPACK (the default interpreter's delegate) takes this hybrid form over: a packed (int4/int2)
@@ -132,9 +133,9 @@ class OpRule:
         return bits >= 8 or math.prod(weight_shape[1:]) * bits % 8 == 0
 
     def runs_hybrid(self, bits: int, granularity: str, weight_shape: Sequence[int]) -> bool:
-        """Whether LiteRT computes right when the op reads this quantized weight directly: the builtin kernel,
-        or only XNNPACK for the ``xnnpack_only`` forms (see ``needs_xnnpack``)."""
-        if granularity not in self.hybrid_granularities(bits) and not self.needs_xnnpack(bits, granularity):
+        """Whether LiteRT computes right when the op reads this quantized weight directly (the ``activation_apart``
+        forms with their activation as an op of its own)."""
+        if granularity not in self.hybrid_granularities(bits) and not self.keeps_activation_apart(bits, granularity):
             return False
         return not (bits < 8 and self.packed_rows_whole_bytes and math.prod(weight_shape[1:]) * bits % 8)
 
@@ -198,7 +199,7 @@ RULES: dict[str, OpRule] = {
     ),
     "FULLY_CONNECTED": OpRule(
         "FullyConnectedOptions", weight_input=1, weight_channel_axis=0, weight_input_axis=1, bias_input=2,
-        hybrid=((8, _BOTH), (4, _BOTH), (2, _BOTH)), max_version=14, xnnpack_only=((4, frozenset({"block"})),),
+        hybrid=((8, _BOTH), (4, _BOTH), (2, _BOTH)), max_version=14, activation_apart=((4, frozenset({"block"})),),
         xnnpack_hybrid=((8, _BOTH), (4, _BOTH | {"block"}), (2, _CHANNEL)),
         channel_flow="contract", integer=((I8, 4), (I16, 1)),  # keep_num_dims: 5; two inputs (no -1 bias): 6
     ),

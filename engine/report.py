@@ -43,7 +43,6 @@ class TensorReport:
     bytes_before: int = 0
     bytes_after: int = 0
     weight_sqnr_db: float | None = None
-    needs_xnnpack: bool = False
     # Why XNNPACK (the default interpreter's delegate) leaves the ops reading this weight to the slower builtin
     # kernels, when the form makes it do so (INT4 DEQUANTIZE, hybrid forms it does not take, GATHER storage).
     slow_form: str | None = None
@@ -60,7 +59,6 @@ class TensorReport:
             return later
         merged = TensorReport(**{**vars(self), **{k: v for k, v in vars(later).items() if v is not None}})
         merged.dtype_before, merged.bytes_before = self.dtype_before, self.bytes_before
-        merged.needs_xnnpack = self.needs_xnnpack or later.needs_xnnpack
         if self.weight_sqnr_db is not None and later.weight_sqnr_db is not None:
             # Against the original weight: the two passes' error powers add (an estimate: it takes the later
             # pass's reference, the earlier pass's output, to have the original's power).
@@ -103,18 +101,6 @@ class Report:
     @property
     def skipped(self) -> list[TensorReport]:
         return [t for t in self.tensors if t.action == "skipped"]
-
-    @property
-    def needs_xnnpack(self) -> bool:
-        """Whether some weight is in a form only XNNPACK (the default interpreter) computes right."""
-        return any(t.needs_xnnpack for t in self.tensors)
-
-    @property
-    def advisory_runtimes(self) -> dict[str, str]:
-        """Runtimes whose validation figures are known to be wrong for this output, with why: shown, not deciding."""
-        if self.needs_xnnpack:
-            return {"builtin": "its FULLY_CONNECTED kernel miscomputes blockwise int4 weights (LiteRT 2.3)"}
-        return {}
 
     def to_dict(self) -> dict[str, Any]:
         return json_safe(asdict(self))
@@ -172,11 +158,6 @@ class Report:
                 f"kernels, which split the graph ({SLOW_FORM_COST}; compress --validate measures this model):"
             )
             lines.extend(f"  {n} x {why}" for why, n in slow.most_common())
-        if self.needs_xnnpack:
-            lines.append(
-                "note: blockwise weights run right only with XNNPACK (the interpreter's default); LiteRT 2.3's "
-                "builtin FULLY_CONNECTED kernel miscomputes them"
-            )
         return "\n".join(lines)
 
 

@@ -31,7 +31,7 @@ import os
 import re
 import sys
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -172,15 +172,13 @@ class OutputComparison(TensorComparison):
 class RuntimeResult:
     """One runtime's comparison.  ``error``: the candidate failed to load or run where the reference runs (the
     interpreter's first error line), a validation failure; ``skipped``: the reference itself fails here, so
-    nothing was compared; ``advisory``: why these figures are shown but do not decide (a form the runtime is
-    known to miscompute).  ``intermediates`` is None where they cannot be observed (the default runtime)."""
+    nothing was compared.  ``intermediates`` is None where they cannot be observed (the default runtime)."""
 
     runtime: str
     outputs: list[OutputComparison] = field(default_factory=list)
     intermediates: list[TensorComparison] | None = None
     error: str | None = None
     skipped: str | None = None
-    advisory: str | None = None
 
     @property
     def title(self) -> str:
@@ -188,8 +186,8 @@ class RuntimeResult:
 
     @property
     def decides(self) -> bool:
-        """Whether this result counts: compared (or failed) here, and not advisory."""
-        return self.skipped is None and self.advisory is None
+        """Whether this result counts: compared (or failed) here."""
+        return self.skipped is None
 
     @property
     def worst_sqnr_db(self) -> float | None:
@@ -206,7 +204,6 @@ class RuntimeResult:
             "worst_sqnr_db": self.worst_sqnr_db,
             "error": self.error,
             "skipped": self.skipped,
-            "advisory": self.advisory,
             "outputs": [asdict(o) for o in self.outputs],
             "intermediates": None if self.intermediates is None else [asdict(t) for t in self.intermediates],
         }
@@ -217,7 +214,7 @@ class RuntimeResult:
             return f"{self.title}: not compared, the reference fails here: {self.skipped}"
         if self.error is not None:
             return f"{self.title}: FAILED: {self.error}"
-        lines = [f"{self.title}:" if self.advisory is None else f"{self.title} (shown, not deciding: {self.advisory}):"]
+        lines = [f"{self.title}:"]
         median = f" {'median':>9}" if medians else ""
         header = (
             f"{'output':<32} {'shape':<16} {'SQNR dB':>9}{median} {'max|err|':>10} {'cosine':>9} {'top-1':>6}  exact"
@@ -524,15 +521,13 @@ def validate(
     num_threads: int = 1,
     class_scores: bool = False,
     runtime: str = "both",
-    advisory: Mapping[str, str] | None = None,
 ) -> ValidationReport:
     """Run reference and candidate on the same samples in each runtime and compare outputs (and intermediates).
 
     ``data`` is the calibration format (`engine.calibrate.load_samples`): samples keyed by the reference's input
     names, one array for a single-input model, or an .npz/.npy file; the leading axis is the sample (a batch-1
     input also takes samples without it).  None generates one seeded sample.  ``runtime`` is "default",
-    "builtin" or "both"; ``advisory`` maps a runtime to why its figures are shown but do not decide (a form it
-    is known to miscompute).  Top-1 agreement is reported for rank-2 [N, C>1] outputs, or with
+    "builtin" or "both".  Top-1 agreement is reported for rank-2 [N, C>1] outputs, or with
     ``class_scores=True`` for every output whose last dim is > 1 (rows = all other dims).
     """
     if runtime not in RUNTIME_CHOICES:
@@ -541,7 +536,7 @@ def validate(
     prepared: tuple[list[list[np.ndarray]], dict[str, dict[str, Any]]] | None = None
     results = []
     for name in RUNTIMES if runtime == "both" else (runtime,):
-        result = RuntimeResult(name, advisory=(advisory or {}).get(name))
+        result = RuntimeResult(name)
         keep = intermediates and name == "builtin"
         options = {"preserve_all": keep, "num_threads": num_threads, "xnnpack": name == "default"}
         try:
@@ -560,7 +555,7 @@ def validate(
     if prepared is None or not any(r.decides for r in results):
         reasons: dict[str, list[str]] = {}
         for r in results:
-            reasons.setdefault(r.skipped or f"shown only: {r.advisory}", []).append(r.title)
+            reasons.setdefault(str(r.skipped), []).append(r.title)
         raise EngineError("; ".join(f"{' and '.join(titles)}: {reason}" for reason, titles in reasons.items()))
     samples, inputs = prepared
     return ValidationReport(results, inputs, len(samples))

@@ -1,6 +1,6 @@
 """Which quantized-weight forms LiteRT runs, checked against engine.ops in both runtimes (``tests/runtimes.py``): the
 ``hybrid`` column (exactly: every form it claims runs right, every other one is refused or computes garbage) and
-``xnnpack_hybrid`` (the claimed forms the default runtime's XNNPACK delegate takes over), ``xnnpack_only``,
+``xnnpack_hybrid`` (the claimed forms the default runtime's XNNPACK delegate takes over), ``activation_apart``,
 ``packed_rows_whole_bytes``, ``DEQUANTIZE_INPUTS`` and ``XNNPACK_FOLDED_DEQUANTIZE``, the FLOAT32 bias a hybrid
 filter needs (``XNNPACK_BIAS_TYPES``), and ``max_version``.
 
@@ -281,10 +281,10 @@ def test_xnnpack_takes_packed_fully_connected_only_with_rows_of_whole_bytes(
 @pytest.mark.parametrize("activation", ["NONE", "RELU", "RELU6", "RELU_N1_TO_1"])
 @BOTH_RUNTIMES
 def test_blockwise_int4_fully_connected(activation: str, runtime: str) -> None:
-    """``xnnpack_only``, measured precisely: XNNPACK computes blockwise INT4 weights right with any fused activation;
-    LiteRT 2.3's builtin kernel computes the product right but does not apply the fused activation (RELU outputs
-    keep their negative values), which is what makes it garbage in a ReLU network."""
-    assert rule("FULLY_CONNECTED").needs_xnnpack(4, "block")
+    """``activation_apart``, measured precisely: XNNPACK computes blockwise INT4 weights right with any fused
+    activation; LiteRT 2.3's builtin kernel computes the product right but does not apply the fused activation (RELU
+    outputs keep their negative values), which is why the pass writes the activation as an op of its own."""
+    assert rule("FULLY_CONNECTED").keeps_activation_apart(4, "block")
     w = np.random.default_rng(5).uniform(-1, 1, (8, 64)).astype(np.float32)
     weight, values = _blockwise(w, 32, "w")
     feeds = {"x": np.random.default_rng(6).uniform(-1, 1, (3, 64)).astype(np.float32)}

@@ -173,30 +173,6 @@ def test_default_runtime_is_the_interpreter_as_users_build_it(models: dict[str, 
         v.validate(path, path, runtime="gpu")
 
 
-def test_blockwise_builtin_result_is_shown_but_does_not_decide(tmp_path: Path) -> None:
-    """LiteRT 2.3's builtin FULLY_CONNECTED miscomputes blockwise int4 weights: with the report's advisory, the
-    builtin figures are shown and only the default runtime decides."""
-    import engine
-    from engine.builder import GraphBuilder
-
-    rng = np.random.default_rng(0)
-    b = GraphBuilder()
-    x = b.input("x", (4, 256))
-    h = b.fully_connected(x, rng.normal(0, 0.1, (128, 256)).astype(np.float32), activation="RELU")
-    b.output(b.fully_connected(h, rng.normal(0, 0.1, (64, 128)).astype(np.float32)), "y")
-    source, out = tmp_path / "mlp.tflite", tmp_path / "block.tflite"
-    engine.write_model(b.build(), source)
-    _, compressed = engine.compress(source, output=out, quantize="dynamic-int4", granularity="block:32")
-    report = v.validate(source, out, advisory=compressed.advisory_runtimes)
-    default, builtin = report.runtimes
-    assert builtin.advisory and not builtin.decides and builtin.worst_sqnr_db < 3  # garbage, shown
-    assert default.decides and report.worst_sqnr_db == default.worst_sqnr_db > 10
-    assert "builtin kernels (shown, not deciding: its FULLY_CONNECTED kernel miscomputes" in report.format_text()
-    assert v.validate(source, out).worst_sqnr_db == builtin.worst_sqnr_db  # without the advisory it would decide
-    with pytest.raises(EngineError, match="shown only"):
-        v.validate(source, out, runtime="builtin", advisory=compressed.advisory_runtimes)
-
-
 def test_incompatible_models_are_an_engine_error(models: dict[str, Path]) -> None:
     with pytest.raises(EngineError, match="candidate"):
         v.validate(models["palm_detection_lite"], models["face_detection_short_range"])

@@ -1,15 +1,15 @@
-"""Fold a RELU, RELU6 or RELU_N1_TO_1 op into the op before it, as that op's fused activation.
+"""Fold a RELU, RELU6 or RELU_N1_TO_1 op into the op before it, as that op's fused activation (and back).
 
 The result computes the same values with one op less, and matters most for full-integer quantization: the
 producer's output then has the activation's range (no negative half wasting int8 levels), as TensorFlow's own
-converter emits it.
+converter emits it.  ``unfuse_activation`` is the inverse, for a kernel that skips its fused activation.
 """
 
 from __future__ import annotations
 
-from engine.ir import Model, Table
+from engine.ir import Model, Operator, Subgraph, Table, Tensor
 from engine.ops import FUSES_ACTIVATION
-from engine.schema import ENUMS
+from engine.schema import ENUMS, enum_name
 
 _ACTIVATIONS = ("RELU", "RELU6", "RELU_N1_TO_1")
 _NONE = ENUMS["ActivationFunctionType"]["NONE"]
@@ -40,3 +40,20 @@ def fuse_activations(model: Model) -> tuple[Model, int]:
             sg.tensors = [t for t in sg.tensors if t is not x]
             fused += 1
     return model, fused
+
+
+def unfuse_activation(model: Model, sg: Subgraph, op: Operator) -> bool:
+    """Move ``op``'s fused RELU, RELU6 or RELU_N1_TO_1 into an op of its own right after it, which then writes
+    ``op``'s old output; False (nothing changed) when ``op`` has no such activation."""
+    options = op.builtin_options
+    code = options.fields.get("fused_activation_function", _NONE) if options is not None else _NONE
+    name = enum_name("ActivationFunctionType", code)
+    if options is None or name not in _ACTIVATIONS:
+        return False
+    out = op.outputs[0]
+    assert out is not None
+    before = Tensor(f"{out.name}/before_{name.lower()}", out.shape, out.type, shape_signature=out.shape_signature)
+    op.builtin_options = Table(options.type, {**options.fields, "fused_activation_function": _NONE})
+    op.outputs[0] = before
+    sg.insert_operator(sg.operators.index(op) + 1, Operator(model.opcode(name), [before], [out]))
+    return True

@@ -20,6 +20,7 @@ from engine.errors import EngineError
 from engine.ir import TENSOR_TYPES, Buffer, Model, Operator, QuantizationParams, Table, Tensor
 from engine.ops import DEQUANTIZE_INPUTS, RULES, XNNPACK_FOLDED_DEQUANTIZE
 from engine.passes.common import entry, install, select
+from engine.passes.fuse import unfuse_activation
 from engine.progress import track
 from engine.recipe import MODES, Recipe, TensorOptions
 from engine.report import TensorReport
@@ -74,7 +75,9 @@ def quantize_weights(model: Model, recipe: Recipe) -> tuple[Model, list[TensorRe
         report.form = "dequantize" if not direct else "hybrid" if len(direct) == len(weight.uses) else "mixed"
         report.dtype_after, report.bytes_after = dtype, encoding.stored_bytes
         report.weight_sqnr_db = encoding.weight_sqnr_db
-        report.needs_xnnpack = any(RULES[op.name].needs_xnnpack(container, _kind(granularity)) for op, _ in direct)
+        for op, _ in direct:
+            if RULES[op.name].keeps_activation_apart(container, _kind(granularity)):
+                unfuse_activation(model, weight.subgraph, op)
         report.slow_form = _slow_form(weight, direct, container, granularity)
         if granularity != options.granularity:
             report.reason = f"{options.granularity} not possible here; used {granularity}"
