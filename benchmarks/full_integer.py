@@ -215,7 +215,7 @@ def _mobilenet_graph(layers: list[Layer]) -> tuple[Any, Any, Any]:
 def build_mobilenet(path: Path) -> dict[str, Any]:
     """Write ``mobilenet_v1_224`` (module docstring) with its signature def; returns its facts."""
     from engine.ir import SignatureDef, TensorMap
-    from engine.validate import run
+    from engine.runtime import run
     from engine.writer import model_to_bytes, write_model
     from engine.zoo import calibration_photos
 
@@ -340,7 +340,7 @@ def score(reference: Path, candidate: Path, photos: list[np.ndarray], classifier
 
 def top1_agreement(reference: Path, candidate: Path, inputs: np.ndarray) -> float:
     """Fraction of ``inputs`` whose argmax class the candidate keeps (single-output classifier)."""
-    from engine.validate import run
+    from engine.runtime import run
 
     agree = 0
     for x in inputs:
@@ -361,7 +361,7 @@ def _interpreter(path: Path, xnnpack: bool) -> Any:
 
 def _feed(interp: Any, photo: np.ndarray) -> None:
     """Set the one input, quantized with its own parameters when the model's interface is integer."""
-    from engine.validate import quantize_array
+    from engine.metrics import quantize_array
 
     (detail,) = interp.get_input_details()
     scale, zero_point = detail["quantization"]

@@ -34,9 +34,10 @@ if str(ROOT) not in sys.path:  # the worktree's engine, not whichever one is ins
 
 import engine  # noqa: E402
 from engine.ir import Tensor  # noqa: E402
+from engine.metrics import sqnr_db  # noqa: E402
 from engine.passes.common import install  # noqa: E402
 from engine.pruning import NORMALIZATIONS, global_masks, prune_mask, sparsity_of  # noqa: E402
-from engine.validate import run, sqnr_db  # noqa: E402
+from engine.runtime import run  # noqa: E402
 from engine.weights import Weight, find_weights  # noqa: E402
 from engine.zoo import CUSTOM_OP_MODELS, INPUT_RANGES, mediapipe_models, photo_input  # noqa: E402
 

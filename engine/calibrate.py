@@ -26,8 +26,10 @@ import numpy as np
 
 from engine.errors import EngineError
 from engine.ir import Model, Tensor, all_tensors
+from engine.metrics import quantize_array
 from engine.observers import Observer
 from engine.progress import track
+from engine.runtime import interpreter
 from engine.writer import model_to_bytes
 
 CalibrationSource = str | os.PathLike[str] | Mapping[str, np.ndarray] | np.ndarray
@@ -49,8 +51,6 @@ class LiteRTExecutor:
     builtin kernels with every intermediate tensor kept, about 4x slower on conv nets."""
 
     def __init__(self, model: bytes, xnnpack: bool = False, num_threads: int = min(4, os.cpu_count() or 1)) -> None:
-        from engine.validate import interpreter
-
         self._interpreter = interpreter(
             model, "float model", preserve_all=not xnnpack, num_threads=num_threads, xnnpack=xnnpack
         )
@@ -88,8 +88,6 @@ class CalibrationData:
     def sample(self, i: int) -> list[np.ndarray]:
         """Sample ``i`` of every input, in input order, as the input takes it (float data for a quantized input
         quantized with its parameters)."""
-        from engine.validate import quantize_array
-
         values = []
         for spec in self.inputs:
             value = self.arrays[spec.name][i]

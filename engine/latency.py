@@ -6,7 +6,7 @@ machine (another process, frequency scaling) hits all of them alike and the rati
 stable even when absolute times drift.  Only ``invoke`` is timed (``time.perf_counter``); the median is the
 figure to compare, the 90th percentile shows a slow tail.
 
-Runtimes (``engine.validate.RUNTIMES``, built by ``engine.validate.interpreter``): ``default`` is the interpreter
+Runtimes (``engine.runtime.RUNTIMES``, built by ``engine.runtime.interpreter``): ``default`` is the interpreter
 as a user loads it (``Interpreter(model_path=..., num_threads=...)``: XNNPACK applied where it takes the graph),
 ``builtin`` the builtin kernels alone (``BUILTIN_WITHOUT_DEFAULT_DELEGATES``).
 """
@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from engine.errors import EngineError
-from engine.validate import RUNTIMES, InputData, _cast_for, _invoke, _label, _named_data, _pairs, interpreter
+from engine.runtime import RUNTIMES, InputData, cast_input, input_data, interpreter, invoke, match_tensors, model_label
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ def measure_latency(
         raise EngineError(f"unknown runtime {runtime!r} (runtimes: {', '.join(RUNTIMES)})")
     if runs < 1 or warmup < 0:
         raise EngineError(f"runs must be at least 1 and warmup at least 0, got runs={runs}, warmup={warmup}")
-    labels = [f"{_label(model, 'model')} ({runtime} runtime)" for model in models]
+    labels = [f"{model_label(model, 'model')} ({runtime} runtime)" for model in models]
     interps = [
         interpreter(model, label, preserve_all=False, num_threads=num_threads, xnnpack=runtime == "default")
         for model, label in zip(models, labels, strict=True)
@@ -61,10 +61,10 @@ def measure_latency(
     if not interps:
         return []
     first = interps[0].get_input_details()
-    named = _named_data(first, data, labels[0], seed=0)
+    named = input_data(first, data, labels[0], seed=0)
     for interp, label in zip(interps, labels, strict=True):  # inputs set once, with one untimed invoke
-        pairs = _pairs(first, interp.get_input_details(), "input")
-        _invoke(interp, [(c, _cast_for(named[r["name"]], r, c)) for r, c in pairs], label)
+        pairs = match_tensors(first, interp.get_input_details(), "input")
+        invoke(interp, [(c, cast_input(named[r["name"]], r, c)) for r, c in pairs], label)
     count = len(interps)
     times: list[list[float]] = [[] for _ in interps]
     for round_ in range(warmup + runs):

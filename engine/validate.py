@@ -27,112 +27,32 @@ Choices worth knowing:
 from __future__ import annotations
 
 import math
-import os
-import re
-import sys
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from engine.calibrate import CalibrationSource, InputSpec, load_samples
 from engine.errors import EngineError
+from engine.metrics import cosine_similarity, max_abs_error, sqnr_db, top1_agreement
+from engine.runtime import (
+    RUNTIME_TITLES,
+    RUNTIMES,
+    InterpreterError,
+    ModelSource,
+    as_float,
+    cast_input,
+    input_data,
+    interpreter,
+    invoke,
+    match_tensors,
+    model_label,
+    quantization_of,
+)
 
-ModelSource = str | Path | bytes
-InputData = dict[str, np.ndarray] | np.ndarray | None
-
-RUNTIMES = ("default", "builtin")
-RUNTIME_TITLES = {"default": "default runtime (XNNPACK)", "builtin": "builtin kernels"}
 RUNTIME_CHOICES = ("both", *RUNTIMES)  # what `validate`'s runtime= (and --runtime) takes
-
-_QUANT_DTYPES = (np.int8, np.uint8, np.int16)
 _TEXT_INTERMEDIATES = 10
-
-
-class InterpreterError(EngineError):
-    """The interpreter refused to load or run the model ``label`` names.  `validate` records it as that runtime's
-    result instead of stopping: a model that runs in one runtime and not the other is what it must report."""
-
-    def __init__(self, message: str, label: str) -> None:
-        super().__init__(message)
-        self.label = label
-
-
-# ---------------------------------------------------------------------------------------- metrics
-
-
-def _normalized(reference: np.ndarray, candidate: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Both tensors flattened to float64 and divided by their joint peak, so squares never underflow."""
-    ref = np.asarray(reference, np.float64).ravel()
-    cand = np.asarray(candidate, np.float64).ravel()
-    peak = max(float(np.abs(ref).max(initial=0.0)), float(np.abs(cand).max(initial=0.0)))
-    if peak == 0.0 or not math.isfinite(peak):
-        return ref, cand
-    return ref / peak, cand / peak
-
-
-def _difference(reference: np.ndarray, candidate: np.ndarray) -> np.ndarray:
-    """reference - candidate, 0 where they are equal (equal infinities too), NaN where either is NaN."""
-    with np.errstate(invalid="ignore", over="ignore"):
-        return np.where(reference == candidate, 0.0, np.subtract(reference, candidate, dtype=np.float64))
-
-
-def sqnr_db(reference: np.ndarray, candidate: np.ndarray) -> float:
-    """Signal-to-quantization-noise ratio in dB: +inf when identical, -inf for a zero reference or an infinite
-    error, NaN when either holds NaN or both are infinite.  Never raises: the inf outputs of a model whose weights
-    overflow are exactly what validation has to report."""
-    ref, cand = _normalized(reference, candidate)
-    with np.errstate(over="ignore"):
-        noise = float(np.sum(np.square(_difference(ref, cand))))
-        signal = float(np.sum(np.square(ref)))
-    if math.isnan(noise) or math.isnan(signal):
-        return math.nan
-    if noise == 0.0:
-        return math.inf
-    if signal == 0.0:
-        return -math.inf
-    return 10.0 * (math.log10(signal) - math.log10(noise))  # the ratio itself could underflow to 0
-
-
-def max_abs_error(reference: np.ndarray, candidate: np.ndarray) -> float:
-    """Largest elementwise |reference - candidate| (0 for empty tensors, NaN if either holds NaN)."""
-    diff = np.abs(_difference(np.asarray(reference, np.float64), np.asarray(candidate, np.float64)))
-    return float(diff.max()) if diff.size else 0.0
-
-
-def cosine_similarity(reference: np.ndarray, candidate: np.ndarray) -> float:
-    """Cosine of the angle between the flattened tensors; 1 if both are zero, 0 if only one is, NaN with
-    infinities or NaN."""
-    a, b = _normalized(reference, candidate)
-    with np.errstate(invalid="ignore", over="ignore"):
-        na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
-        if na == 0.0 or nb == 0.0:
-            return 1.0 if na == nb else 0.0
-        return float(np.dot(a, b) / (na * nb))
-
-
-def top1_agreement(reference: np.ndarray, candidate: np.ndarray) -> float:
-    """Fraction of rows (all dims but the last) whose argmax over the last dim agrees."""
-    ref = np.asarray(reference)
-    rows_ref = ref.reshape(-1, ref.shape[-1])
-    rows_cand = np.asarray(candidate).reshape(rows_ref.shape)
-    return float(np.mean(rows_ref.argmax(axis=1) == rows_cand.argmax(axis=1)))
-
-
-def quantize_array(values: np.ndarray, scale: float, zero_point: int, dtype: type | np.dtype) -> np.ndarray:
-    """Affine-quantize float values to an integer dtype, rounding to nearest and saturating."""
-    info = np.iinfo(dtype)
-    q = np.rint(np.asarray(values, np.float64) / scale) + zero_point
-    return np.clip(q, info.min, info.max).astype(dtype)
-
-
-def dequantize_array(values: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
-    """Map affine-quantized integers back to float64."""
-    return (np.asarray(values, np.float64) - zero_point) * scale
 
 
 def _worst(values: list[float]) -> float:
@@ -334,180 +254,6 @@ def json_safe(obj: Any) -> Any:
 # ------------------------------------------------------------------------------------ interpreter
 
 
-def interpreter(
-    model: ModelSource, label: str, *, preserve_all: bool, num_threads: int = 1, xnnpack: bool = False
-) -> Any:
-    """Build an interpreter, turning load errors into one-line `InterpreterError`s.
-
-    ``xnnpack``: the default runtime, built exactly as ``Interpreter(model_path=...)`` (or ``model_content``)
-    with ``num_threads``, so XNNPACK is applied as users get it; otherwise the builtin kernels alone, which can
-    also keep every intermediate tensor (``preserve_all``).
-    """
-    try:
-        from ai_edge_litert.interpreter import Interpreter, OpResolverType
-    except ImportError as exc:
-        raise EngineError("install the validation extra: pip install 'litert-engine[validate]'") from exc
-    if xnnpack and preserve_all:
-        raise ValueError("intermediate tensors are only kept by the builtin kernels")
-    source = {"model_content": bytes(model)} if isinstance(model, bytes | bytearray) else {"model_path": str(model)}
-    if "model_path" in source and not Path(source["model_path"]).is_file():
-        raise EngineError(f"{label}: file not found")
-    builtin = {
-        "experimental_op_resolver_type": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
-        "experimental_preserve_all_tensors": preserve_all,
-    }
-    try:
-        interp = Interpreter(**source, num_threads=num_threads, **({} if xnnpack else builtin))
-        with _native_stderr_silenced():
-            interp.allocate_tensors()
-    except (RuntimeError, ValueError) as exc:
-        raise _load_error(exc, label) from exc
-    return interp
-
-
-@contextmanager
-def _native_stderr_silenced() -> Iterator[None]:
-    """LiteRT's C++ code writes "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." to stderr (fd 2) when
-    it applies XNNPACK, which would break the command line's promise of one ``error:`` line on stderr; its
-    errors come back as exceptions, so nothing else is lost."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        null = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(null, 2)
-        os.close(null)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
-def _load_error(exc: Exception, label: str) -> InterpreterError:
-    custom = sorted(set(re.findall(r"unresolved custom op: (\w+)", str(exc))))
-    if custom:
-        return InterpreterError(f"{label} uses custom op(s) the interpreter cannot run: {', '.join(custom)}", label)
-    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-    return InterpreterError(f"{label}: interpreter error: {first}", label)
-
-
-def _label(model: ModelSource, role: str) -> str:
-    return f"{role} ({len(model)} bytes)" if isinstance(model, bytes | bytearray) else f"{role} {model}"
-
-
-def _quant(detail: dict[str, Any]) -> tuple[float, int] | None:
-    """(scale, zero_point) of a quantized integer tensor, None for float and plain integer tensors."""
-    scale, zero_point = detail["quantization"]
-    if np.dtype(detail["dtype"]) in _QUANT_DTYPES and scale != 0.0:
-        return float(scale), int(zero_point)
-    return None
-
-
-def _as_float(values: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
-    """Tensor values in float64, dequantized when the tensor is quantized."""
-    q = _quant(detail)
-    return dequantize_array(values, *q) if q else np.asarray(values, np.float64)
-
-
-def _generate(detail: dict[str, Any], rng: np.random.Generator) -> np.ndarray:
-    """Seeded stand-in data for an input: floats in [-1, 1], full-range small ints, small indices."""
-    shape = tuple(int(d) for d in detail["shape"])
-    dtype = np.dtype(detail["dtype"])
-    if dtype.kind == "f":
-        return rng.uniform(-1.0, 1.0, shape).astype(dtype)
-    if dtype == np.bool_:
-        return rng.random(shape) < 0.5
-    if dtype in _QUANT_DTYPES:
-        info = np.iinfo(dtype)
-        return rng.integers(info.min, info.max, shape, endpoint=True, dtype=dtype)
-    if dtype.kind in "iu":
-        return rng.integers(0, 10, shape).astype(dtype)
-    raise EngineError(f"cannot generate data for input {detail['name']!r} of dtype {dtype}; pass data")
-
-
-def _named_data(details: list[dict[str, Any]], data: InputData, label: str, seed: int) -> dict[str, np.ndarray]:
-    """Match user data to the model inputs by name, or generate it; shapes are checked at invoke."""
-    names = [d["name"] for d in details]
-    if data is None:
-        rng = np.random.default_rng(seed)
-        return {d["name"]: _generate(d, rng) for d in details}
-    if not isinstance(data, dict):
-        if len(details) != 1:
-            raise EngineError(f"{label} has {len(details)} inputs ({', '.join(names)}); pass data keyed by name")
-        data = {names[0]: data}
-    unknown = sorted(set(data) - set(names))
-    missing = [n for n in names if n not in data]
-    if unknown:
-        raise EngineError(f"data for unknown input(s) {', '.join(unknown)}; {label} has {', '.join(names)}")
-    if missing:
-        raise EngineError(f"no data for input(s) {', '.join(missing)} of {label}")
-    return {d["name"]: np.asarray(data[d["name"]]) for d in details}
-
-
-def _cast_for(arr: np.ndarray, source: dict[str, Any], target: dict[str, Any]) -> np.ndarray:
-    """Convert data prepared for tensor `source` into the dtype of tensor `target`.
-
-    Integer data in a quantized source's own dtype is taken as already quantized: it passes through
-    when the target has the same dtype and parameters, and is dequantized first otherwise.
-    """
-    dtype = np.dtype(target["dtype"])
-    src_q, dst_q = _quant(source), _quant(target)
-    if src_q and arr.dtype == np.dtype(source["dtype"]):
-        if dst_q == src_q and dtype == arr.dtype:
-            return arr
-        arr = dequantize_array(arr, *src_q)
-    if dst_q and arr.dtype.kind == "f":
-        return quantize_array(arr, *dst_q, dtype)
-    return arr.astype(dtype, copy=False)
-
-
-def _pairs(ref: list[dict[str, Any]], cand: list[dict[str, Any]], what: str) -> list[tuple[dict, dict]]:
-    """Match reference and candidate tensors by name, or by position when names differ."""
-    by_name = {d["name"]: d for d in cand}
-    if {d["name"] for d in ref} == set(by_name) and len(by_name) == len(cand):
-        return [(d, by_name[d["name"]]) for d in ref]
-    if len(ref) == len(cand):
-        return list(zip(ref, cand, strict=True))
-    raise EngineError(
-        f"reference has {len(ref)} {what}s ({', '.join(d['name'] for d in ref)}) but candidate has "
-        f"{len(cand)} ({', '.join(d['name'] for d in cand)})"
-    )
-
-
-def _invoke(interp: Any, feeds: list[tuple[dict[str, Any], np.ndarray]], label: str) -> None:
-    """Resize dynamic inputs to the data, set them, and run one inference."""
-    resized = False
-    for detail, arr in feeds:
-        fixed = [int(s) for s in detail["shape_signature"]]
-        if arr.ndim != len(fixed) or any(f not in (-1, a) for f, a in zip(fixed, arr.shape, strict=True)):
-            raise EngineError(f"input {detail['name']!r} of {label} expects shape {fixed}, got {list(arr.shape)}")
-        if tuple(detail["shape"]) != arr.shape:
-            interp.resize_tensor_input(detail["index"], list(arr.shape), strict=True)
-            resized = True
-    try:
-        if resized:
-            interp.allocate_tensors()
-        for detail, arr in feeds:
-            interp.set_tensor(detail["index"], arr)
-        interp.invoke()
-    except (RuntimeError, ValueError) as exc:
-        raise _load_error(exc, label) from exc
-
-
-def run(model: ModelSource, inputs: InputData, *, num_threads: int = 1, xnnpack: bool = False) -> dict[str, np.ndarray]:
-    """Run one inference and return the raw outputs keyed by output tensor name.
-
-    `inputs` is a dict keyed by input name (or one array for a single-input model); float data for
-    a quantized input is quantized with the tensor's parameters.  ``xnnpack`` runs with the interpreter's
-    default delegate instead of the builtin kernels.
-    """
-    label = _label(model, "model")
-    interp = interpreter(model, label, preserve_all=False, num_threads=num_threads, xnnpack=xnnpack)
-    details = interp.get_input_details()
-    data = _named_data(details, inputs, label, seed=0)
-    _invoke(interp, [(d, _cast_for(data[d["name"]], d, d)) for d in details], label)
-    return {d["name"]: interp.get_tensor(d["index"]) for d in interp.get_output_details()}
-
-
 # -------------------------------------------------------------------------------------- validate
 
 
@@ -532,7 +278,7 @@ def validate(
     """
     if runtime not in RUNTIME_CHOICES:
         raise EngineError(f"unknown runtime {runtime!r} (choose from {', '.join(RUNTIME_CHOICES)})")
-    labels = _label(reference, "reference"), _label(candidate, "candidate")
+    labels = model_label(reference, "reference"), model_label(candidate, "candidate")
     prepared: tuple[list[list[np.ndarray]], dict[str, dict[str, Any]]] | None = None
     results = []
     for name in RUNTIMES if runtime == "both" else (runtime,):
@@ -566,11 +312,11 @@ def _samples(
 ) -> tuple[list[list[np.ndarray]], dict[str, dict[str, Any]]]:
     """Every sample as the reference's inputs take it (in input order), and a summary of each input's values."""
     if data is None:
-        named = _named_data(details, None, label, seed)
+        named = input_data(details, None, label, seed)
         samples = [[named[d["name"]] for d in details]]
     else:
         specs = [
-            InputSpec(d["name"], tuple(int(n) for n in d["shape_signature"]), np.dtype(d["dtype"]), _quant(d))
+            InputSpec(d["name"], tuple(int(n) for n in d["shape_signature"]), np.dtype(d["dtype"]), quantization_of(d))
             for d in details
         ]
         loaded = load_samples(data, specs, "validation data")
@@ -604,15 +350,15 @@ def _compare(
 ) -> tuple[list[OutputComparison], list[TensorComparison]]:
     """Run both interpreters on every sample; each output's figures over the samples, and with ``keep`` the
     worst figures of each shared intermediate."""
-    in_pairs = _pairs(ref.get_input_details(), cand.get_input_details(), "input")
-    out_pairs = _pairs(ref.get_output_details(), cand.get_output_details(), "output")
+    in_pairs = match_tensors(ref.get_input_details(), cand.get_input_details(), "input")
+    out_pairs = match_tensors(ref.get_output_details(), cand.get_output_details(), "output")
     figures: list[list[_Figures]] = [[] for _ in out_pairs]
     shapes: list[tuple[int, ...]] = []
     shared: list[tuple[dict, dict]] | None = None
     worst: list[TensorComparison] = []
     for sample in samples:
-        _invoke(ref, [(r, arr) for (r, _), arr in zip(in_pairs, sample, strict=True)], labels[0])
-        _invoke(cand, [(c, _cast_for(arr, r, c)) for (r, c), arr in zip(in_pairs, sample, strict=True)], labels[1])
+        invoke(ref, [(r, arr) for (r, _), arr in zip(in_pairs, sample, strict=True)], labels[0])
+        invoke(cand, [(c, cast_input(arr, r, c)) for (r, c), arr in zip(in_pairs, sample, strict=True)], labels[1])
         shapes = []
         for k, (r, c) in enumerate(out_pairs):
             raw_r, raw_c = ref.get_tensor(r["index"]), cand.get_tensor(c["index"])
@@ -620,7 +366,7 @@ def _compare(
                 raise EngineError(
                     f"output {r['name']!r} has shape {list(raw_r.shape)} in reference, {list(raw_c.shape)} in candidate"
                 )
-            fr, fc = _as_float(raw_r, r), _as_float(raw_c, c)
+            fr, fc = as_float(raw_r, r), as_float(raw_c, c)
             is_scores = raw_r.ndim >= 1 and raw_r.shape[-1] > 1 and (class_scores or raw_r.ndim == 2)
             figures[k].append(
                 _Figures(
@@ -676,7 +422,7 @@ def _produced(interp: Any) -> dict[str, dict[str, Any]]:
         for d in details
         if d["index"] in written
         and counts[d["name"]] == 1
-        and (np.dtype(d["dtype"]).kind == "f" or _quant(d) is not None)
+        and (np.dtype(d["dtype"]).kind == "f" or quantization_of(d) is not None)
     }
 
 
@@ -691,8 +437,8 @@ def _shared_intermediates(ref: Any, cand: Any) -> list[tuple[dict[str, Any], dic
 
 
 def _compare_tensor(ref: Any, cand: Any, r: dict[str, Any], c: dict[str, Any]) -> TensorComparison:
-    fr = _as_float(ref.get_tensor(r["index"]), r)
-    fc = _as_float(cand.get_tensor(c["index"]), c)
+    fr = as_float(ref.get_tensor(r["index"]), r)
+    fc = as_float(cand.get_tensor(c["index"]), c)
     return TensorComparison(r["name"], tuple(int(s) for s in r["shape"]), sqnr_db(fr, fc), max_abs_error(fr, fc))
 
 

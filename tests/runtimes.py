@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-from engine.validate import quantize_array, sqnr_db
+from engine.metrics import quantize_array, sqnr_db
 
 RUNTIMES = ("default", "builtin")
 # ``@BOTH_RUNTIMES`` on a test taking a ``runtime`` argument runs it once per runtime.

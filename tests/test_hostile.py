@@ -34,7 +34,7 @@ from engine import EngineError, read_model, write_model
 from engine.builder import GraphBuilder
 from engine.ir import Buffer, Model
 from engine.passes.fold import fold_constant_decoders
-from engine.validate import interpreter, run
+from engine.runtime import interpreter, run
 from engine.zoo import mediapipe_model
 from tests.strategies import hostile_graphs, mutate
 

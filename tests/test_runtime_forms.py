@@ -21,8 +21,8 @@ import pytest
 from engine import kernels, model_to_bytes, read_model
 from engine.builder import GraphBuilder
 from engine.ir import TENSOR_TYPES, Buffer, Model, Operator, QuantizationParams, Table, Tensor
+from engine.metrics import sqnr_db
 from engine.ops import DEQUANTIZE_INPUTS, RULES, XNNPACK_FOLDED_DEQUANTIZE, rule
-from engine.validate import sqnr_db
 from tests.runtimes import BOTH_RUNTIMES, RUNTIMES, Refused, delegate_partitions, invoked, make_interpreter, run_model
 from tests.weighted_models import BASE_CASES, CASES, IDS, Feeds, weighted_op
 

@@ -11,7 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from engine import read_model, zoo
+from engine import metrics, read_model, zoo
+from engine import runtime as rt
 from engine import validate as v
 from engine.calibrate import load_calibration
 from engine.errors import EngineError
@@ -90,8 +91,8 @@ def test_generated_inputs_are_seeded(models: dict[str, Path]) -> None:
 
 def test_run_returns_outputs_by_name(models: dict[str, Path]) -> None:
     photo = _photo(HAND, HAND_SHAPE)
-    first = v.run(models[HAND], {"input_1": photo})
-    second = v.run(models[HAND].read_bytes(), photo)
+    first = rt.run(models[HAND], {"input_1": photo})
+    second = rt.run(models[HAND].read_bytes(), photo)
     assert {k: a.shape for k, a in first.items()} == {
         "Identity": (1, 63),
         "Identity_1": (1, 1),
@@ -180,13 +181,13 @@ def test_incompatible_models_are_an_engine_error(models: dict[str, Path]) -> Non
 
 def test_missing_model_file(tmp_path: Path) -> None:
     with pytest.raises(EngineError, match="not found"):
-        v.run(tmp_path / "nothing.tflite", {})
+        rt.run(tmp_path / "nothing.tflite", {})
 
 
 def test_missing_interpreter_says_what_to_install(models: dict[str, Path], monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)
     with pytest.raises(EngineError, match=r"litert-engine\[validate\]"):
-        v.run(models[HAND], _photo(HAND, HAND_SHAPE))
+        rt.run(models[HAND], _photo(HAND, HAND_SHAPE))
 
 
 # --------------------------------------------------------------------------------- input data
@@ -264,11 +265,11 @@ def test_cast_quantizes_float_data_and_passes_integer_data() -> None:
     int8 = _detail(np.int8, 0.5, -3)
     f32 = _detail(np.float32)
     floats = np.array([-1.0, 0.0, 0.26, 100.0], np.float32)
-    np.testing.assert_array_equal(v._cast_for(floats, f32, int8), [-5, -3, -2, 127])
+    np.testing.assert_array_equal(rt.cast_input(floats, f32, int8), [-5, -3, -2, 127])
     already = np.array([-5, 7], np.int8)
-    assert v._cast_for(already, int8, int8) is already
-    np.testing.assert_allclose(v._cast_for(already, int8, f32), [-1.0, 5.0])
-    np.testing.assert_array_equal(v._cast_for(already, int8, _detail(np.uint8, 0.25, 128)), [124, 148])
+    assert rt.cast_input(already, int8, int8) is already
+    np.testing.assert_allclose(rt.cast_input(already, int8, f32), [-1.0, 5.0])
+    np.testing.assert_array_equal(rt.cast_input(already, int8, _detail(np.uint8, 0.25, 128)), [124, 148])
 
 
 # ------------------------------------------------------------------------------------ metrics
@@ -285,7 +286,7 @@ def test_sqnr_is_a_float_for_any_values(a: np.ndarray, b: np.ndarray) -> None:
     with np.errstate(over="ignore"):  # float64 -> float32 overflows to inf: more cases, not an error
         pairs = ((a, b), (a.astype(np.float32), b.astype(np.float32)), (a, a))
     for ref, cand in pairs:
-        result = v.sqnr_db(ref, cand)
+        result = metrics.sqnr_db(ref, cand)
         assert isinstance(result, float)
         if np.isnan(ref).any() or np.isnan(cand).any():
             assert math.isnan(result)
@@ -297,12 +298,12 @@ def test_sqnr_is_a_float_for_any_values(a: np.ndarray, b: np.ndarray) -> None:
 
 def test_sqnr_of_extreme_values() -> None:
     big = np.float32(3e38)
-    assert v.sqnr_db([1.0], [math.inf]) == -math.inf  # was log10(0): math domain error
-    assert v.sqnr_db([1.0, math.inf], [1.0, math.inf]) == math.inf
-    assert math.isnan(v.sqnr_db([math.inf], [-math.inf]))
-    assert v.sqnr_db(np.array([big, -big]), np.array([big, big])) == pytest.approx(10 * math.log10(2 / 4))
+    assert metrics.sqnr_db([1.0], [math.inf]) == -math.inf  # was log10(0): math domain error
+    assert metrics.sqnr_db([1.0, math.inf], [1.0, math.inf]) == math.inf
+    assert math.isnan(metrics.sqnr_db([math.inf], [-math.inf]))
+    assert metrics.sqnr_db(np.array([big, -big]), np.array([big, big])) == pytest.approx(10 * math.log10(2 / 4))
     # signal / noise underflows to 0 (log10(0) raised); the difference of logs does not
-    assert v.sqnr_db([2.3e-162, 0, 0, 0], [1, 1, 1, 1]) == pytest.approx(-3239.08, abs=0.01)
+    assert metrics.sqnr_db([2.3e-162, 0, 0, 0], [1, 1, 1, 1]) == pytest.approx(-3239.08, abs=0.01)
 
 
 def test_sqnr_matches_known_noise_power() -> None:
@@ -311,9 +312,9 @@ def test_sqnr_matches_known_noise_power() -> None:
     noise = rng.standard_normal(10_000)
     noise *= 0.1 / np.sqrt(np.mean(noise**2))  # noise power exactly 0.01 of ...
     ref /= np.sqrt(np.mean(ref**2))  # ... signal power exactly 1: 20 dB
-    assert v.sqnr_db(ref, ref + noise) == pytest.approx(20.0)
-    assert v.sqnr_db(ref, ref) == math.inf
-    assert v.sqnr_db(np.zeros(3), np.ones(3)) == -math.inf
+    assert metrics.sqnr_db(ref, ref + noise) == pytest.approx(20.0)
+    assert metrics.sqnr_db(ref, ref) == math.inf
+    assert metrics.sqnr_db(np.zeros(3), np.ones(3)) == -math.inf
 
 
 @given(
@@ -323,19 +324,19 @@ def test_sqnr_matches_known_noise_power() -> None:
     st.floats(1e-3, 10.0),
 )
 def test_sqnr_of_scaled_copy(ref: np.ndarray, k: float) -> None:
-    assert v.sqnr_db(ref, ref * (1 + k)) == pytest.approx(-20 * math.log10(k), abs=1e-6)
-    assert v.cosine_similarity(ref, ref * (1 + k)) == pytest.approx(1.0)
-    assert v.cosine_similarity(ref, -ref) == pytest.approx(-1.0)
-    assert v.max_abs_error(ref, ref * (1 + k)) == pytest.approx(k * np.abs(ref).max())
+    assert metrics.sqnr_db(ref, ref * (1 + k)) == pytest.approx(-20 * math.log10(k), abs=1e-6)
+    assert metrics.cosine_similarity(ref, ref * (1 + k)) == pytest.approx(1.0)
+    assert metrics.cosine_similarity(ref, -ref) == pytest.approx(-1.0)
+    assert metrics.max_abs_error(ref, ref * (1 + k)) == pytest.approx(k * np.abs(ref).max())
 
 
 def test_cosine_and_top1_on_known_arrays() -> None:
-    assert v.cosine_similarity([1.0, 0.0], [0.0, 2.0]) == 0.0
-    assert v.cosine_similarity([0.0, 0.0], [0.0, 0.0]) == 1.0
-    assert v.cosine_similarity([0.0, 0.0], [1.0, 0.0]) == 0.0
+    assert metrics.cosine_similarity([1.0, 0.0], [0.0, 2.0]) == 0.0
+    assert metrics.cosine_similarity([0.0, 0.0], [0.0, 0.0]) == 1.0
+    assert metrics.cosine_similarity([0.0, 0.0], [1.0, 0.0]) == 0.0
     ref = np.array([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7], [0.6, 0.4]])
     cand = np.array([[0.2, 0.8], [0.1, 0.9], [0.3, 0.7], [0.5, 0.5]])
-    assert v.top1_agreement(ref, cand) == 0.75
+    assert metrics.top1_agreement(ref, cand) == 0.75
 
 
 @given(
@@ -344,9 +345,9 @@ def test_cosine_and_top1_on_known_arrays() -> None:
     st.integers(-20, 20),
 )
 def test_quantize_round_trip_within_half_a_step(x: np.ndarray, scale: float, zero_point: int) -> None:
-    q = v.quantize_array(x, scale, zero_point, np.int16)
+    q = metrics.quantize_array(x, scale, zero_point, np.int16)
     assert q.dtype == np.int16
-    assert np.all(np.abs(v.dequantize_array(q, scale, zero_point) - x) <= scale / 2 + 1e-9)
+    assert np.all(np.abs(metrics.dequantize_array(q, scale, zero_point) - x) <= scale / 2 + 1e-9)
 
 
 def test_report_json_encodes_non_finite_values() -> None:

@@ -15,8 +15,8 @@ import engine
 from engine import model_to_bytes
 from engine.builder import GraphBuilder
 from engine.ir import TENSOR_TYPES, QuantizationParams, Tensor
+from engine.metrics import sqnr_db
 from engine.ops import RULES, XNNPACK_BIAS_TYPES
-from engine.validate import sqnr_db
 from tests.runtimes import Refused, invoked, outputs_of
 
 RIGHT_DB = 30.0

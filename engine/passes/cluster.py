@@ -18,12 +18,12 @@ import numpy as np
 
 from engine import kernels
 from engine.ir import TENSOR_TYPES, Model, Operator, Table, Tensor
+from engine.metrics import sqnr_db
 from engine.passes.common import entry, float_constant, install, replace_chain, select
 from engine.progress import track
 from engine.recipe import Recipe, TensorOptions
 from engine.report import TensorReport
 from engine.sparse import constant_bytes
-from engine.validate import sqnr_db
 from engine.weights import Weight, check_finite
 
 # Lloyd iterations: each costs O(K log n), so running to convergence is cheap (benchmarks/kmeans.py).

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 
 from engine.ir import Model, Tensor
+from engine.metrics import sqnr_db
 from engine.passes.common import entry, install, select
 from engine.recipe import Recipe
 from engine.report import TensorReport
-from engine.validate import sqnr_db
 
 
 def float16_weights(model: Model, recipe: Recipe) -> tuple[Model, list[TensorReport]]:

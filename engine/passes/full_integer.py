@@ -26,6 +26,7 @@ from engine import kernels
 from engine.calibrate import CalibrationData, CalibrationSource, LiteRTExecutor, calibrate, load_calibration
 from engine.errors import EngineError
 from engine.ir import TENSOR_TYPES, Buffer, Model, Operator, QuantizationParams, Subgraph, Table, Tensor, all_tensors
+from engine.metrics import quantize_array
 from engine.observers import Observer, make_observer
 from engine.ops import (
     BIAS_TYPES,
@@ -43,7 +44,6 @@ from engine.recipe import STATIC_MODES, Recipe, TensorOptions
 from engine.report import TensorReport
 from engine.schema import enum_name
 from engine.sparse import encode_sparse, sparse_bytes
-from engine.validate import quantize_array
 from engine.weights import channel_axis_of, check_weighted_ops
 from engine.writer import model_to_bytes
 

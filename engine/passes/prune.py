@@ -14,13 +14,13 @@ import numpy as np
 
 from engine.errors import EngineError
 from engine.ir import Model, Tensor
+from engine.metrics import sqnr_db
 from engine.passes.channels import plan_channels
 from engine.passes.common import entry, float_constant, install, select
 from engine.pruning import global_masks, prune_mask, sparsity_of
 from engine.recipe import Recipe, TensorOptions
 from engine.report import TensorReport
 from engine.sparse import constant_bytes
-from engine.validate import sqnr_db
 from engine.weights import Weight
 
 
