@@ -21,6 +21,7 @@ from engine.ir import TENSOR_TYPES, Model, Operator, Table, Tensor
 from engine.metrics import sqnr_db
 from engine.passes.common import entry, float_constant, install, replace_chain, select
 from engine.progress import track
+from engine.quantization import as_rows
 from engine.recipe import Recipe, TensorOptions
 from engine.report import TensorReport
 from engine.sparse import constant_bytes
@@ -39,9 +40,9 @@ def cluster_weights(model: Model, recipe: Recipe) -> tuple[Model, list[TensorRep
             continue
         values = weight.decode()
         check_finite(weight.name, values, "clustered")
-        centroids, labels = _cluster(values, weight.channel_axis, options)
-        rows = np.take_along_axis(centroids, labels.astype(np.intp), axis=1)
-        clustered = _unrows(rows, values.shape, weight.channel_axis, options)
+        rows, restore = as_rows(values, _granularity(weight.channel_axis, options), weight.channel_axis)
+        centroids, labels = _cluster(rows, options)
+        clustered = restore(np.take_along_axis(centroids, labels.astype(np.intp), axis=1))
         report = entry(weight, options)
         if options.cluster_storage == "gather":
             report.bytes_after = _install_gather(model, weight, centroids, labels)
@@ -57,12 +58,11 @@ def cluster_weights(model: Model, recipe: Recipe) -> tuple[Model, list[TensorRep
     return model, reports
 
 
-def _cluster(values: np.ndarray, channel_axis: int | None, options: TensorOptions) -> tuple[np.ndarray, np.ndarray]:
-    """Codebooks [rows, K] (float32) and labels [rows, n] (uint8) of the weight as rows: its output channels
-    (moved to axis 0) with channel granularity, else one row.  A channel with fewer distinct values than the
+def _cluster(rows: np.ndarray, options: TensorOptions) -> tuple[np.ndarray, np.ndarray]:
+    """Codebooks [rows, K] (float32) and labels [rows, n] (uint8) of the weight as rows (``_granularity``: its
+    output channels with channel granularity, else one row).  A channel with fewer distinct values than the
     others gets its codebook padded by repeating its last entry, which no label points at."""
     assert options.cluster is not None
-    rows = _rows(values, channel_axis, options)
     books, labels = [], np.empty(rows.shape, np.uint8)
     for i, row in enumerate(rows):
         book, labels[i] = kernels.kmeans_1d(
@@ -73,18 +73,9 @@ def _cluster(values: np.ndarray, channel_axis: int | None, options: TensorOption
     return np.stack([np.pad(b, (0, width - len(b)), mode="edge") for b in books]).astype(np.float32), labels
 
 
-def _rows(values: np.ndarray, channel_axis: int | None, options: TensorOptions) -> np.ndarray:
-    if options.cluster_granularity == "channel" and channel_axis is not None:
-        return np.moveaxis(values, channel_axis, 0).reshape(values.shape[channel_axis], -1)
-    return values.reshape(1, -1)
-
-
-def _unrows(rows: np.ndarray, shape: tuple[int, ...], channel_axis: int | None, options: TensorOptions) -> np.ndarray:
-    """The inverse of ``_rows``."""
-    if options.cluster_granularity == "channel" and channel_axis is not None:
-        moved = (shape[channel_axis], *(d for i, d in enumerate(shape) if i != channel_axis))
-        return np.moveaxis(rows.reshape(moved), 0, channel_axis)
-    return rows.reshape(shape)
+def _granularity(channel_axis: int | None, options: TensorOptions) -> str:
+    """The rows that share a codebook: each output channel with channel granularity (where the op has one)."""
+    return "channel" if options.cluster_granularity == "channel" and channel_axis is not None else "tensor"
 
 
 def _install_gather(model: Model, weight: Weight, codebook: np.ndarray, labels: np.ndarray) -> int:

@@ -40,6 +40,7 @@ from engine.ops import (
 )
 from engine.passes.fold import fold_constant_decoders
 from engine.passes.fuse import fuse_activations
+from engine.quantization import QuantizedWeight, quantize_weight
 from engine.recipe import STATIC_MODES, Recipe, TensorOptions
 from engine.report import TensorReport
 from engine.schema import enum_name
@@ -470,20 +471,23 @@ class _Rewriter:
         key = (id(t), axis)
         if key not in self.constants:
             values = np.asarray(t.data, np.float32)
-            moved = values.reshape(1, -1) if axis is None else np.moveaxis(values, axis, 0)
-            rows = np.ascontiguousarray(moved.reshape(moved.shape[0], -1))
             method = self.recipe.resolve(op.name, t.name or "").scale_method
-            scales = (kernels.mse_scales if method == "mse" else kernels.absmax_scales)(rows, 8)
-            scales = np.where(scales > 0, scales, np.float32(1.0))
-            scales = np.maximum(scales, floor if axis is not None else floor.max(initial=0.0)).astype(np.float32)
-            codes = kernels.quantize(rows, scales, 8)
-            restored = codes.reshape(values.shape) if axis is None else np.moveaxis(codes.reshape(moved.shape), 0, axis)
+            quantized = quantize_weight(
+                values,
+                8,
+                "tensor" if axis is None else "channel",
+                axis,
+                method,
+                floor=floor if axis is not None else floor.max(initial=0.0),
+                positive=True,
+            )
+            scales = quantized.scales
             q = Tensor(f"{t.name}/int8")
-            q.data = np.ascontiguousarray(restored)
+            q.data = np.ascontiguousarray(quantized.codes)
             q.quantization = QuantizationParams(
                 scale=scales, zero_point=np.zeros(scales.size, np.int64), quantized_dimension=axis or 0
             )
-            entry = _weight_entry(t, q, rows, codes, scales, self.activations, method)
+            entry = _weight_entry(t, q, quantized, self.activations, method)
             if (
                 op.name in DENSIFY_INTEGER_READERS
                 and self.recipe.resolve(op.name, t.name or "").sparse_format == "tflite"
@@ -492,9 +496,7 @@ class _Rewriter:
             self.constants[key] = q
             self.entries.append(entry)
             if self.correct_biases:  # only then: a float64 copy of every weight
-                dequantized = (codes.astype(np.float64) * scales[:, None]).reshape(moved.shape)
-                dequantized = dequantized if axis is None else np.moveaxis(dequantized, 0, axis)
-                self.weight_errors[id(q)] = dequantized.reshape(values.shape) - values
+                self.weight_errors[id(q)] = quantized.dequantized() - values
         q = self.constants[key]
         assert q.quantization is not None and q.quantization.scale is not None
         return q, q.quantization.scale
@@ -704,11 +706,8 @@ def _scale_floor(rule: OpRule, op: Operator, x: Tensor | None, out: Params, acti
     return np.maximum(floor, np.abs(np.asarray(bias.data, np.float64).reshape(-1)) / (in_scale * limit))
 
 
-def _weight_entry(
-    t: Tensor, q: Tensor, rows: np.ndarray, codes: np.ndarray, scales: np.ndarray, activations: str, method: str
-) -> TensorReport:
-    signal, noise = kernels.signal_and_noise(np.ascontiguousarray(rows), codes, scales)
-    sqnr = math.inf if noise == 0 else -math.inf if signal == 0 else 10 * math.log10(signal / noise)
+def _weight_entry(t: Tensor, q: Tensor, quantized: QuantizedWeight, activations: str, method: str) -> TensorReport:
+    scales = quantized.scales
     return TensorReport(
         name=t.name or "",
         subgraph=0,
@@ -724,7 +723,7 @@ def _weight_entry(
         dtype_after="INT8",
         bytes_before=int(np.asarray(t.data).nbytes),
         bytes_after=int(np.asarray(q.data).nbytes) + 12 * scales.size,
-        weight_sqnr_db=sqnr,
+        weight_sqnr_db=quantized.sqnr_db,
     )
 
 

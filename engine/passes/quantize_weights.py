@@ -22,6 +22,7 @@ from engine.ops import DEQUANTIZE_INPUTS, RULES, XNNPACK_FOLDED_DEQUANTIZE
 from engine.passes.common import entry, install, select
 from engine.passes.fuse import unfuse_activation
 from engine.progress import track
+from engine.quantization import quantize_weight
 from engine.recipe import MODES, Recipe, TensorOptions
 from engine.report import TensorReport
 from engine.weights import Weight, channel_axis_of, sparse_positions
@@ -164,41 +165,18 @@ def _kind(granularity: str) -> str:
     return granularity.split(":")[0]
 
 
-def _groups(
-    values: np.ndarray, granularity: str, axis: int | None
-) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
-    """``values`` as rows that share a scale, and the function that puts such rows back in ``values``' shape."""
-    shape = values.shape
-    if granularity == "tensor":
-        return values.reshape(1, -1), lambda rows: rows.reshape(shape)
-    if granularity == "channel":
-        assert axis is not None
-        moved = np.moveaxis(values, axis, 0)
-        moved_shape = moved.shape
-        return np.ascontiguousarray(moved).reshape(moved_shape[0], -1), lambda rows: np.moveaxis(
-            rows.reshape(moved_shape), 0, axis
-        )
-    block = int(granularity.split(":")[1])
-    return values.reshape(-1, block), lambda rows: rows.reshape(shape)
-
-
 def _encode(weight: Weight, options: TensorOptions, granularity: str, container: int, sparse_ok: bool) -> _Encoding:
     """Quantize the weight.  Stored bytes count the scales and zero points too (12 bytes a channel, which can
     outweigh a small depthwise filter).  Blockwise scales are stored as float16 in a tensor of their own, which
     the quantization details refer to, so the codes are computed against the float16-rounded scales."""
     bits = options.level_bits
     assert bits is not None
-    values = weight.decode()
-    rows, restore = _groups(values, granularity, weight.channel_axis)
-    find_scales = kernels.mse_scales if options.scale_method == "mse" else kernels.absmax_scales
-    scales = find_scales(rows, bits)
     block = options.block_size if _kind(granularity) == "block" else None
-    if block is not None:
-        scales = np.maximum(scales.astype(np.float16), np.finfo(np.float16).smallest_normal).astype(np.float32)
-    codes_rows = kernels.quantize(rows, scales, bits)
-    signal, noise = kernels.signal_and_noise(rows, codes_rows, scales)
-    weight_sqnr = math.inf if noise == 0 else -math.inf if signal == 0 else 10 * math.log10(signal / noise)
-    flat = restore(codes_rows).reshape(-1)
+    quantized = quantize_weight(
+        weight.decode(), bits, granularity, weight.channel_axis, options.scale_method, float16_scales=block is not None
+    )
+    scales = quantized.scales
+    flat = quantized.codes.reshape(-1)
     if block is not None:
         scale_tensor = Tensor(f"{weight.name}_scales")
         scale_tensor.data = scales.astype(np.float16).reshape(weight.shape[0], -1)
@@ -218,7 +196,7 @@ def _encode(weight: Weight, options: TensorOptions, granularity: str, container:
         flat, sparse = flat[sparse_positions(weight.source, weight.shape, weight.source.data.size)], True
     data = _PACKERS[container](flat) if container in _PACKERS else flat
     stored_bytes = data.nbytes + params_bytes + (weight.index_bytes if sparse else 0)
-    return _Encoding(Buffer.of(data), params, int(stored_bytes), weight_sqnr, sparse)
+    return _Encoding(Buffer.of(data), params, int(stored_bytes), quantized.sqnr_db, sparse)
 
 
 def _sparse_int8_bytes(weight: Weight) -> float:
