@@ -21,6 +21,7 @@ from engine.ir import (
 )
 from engine.reader import read_model
 from engine.recipe import Recipe
+from engine.registry import SCALE_METHODS, load_plugin
 from engine.report import Report
 from engine.writer import model_to_bytes, structural_diff, write_model
 
@@ -37,6 +38,7 @@ def __getattr__(name: str) -> object:
 
 
 __all__ = [
+    "SCALE_METHODS",
     "Buffer",
     "DimensionMetadata",
     "EngineError",
@@ -57,6 +59,7 @@ __all__ = [
     "TensorMap",
     "VariantSubType",
     "compress",
+    "load_plugin",
     "model_to_bytes",
     "read_model",
     "structural_diff",

@@ -28,7 +28,8 @@ import numpy as np
 from engine.errors import EngineError
 from engine.ir import Model
 from engine.reader import read_model
-from engine.recipe import DEFAULT_MIN_ELEMENTS, GRANULARITIES, IO_TYPES, MODES, SCALE_METHODS
+from engine.recipe import DEFAULT_MIN_ELEMENTS, GRANULARITIES, IO_TYPES, MODES
+from engine.registry import SCALE_METHODS, load_plugin
 from engine.report import Report
 from engine.summary import format_summary, summarize
 from engine.validate import RUNTIME_CHOICES, ValidationReport, validate
@@ -267,9 +268,25 @@ def _validation_flags(p: argparse.ArgumentParser, runtime_default: str | None) -
     )
 
 
+def _plugin_parser() -> argparse.ArgumentParser:
+    """The options before the command: plugins load first, so the command's choices and checks know what they
+    register (engine.registry)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="FILE.py|MODULE",
+        help="load a plugin registering quantization methods (engine.registry); repeatable",
+    )
+    return parser
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m engine", description="Compress, inspect and validate TensorFlow Lite (LiteRT) models."
+        prog="python -m engine",
+        description="Compress, inspect and validate TensorFlow Lite (LiteRT) models.",
+        parents=[_plugin_parser()],
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -362,6 +379,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        for plugin in _plugin_parser().parse_known_args(argv)[0].plugin:
+            load_plugin(plugin)
+    except EngineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
     args = _parser().parse_args(argv)
     try:
         return args.run(args)

@@ -2,7 +2,8 @@
 
 A weight is quantized as rows that share one scale (``as_rows``): the whole tensor, each output channel along an
 axis, or blocks of N consecutive values along the last axis.  ``quantize_weight`` finds the rows' scales by a
-method (``minmax``: max |w| / qmax; ``mse``: the clipping range with the least squared error), rounds to codes in
+method registered in ``engine.registry.SCALE_METHODS`` (``minmax``: max |w| / qmax; ``mse``: the clipping range
+with the least squared error; or a plugin's), rounds to codes in
 [-qmax, qmax] (zero point 0) and measures the weight SQNR, all in the Numba kernels; the result gives back the
 codes in the weight's shape and, on demand, the values they stand for.  quantize_weights (weight and dynamic
 modes), full_integer (int8 / 16x8 weights) and cluster (rows of a channel) share it.
@@ -16,12 +17,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from engine import kernels
+from engine.errors import EngineError
 from engine.metrics import power_ratio_db
-
-SCALE_FINDERS: dict[str, Callable[[np.ndarray, int], np.ndarray]] = {
-    "minmax": kernels.absmax_scales,
-    "mse": kernels.mse_scales,
-}
+from engine.registry import SCALE_METHODS
 
 
 def as_rows(
@@ -73,7 +71,12 @@ def quantize_weight(
     (integer kernels need positive scales); ``float16_scales``: scales rounded to float16 (blockwise storage keeps
     them so, and the codes are computed against what is stored)."""
     rows, restore = as_rows(values, granularity, axis)
-    scales = SCALE_FINDERS[method](rows, bits)
+    scales = np.asarray(SCALE_METHODS.get(method)(np.ascontiguousarray(rows, np.float32), bits), np.float32)
+    if scales.shape != (rows.shape[0],) or not np.all(np.isfinite(scales) & (scales >= 0)):
+        raise EngineError(
+            f"scale method {method!r} returned {scales.shape} scales for {rows.shape[0]} rows, or a "
+            "negative or non-finite one"
+        )
     if float16_scales:
         scales = np.maximum(scales.astype(np.float16), np.finfo(np.float16).smallest_normal).astype(np.float32)
     if positive:

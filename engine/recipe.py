@@ -32,6 +32,7 @@ from engine.errors import EngineError
 from engine.ir import BUILTIN_OPS
 from engine.observers import make_observer
 from engine.pruning import parse_pattern
+from engine.registry import SCALE_METHODS
 
 # mode -> (how ops read the weight, bits of its levels by default); None stores float16.
 MODES: dict[str, tuple[str, int | None]] = {
@@ -49,7 +50,6 @@ STATIC_MODES = {"int8": "int8", "int16x8": "int16"}
 IO_TYPES = ("float", "int8", "uint8")
 # Options of the whole model rather than of one tensor: only the recipe's global section may set them.
 MODEL_OPTIONS = ("io", "bias_correction", "strict")
-SCALE_METHODS = ("minmax", "mse")
 PRUNE_SCOPES = ("layer", "global")
 # Channel pruning: take the pruned filters out of the graph where it allows (smaller tensors, less compute), or
 # only zero them (same shapes; the readers' matching input channels are zeroed too, so both compute the same).

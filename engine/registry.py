@@ -1,0 +1,122 @@
+"""The public seam for quantization methods: built-ins and plugins register through the same door.
+
+A ``Registry`` maps names to implementations of one kind; recipe validation, the command line's choices and the
+report read it, so a method registered before a recipe is built is as selectable as a built-in (``--scale pow2``,
+``{"scale": "pow2"}``).  Today's kind:
+
+* ``SCALE_METHODS``: how a weight's rows get their scales.  A scale method is a function
+  ``(rows, bits) -> scales``: ``rows`` is a C-contiguous float32 array [R, n], one row per group of weights that
+  share a scale (the whole tensor, an output channel or a block, ``engine.quantization.as_rows``); ``bits`` the
+  level width (levels are symmetric integers in [-(2^(bits-1) - 1), 2^(bits-1) - 1], zero point 0); it returns
+  float32 [R], each > 0, or 0 for an all-zero row.  The engine then rounds every weight to
+  ``clip(round(w / scale), -qmax, qmax)``, measures the weight SQNR and stores the codes and scales, in every mode
+  that quantizes weights (weight-only, dynamic, full integer).  Built-ins: ``minmax`` (max |w| / qmax) and ``mse``
+  (the clipping range with the least squared error).
+
+A plugin is a Python module that registers on import::
+
+    import numpy as np
+    from engine.registry import SCALE_METHODS
+
+    @SCALE_METHODS.register("pow2")
+    def pow2(rows: np.ndarray, bits: int) -> np.ndarray:
+        qmax = 2 ** (bits - 1) - 1
+        peak = np.abs(rows).max(axis=1)
+        return np.where(peak > 0, 2.0 ** np.ceil(np.log2(np.maximum(peak, 1e-30) / qmax)), 0).astype(np.float32)
+
+and is loaded with ``python -m engine --plugin my_plugin.py compress ...`` (a file or an importable module name),
+or ``engine.load_plugin("my_plugin.py")`` in Python.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Generic, TypeVar
+
+import numpy as np
+
+from engine.errors import EngineError
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """Named implementations of one kind (``kind`` names it in errors: "scale method")."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._entries: dict[str, T] = {}
+
+    def register(self, name: str) -> Callable[[T], T]:
+        """Decorator registering its target under ``name``; a name already taken is refused (no silent override)."""
+
+        def add(entry: T) -> T:
+            if not name or not name.replace("-", "_").isidentifier():
+                raise EngineError(f"{self.kind} name {name!r} must be a word (letters, digits, - and _)")
+            if name in self._entries:
+                raise EngineError(f"{self.kind} {name!r} is already registered")
+            self._entries[name] = entry
+            return entry
+
+        return add
+
+    def get(self, name: str) -> T:
+        """The implementation registered as ``name``; an unknown name is an error listing the known ones."""
+        if name not in self._entries:
+            raise EngineError(f"unknown {self.kind} {name!r} (known: {', '.join(self.names())})")
+        return self._entries[name]
+
+    def names(self) -> tuple[str, ...]:
+        return tuple(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+
+ScaleMethod = Callable[[np.ndarray, int], np.ndarray]
+SCALE_METHODS: Registry[ScaleMethod] = Registry("scale method")
+
+
+@SCALE_METHODS.register("minmax")
+def _minmax(rows: np.ndarray, bits: int) -> np.ndarray:
+    from engine import kernels  # imports Numba: only when a weight is quantized
+
+    return kernels.absmax_scales(rows, bits)
+
+
+@SCALE_METHODS.register("mse")
+def _mse(rows: np.ndarray, bits: int) -> np.ndarray:
+    from engine import kernels
+
+    return kernels.mse_scales(rows, bits)
+
+
+def load_plugin(source: str) -> None:
+    """Import a plugin: a ``.py`` file, or a module name importable from here; it registers what it provides.
+    Loading the same plugin again does nothing."""
+    try:
+        if source.endswith(".py"):
+            path = Path(source)
+            if not path.is_file():
+                raise EngineError(f"plugin {source}: file not found")
+            name = f"litert_engine_plugin_{path.resolve().stem}_{abs(hash(str(path.resolve())))}"
+            if name in sys.modules:
+                return
+            spec = importlib.util.spec_from_file_location(name, path)
+            assert spec is not None and spec.loader is not None
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[spec.name] = module
+            spec.loader.exec_module(module)
+        else:
+            importlib.import_module(source)
+    except EngineError:
+        raise
+    except Exception as exc:  # a plugin's own error: reported in one line, naming the plugin
+        raise EngineError(f"plugin {source} failed to load: {type(exc).__name__}: {exc}") from exc

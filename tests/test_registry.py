@@ -1,0 +1,81 @@
+"""The public seam for quantization methods (engine.registry): a scale method written as a plugin outside
+``engine/`` (examples/plugins/pow2_scale.py) is loaded, selected from the command line, a recipe and the Python
+API like a built-in, reported like one, and its outputs load and run right in both runtimes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import engine
+from engine.cli import main
+from engine.errors import EngineError
+from engine.registry import SCALE_METHODS, Registry, load_plugin
+from tests.runtimes import RUNTIMES, worst_sqnr
+
+POW2 = Path(__file__).parents[1] / "examples" / "plugins" / "pow2_scale.py"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def pow2_loaded() -> None:
+    load_plugin(str(POW2))
+    load_plugin(str(POW2))  # a second load is a no-op, not a duplicate registration
+
+
+def _scales(path: Path) -> list[np.ndarray]:
+    return [
+        t.quantization.scale
+        for t in engine.read_model(path).main.tensors
+        if t.type_name == "INT8" and t.quantization is not None and t.quantization.scale is not None
+    ]
+
+
+def test_plugin_scale_method_is_a_choice_like_the_built_ins(runnable: dict[str, Path], tmp_path: Path) -> None:
+    assert {"minmax", "mse", "pow2"} <= set(SCALE_METHODS)
+    source, out = runnable["hand_recrop"], tmp_path / "pow2.tflite"
+    _, report = engine.compress(source, output=out, quantize="weight-int8", scale="pow2")
+    assert report.compressed and all(t.scale == "pow2" for t in report.compressed)
+    scales = np.concatenate(_scales(out))
+    assert scales.size and np.all(np.log2(scales) == np.round(np.log2(scales)))  # powers of two
+    photo = engine.zoo.model_photo("hand_recrop")
+    for runtime in RUNTIMES:
+        assert worst_sqnr(source, out, photo, runtime) > 40, runtime
+    recipe = engine.Recipe.from_dict({"quantize": "weight-int8", "ops": {"CONV_2D": {"scale": "pow2"}}})
+    _, by_recipe = engine.compress(source, recipe)
+    assert {t.scale for t in by_recipe.compressed if "CONV_2D" in t.ops} == {"pow2"}
+
+
+def test_plugin_from_the_command_line(runnable: dict[str, Path], tmp_path: Path) -> None:
+    out, report = tmp_path / "out.tflite", tmp_path / "report.json"
+    args = ["compress", str(runnable["hand_recrop"]), "-o", str(out), "--quantize", "int8"]
+    photos = tmp_path / "photos.npy"
+    np.save(photos, engine.zoo.model_calibration("hand_recrop"))
+    argv = ["--plugin", str(POW2), *args, "--calibration", str(photos), "--scale", "pow2", "--report", str(report)]
+    assert main(argv) == 0
+    entries = [t for t in json.loads(report.read_text())["tensors"] if t["action"] == "compressed"]
+    assert entries and {t["scale"] for t in entries} == {"pow2"}
+
+
+def test_registry_refuses_what_would_go_wrong_silently() -> None:
+    methods: Registry = Registry("scale method")
+    methods.register("ok")(lambda rows, bits: np.ones(rows.shape[0], np.float32))
+    with pytest.raises(EngineError, match="scale method 'ok' is already registered"):
+        methods.register("ok")(lambda rows, bits: rows)
+    with pytest.raises(EngineError, match=r"unknown scale method 'nope' \(known: ok\)"):
+        methods.get("nope")
+    with pytest.raises(EngineError, match="must be a word"):
+        methods.register("a b")(lambda rows, bits: rows)
+
+
+def test_a_broken_scale_method_or_plugin_is_one_clear_error(runnable: dict[str, Path], tmp_path: Path) -> None:
+    if "broken" not in SCALE_METHODS:
+        SCALE_METHODS.register("broken")(lambda rows, bits: np.ones(3, np.float32))
+    with pytest.raises(EngineError, match="scale method 'broken' returned"):
+        engine.compress(runnable["hand_recrop"], quantize="weight-int8", scale="broken")
+    bad = tmp_path / "bad_plugin.py"
+    bad.write_text("raise RuntimeError('oops')\n")
+    with pytest.raises(EngineError, match=r"plugin .*bad_plugin.py failed to load: RuntimeError: oops"):
+        load_plugin(str(bad))
