@@ -29,13 +29,12 @@ from engine.errors import EngineError
 from engine.ir import Model
 from engine.reader import read_model
 from engine.recipe import DEFAULT_MIN_ELEMENTS, GRANULARITIES, IO_TYPES, MODES
-from engine.registry import SCALE_METHODS, load_plugin
+from engine.registry import OBSERVERS, SCALE_METHODS, load_plugin
 from engine.report import Report
 from engine.summary import format_summary, summarize
 from engine.validate import RUNTIME_CHOICES, ValidationReport, validate
 from engine.writer import same_file, write_model
 
-OBSERVER_SPECS = ("minmax", "percentile[:P]", "mse", "entropy")
 DEMO_MODEL = "face_detection_short_range"
 DEMO_MODE = "weight-int8"
 EXIT_ERROR = 1
@@ -306,7 +305,11 @@ def _parser() -> argparse.ArgumentParser:
         "model (weights and activations) and need --calibration",
     )
     p.add_argument("--calibration", metavar="DATA", help=f"samples for int8/int16x8: {_DATA}")
-    p.add_argument("--observer", metavar="O", help=f"activation ranges: {', '.join(OBSERVER_SPECS)} (default minmax)")
+    p.add_argument(
+        "--observer",
+        metavar="O",
+        help=f"activation ranges: {', '.join(OBSERVERS)}, as NAME or NAME:ARGUMENT (percentile:99.9; default minmax)",
+    )
     p.add_argument("--io", metavar="T", help=f"interface of an int8 model: {', '.join(IO_TYPES)} (default float)")
     p.add_argument(
         "--bias-correction",

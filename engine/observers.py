@@ -24,13 +24,13 @@ gives (0.0, 0.0), the range of an empty tensor.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
 
 from engine.errors import EngineError
+from engine.registry import OBSERVERS
 
 # Bins of the streaming histogram. 4096 keeps the width between range/4095 and range/2048 (a power of two
 # rounds it up at most 2x), so an int8 step of a full-range grid spans 8-16 bins and a range clipped to a
@@ -459,27 +459,37 @@ class _Divergence:
         return int(i[i.size - 1 - int(np.argmin(divergence[::-1]))])
 
 
-OBSERVERS: dict[str, type[Observer]] = {
-    "minmax": MinMaxObserver,
-    "percentile": PercentileObserver,
-    "mse": MseObserver,
-    "entropy": EntropyObserver,
-}
-_SPEC = re.compile(r"percentile:(.+)")
-_CHOICES = "minmax, percentile (99.99), percentile:P (50 < P <= 100), mse, entropy"
+def _without_argument(kind: type[Observer]) -> Callable[[str | None], Observer]:
+    def make(argument: str | None) -> Observer:
+        if argument is not None:
+            raise EngineError("takes no argument")
+        return kind()
+
+    return make
+
+
+for _name, _kind in (("minmax", MinMaxObserver), ("mse", MseObserver), ("entropy", EntropyObserver)):
+    OBSERVERS.register(_name)(_without_argument(_kind))
+
+
+@OBSERVERS.register("percentile")
+def _percentile(argument: str | None) -> Observer:
+    """``percentile`` (99.99) or ``percentile:P`` (50 < P <= 100)."""
+    if argument is None:
+        return PercentileObserver()
+    try:
+        return PercentileObserver(float(argument))
+    except ValueError:
+        raise EngineError(f"percentile must be a number above 50 and at most 100, got {argument!r}") from None
 
 
 def make_observer(spec: str) -> Observer:
-    """A fresh observer from its name: "minmax", "mse", "entropy", "percentile" (99.99) or "percentile:99.9"."""
-    if isinstance(spec, str):
-        name = spec.strip().lower()
-        if name in OBSERVERS:
-            return OBSERVERS[name]()
-        if match := _SPEC.fullmatch(name):
-            try:
-                percentile = float(match[1])
-            except ValueError:
-                percentile = math.nan
-            if 50 < percentile <= 100:
-                return PercentileObserver(percentile)
-    raise EngineError(f"unknown calibration observer {spec!r} (choose from {_CHOICES})")
+    """A fresh observer from its spec, ``NAME`` or ``NAME:ARGUMENT`` (``engine.registry.OBSERVERS``): "minmax",
+    "mse", "entropy", "percentile" (99.99), "percentile:99.9", or a plugin's."""
+    if not isinstance(spec, str):
+        raise EngineError(f"a calibration observer is named by a string, not {spec!r}")
+    name, colon, argument = spec.strip().lower().partition(":")
+    try:
+        return OBSERVERS.get(name)(argument if colon else None)
+    except EngineError as exc:
+        raise EngineError(f"calibration observer {spec!r}: {exc}") from None

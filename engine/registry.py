@@ -12,6 +12,11 @@ report read it, so a method registered before a recipe is built is as selectable
   ``clip(round(w / scale), -qmax, qmax)``, measures the weight SQNR and stores the codes and scales, in every mode
   that quantizes weights (weight-only, dynamic, full integer).  Built-ins: ``minmax`` (max |w| / qmax) and ``mse``
   (the clipping range with the least squared error).
+* ``OBSERVERS``: how full-integer calibration turns an activation's stream of values into a range.  An entry is a
+  factory ``(argument) -> Observer`` (an ``engine.observers.Observer`` subclass: ``update(values)`` as each
+  sample's values stream in, ``range(bits, symmetric) -> (lo, hi)`` at the end, holding 0); ``argument`` is the
+  text after ``NAME:`` in ``--observer NAME:ARGUMENT`` (``percentile:99.9``), or None.  Built-ins: ``minmax``,
+  ``percentile``, ``mse``, ``entropy``.
 
 A plugin is a Python module that registers on import::
 
@@ -35,7 +40,7 @@ import importlib.util
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 
@@ -82,6 +87,9 @@ class Registry(Generic[T]):
 
 ScaleMethod = Callable[[np.ndarray, int], np.ndarray]
 SCALE_METHODS: Registry[ScaleMethod] = Registry("scale method")
+# Factories of calibration observers (engine.observers.Observer subclasses), called with the text after "NAME:" in
+# an observer spec ("percentile:99.9"), or None; the built-ins register in engine.observers.
+OBSERVERS: Registry[Callable[[str | None], Any]] = Registry("calibration observer")
 
 
 @SCALE_METHODS.register("minmax")
