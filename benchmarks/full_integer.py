@@ -60,24 +60,20 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import math
-import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # the worktree's engine, not whichever one is installed
-    sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness  # puts the worktree's engine first
+from harness import ROOT, run_process, write_json
 
 MOBILENET = "mobilenet_v1_224"
 MOBILENET_RANGE = (-1.0, 1.0)
@@ -129,40 +125,6 @@ def quantizer_command(model: Path, data: Path, output: Path) -> list[str]:
     return [sys.executable, str(Path(__file__).resolve()), "--child-quantizer", str(model), str(data), str(output)]
 
 
-# The launcher between this process and a measured one (as in benchmarks/quantize.py): Linux carries ru_maxrss
-# over fork and exec, so a direct child would report at least this process's peak; the launcher is a bare
-# interpreter that times its child and reads the child's peak and CPU time (user + system, all threads: above the
-# wall time when a tool runs on both cores) from RUSAGE_CHILDREN.
-_LAUNCHER = """
-import json, resource, subprocess, sys, time
-start = time.perf_counter()
-code = subprocess.call(sys.argv[2:])
-wall = time.perf_counter() - start
-usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-with open(sys.argv[1], "w") as f:
-    json.dump({"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "peak_rss_bytes": 1024 * usage.ru_maxrss,
-               "returncode": code}, f)
-"""
-
-
-def run_once(command: list[str], output: Path, logs: Path) -> dict[str, Any]:
-    """One fresh process: wall time (start to exit), peak RSS, exit code and, on failure, its last stderr line."""
-    output.unlink(missing_ok=True)
-    result = logs / "launcher.json"
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
-    with (logs / "stdout").open("wb") as out, (logs / "stderr").open("wb") as err:
-        launcher = [sys.executable, "-I", "-c", _LAUNCHER, str(result), *command]
-        subprocess.run(launcher, stdout=out, stderr=err, cwd=ROOT, env=env, check=True)
-    measured = json.loads(result.read_text())
-    lines = [line.strip() for line in (logs / "stderr").read_text(errors="replace").splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith("error:")]
-    failed = measured["returncode"] != 0 or not output.is_file()
-    fallback = lines[-1] if lines else f"exit code {measured['returncode']}"
-    measured["error"] = (errors[-1] if errors else fallback) if failed else None
-    return measured
-
-
 def time_tools(commands: dict[str, list[str]], outputs: dict[str, Path], tmp: Path, runs: int) -> dict[str, Any]:
     """Each tool ``runs`` times, interleaved (so drift in the machine hits both alike); medians.  A tool that
     fails is not run again."""
@@ -170,7 +132,7 @@ def time_tools(commands: dict[str, list[str]], outputs: dict[str, Path], tmp: Pa
     for _ in range(runs):
         for tool, command in commands.items():
             if not results[tool] or results[tool][-1]["error"] is None:
-                results[tool].append(run_once(command, outputs[tool], tmp))
+                results[tool].append(run_process(command, outputs[tool], tmp, require_output=True))
     return {
         tool: {
             "runs": len(rs),
@@ -432,7 +394,7 @@ def bench_model(name: str, model: Path, value_range: tuple[float, float], tmp: P
     }
     if args.warm_up:  # once per benchmark: cold file caches and first-use compilation are nobody's time
         for tool in TOOLS:
-            run_once(commands[tool], outputs[tool], tmp)
+            run_process(commands[tool], outputs[tool], tmp, require_output=True)
         args.warm_up = False
     timing = time_tools(commands, outputs, tmp, args.runs)
     photos = eval_photos(model, value_range, args.photos)
@@ -603,12 +565,6 @@ def engine_fingerprint() -> str:
 
 def environment() -> dict[str, Any]:
     """Where and with what the benchmark ran (the engine's commit, and whether its worktree had edits)."""
-    versions = {}
-    for package in ("litert-quantizer", "ai-edge-litert", "numpy", "numba", "scikit-image"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = None
     git: dict[str, Any] = {}
     try:
         git["commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
@@ -618,15 +574,9 @@ def environment() -> dict[str, Any]:
         git["engine_modified"] = bool(status.strip())
     except (OSError, subprocess.CalledProcessError):
         pass
-    return {
-        "date": time.strftime("%Y-%m-%d %H:%M"),
-        "machine": platform.machine(),
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "versions": versions,
-        **git,
-        "engine_source_sha256": engine_fingerprint(),
-    }
+    packages = (*harness.PACKAGES, "scikit-image")
+    return {**harness.environment(packages, date_format="%Y-%m-%d %H:%M"), **git,
+            "engine_source_sha256": engine_fingerprint()}  # fmt: skip
 
 
 def select_models(args: Any) -> list[str]:
@@ -699,9 +649,7 @@ def main(argv: list[str] | None = None) -> int:
     print("## Results\n\n" + markdown_results(rows) + "\n")
     print("## Goals\n\n" + markdown_goals(rows))
     if args.json:
-        from engine.validate import json_safe
-
-        args.json.write_text(json.dumps(json_safe(results), indent=2) + "\n")
+        write_json(args.json, results)
     return 0
 
 

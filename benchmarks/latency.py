@@ -40,13 +40,11 @@ from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # the worktree's engine, not whichever one is installed
-    sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quantize import environment, real_models  # noqa: E402  (the same environment record and model list)
+from harness import ROOT, environment, markdown_table, revision, write_json  # puts the worktree's engine first
+from quantize import real_models  # the same model list
 
-from engine.recipes import STANDARD_MODES  # noqa: E402
+from engine.recipes import STANDARD_MODES
 
 # name -> engine.compress options, in table order: every standard mode, after "roundtrip" (no option: the engine's
 # lossless rewrite), the control: it computes what the input does, so its distance from 1.00 is the noise.
@@ -202,15 +200,12 @@ def markdown(results: dict[str, Any]) -> str:
     from engine.latency import RUNTIMES
 
     modes = results["settings"]["modes"]
-    lines = [
-        "| model | input ms (default / builtin) | " + " | ".join(modes) + " |",
-        "|---|---|" + "---|" * len(modes),
-    ]
+    table = []
     for name, model in results["models"].items():
         ms = " / ".join(
             f"{model['input'][rt]['median_ms']:.2f}" if "median_ms" in model["input"][rt] else "FAIL" for rt in RUNTIMES
         )
-        lines.append(f"| {name} | {ms} | " + " | ".join(cell(model["modes"][m], RUNTIMES) for m in modes) + " |")
+        table.append([name, ms, *(cell(model["modes"][m], RUNTIMES) for m in modes)])
     medians = []  # over the models where the form ran, with how many it failed on
     for mode in modes:
         parts = []
@@ -220,22 +215,11 @@ def markdown(results: dict[str, Any]) -> str:
             failed = f" ({len(rows) - len(ratios)} FAIL)" if len(ratios) < len(rows) else ""
             parts.append((f"{statistics.median(ratios):.2f}" if ratios else "-") + failed)
         medians.append(" / ".join(parts))
-    lines.append("| **median** | | " + " | ".join(medians) + " |")
-    return "\n".join(lines)
+    table.append(["**median**", "", *medians])
+    return markdown_table(["model", "input ms (default / builtin)", *modes], table)
 
 
 # --------------------------------------------------------------------------------------------- main
-
-
-def revision() -> dict[str, Any] | None:
-    """The commit and the files changed since (read only): before/after runs are compared on these."""
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT, check=True)
-        changed = subprocess.run(["git", "diff", "--name-only", "HEAD"], capture_output=True, text=True, cwd=ROOT,
-                                 check=True)  # fmt: skip
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return {"commit": commit.stdout.strip(), "uncommitted_changes": changed.stdout.split()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -277,9 +261,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{results['total_s']:.0f} s)\n")  # fmt: skip
     print(markdown(results))
     if args.json:
-        from engine.validate import json_safe
-
-        args.json.write_text(json.dumps(json_safe(results), indent=2) + "\n")
+        write_json(args.json, results)
     return 0
 
 

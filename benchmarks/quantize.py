@@ -26,7 +26,7 @@ models on 3 photos (``engine.zoo.photo_input`` in each model's input range), the
 standard-normal inputs.  The tables show "worst / median": each output's SQNR is its worst over the inputs,
 then the worst output and the median output (MediaPipe models have small score outputs, e.g. a hand-presence
 score near 0 on photos without a hand, whose SQNR is far below the landmarks').  Peak RSS is the child's
-``ru_maxrss``, read by a small launcher process (``_LAUNCHER``): the whole process, the touched pages of the
+``ru_maxrss``, read by a small launcher process (``harness.LAUNCHER``): the whole process, the touched pages of the
 memory-mapped input included.  Times are measured by the launcher around the child, and they and peak RSS
 are medians over ``--runs`` fresh processes (default 1 for the real models, 3 for the synthetic
 one; a run over ``LONG_RUN_S`` is not repeated), after one unmeasured warm-up run of each tool.
@@ -37,25 +37,19 @@ About 6 minutes on the 2-core CI machine, ``--quick`` about 2.
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # the worktree's engine, not whichever one is installed
-    sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import environment, markdown_table, run_process, write_json  # puts the worktree's engine first
 
 # (our mode, our extra options, quantizer recipe): the pairs of the real and synthetic parts.
 PAIRS: list[tuple[str, dict[str, str], str]] = [
@@ -118,46 +112,11 @@ def quantizer_command(model: Path, output: Path, recipe: str) -> list[str]:
     return [sys.executable, str(Path(__file__).resolve()), "--child-quantizer", str(model), str(output), recipe]
 
 
-def _child_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
-    return env
-
-
-# The launcher between this process and a measured one.  A child's ru_maxrss starts from the high-water mark
-# of the process it was forked from (Linux carries it over fork and exec), so a child of this process, which
-# holds models and LiteRT interpreters, would report at least this process's peak; the launcher is a bare
-# interpreter of ~10 MB that times its child and reads its peak from RUSAGE_CHILDREN.
-_LAUNCHER = """
-import json, resource, subprocess, sys, time
-start = time.perf_counter()
-code = subprocess.call(sys.argv[2:])
-wall = time.perf_counter() - start
-peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-with open(sys.argv[1], "w") as f:
-    json.dump({"wall_s": wall, "peak_rss_bytes": 1024 * peak_kb, "returncode": code}, f)
-"""
-
-
-def run_once(command: list[str], output: Path, logs: Path) -> dict[str, Any]:
-    """One fresh process: wall time (start to exit), peak RSS, exit code and the last line of its stderr."""
-    output.unlink(missing_ok=True)
-    result = logs / "launcher.json"
-    with (logs / "stdout").open("wb") as out, (logs / "stderr").open("wb") as err:
-        launcher = [sys.executable, "-I", "-c", _LAUNCHER, str(result), *command]
-        subprocess.run(launcher, stdout=out, stderr=err, cwd=ROOT, env=_child_env(), check=True)
-    measured = json.loads(result.read_text())
-    lines = [line for line in (logs / "stderr").read_text(errors="replace").splitlines() if line.strip()]
-    failed = measured["returncode"] != 0
-    measured["error"] = (lines[-1].strip() if lines else f"exit code {measured['returncode']}") if failed else None
-    return measured
-
-
 def timed(command: list[str], output: Path, logs: Path, runs: int) -> dict[str, Any]:
     """Medians over up to ``runs`` fresh processes (one only when it fails or takes over ``LONG_RUN_S``)."""
-    results = [run_once(command, output, logs)]
+    results = [run_process(command, output, logs)]
     while len(results) < runs and not results[0]["returncode"] and results[0]["wall_s"] < LONG_RUN_S:
-        results.append(run_once(command, output, logs))
+        results.append(run_process(command, output, logs))
     return {
         "runs": len(results),
         "wall_s": statistics.median(r["wall_s"] for r in results),
@@ -362,8 +321,8 @@ def real_models(names: list[str] | None) -> dict[str, Path]:
 def warm_up(model: Path, tmp: Path) -> None:
     """One unmeasured run of each tool, so the first measured one does not pay for cold file caches."""
     out = tmp / "warmup.tflite"
-    run_once(ours_command(model, out, "weight-int8", {}), out, tmp)
-    run_once(quantizer_command(model, out, "weight_only_wi8_afp32"), out, tmp)
+    run_process(ours_command(model, out, "weight-int8", {}), out, tmp)
+    run_process(quantizer_command(model, out, "weight_only_wi8_afp32"), out, tmp)
     out.unlink(missing_ok=True)
 
 
@@ -504,49 +463,40 @@ def _notes(notes: list[str]) -> str:
 
 
 def markdown_inputs(inputs: list[dict[str, Any]]) -> str:
-    header = (
-        "| model | file KB | weights stored as | opcodes with builtin_code unset | signature defs "
-        "| float32 copy KB | copy vs original SQNR dB |"
-    )
-    lines = [header, "|" + "---|" * header.count(" | ") + "---|"]
+    header = ["model", "file KB", "weights stored as", "opcodes with builtin_code unset", "signature defs",
+              "float32 copy KB", "copy vs original SQNR dB"]  # fmt: skip
+    rows = []
     for r in inputs:
         dtypes = ", ".join(f"{d} {b / KB:,.0f} KB" for d, b in r["constants_by_dtype"].items() if b > 1024)
-        lines.append(
-            f"| {r['model']} | {r['file_bytes'] / KB:,.0f} | {dtypes} "
-            f"| {r['opcodes_without_builtin_code']} of {r['operator_codes']} | {r['signature_defs']} "
-            f"| {r['float32_copy_bytes'] / KB:,.0f} | {_db(r['float32_copy_sqnr_db'])} |"
-        )
-    return "\n".join(lines)
+        rows.append([r["model"], f"{r['file_bytes'] / KB:,.0f}", dtypes,
+                     f"{r['opcodes_without_builtin_code']} of {r['operator_codes']}", r["signature_defs"],
+                     f"{r['float32_copy_bytes'] / KB:,.0f}", _db(r["float32_copy_sqnr_db"])])  # fmt: skip
+    return markdown_table(header, rows)
 
 
 def markdown_real(rows: list[dict[str, Any]]) -> str:
-    header = (
-        "| model | ours | quantizer recipe | ours s | quantizer s | ours peak RSS MB | quantizer peak RSS MB "
-        "| ours KB (x smaller) | quantizer KB (x smaller) | ours SQNR dB (worst / median) | quantizer SQNR dB "
-        "| quantizer did | quantizer on float32 copy: KB (x smaller) | float32 copy: SQNR dB |"
-    )
-    lines = [header, "|" + "---|" * header.count(" | ") + "---|"]
+    header = ["model", "ours", "quantizer recipe", "ours s", "quantizer s", "ours peak RSS MB",
+              "quantizer peak RSS MB", "ours KB (x smaller)", "quantizer KB (x smaller)",
+              "ours SQNR dB (worst / median)", "quantizer SQNR dB", "quantizer did",
+              "quantizer on float32 copy: KB (x smaller)", "float32 copy: SQNR dB"]  # fmt: skip
+    table = []
     notes: list[str] = []
     for r in rows:
         ours, theirs, copy = r["ours"], r["quantizer"], r["quantizer_float32_copy"]
         mode = r["mode"] + (f" {r['granularity']}" if "granularity" in r else "")
         ours_size = _size(ours) if "output_bytes" in ours else _outcome(ours, notes)
         copy_size = _size(copy) if "output_bytes" in copy else _outcome(copy, notes)
-        lines.append(
-            f"| {r['model']} | {mode} | {r['recipe']} | {ours['wall_s']:.2f} | {theirs['wall_s']:.2f} "
-            f"| {ours['peak_rss_bytes'] / MB:.0f} | {theirs['peak_rss_bytes'] / MB:.0f} "
-            f"| {ours_size} | {_size(theirs)} | {_sqnr(ours)} | {_sqnr(theirs)} | {_outcome(theirs, notes)} "
-            f"| {copy_size} | {_sqnr(copy)} |"
-        )
-    return "\n".join(lines) + _notes(notes)
+        table.append([r["model"], mode, r["recipe"], f"{ours['wall_s']:.2f}", f"{theirs['wall_s']:.2f}",
+                      f"{ours['peak_rss_bytes'] / MB:.0f}", f"{theirs['peak_rss_bytes'] / MB:.0f}",
+                      ours_size, _size(theirs), _sqnr(ours), _sqnr(theirs), _outcome(theirs, notes),
+                      copy_size, _sqnr(copy)])  # fmt: skip
+    return markdown_table(header, table) + _notes(notes)
 
 
 def markdown_synthetic(part: dict[str, Any]) -> str:
-    header = (
-        "| mode / recipe | tool | runs | wall s | peak RSS MB | peak RSS / file | output MB (x smaller) "
-        "| worst SQNR dB | ours / quantizer time | goals met |"
-    )
-    lines = [header, "|" + "---|" * header.count(" | ") + "---|"]
+    header = ["mode / recipe", "tool", "runs", "wall s", "peak RSS MB", "peak RSS / file", "output MB (x smaller)",
+              "worst SQNR dB", "ours / quantizer time", "goals met"]  # fmt: skip
+    table = []
     notes: list[str] = []
     for r in part["rows"]:
         for tool, label in (("ours", r["mode"]), ("quantizer", r["recipe"])):
@@ -554,23 +504,21 @@ def markdown_synthetic(part: dict[str, Any]) -> str:
             size = _size(m, MB) if "output_bytes" in m else _outcome(m, notes)
             ratio = f"{r['time_ours_to_quantizer']:.2f}" if tool == "ours" else ""
             goals = ("yes" if r["goals_met"] else "no") if tool == "ours" else ""
-            lines.append(
-                f"| {label} | {tool} | {m['runs']} | {m['wall_s']:.2f} | {m['peak_rss_bytes'] / MB:.0f} "
-                f"| {m['peak_rss_bytes'] / part['file_bytes']:.2f} | {size} | {_sqnr(m, median=False)} "
-                f"| {ratio} | {goals} |"
-            )
-    return "\n".join(lines) + _notes(notes)
+            table.append([label, tool, m["runs"], f"{m['wall_s']:.2f}", f"{m['peak_rss_bytes'] / MB:.0f}",
+                          f"{m['peak_rss_bytes'] / part['file_bytes']:.2f}", size, _sqnr(m, median=False),
+                          ratio, goals])  # fmt: skip
+    return markdown_table(header, table) + _notes(notes)
 
 
 def markdown_defaults(rows: list[dict[str, Any]]) -> str:
     configs = [(s, n) for s in SCALES for n in MIN_ELEMENTS]
-    header = "| model | mode | " + " | ".join(f"{s}, min {n}: SQNR worst / median, KB" for s, n in configs) + " |"
-    lines = [header, "|" + "---|" * header.count(" | ") + "---|"]
+    header = ["model", "mode", *(f"{s}, min {n}: SQNR worst / median, KB" for s, n in configs)]
+    table = []
     by_mode: dict[str, list[list[dict[str, Any]]]] = {}
     for r in rows:
         by_mode.setdefault(r["mode"], []).append(r["configs"])
         cells = [f"{_sqnr(c)}, {c['output_bytes'] / KB:,.0f}" for c in r["configs"]]
-        lines.append(f"| {r['model']} | {r['mode']} | " + " | ".join(cells) + " |")
+        table.append([r["model"], r["mode"], *cells])
     for mode, groups in by_mode.items():
         cells = []
         for i in range(len(configs)):
@@ -580,28 +528,11 @@ def markdown_defaults(rows: list[dict[str, Any]]) -> str:
             seconds = sum(g[i]["in_process_s"] for g in groups)
             sqnr = f"{_db(statistics.median(worst))} / {_db(statistics.median(medians))}" if worst else "n/a"
             cells.append(f"{sqnr}, {total / KB:,.0f} ({seconds:.1f} s)")
-        lines.append(f"| **all {len(groups)} models** | {mode} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        table.append([f"**all {len(groups)} models**", mode, *cells])
+    return markdown_table(header, table)
 
 
 # ------------------------------------------------------------------------------------------- main
-
-
-def environment() -> dict[str, Any]:
-    """Where and with what the benchmarks ran."""
-    versions = {}
-    for package in ("litert-quantizer", "ai-edge-litert", "numpy", "numba"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = None
-    return {
-        "date": time.strftime("%Y-%m-%d"),
-        "machine": platform.machine(),
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "versions": versions,
-    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -648,9 +579,7 @@ def main(argv: list[str] | None = None) -> int:
     if "defaults" in results:
         print("## Defaults: ours, --scale / --min-elements\n\n" + markdown_defaults(results["defaults"]["rows"]))
     if args.json:
-        from engine.validate import json_safe
-
-        args.json.write_text(json.dumps(json_safe(results), indent=2) + "\n")
+        write_json(args.json, results)
     return 0
 
 

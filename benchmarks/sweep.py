@@ -47,11 +47,9 @@ from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # the worktree's engine, not whichever one is installed
-    sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quantize import environment, photo_inputs  # noqa: E402  (the same photos as the quantization benchmark)
+from harness import ROOT, child_env, environment, write_json  # puts the worktree's engine first
+from quantize import photo_inputs  # the same photos as the quantization benchmark
 
 INT8 = {"quantize": "weight-int8"}
 
@@ -337,8 +335,7 @@ def part_latency(
     from engine.runtime import run
 
     started = time.perf_counter()
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
+    env = child_env()
     result: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="sweep-latency-") as name:
         tmp = Path(name)
@@ -446,9 +443,7 @@ def main(argv: list[str] | None = None) -> int:
               f"median over {latency['repeats']} processes ({latency['seconds']:.0f} s)\n\n"
               + markdown_latency(latency) + "\n")  # fmt: skip
     if args.json:
-        from engine.validate import json_safe
-
-        args.json.write_text(json.dumps(json_safe(results), indent=2) + "\n")
+        write_json(args.json, results)
     return 0
 
 
