@@ -344,7 +344,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cluster-storage", metavar="S", help="values (default) or gather (uint8 indices + codebook)")
     p.add_argument("--sparse-format", metavar="F", help="tflite (default: sparse + DENSIFY where smaller) or dense")
     p.add_argument(
-        "--recipe", metavar="FILE.json", help="JSON recipe: options globally, per op type and per tensor regex (README)"
+        "--recipe",
+        metavar="FILE.json",
+        help="JSON recipe: options globally, per op type and per tensor regex (docs/cli.md)",
     )
     p.add_argument(
         "--exclude", action="append", metavar="REGEX", help="leave weights whose name matches this regex (repeatable)"

@@ -56,13 +56,13 @@ PRUNE_SCOPES = ("layer", "global")
 PRUNE_CHANNELS = ("remove", "zero")
 CLUSTER_GRANULARITIES = ("tensor", "channel")
 # kmeans++ first: on the MediaPipe weights it gives the best or near-best error at K = 16, 64 and 256, where
-# density starts Lloyd in poor local optima at large K and linear at small K (weight SQNR, README).
+# density starts Lloyd in poor local optima at large K and linear at small K (weight SQNR, docs/cli.md).
 CLUSTER_INITS = ("kmeans++", "linear", "density")
 CLUSTER_STORAGES = ("values", "gather")
 SPARSE_FORMATS = ("tflite", "dense")
 BLOCK_SIZES = (32, 64, 128, 256)
 GRANULARITIES = ("channel", "tensor", *(f"block:{b}" for b in BLOCK_SIZES))
-# Below this many elements a weight is left as it is.  Measured on the 11 MediaPipe models LiteRT runs (README):
+# Below this many elements a weight is left as it is.  Measured on the 11 MediaPipe models LiteRT runs (docs/cli.md):
 # against 1024, it raises the median worst-output SQNR by 2.4 dB for int8 (2.3 dB for int4 with mse) for 1%
 # more bytes; the small tensors it keeps (depthwise filters, PRELU alphas) carry 12 bytes of per-channel
 # parameters per channel once quantized, and the outputs are sensitive to them.
@@ -95,11 +95,11 @@ class TensorOptions:
 
     @property
     def scale_method(self) -> str:
-        """The scale search: as set, else "minmax" for 8-bit levels and "mse" below.  Measured (README): at 8 bits
+        """The scale search: as set, else "minmax" for 8-bit levels and "mse" below.  Measured (docs/cli.md): at 8 bits
         the two are within 1 dB of output SQNR and mse takes 8x longer; at 4 bits mse gains 2.3 dB."""
         if self.scale is not None:
             return self.scale
-        if self.form == "static":  # all weights int8, small filters too: mse gains up to 8 dB there (README)
+        if self.form == "static":  # all weights int8, small filters too: mse gains up to 8 dB there (docs/cli.md)
             return "mse"
         return "minmax" if (self.level_bits or 8) >= 8 else "mse"
 

@@ -57,7 +57,7 @@ def small_model_floor(weights: list[Weight]) -> int:
     already integer count as compressed).
 
     Small tensors stay float by default because MediaPipe's outputs are sensitive to them and their per-channel
-    parameters outweigh what they save (README); selfie_segmentation, 60% small, lost 10 dB of worst-output SQNR
+    parameters outweigh what they save (docs/cli.md); selfie_segmentation, 60% small, lost 10 dB of worst-output SQNR
     when its 2-3k-element weights were quantized, while a 64-48-32-10 digits classifier, every weight small, kept
     its accuracy with every weight int8."""
     sizes = sorted((w.elements for w in weights if w.is_float), reverse=True)

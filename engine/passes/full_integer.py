@@ -57,7 +57,8 @@ _FUSED_BOUNDS = {"RELU": (0.0, math.inf), "RELU6": (0.0, 6.0), "RELU_N1_TO_1": (
 _INT32_MAX = 2**31 - 1
 # Calibrated ranges are widened by this factor: int16 codes are so fine (about 96 dB) that spending 12 dB of
 # them on headroom costs nothing measurable, while inputs unlike the calibration samples no longer clip (on the
-# MediaPipe models' held-out photo, 4x gains 0-13 dB of output SQNR in 16x8, README).  int8 has no such slack.
+# MediaPipe models' held-out photo, 4x gains 0-13 dB of output SQNR in 16x8, docs/benchmarks.md).  int8 has no
+# such slack.
 _HEADROOM = {I8: 1.0, I16: 4.0}
 # LiteRT turns scale ratios into fixed-point multipliers and aborts the process (no error to catch) where one is
 # out of range: an activation scale beyond this marks a range no integer kernel can rescale (1e36-wide ranges from
