@@ -7,11 +7,11 @@ gathers what the passes report with the sizes before and after into one ``Report
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from engine.calibrate import CalibrationSource
+from engine.calibrate import CalibrationSource, LiteRTExecutor
 from engine.errors import EngineError
 from engine.ir import Model
 from engine.passes.cluster import cluster_weights
@@ -40,6 +40,8 @@ def compress(
     exclude: list[str] | None = None,
     calibration: CalibrationSource | None = None,
     share_identical_buffers: bool = False,
+    passes: Sequence[Pass] = PIPELINE,
+    executor: type[LiteRTExecutor] = LiteRTExecutor,
     **options: Any,
 ) -> tuple[Model, Report]:
     """Compress a model (edited in place when one is given) and report what changed.
@@ -51,7 +53,9 @@ def compress(
     .npz or .npy path (keyed by input name, or one array for a single-input model), a dict of arrays or one
     array, the leading axis being the sample.  With ``output`` the result is written there (atomically;
     ``share_identical_buffers`` stores identical constant buffers once) and the report gets the file and gzip
-    sizes.
+    sizes.  ``passes`` are the weight passes run in order (each ``(Model, Recipe) -> (Model, [TensorReport])``;
+    default ``PIPELINE``), so a research pass joins the run and its report; ``executor`` runs the float model for
+    calibration and bias correction (``engine.calibrate.Executor``; default LiteRT).
     """
     source = None if isinstance(model_or_path, Model) else Path(model_or_path)
     if source is not None and output is not None and same_file(source, output):
@@ -63,13 +67,13 @@ def compress(
     report = Report(recipe=recipe.to_dict())
     report.bytes_by_dtype_before = _bytes_by_dtype(model)
     by_weight = {(t.subgraph, t.name): t for t in _left_alone(model, recipe)}
-    for run in PIPELINE:
+    for run in passes:
         model, entries = run(model, recipe)
         for t in entries:
             key = (t.subgraph, t.name)
             by_weight[key] = by_weight[key].then(t) if key in by_weight else t
     if recipe.options.get("quantize") in STATIC_MODES:
-        model, entries, integer = quantize_model(model, recipe, calibration)
+        model, entries, integer = quantize_model(model, recipe, calibration, executor)
         report.integer = integer
         for t in entries:
             by_weight[(t.subgraph, t.name)] = t

@@ -79,3 +79,31 @@ def test_a_broken_scale_method_or_plugin_is_one_clear_error(runnable: dict[str, 
     bad.write_text("raise RuntimeError('oops')\n")
     with pytest.raises(EngineError, match=r"plugin .*bad_plugin.py failed to load: RuntimeError: oops"):
         load_plugin(str(bad))
+
+
+def test_compress_takes_a_pipeline_and_an_executor(runnable: dict[str, Path]) -> None:
+    """A research pass joins the run and its report; calibration runs through the executor given."""
+    from engine.api import PIPELINE
+    from engine.calibrate import LiteRTExecutor
+    from engine.passes.common import entry, select
+
+    seen: list[str] = []
+
+    def note_weights(model: engine.Model, recipe: engine.Recipe) -> tuple[engine.Model, list]:
+        chosen, _ = select(model, recipe, lambda options: True)
+        seen.extend(weight.name for weight, _ in chosen)
+        return model, [entry(weight, options, "looked at by the research pass") for weight, options in chosen]
+
+    _, report = engine.compress(runnable["hand_recrop"], passes=(note_weights, *PIPELINE), quantize="weight-int8")
+    assert seen and {t.name for t in report.compressed} <= set(seen)
+
+    runs: list[int] = []
+
+    class Counting(LiteRTExecutor):
+        def run(self, feeds: dict) -> None:
+            runs.append(1)
+            super().run(feeds)
+
+    calibration = engine.zoo.model_calibration("hand_recrop")
+    engine.compress(runnable["hand_recrop"], quantize="int8", calibration=calibration, executor=Counting)
+    assert len(runs) >= len(calibration)  # every sample ran through it (and a first trial run)
