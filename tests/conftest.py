@@ -1,5 +1,13 @@
 """Shared fixtures: the real MediaPipe models (fetched, pinned and cached by engine.zoo), and each of them compressed
-in each of the modes the tests judge (``MODES``), once per session."""
+in each of the modes the tests judge (``MODES``), once per session; and the two test tiers.
+
+``python -m pytest`` runs every test (the full tier: the README's command, what CI runs).  ``python -m pytest -m
+"not slow"`` runs the fast tier: unit and property tests on small built models, LiteRT facts included, with no
+MediaPipe model fetched or read.  A test is ``slow`` when it asks for one of ``REAL_MODEL_FIXTURES`` (marked here,
+at collection) or when it is marked ``@pytest.mark.slow`` in its module: it reads a MediaPipe model through
+``engine.zoo`` itself (or fetches the wheel), or trains the digits net.  Markers only select; nothing is skipped.
+A new test that reads a real model unmarked fails this check: ``LITERT_ENGINE_MODELS=/nonexistent python -m pytest
+-m "not slow"`` (the zoo then has no model to give)."""
 
 from __future__ import annotations
 
@@ -17,6 +25,15 @@ from engine.zoo import CUSTOM_OP_MODELS, mediapipe_models, model_calibration
 # ``engine.zoo.model_calibration(name)`` (16 crops of other pictures than ``model_photo(name)``, which judges them).
 MODES = STANDARD_MODES
 Compressed = Callable[[str, str], tuple[Path, engine.Report]]
+# A test asking for any of these reads the real models, so it is in the slow tier.
+REAL_MODEL_FIXTURES = frozenset({"mediapipe", "runnable", "compressed"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark ``slow`` every test that uses a real-model fixture, directly or through another fixture."""
+    for item in items:
+        if REAL_MODEL_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")

@@ -49,15 +49,18 @@ def test_empty_and_missing_files(tmp_path: Path) -> None:
         read_model(tmp_path)
 
 
+@pytest.mark.slow  # reads MediaPipe models (engine.zoo)
 def test_truncated(small: bytes) -> None:
     for size in (8, 100, len(small) // 2, len(small) - 1):
         assert "corrupt TFLite file" in _error(small[:size]) or "out of range" in _error(small[:size])
 
 
+@pytest.mark.slow  # reads MediaPipe models (engine.zoo)
 def test_root_offset_out_of_range(small: bytes) -> None:
     assert "run past the end" in _error(struct.pack("<I", 2**31) + small[4:])
 
 
+@pytest.mark.slow  # reads MediaPipe models (engine.zoo)
 def test_absurd_vector_length_is_refused_without_allocating(small: bytes) -> None:
     tree = decode(small)
     tree["description"] = "x" * 5
@@ -91,6 +94,7 @@ def test_shared_offsets_cannot_blow_up_the_work() -> None:
     assert "more tables than the file could hold" in _error(bytes(b.Output()))
 
 
+@pytest.mark.slow  # reads MediaPipe models (engine.zoo)
 def test_unknown_field_is_refused_not_dropped(small: bytes) -> None:
     """A field past the schema's last Model slot (a newer schema's) must not be silently ignored."""
     data = bytearray(small)
@@ -106,6 +110,7 @@ def test_unknown_field_is_refused_not_dropped(small: bytes) -> None:
     assert f"Model field #{beyond} is set but not in the supported schema" in _error(bytes(data))
 
 
+@pytest.mark.slow  # reads MediaPipe models (engine.zoo)
 def test_unknown_union_member_is_refused(small: bytes) -> None:
     marker = 0xEE
     assert f"member #{marker} is not in the supported schema" in _error(_patch_first_union_type(small, marker))
@@ -142,6 +147,7 @@ def _patch_first_union_type(data: bytes, value: int) -> bytes:
     raise AssertionError("no operator with builtin options")
 
 
+@pytest.mark.slow  # reads MediaPipe models (engine.zoo)
 def test_bad_indices_name_the_operator(small: bytes) -> None:
     tree = decode(small)
     ops = tree["subgraphs"][0]["operators"]
@@ -153,6 +159,7 @@ def test_bad_indices_name_the_operator(small: bytes) -> None:
     assert "buffer index 123456 is out of range" in _error(bytes(encode(tree)))
 
 
+@pytest.mark.slow  # reads MediaPipe models (engine.zoo)
 def test_bad_blockwise_and_external_buffer_references(small: bytes) -> None:
     """Tensor indices in quantization details and external buffer ids and groups are checked like the rest."""
     tree = decode(small)
@@ -182,6 +189,7 @@ def test_builder_side_errors_are_engine_errors() -> None:
         Table("NoSuchOptions")
 
 
+@pytest.mark.slow  # reads MediaPipe models (engine.zoo)
 @settings(max_examples=600, deadline=2000, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_mutated_real_model_raises_only_engine_error(small: bytes, data: st.DataObject) -> None:
@@ -213,6 +221,7 @@ def test_mutated_real_model_raises_only_engine_error(small: bytes, data: st.Data
     assert structural_diff(model, read_model(model_to_bytes(model))) == []
 
 
+@pytest.mark.slow  # reads MediaPipe models (engine.zoo)
 def test_a_model_without_subgraphs_is_refused_when_read(small: bytes) -> None:
     """Found by the mutation test: LiteRT cannot load such a file, and it could not be written back."""
     tree = decode(small)
@@ -221,6 +230,7 @@ def test_a_model_without_subgraphs_is_refused_when_read(small: bytes) -> None:
         read_model(bytes(encode(tree)))
 
 
+@pytest.mark.slow  # reads MediaPipe models (engine.zoo)
 def test_api_errors_name_the_keyword_argument(tmp_path: Path) -> None:
     """Options given as keyword arguments are named that way (the command line names its flags, tests/test_cli.py);
     an option that would do nothing is refused before anything is written; "recipe:" only for a recipe."""

@@ -108,6 +108,7 @@ def test_bad_input_one_line_no_output_file(mediapipe: dict[str, Path], tmp_path:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "truncated.tflite"]
 
 
+@pytest.mark.slow  # reads MediaPipe models (engine.zoo)
 def test_demo_runs_on_the_built_in_default(tmp_path: Path) -> None:
     result = _run("demo", "--output-dir", tmp_path)
     assert result.returncode == 0, result.stderr

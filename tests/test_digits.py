@@ -22,6 +22,8 @@ from tests.digits import (
 )
 from tests.runtimes import BOTH_RUNTIMES
 
+pytestmark = pytest.mark.slow  # every test here trains the digits net
+
 
 @pytest.fixture(scope="session")
 def digits_model(tmp_path_factory: pytest.TempPathFactory) -> Path:

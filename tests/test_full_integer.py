@@ -139,6 +139,7 @@ def test_integer_interface_takes_and_returns_integers(io: str, tmp_path: Path, c
         assert sqnr[0] > 15 and sqnr[-1] > 35, (runtime, sqnr)
 
 
+@pytest.mark.slow  # trains the digits net (tests/digits.py)
 def test_digits_classifier_keeps_accuracy(tmp_path: Path) -> None:
     source = digits_model_path(tmp_path)
     x_train, _, x_test, y_test = digits_data()
@@ -226,6 +227,7 @@ def test_cli_refuses_bad_calibration_data_cleanly(tmp_path: Path) -> None:
     assert not (tmp_path / "s.tflite").exists()
 
 
+@pytest.mark.slow  # reads MediaPipe models (engine.zoo)
 def test_cli_int8_with_observer_bias_correction_and_validate(tmp_path: Path) -> None:
     name = "iris_landmark"
     data = tmp_path / "calibration.npy"
@@ -274,6 +276,7 @@ def test_several_inputs_and_outputs_calibrate_by_name(tmp_path: Path) -> None:
 OBSERVER_FLOORS = {"minmax": 13, "percentile": 15, "percentile:99.9": 10, "mse": 16, "entropy": 14}
 
 
+@pytest.mark.slow  # reads MediaPipe models (engine.zoo)
 @pytest.mark.parametrize("observer", sorted(OBSERVER_FLOORS))
 def test_every_observer_on_a_real_model(observer: str, tmp_path: Path) -> None:
     name = "palm_detection_lite"

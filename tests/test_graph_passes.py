@@ -20,6 +20,7 @@ from tests.runtimes import RUNTIMES, run_model
 RUNNABLE = sorted(set(MODEL_SHA256) - CUSTOM_OP_MODELS)
 
 
+@pytest.mark.slow  # reads MediaPipe models (engine.zoo)
 @pytest.mark.parametrize("name", RUNNABLE)
 def test_folding_and_fusing_keep_real_models_bit_identical(name: str) -> None:
     model = read_model(mediapipe_model(name))

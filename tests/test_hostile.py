@@ -191,6 +191,7 @@ def real_case(model_name: str, seed: int, name: str, folder: Path) -> str | None
     return _case(model, PASSES[name], folder)
 
 
+@pytest.mark.slow  # reads MediaPipe models (engine.zoo)
 @pytest.mark.parametrize("model_name", REAL_MODELS)
 def test_mutated_real_models(model_name: str, tmp_path: Path) -> None:
     outcomes = Counter(real_case(m, seed, name, tmp_path) for m, seed, name in real_cases() if m == model_name)

@@ -70,6 +70,7 @@ def test_data_by_name_by_position_and_quantized_for_an_integer_interface(small: 
         median_latency_ms([source], {"y": samples[0]}, **FAST)
 
 
+@pytest.mark.slow  # reads MediaPipe models (engine.zoo)
 @pytest.mark.parametrize("runtime", RUNTIMES)
 def test_real_model_on_a_photo(runtime: str) -> None:
     name = "hand_recrop"
@@ -78,6 +79,7 @@ def test_real_model_on_a_photo(runtime: str) -> None:
     assert len(times) == 2 and all(t > 0 and math.isfinite(t) for t in times)
 
 
+@pytest.mark.slow  # reads MediaPipe models (engine.zoo)
 def test_a_model_that_does_not_load_names_itself_and_the_runtime(small: bytes) -> None:
     # Convolution2DTransposeBias: the builtin kernels have no such op; XNNPACK, in the default runtime, has
     selfie = mediapipe_model("selfie_segmentation")

@@ -35,6 +35,7 @@ PALM_SHAPE = (1, 192, 192, 3)
 # ------------------------------------------------------------------------------ real models
 
 
+@pytest.mark.slow  # reads MediaPipe models (engine.zoo)
 def test_model_against_itself_is_exact(models: dict[str, Path]) -> None:
     report = v.validate(models[HAND], models[HAND], _photo(HAND, HAND_SHAPE))
     assert [o.name for o in report.outputs] == ["Identity", "Identity_1", "Identity_2", "Identity_3"]
@@ -62,6 +63,7 @@ def test_model_against_itself_is_exact(models: dict[str, Path]) -> None:
     assert "default runtime (XNNPACK):" in text and "builtin kernels:" in text
 
 
+@pytest.mark.slow  # reads MediaPipe models (engine.zoo)
 def test_different_models_give_finite_sqnr(models: dict[str, Path]) -> None:
     lite, full = models["palm_detection_lite"], models["palm_detection_full"]
     report = v.validate(lite, full.read_bytes(), _photo("palm_detection_lite", PALM_SHAPE), class_scores=True)
@@ -78,6 +80,7 @@ def test_different_models_give_finite_sqnr(models: dict[str, Path]) -> None:
     assert "Identity_1" in text and "intermediates:" in text
 
 
+@pytest.mark.slow  # reads MediaPipe models (engine.zoo)
 def test_generated_inputs_are_seeded(models: dict[str, Path]) -> None:
     lite, full = models["palm_detection_lite"], models["palm_detection_full"]
     a = v.validate(lite, full, seed=3, intermediates=False)
@@ -89,6 +92,7 @@ def test_generated_inputs_are_seeded(models: dict[str, Path]) -> None:
     assert a.outputs == b.outputs != c.outputs
 
 
+@pytest.mark.slow  # reads MediaPipe models (engine.zoo)
 def test_run_returns_outputs_by_name(models: dict[str, Path]) -> None:
     photo = _photo(HAND, HAND_SHAPE)
     first = rt.run(models[HAND], {"input_1": photo})
@@ -103,6 +107,7 @@ def test_run_returns_outputs_by_name(models: dict[str, Path]) -> None:
         np.testing.assert_array_equal(first[name], second[name])
 
 
+@pytest.mark.slow  # reads MediaPipe models (engine.zoo)
 def test_custom_op_model_names_the_op(models: dict[str, Path]) -> None:
     """A reference no runtime runs is an error naming the op; one only XNNPACK runs (MediaPipe's selfie
     segmentation, whose Convolution2DTransposeBias only XNNPACK has) is compared there and the builtin section
@@ -149,6 +154,7 @@ def test_a_candidate_failing_in_one_runtime_is_a_failure_naming_it() -> None:
     assert [r.runtime for r in only_builtin.runtimes] == ["builtin"] and only_builtin.failures == []
 
 
+@pytest.mark.slow  # reads MediaPipe models (engine.zoo)
 def test_default_runtime_is_the_interpreter_as_users_build_it(models: dict[str, Path], monkeypatch) -> None:
     """The judge is ``Interpreter(model_path=p)`` with one thread and nothing else; the builtin runtime only adds
     the op resolver (and keeps intermediates when asked)."""
@@ -174,6 +180,7 @@ def test_default_runtime_is_the_interpreter_as_users_build_it(models: dict[str, 
         v.validate(path, path, runtime="gpu")
 
 
+@pytest.mark.slow  # reads MediaPipe models (engine.zoo)
 def test_incompatible_models_are_an_engine_error(models: dict[str, Path]) -> None:
     with pytest.raises(EngineError, match="candidate"):
         v.validate(models["palm_detection_lite"], models["face_detection_short_range"])
@@ -184,6 +191,7 @@ def test_missing_model_file(tmp_path: Path) -> None:
         rt.run(tmp_path / "nothing.tflite", {})
 
 
+@pytest.mark.slow  # reads MediaPipe models (engine.zoo)
 def test_missing_interpreter_says_what_to_install(models: dict[str, Path], monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)
     with pytest.raises(EngineError, match=r"litert-engine\[validate\]"):
@@ -193,6 +201,7 @@ def test_missing_interpreter_says_what_to_install(models: dict[str, Path], monke
 # --------------------------------------------------------------------------------- input data
 
 
+@pytest.mark.slow  # reads MediaPipe models (engine.zoo)
 def test_data_files_are_the_calibration_format(models: dict[str, Path], tmp_path: Path) -> None:
     """.npz by name, one array in an .npz under any name or in an .npy, samples with or without the batch axis:
     the loader calibration uses, so the same file serves both."""
@@ -209,6 +218,7 @@ def test_data_files_are_the_calibration_format(models: dict[str, Path], tmp_path
     assert loaded.count == 1 and np.array_equal(loaded.sample(0)[0], photo)
 
 
+@pytest.mark.slow  # reads MediaPipe models (engine.zoo)
 def test_every_sample_runs_and_the_worst_decides(models: dict[str, Path], tmp_path: Path) -> None:
     lite, full = models["palm_detection_lite"], models["palm_detection_full"]
     photos = np.stack([zoo.photo_input(PALM_SHAPE, np.float32, i, value_range=(0.0, 1.0))[0] for i in range(3)])
@@ -225,6 +235,7 @@ def test_every_sample_runs_and_the_worst_decides(models: dict[str, Path], tmp_pa
     assert "median" in report.format_text() and "inputs (3 samples)" in report.format_text()
 
 
+@pytest.mark.slow  # reads MediaPipe models (engine.zoo)
 @pytest.mark.parametrize(
     ("data", "message"),
     [
@@ -242,6 +253,7 @@ def test_bad_data_names_the_input(models: dict[str, Path], data: object, message
         v.validate(models[HAND], models[HAND], data, intermediates=False)
 
 
+@pytest.mark.slow  # reads MediaPipe models (engine.zoo)
 def test_bad_data_files_are_refused(models: dict[str, Path], tmp_path: Path) -> None:
     for name, content, message in [
         ("data.csv", b"1,2", "must be .npz"),

@@ -27,6 +27,7 @@ def model_copy(models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.Monk
     return folder
 
 
+@pytest.mark.slow  # reads MediaPipe models (engine.zoo)
 def test_all_fourteen_models_resolve_with_pinned_hashes(models: dict[str, Path]) -> None:
     assert len(models) == 14
     assert set(models) == set(zoo.MODEL_SHA256)
@@ -43,11 +44,13 @@ def test_unknown_model_name_is_rejected() -> None:
         zoo.mediapipe_model("no_such_model")
 
 
+@pytest.mark.slow  # reads MediaPipe models (engine.zoo)
 def test_models_folder_from_environment(model_copy: Path) -> None:
     found = zoo.mediapipe_models()
     assert all(path.parent == model_copy for path in found.values())
 
 
+@pytest.mark.slow  # reads MediaPipe models (engine.zoo)
 def test_tampered_model_is_rejected(model_copy: Path) -> None:
     zoo.mediapipe_models()  # verified once; the change below must still be noticed
     target = model_copy / "iris_landmark.tflite"
@@ -59,6 +62,7 @@ def test_tampered_model_is_rejected(model_copy: Path) -> None:
         zoo.mediapipe_models()
 
 
+@pytest.mark.slow  # reads MediaPipe models (engine.zoo)
 def test_missing_model_is_rejected(model_copy: Path) -> None:
     (model_copy / "hand_recrop.tflite").unlink()
     with pytest.raises(EngineError, match=r"hand_recrop\.tflite"):
@@ -75,6 +79,7 @@ def test_failed_fetch_says_how_to_work_offline(tmp_path: Path, monkeypatch: pyte
     assert list(tmp_path.iterdir()) == []  # nothing half-written is left behind
 
 
+@pytest.mark.slow  # fetches the mediapipe wheel into an empty cache
 def test_fetch_fills_an_empty_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     if os.environ.get("LITERT_ENGINE_MODELS"):
         pytest.skip("LITERT_ENGINE_MODELS is set: this machine is declared offline, fetching not tested")
