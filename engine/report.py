@@ -20,7 +20,7 @@ from engine.validate import json_safe
 # compresses about 25 MB/s here) and are left out (None).
 GZIP_LIMIT_BYTES = 32 * 1024 * 1024
 # What the forms XNNPACK leaves to the builtin kernels cost, measured by benchmarks/latency.py (docs/benchmarks.md).
-SLOW_FORM_COST = "on MediaPipe's models weight-int4 measured 1.1-3.4x the input's latency, gather storage 1.1-4.5x"
+SLOW_FORM_COST = "on MediaPipe's models weight-int4 measured 1.1-3.4x the input's latency, gather storage 1.2-4.7x"
 
 
 @dataclass

@@ -105,13 +105,13 @@ class IntegerReport:
         if self.activations == I16:
             lines.append(
                 "  latency: XNNPACK (the default interpreter's delegate) has no 16x8 kernels, so LiteRT's builtin "
-                "int16 kernels run the model: 14-39x the float model's latency on MediaPipe's models (benchmarks/"
+                "int16 kernels run the model: 15-42x the float model's latency on MediaPipe's models (benchmarks/"
                 "latency.py); 16x8 is for accelerators and accuracy studies, not CPU speed"
             )
         elif slow:
             lines.append(
                 f"  latency: XNNPACK takes no int8 {', '.join(sorted(slow))}, so the graph splits around each one "
-                "and they run in the slower builtin kernels (with --io int8 on MediaPipe's PRELU models: 2.7-5.8x "
+                "and they run in the slower builtin kernels (with --io int8 on MediaPipe's PRELU models: 2.8-5.9x "
                 "the float model's latency, benchmarks/latency.py); a float interface keeps them float on a CPU"
             )
         return "\n".join(lines)
