@@ -29,7 +29,7 @@ from engine.errors import EngineError
 from engine.ir import Model
 from engine.reader import read_model
 from engine.recipe import DEFAULT_MIN_ELEMENTS, GRANULARITIES, IO_TYPES, MODES
-from engine.registry import OBSERVERS, SCALE_METHODS, load_plugin
+from engine.registry import CODEBOOK_METHODS, OBSERVERS, SCALE_METHODS, load_plugin
 from engine.report import Report
 from engine.summary import format_summary, summarize
 from engine.validate import RUNTIME_CHOICES, ValidationReport, validate
@@ -340,7 +340,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--cluster", type=int, metavar="K", help="share K values per tensor or channel (2..256)")
     p.add_argument("--cluster-granularity", metavar="G", help="tensor (default) or channel")
-    p.add_argument("--cluster-init", metavar="I", help="kmeans++ (default), linear or density")
+    p.add_argument(
+        "--cluster-init", metavar="I", help=f"codebook method: {', '.join(CODEBOOK_METHODS)} (default kmeans++)"
+    )
     p.add_argument("--cluster-storage", metavar="S", help="values (default) or gather (uint8 indices + codebook)")
     p.add_argument("--sparse-format", metavar="F", help="tflite (default: sparse + DENSIFY where smaller) or dense")
     p.add_argument(

@@ -71,7 +71,7 @@ def quantize_weight(
     (integer kernels need positive scales); ``float16_scales``: scales rounded to float16 (blockwise storage keeps
     them so, and the codes are computed against what is stored)."""
     rows, restore = as_rows(values, granularity, axis)
-    scales = np.asarray(SCALE_METHODS.get(method)(np.ascontiguousarray(rows, np.float32), bits), np.float32)
+    scales = np.asarray(SCALE_METHODS.call(method, np.ascontiguousarray(rows, np.float32), bits), np.float32)
     if scales.shape != (rows.shape[0],) or not np.all(np.isfinite(scales) & (scales >= 0)):
         raise EngineError(
             f"scale method {method!r} returned {scales.shape} scales for {rows.shape[0]} rows, or a "

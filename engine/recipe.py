@@ -32,7 +32,7 @@ from engine.errors import EngineError
 from engine.ir import BUILTIN_OPS
 from engine.observers import make_observer
 from engine.pruning import parse_pattern
-from engine.registry import SCALE_METHODS
+from engine.registry import CODEBOOK_METHODS, SCALE_METHODS
 
 # mode -> (how ops read the weight, bits of its levels by default); None stores float16.
 MODES: dict[str, tuple[str, int | None]] = {
@@ -57,7 +57,6 @@ PRUNE_CHANNELS = ("remove", "zero")
 CLUSTER_GRANULARITIES = ("tensor", "channel")
 # kmeans++ first: on the MediaPipe weights it gives the best or near-best error at K = 16, 64 and 256, where
 # density starts Lloyd in poor local optima at large K and linear at small K (weight SQNR, docs/cli.md).
-CLUSTER_INITS = ("kmeans++", "linear", "density")
 CLUSTER_STORAGES = ("values", "gather")
 SPARSE_FORMATS = ("tflite", "dense")
 BLOCK_SIZES = (32, 64, 128, 256)
@@ -199,7 +198,7 @@ def _check_options(options: dict[str, Any], origin_of: Callable[[str], Origin]) 
             ("prune_scope", PRUNE_SCOPES),
             ("prune_channels", PRUNE_CHANNELS),
             ("cluster_granularity", CLUSTER_GRANULARITIES),
-            ("cluster_init", CLUSTER_INITS),
+            ("cluster_init", CODEBOOK_METHODS),
             ("cluster_storage", CLUSTER_STORAGES),
             ("io", IO_TYPES),
             ("sparse_format", SPARSE_FORMATS),

@@ -12,6 +12,13 @@ report read it, so a method registered before a recipe is built is as selectable
   ``clip(round(w / scale), -qmax, qmax)``, measures the weight SQNR and stores the codes and scales, in every mode
   that quantizes weights (weight-only, dynamic, full integer).  Built-ins: ``minmax`` (max |w| / qmax) and ``mse``
   (the clipping range with the least squared error).
+* ``CODEBOOK_METHODS``: how weight sharing (``--cluster K``) gives each row of a weight (the tensor, or each output
+  channel with ``--cluster-granularity channel``) its shared values.  A codebook method is a function
+  ``(row, k) -> (codebook, labels)``: ``row`` float32 [n], ``codebook`` float32 with at most ``k`` values,
+  ``labels`` uint8 [n] indexing it, ``codebook[labels]`` being the shared weights; selected with
+  ``--cluster-init NAME``, stored as values or, with ``--cluster-storage gather``, as uint8 indices and a float32
+  codebook per row that GATHER reads.  Built-ins: ``kmeans++``, ``linear``, ``density`` (exact 1-D k-means from
+  three initializations).  A fixed non-uniform 4-bit grid (``examples/plugins/nf4_codebook.py``) is one too.
 * ``OBSERVERS``: how full-integer calibration turns an activation's stream of values into a range.  An entry is a
   factory ``(argument) -> Observer`` (an ``engine.observers.Observer`` subclass: ``update(values)`` as each
   sample's values stream in, ``range(bits, symmetric) -> (lo, hi)`` at the end, holding 0); ``argument`` is the
@@ -60,8 +67,8 @@ class Registry(Generic[T]):
         """Decorator registering its target under ``name``; a name already taken is refused (no silent override)."""
 
         def add(entry: T) -> T:
-            if not name or not name.replace("-", "_").isidentifier():
-                raise EngineError(f"{self.kind} name {name!r} must be a word (letters, digits, - and _)")
+            if not name or any(c.isspace() or c in ":,=" for c in name):
+                raise EngineError(f"{self.kind} name {name!r} must be non-empty, without spaces, ':', ',' or '='")
             if name in self._entries:
                 raise EngineError(f"{self.kind} {name!r} is already registered")
             self._entries[name] = entry
@@ -75,6 +82,17 @@ class Registry(Generic[T]):
             raise EngineError(f"unknown {self.kind} {name!r} (known: {', '.join(self.names())})")
         return self._entries[name]
 
+    def call(self, name: str, *args: Any) -> Any:
+        """Call the implementation registered as ``name``; its own failure (a plugin's) becomes one EngineError
+        naming it."""
+        implementation = self.get(name)
+        try:
+            return implementation(*args)  # type: ignore[operator]
+        except EngineError:
+            raise
+        except Exception as exc:
+            raise EngineError(f"{self.kind} {name!r} failed: {type(exc).__name__}: {exc}") from exc
+
     def names(self) -> tuple[str, ...]:
         return tuple(self._entries)
 
@@ -87,6 +105,10 @@ class Registry(Generic[T]):
 
 ScaleMethod = Callable[[np.ndarray, int], np.ndarray]
 SCALE_METHODS: Registry[ScaleMethod] = Registry("scale method")
+# How a row of weights gets a codebook: (row float32 [n], k) -> (codebook float32 [<= k], labels uint8 [n]), the
+# shared values and each weight's index into them; the built-ins are 1-D k-means with three initializations.
+CodebookMethod = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
+CODEBOOK_METHODS: Registry[CodebookMethod] = Registry("codebook method")
 # Factories of calibration observers (engine.observers.Observer subclasses), called with the text after "NAME:" in
 # an observer spec ("percentile:99.9"), or None; the built-ins register in engine.observers.
 OBSERVERS: Registry[Callable[[str | None], Any]] = Registry("calibration observer")
@@ -128,3 +150,18 @@ def load_plugin(source: str) -> None:
         raise
     except Exception as exc:  # a plugin's own error: reported in one line, naming the plugin
         raise EngineError(f"plugin {source} failed to load: {type(exc).__name__}: {exc}") from exc
+
+
+def _kmeans(init: str) -> CodebookMethod:
+    def method(row: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        from engine import kernels
+
+        return kernels.kmeans_1d(row, k, init=init, iterations=_KMEANS_ITERATIONS, keep_zero=True)
+
+    return method
+
+
+# Lloyd iterations: each costs O(K log n), so running to convergence is cheap (benchmarks/kmeans.py).
+_KMEANS_ITERATIONS = 1000
+for _init in ("kmeans++", "linear", "density"):
+    CODEBOOK_METHODS.register(_init)(_kmeans(_init))

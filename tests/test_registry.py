@@ -66,7 +66,7 @@ def test_registry_refuses_what_would_go_wrong_silently() -> None:
         methods.register("ok")(lambda rows, bits: rows)
     with pytest.raises(EngineError, match=r"unknown scale method 'nope' \(known: ok\)"):
         methods.get("nope")
-    with pytest.raises(EngineError, match="must be a word"):
+    with pytest.raises(EngineError, match="must be non-empty, without spaces"):
         methods.register("a b")(lambda rows, bits: rows)
 
 
@@ -107,3 +107,33 @@ def test_compress_takes_a_pipeline_and_an_executor(runnable: dict[str, Path]) ->
     calibration = engine.zoo.model_calibration("hand_recrop")
     engine.compress(runnable["hand_recrop"], quantize="int8", calibration=calibration, executor=Counting)
     assert len(runs) >= len(calibration)  # every sample ran through it (and a first trial run)
+
+
+NF4 = Path(__file__).parents[1] / "examples" / "plugins" / "nf4_codebook.py"
+
+
+def test_plugin_codebook_method_nf4(runnable: dict[str, Path], tmp_path: Path) -> None:
+    """A non-uniform 4-bit codebook plugin: every output channel holds at most its 16 scaled NF4 levels, stored as
+    uint8 indices and per-channel codebooks behind GATHER, right in both runtimes; like k-means, not better."""
+    load_plugin(str(NF4))
+    source = runnable["iris_landmark"]
+    photo = engine.zoo.model_photo("iris_landmark")
+    options = {"cluster": 16, "cluster_granularity": "channel", "cluster_storage": "gather"}
+    out = tmp_path / "nf4.tflite"
+    _, report = engine.compress(source, output=out, cluster_init="nf4", **options)
+    gathered = [t for t in report.compressed if t.form == "gather"]
+    assert gathered and all(t.clusters <= 16 for t in gathered)
+    books = [t for t in engine.read_model(out).main.tensors if (t.name or "").endswith("_codebook")]
+    assert books and all(np.asarray(b.data).shape[-1] == 16 for b in books)
+    for book in books:
+        rows = np.asarray(book.data).reshape(-1, 16)
+        peak = np.abs(rows).max(axis=1, keepdims=True)
+        levels = np.divide(rows, peak, out=np.zeros_like(rows), where=peak > 0)
+        assert np.allclose(levels[peak[:, 0] > 0], levels[peak[:, 0] > 0][0], atol=1e-6)  # one shape, scaled
+    kmeans = tmp_path / "kmeans.tflite"
+    engine.compress(source, output=kmeans, **options)
+    for runtime in RUNTIMES:
+        nf4_sqnr, kmeans_sqnr = worst_sqnr(source, out, photo, runtime), worst_sqnr(source, kmeans, photo, runtime)
+        assert nf4_sqnr > 10 and kmeans_sqnr >= nf4_sqnr - 1, (runtime, nf4_sqnr, kmeans_sqnr)
+    with pytest.raises(EngineError, match="nf4 has 16 levels"):
+        engine.compress(source, cluster=8, cluster_init="nf4")

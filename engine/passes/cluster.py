@@ -16,19 +16,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine import kernels
+from engine.errors import EngineError
 from engine.ir import TENSOR_TYPES, Model, Operator, Table, Tensor
 from engine.metrics import sqnr_db
 from engine.passes.common import entry, float_constant, install, replace_chain, select
 from engine.progress import track
 from engine.quantization import as_rows
 from engine.recipe import Recipe, TensorOptions
+from engine.registry import CODEBOOK_METHODS
 from engine.report import TensorReport
 from engine.sparse import constant_bytes
 from engine.weights import Weight, check_finite
-
-# Lloyd iterations: each costs O(K log n), so running to convergence is cheap (benchmarks/kmeans.py).
-_ITERATIONS = 1000
 
 
 def cluster_weights(model: Model, recipe: Recipe) -> tuple[Model, list[TensorReport]]:
@@ -65,9 +63,13 @@ def _cluster(rows: np.ndarray, options: TensorOptions) -> tuple[np.ndarray, np.n
     assert options.cluster is not None
     books, labels = [], np.empty(rows.shape, np.uint8)
     for i, row in enumerate(rows):
-        book, labels[i] = kernels.kmeans_1d(
-            row, options.cluster, init=options.cluster_init, iterations=_ITERATIONS, keep_zero=True
-        )
+        book, labels[i] = CODEBOOK_METHODS.call(options.cluster_init, np.ascontiguousarray(row), options.cluster)
+        book = np.asarray(book, np.float32)
+        if not 0 < book.size <= options.cluster or int(labels[i].max(initial=0)) >= book.size:
+            raise EngineError(
+                f"codebook method {options.cluster_init!r} gave {book.size} values for K={options.cluster}, or "
+                "labels beyond them"
+            )
         books.append(book)
     width = max(len(b) for b in books)
     return np.stack([np.pad(b, (0, width - len(b)), mode="edge") for b in books]).astype(np.float32), labels
