@@ -12,7 +12,7 @@ chooses the range at the end (``range``). One subclass per method, as onnxruntim
 
 Every range holds zero (lo <= 0 <= hi, so zero is exact on the grid) and lies within [min(seen_min, 0),
 max(seen_max, 0)]: an observer may clip, never widen. The grids are those the full-integer pass builds
-(engine/passes/full_integer.py): asymmetric ``2**bits`` levels with scale (hi - lo) / (2**bits - 1) and zero
+(engine/passes/full_integer/params.py): asymmetric ``2**bits`` levels with scale (hi - lo) / (2**bits - 1) and zero
 point round(qmin - lo / scale) (half to even, as Python's round), or symmetric (int16 activations) with zero
 point 0 and codes +-(2**(bits-1) - 1).
 

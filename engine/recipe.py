@@ -44,7 +44,7 @@ MODES: dict[str, tuple[str, int | None]] = {
     "int8": ("static", 8),
     "int16x8": ("static", 8),
 }
-# Full-integer modes (engine/passes/full_integer.py), by the activation type of their integer kernels.
+# Full-integer modes (engine/passes/full_integer/), by the activation type of their integer kernels.
 STATIC_MODES = {"int8": "int8", "int16x8": "int16"}
 # The model's interface in a full-integer model: float with QUANTIZE/DEQUANTIZE at the edges, or integer.
 IO_TYPES = ("float", "int8", "uint8")

@@ -1,0 +1,84 @@
+"""Full-integer quantization (``--quantize int8`` / ``--quantize int16x8``) from a float .tflite and calibration data.
+
+LiteRT's integer quantization specification, applied from the op table (engine/ops.py): activations int8
+asymmetric per tensor (or int16 symmetric, zero point 0, for 16x8); the weights of multiply-accumulate ops int8
+symmetric per output channel (zero point 0, levels +-127); their bias int32 (int64 for 16x8) with scale
+input_scale * weight_scale[c]; other constants per tensor; fixed output parameters where the kernel requires
+them (SOFTMAX, LOGISTIC, TANH); one shared (scale, zero point) for the inputs and output of ops that copy codes
+(RESHAPE, MAX_POOL_2D, CONCATENATION, PAD, ...); fused activations kept, their bounds clipping the output range.
+
+The pass runs in four steps, each a function: ``plan_ops`` (which ops get an integer kernel, and why the others
+stay float), ``observe`` (calibration: a range per activation), ``assign_params`` (ranges -> parameters, shared
+where the kernels need it), and ``rewrite`` (retype tensors, quantize constants, insert QUANTIZE/DEQUANTIZE only
+where integer and float parts of the graph meet, set op versions).  ``correct_biases`` optionally follows.
+"""
+
+from __future__ import annotations
+
+from engine.calibrate import CalibrationSource, LiteRTExecutor, calibrate, load_calibration
+from engine.errors import EngineError
+from engine.ir import Model
+from engine.ops import I16
+from engine.passes.fold import fold_constant_decoders
+from engine.passes.full_integer.bias_correction import correct_biases
+from engine.passes.full_integer.params import assign_params, check_multipliers, observe
+from engine.passes.full_integer.plan import check_quantizable, plan_ops
+from engine.passes.full_integer.report import IntegerReport
+from engine.passes.full_integer.rewrite import rewrite
+from engine.passes.fuse import fuse_activations
+from engine.recipe import STATIC_MODES, Recipe, TensorOptions
+from engine.report import TensorReport
+
+
+def quantize_model(
+    model: Model,
+    recipe: Recipe,
+    calibration: CalibrationSource | None,
+    executor: type[LiteRTExecutor] = LiteRTExecutor,
+) -> tuple[Model, list[TensorReport], IntegerReport]:
+    """Quantize ``model`` (in place) to full integer as the recipe's global options say."""
+    options = TensorOptions(**recipe.options)
+    if options.quantize not in STATIC_MODES:
+        raise EngineError(f"quantize_model needs a full-integer mode ({', '.join(STATIC_MODES)})")
+    activations = STATIC_MODES[options.quantize]
+    if calibration is None:
+        raise EngineError(
+            f"--quantize {options.quantize} needs calibration data: pass --calibration DATA (.npz keyed by input "
+            f"name, or one array for a single-input model; the leading axis is the sample)"
+        )
+    if activations == I16 and options.io != "float":
+        raise EngineError(f"--io {options.io} is for int8 models; int16x8 models keep a float interface")
+    model, folded = fold_constant_decoders(model)
+    model, fused = fuse_activations(model)
+    data = load_calibration(calibration, model)
+    sg = model.main
+    integer, float_ops = plan_ops(model, recipe, options)
+    if options.strict and float_ops:
+        listed = "; ".join(f"{f['op']} {f['output']!r}: {f['reason']}" for f in float_ops[:10])
+        raise EngineError(f"--strict: {len(float_ops)} op(s) would stay float: {listed}")
+    check_quantizable(model, integer)
+    observers = observe(sg, integer, recipe, options.io != "float")
+    calibrate(model, data, observers, executor)
+    params, requantize = assign_params(sg, integer, observers, activations)
+    check_multipliers(integer, params)
+    report = IntegerReport(
+        activations,
+        options.io,
+        _observer_label(recipe, options),
+        data.count,
+        folded_decoders=folded,
+        fused_activations=fused,
+    )
+    report.float_ops = float_ops
+    tensors = {key: t for key, (t, _) in observers.items()}
+    entries, biases = rewrite(model, recipe, integer, tensors, params, requantize, options, report)
+    if options.bias_correction:
+        report.bias_correction = correct_biases(model, biases, data, executor)
+    sg.remove_unused_tensors()
+    return model, entries, report
+
+
+def _observer_label(recipe: Recipe, options: TensorOptions) -> str:
+    spec = options.observer
+    overrides = sum("observer" in o for o in (*recipe.ops.values(), *recipe.tensors.values()))
+    return f"{spec} observer" + (f", {overrides} recipe override(s)" if overrides else "")

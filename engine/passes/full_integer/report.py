@@ -1,0 +1,60 @@
+"""What full-integer quantization did to the graph, for the run's report."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.ops import (
+    I16,
+    RULES,
+)
+
+
+@dataclass
+class IntegerReport:
+    """What full-integer quantization did to the graph, for the run's report."""
+
+    activations: str
+    io: str
+    observer: str
+    samples: int
+    integer_ops: dict[str, int] = field(default_factory=dict)
+    float_ops: list[dict[str, str]] = field(default_factory=list)
+    folded_decoders: int = 0
+    fused_activations: int = 0
+    quantize_ops: int = 0
+    dequantize_ops: int = 0
+    bias_correction: dict[str, Any] | None = None
+
+    def format_text(self) -> str:
+        total = sum(self.integer_ops.values())
+        lines = [
+            f"full-integer {self.activations} (I/O {self.io}), calibrated on {self.samples} samples "
+            f"({self.observer}): {total} ops integer, {len(self.float_ops)} float",
+            "  integer: " + ", ".join(f"{n} {op}" for op, n in sorted(self.integer_ops.items())),
+        ]
+        reasons = Counter((f["op"], f["reason"]) for f in self.float_ops)
+        lines.extend(f"  float: {n} x {op} ({reason})" for (op, reason), n in sorted(reasons.items()))
+        lines.append(
+            f"  boundaries: {self.quantize_ops} QUANTIZE, {self.dequantize_ops} DEQUANTIZE; "
+            f"{self.folded_decoders} constant decoders folded, {self.fused_activations} activations fused"
+        )
+        if self.bias_correction:
+            bc = self.bias_correction
+            lines.append(f"  bias correction: {bc['biases']} biases, mean |shift| {bc['mean_abs_shift']:.3g}")
+        slow = [op for op, n in self.integer_ops.items() if n and not RULES[op].xnnpack_integer]
+        if self.activations == I16:
+            lines.append(
+                "  latency: XNNPACK (the default interpreter's delegate) has no 16x8 kernels, so LiteRT's builtin "
+                "int16 kernels run the model: 15-42x the float model's latency on MediaPipe's models (benchmarks/"
+                "latency.py); 16x8 is for accelerators and accuracy studies, not CPU speed"
+            )
+        elif slow:
+            lines.append(
+                f"  latency: XNNPACK takes no int8 {', '.join(sorted(slow))}, so the graph splits around each one "
+                "and they run in the slower builtin kernels (with --io int8 on MediaPipe's PRELU models: 2.8-5.9x "
+                "the float model's latency, benchmarks/latency.py); a float interface keeps them float on a CPU"
+            )
+        return "\n".join(lines)
