@@ -339,6 +339,11 @@ class Recipe:
                         f"{n(name)} does nothing without {n('quantize')} int8 or int16x8 (full-integer quantization)"
                     )
 
+    def sets(self, option: str) -> bool:
+        """Whether ``option`` is given anywhere (globally, by a flag or keyword, per op or per tensor pattern) rather
+        than left to its default."""
+        return any(option in layer for layer in (self.options, *self.ops.values(), *self.tensors.values()))
+
     def check_calibration(self, given: bool) -> None:
         """Calibration data is read by the full-integer modes only, which cannot do without it."""
         mode, n = self.options.get("quantize"), self.caller.name

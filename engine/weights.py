@@ -108,12 +108,13 @@ def check_weighted_ops(model: Model) -> None:
             out = next((t.name for t in op.outputs if t is not None), None)
             where = f"subgraph {index} operator {number} ({op.name}, output {out!r})"
             named = max(rule.weight_input, rule.bias_input or 0) + 1
-            given = [*op.inputs, *[None] * (named - len(op.inputs))]
-            missing = [i for i, t in enumerate(given) if t is None and (i != rule.bias_input or rule.bias_required)]
+            missing = [
+                i for i in range(named) if op.optional_input(i) is None and (i != rule.bias_input or rule.bias_required)
+            ]
             if missing:
                 role = {rule.weight_input: "weight", rule.bias_input: "bias"}.get(missing[0], "required")
                 raise EngineError(f"{where}: its {role} input {missing[0]} is missing")
-            weight, bias = given[rule.weight_input], given[rule.bias_input] if rule.bias_input is not None else None
+            weight, bias = op.optional_input(rule.weight_input), op.optional_input(rule.bias_input)
             assert weight is not None
             axes = [a for a in (rule.weight_channel_axis, rule.weight_input_axis) if a is not None]
             rank = max((a + 1 if a >= 0 else -a for a in axes), default=0)

@@ -32,7 +32,7 @@ def select(
     chosen: list[tuple[Weight, TensorOptions]] = []
     skipped: list[TensorReport] = []
     weights = find_weights(model)
-    floor = None if _sets(recipe, "min_elements") else small_model_floor(weights)
+    floor = None if recipe.sets("min_elements") else small_model_floor(weights)
     for weight in weights:
         if recipe.excludes(weight.name):
             continue
@@ -70,11 +70,6 @@ def small_model_floor(weights: list[Weight]) -> int:
         if 2 * compressed >= total:
             return n
     return DEFAULT_MIN_ELEMENTS
-
-
-def _sets(recipe: Recipe, option: str) -> bool:
-    """Whether the recipe (or a flag) gives ``option`` anywhere: globally, per op or per tensor pattern."""
-    return any(option in layer for layer in (recipe.options, *recipe.ops.values(), *recipe.tensors.values()))
 
 
 def entry(weight: Weight, options: TensorOptions | None, reason: str | None = None) -> TensorReport:
