@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 import engine
-from engine.validate import validate
+from engine.runtime.validate import validate
 from engine.zoo import CUSTOM_OP_MODELS, MODEL_SHA256, mediapipe_model, model_calibration, model_photo
 
 CONFIGS: dict[str, dict[str, object]] = {

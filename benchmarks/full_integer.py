@@ -10,7 +10,7 @@ Both tools quantize the same float32 model with the same calibration samples (``
 ``engine.zoo.calibration_photos``, seeded crops of real scikit-image pictures in the model's pixel range), saved
 once as an .npz keyed by input name that each tool's process loads itself.  Models:
 
-* ``mobilenet_v1_224``: a MobileNetV1-sized network built with ``engine.builder.GraphBuilder`` (3x3 stride-2
+* ``mobilenet_v1_224``: a MobileNetV1-sized network built with ``engine.format.builder.GraphBuilder`` (3x3 stride-2
   stem, 13 depthwise-separable blocks with RELU6, AVERAGE_POOL_2D, FULLY_CONNECTED 1000, SOFTMAX; 4.2 M
   parameters), with a ``serving_default`` signature def.  Weights are He-initialised (seeded), then each layer's
   filters and float32 bias are rescaled from its pre-activation statistics on 8 other crops, as a folded batch
@@ -36,7 +36,7 @@ Measured per model and tool:
 * CPU time (user + system, every thread) and peak RSS (``ru_maxrss``) of the child, read by a bare launcher
   process (a child of this process would inherit this process's high-water mark), medians over the runs;
 * SQNR: each output of the int8 model against the float32 model in LiteRT (builtin kernels,
-  ``engine.validate.validate(ref, cand, photo, intermediates=False)``) on ``--photos`` photos
+  ``engine.runtime.validate.validate(ref, cand, photo, intermediates=False)``) on ``--photos`` photos
   (``engine.zoo.photo_input`` indices 0.., in the model's range): per photo the worst output, then the minimum
   and mean of that over the photos; also the median output (each output's mean over the photos), as the worst
   is often a presence score near 0 on a photo without a hand or body, whose SQNR says little.  Only photo 0
@@ -155,7 +155,7 @@ Layer = tuple[str, np.ndarray, "np.ndarray | None", int]  # kind (stem, dw, pw, 
 def _mobilenet_graph(layers: list[Layer]) -> tuple[Any, Any, Any]:
     """The network of ``layers`` as (builder, input, output).  A last layer without bias is a probe: no
     activation (no softmax after the FC), so its output is the pre-activation whose statistics set its scale."""
-    from engine.builder import GraphBuilder
+    from engine.format.builder import GraphBuilder
 
     b = GraphBuilder("mobilenet_v1")
     x = b.input("input", (1, 224, 224, 3))
@@ -176,9 +176,9 @@ def _mobilenet_graph(layers: list[Layer]) -> tuple[Any, Any, Any]:
 
 def build_mobilenet(path: Path) -> dict[str, Any]:
     """Write ``mobilenet_v1_224`` (module docstring) with its signature def; returns its facts."""
-    from engine.ir import SignatureDef, TensorMap
-    from engine.runtime import run
-    from engine.writer import model_to_bytes, write_model
+    from engine.format.ir import SignatureDef, TensorMap
+    from engine.format.writer import model_to_bytes, write_model
+    from engine.runtime.litert import run
     from engine.zoo import calibration_photos
 
     start = time.perf_counter()
@@ -218,10 +218,10 @@ def build_mobilenet(path: Path) -> dict[str, Any]:
 def float32_copy(source: Path, output: Path) -> dict[str, Any]:
     """Write the float32 copy both tools quantize (module docstring): decoders folded, ``builtin_code`` filled
     in, a signature def over every input and output, named as the tensors."""
-    from engine.ir import SignatureDef, TensorMap
+    from engine.format.ir import SignatureDef, TensorMap
+    from engine.format.reader import read_model
+    from engine.format.writer import write_model
     from engine.passes.fold import fold_constant_decoders
-    from engine.reader import read_model
-    from engine.writer import write_model
 
     model = read_model(source)
     model, folded = fold_constant_decoders(model)
@@ -243,7 +243,7 @@ def float32_copy(source: Path, output: Path) -> dict[str, Any]:
 
 
 def input_specs(path: Path) -> list[tuple[str, tuple[int, ...]]]:
-    from engine.reader import read_model
+    from engine.format.reader import read_model
 
     return [(t.name or "", tuple(t.shape)) for t in read_model(path).main.inputs]
 
@@ -274,7 +274,7 @@ def score(reference: Path, candidate: Path, photos: list[np.ndarray], classifier
     values for the JSON, and for a ``classifier`` top-1 agreement (the landmark models' [1, N] outputs are
     coordinates, which have no top-1)."""
     from engine.errors import EngineError
-    from engine.validate import validate
+    from engine.runtime.validate import validate
 
     worst: list[float] = []
     per_output: dict[str, list[float]] = {}
@@ -302,7 +302,7 @@ def score(reference: Path, candidate: Path, photos: list[np.ndarray], classifier
 
 def top1_agreement(reference: Path, candidate: Path, inputs: np.ndarray) -> float:
     """Fraction of ``inputs`` whose argmax class the candidate keeps (single-output classifier)."""
-    from engine.runtime import run
+    from engine.runtime.litert import run
 
     agree = 0
     for x in inputs:
@@ -323,7 +323,7 @@ def _interpreter(path: Path, xnnpack: bool) -> Any:
 
 def _feed(interp: Any, photo: np.ndarray) -> None:
     """Set the one input, quantized with its own parameters when the model's interface is integer."""
-    from engine.metrics import quantize_array
+    from engine.quant.metrics import quantize_array
 
     (detail,) = interp.get_input_details()
     scale, zero_point = detail["quantization"]

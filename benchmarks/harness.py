@@ -131,6 +131,6 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
 
 def write_json(path: Path, results: dict[str, Any]) -> None:
     """The measurements as indented JSON (numpy values and non-finite floats made JSON-safe)."""
-    from engine.validate import json_safe
+    from engine.report import json_safe
 
     path.write_text(json.dumps(json_safe(results), indent=2) + "\n")

@@ -4,7 +4,7 @@ Usage::
 
     python benchmarks/kernels.py [--json out.json] [--repeat N] [--threads N]
 
-* first use: a fresh interpreter with an empty ``NUMBA_CACHE_DIR`` imports ``engine.kernels`` (which imports
+* first use: a fresh interpreter with an empty ``NUMBA_CACHE_DIR`` imports ``engine.quant.kernels`` (which imports
   Numba) and calls each public kernel once on a tiny input, in the table's order, so each time is that
   kernel's compilation (Numba helpers compile with the first kernel that uses them) and writing it to the
   cache; the first kernel's time also holds Numba's own start-up. Cached load: a second fresh interpreter
@@ -47,11 +47,11 @@ KERNELS = [
 
 
 def _first_use() -> dict[str, float]:
-    """Seconds to import engine.kernels, then for the first call of each kernel on a tiny input."""
+    """Seconds to import engine.quant.kernels, then for the first call of each kernel on a tiny input."""
     start = time.perf_counter()
-    from engine import kernels as k
+    from engine.quant import kernels as k
 
-    times = {"import engine.kernels": time.perf_counter() - start}
+    times = {"import engine.quant.kernels": time.perf_counter() - start}
     g = np.arange(16, dtype=np.float32).reshape(2, 8) - 8
     s = k.absmax_scales_numpy(g, 8)  # the twins need no compiling
     codes4 = np.arange(-8, 8, dtype=np.int8)
@@ -99,7 +99,7 @@ def _once(call: Callable[[], Any]) -> float:
 
 
 def _throughput(repeat: int) -> list[dict[str, Any]]:
-    from engine import kernels as k
+    from engine.quant import kernels as k
 
     rng = np.random.default_rng(0)
     cases = {

@@ -1,4 +1,4 @@
-"""1-D k-means (weight sharing) benchmark: ``engine.kernels.kmeans_1d`` against scikit-learn's KMeans.
+"""1-D k-means (weight sharing) benchmark: ``engine.quant.kernels.kmeans_1d`` against scikit-learn's KMeans.
 
 Usage::
 
@@ -33,9 +33,9 @@ INITS = ["linear", "density", "kmeans++"]
 
 def _first_use() -> dict[str, float]:
     start = time.perf_counter()
-    from engine import kernels as k
+    from engine.quant import kernels as k
 
-    times = {"import engine.kernels": time.perf_counter() - start}
+    times = {"import engine.quant.kernels": time.perf_counter() - start}
     v = np.linspace(-1, 1, 50, dtype=np.float32)
     for init in INITS:
         start = time.perf_counter()
@@ -54,7 +54,7 @@ def _fresh_process(cache_dir: str) -> dict[str, float]:
 
 
 def _ours(v: np.ndarray, k: int) -> list[dict[str, Any]]:
-    from engine import kernels as kern
+    from engine.quant import kernels as kern
 
     kern.kmeans_1d(v[:1000], k, init="kmeans++")  # load the compiled kernels
     rows = []
@@ -72,7 +72,7 @@ def _ours(v: np.ndarray, k: int) -> list[dict[str, Any]]:
 def _sklearn(v: np.ndarray, k: int, fraction: float) -> dict[str, Any]:
     from sklearn.cluster import KMeans
 
-    from engine import kernels as kern
+    from engine.quant import kernels as kern
 
     sample = v if fraction == 1 else np.random.default_rng(1).choice(v, int(v.size * fraction), replace=False)
     start = time.perf_counter()

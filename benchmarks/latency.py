@@ -6,9 +6,9 @@ Usage::
 
 Each of the 11 MediaPipe models LiteRT runs is compressed with every mode of ``MODES`` through
 ``engine.compress(path, output=..., **options)`` into a temporary folder (the full-integer modes calibrated on
-``engine.zoo.model_calibration(name)``).  Then, in each runtime of ``engine.latency.RUNTIMES`` (``default``:
+``engine.zoo.model_calibration(name)``).  Then, in each runtime of ``engine.runtime.latency.RUNTIMES`` (``default``:
 the interpreter as a user loads it, XNNPACK applied; ``builtin``: the builtin kernels alone), the input model
-and all its compressed forms are timed together by ``engine.latency.measure_latency``: 1 thread, on the model's
+and all its compressed forms are timed together by ``engine.runtime.latency.measure_latency``: 1 thread, on the model's
 photo (``engine.zoo.model_photo``), ``WARMUP`` rounds then ``--runs`` rounds that invoke every form once each,
 in rotating order, so the input and its forms share whatever the machine does meanwhile.  A cell is a form's
 median over the input's median in the same rounds (below 1: faster), "default / builtin"; the input's own
@@ -54,7 +54,7 @@ RUNS, QUICK_RUNS = 30, 10
 WARMUP = 3
 REASON_CHARS = 60
 # LiteRT's error reporter glues its messages together: "failed to delegate CONV_2D node #81Node number 155 ...".
-# engine.latency's label of a model that failed to load or run ("model PATH (RUNTIME runtime)").
+# engine.runtime.latency's label of a model that failed to load or run ("model PATH (RUNTIME runtime)").
 _LABEL = re.compile(r"^model \S+ \(\w+ runtime\):? (interpreter error: )?")
 _GLUED = re.compile(r"(?<=\S)(?=Node number \d|failed to delegate )")
 
@@ -68,7 +68,7 @@ def child(spec_file: str) -> None:
     Prints {"input": {...} | {"error": ...}, "forms": {mode: {...} | {"error": ...}}} as JSON.
     """
     from engine.errors import EngineError
-    from engine.latency import measure_latency
+    from engine.runtime.latency import measure_latency
 
     spec = json.loads(Path(spec_file).read_text())
     photo = np.load(spec["photo"])
@@ -153,7 +153,7 @@ def time_runtime(source: Path, forms: dict[str, str], photo: Path, runtime: str,
 
 def measure_model(name: str, source: Path, modes: list[str], runs: int, tmp: Path) -> dict[str, Any]:
     """One model: every mode compressed, then timed against the input in each runtime, ratios added."""
-    from engine.latency import RUNTIMES
+    from engine.runtime.latency import RUNTIMES
     from engine.zoo import model_photo
 
     rows = compress_modes(name, source, modes, tmp)
@@ -197,7 +197,7 @@ def cell(row: dict[str, Any], runtimes: tuple[str, ...]) -> str:
 
 
 def markdown(results: dict[str, Any]) -> str:
-    from engine.latency import RUNTIMES
+    from engine.runtime.latency import RUNTIMES
 
     modes = results["settings"]["modes"]
     table = []

@@ -5,9 +5,9 @@ Usage::
     python benchmarks/prune_scope.py [--json out.json] [--sparsity 0.5 0.75 0.9] [--photos 3]
 
 For each of the 11 MediaPipe models LiteRT runs, every float weight of at least 4096 elements read by an op
-with a pruning layout (an input axis in ``engine.ops``) is pruned unstructured to the asked sparsity, either
+with a pruning layout (an input axis in ``engine.graph.ops``) is pruned unstructured to the asked sparsity, either
 each tensor alone (layer scope, ``prune_mask``) or all of them together (``global_masks``, with each
-normalization in ``engine.pruning.NORMALIZATIONS``); the overall sparsity over those tensors, by element, is
+normalization in ``engine.quant.pruning.NORMALIZATIONS``); the overall sparsity over those tensors, by element, is
 the same in every scope. The pruned weights are written back as dense float32 constants that the ops read
 directly (their DEQUANTIZE/DENSIFY chains removed), and the model is compared with the original in LiteRT on
 real photos (``engine.zoo.photo_input``). A weight whose stored buffer another weight shares is left as it is.
@@ -33,12 +33,12 @@ if str(ROOT) not in sys.path:  # the worktree's engine, not whichever one is ins
     sys.path.insert(0, str(ROOT))
 
 import engine  # noqa: E402
-from engine.ir import Tensor  # noqa: E402
-from engine.metrics import sqnr_db  # noqa: E402
+from engine.format.ir import Tensor  # noqa: E402
+from engine.graph.weights import Weight, find_weights  # noqa: E402
 from engine.passes.common import install  # noqa: E402
-from engine.pruning import NORMALIZATIONS, global_masks, prune_mask, sparsity_of  # noqa: E402
-from engine.runtime import run  # noqa: E402
-from engine.weights import Weight, find_weights  # noqa: E402
+from engine.quant.metrics import sqnr_db  # noqa: E402
+from engine.quant.pruning import NORMALIZATIONS, global_masks, prune_mask, sparsity_of  # noqa: E402
+from engine.runtime.litert import run  # noqa: E402
 from engine.zoo import CUSTOM_OP_MODELS, INPUT_RANGES, mediapipe_models, photo_input  # noqa: E402
 
 MIN_ELEMENTS = 4096

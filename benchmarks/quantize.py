@@ -21,7 +21,7 @@ Three parts, each printed as a markdown table (sizes in MB/KB = 10^6/10^3 bytes)
 * ``defaults``: ours only, ``--scale mse|minmax`` x ``--min-elements 0|1024|4096`` on the real models, for
   choosing the defaults (run in this process: the figures are sizes and SQNR, the times are indicative).
 
-Every output is checked in LiteRT (builtin kernels, ``engine.runtime.run``) against the input model: real
+Every output is checked in LiteRT (builtin kernels, ``engine.runtime.litert.run``) against the input model: real
 models on 3 photos (``engine.zoo.photo_input`` in each model's input range), the synthetic one on 3 seeded
 standard-normal inputs.  The tables show "worst / median": each output's SQNR is its worst over the inputs,
 then the worst output and the median output (MediaPipe models have small score outputs, e.g. a hand-presence
@@ -134,7 +134,7 @@ class Reference:
     """A model's outputs on fixed inputs, run once, to score candidates against (worst SQNR)."""
 
     def __init__(self, path: Path, inputs: list[np.ndarray]):
-        from engine.runtime import run
+        from engine.runtime.litert import run
 
         self.path = path
         self.bytes = path.stat().st_size
@@ -148,8 +148,8 @@ class Reference:
         Outputs are matched by name when both models have the same names, else by position.
         """
         from engine.errors import EngineError
-        from engine.metrics import sqnr_db
-        from engine.runtime import run
+        from engine.quant.metrics import sqnr_db
+        from engine.runtime.litert import run
 
         per_output = {name: math.inf for name, _ in self.outputs[0]}
         for x, reference in zip(self.inputs, self.outputs, strict=True):
@@ -260,7 +260,7 @@ def float32_copy(path: Path, output: Path) -> dict[str, Any]:
     copy computes the same thing (float16 -> float32 is exact); its SQNR against the original is checked.
     """
     from engine import read_model, write_model
-    from engine.weights import find_weights
+    from engine.graph.weights import find_weights
 
     model = read_model(path)
     old_opcodes = sum(code.builtin_code < code.deprecated_builtin_code for code in model.operator_codes)

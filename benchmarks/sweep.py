@@ -12,9 +12,9 @@ Two parts, each printed as markdown tables (KB/MB = 10^3/10^6 bytes):
   layer and global, 2:4 at 50% only, block:4x1, channel at 25/50%), clustering to K=16/64/256 (values
   storage), the combinations with weight-int8, and weight-int8 alone as the reference point.  Each output is
   the compressed file's gzip size (``report.gzip_bytes_after``, zlib level 6) and "x smaller" against the
-  input file's gzip size, and output SQNR in LiteRT (builtin kernels, ``engine.runtime.run``) against the
+  input file's gzip size, and output SQNR in LiteRT (builtin kernels, ``engine.runtime.litert.run``) against the
   input model on 3 real photos (``engine.zoo.photo_input`` in the model's input range): per output, the
-  3 photos' outputs are concatenated and scored with ``engine.metrics.sqnr_db``; the tables show the worst
+  3 photos' outputs are concatenated and scored with ``engine.quant.metrics.sqnr_db``; the tables show the worst
   and the median output.  Models run in a pool of ``--jobs`` processes (sizes and SQNR do not depend on
   timing).  Then the goal of the issue for the float32 models (``FLOAT32_MODELS``): the smallest gzip size
   over all configurations whose worst output reaches ``GOAL_DB``, against ``GOAL_RATIO`` of the input's gzip.
@@ -124,7 +124,7 @@ def real_models(names: list[str] | tuple[str, ...] | None) -> dict[str, Path]:
 
 def score(reference: list[dict[str, np.ndarray]], candidate: list[dict[str, np.ndarray]]) -> dict[str, Any]:
     """SQNR of each output over the concatenated photos, then the worst and the median output."""
-    from engine.metrics import sqnr_db
+    from engine.quant.metrics import sqnr_db
 
     names = list(reference[0])
     if any(list(c) != names for c in candidate):  # same output names in the same order, else by position
@@ -154,7 +154,7 @@ def size_model(name: str, path: str, configs: list[tuple[str, dict[str, Any]]], 
     import engine
     from engine.errors import EngineError
     from engine.report import gzip_size
-    from engine.runtime import run
+    from engine.runtime.litert import run
 
     source = Path(path)
     inputs = photo_inputs(name, source)
@@ -332,7 +332,7 @@ def part_latency(
     table shows the median over the rounds of each process's median invoke time.
     """
     import engine
-    from engine.runtime import run
+    from engine.runtime.litert import run
 
     started = time.perf_counter()
     env = child_env()

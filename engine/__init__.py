@@ -1,7 +1,7 @@
 """litert-engine: post-training compression of TensorFlow Lite (LiteRT) models, working on the .tflite alone."""
 
 from engine.errors import EngineError
-from engine.ir import (
+from engine.format.ir import (
     Buffer,
     DimensionMetadata,
     ExternalBuffer,
@@ -19,11 +19,11 @@ from engine.ir import (
     TensorMap,
     VariantSubType,
 )
-from engine.reader import read_model
+from engine.format.reader import read_model
+from engine.format.writer import model_to_bytes, structural_diff, write_model
 from engine.recipe import Recipe
 from engine.registry import SCALE_METHODS, load_plugin
 from engine.report import Report
-from engine.writer import model_to_bytes, structural_diff, write_model
 
 __version__ = "0.1.0"
 

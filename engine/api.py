@@ -11,21 +11,21 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from engine.calibrate import CalibrationSource, LiteRTExecutor
 from engine.errors import EngineError
-from engine.ir import Model
+from engine.format.ir import Model
+from engine.format.reader import read_model
+from engine.format.writer import same_file, write_model
+from engine.graph.weights import find_weights
 from engine.passes.cluster import cluster_weights
 from engine.passes.common import entry
 from engine.passes.float16 import float16_weights
 from engine.passes.full_integer import quantize_model
 from engine.passes.prune import prune_weights
 from engine.passes.quantize_weights import quantize_weights
-from engine.reader import read_model
 from engine.recipe import STATIC_MODES, Recipe
 from engine.report import GZIP_LIMIT_BYTES, Report, TensorReport, gzip_size
+from engine.runtime.calibrate import CalibrationSource, LiteRTExecutor
 from engine.summary import summarize
-from engine.weights import find_weights
-from engine.writer import same_file, write_model
 
 Pass = Callable[[Model, Recipe], tuple[Model, list[TensorReport]]]
 # Order matters: prune, then cluster (which keeps the zeros), then quantize (which keeps both and re-encodes).
@@ -55,7 +55,7 @@ def compress(
     ``share_identical_buffers`` stores identical constant buffers once) and the report gets the file and gzip
     sizes.  ``passes`` are the weight passes run in order (each ``(Model, Recipe) -> (Model, [TensorReport])``;
     default ``PIPELINE``), so a research pass joins the run and its report; ``executor`` runs the float model for
-    calibration and bias correction (``engine.calibrate.Executor``; default LiteRT).
+    calibration and bias correction (``engine.runtime.calibrate.Executor``; default LiteRT).
     """
     source = None if isinstance(model_or_path, Model) else Path(model_or_path)
     if source is not None and output is not None and same_file(source, output):

@@ -26,14 +26,14 @@ from typing import Any
 import numpy as np
 
 from engine.errors import EngineError
-from engine.ir import Model
-from engine.reader import read_model
+from engine.format.ir import Model
+from engine.format.reader import read_model
+from engine.format.writer import same_file, write_model
 from engine.recipe import DEFAULT_MIN_ELEMENTS, GRANULARITIES, IO_TYPES, MODES
 from engine.registry import CODEBOOK_METHODS, OBSERVERS, SCALE_METHODS, load_plugin
 from engine.report import Report
+from engine.runtime.validate import RUNTIME_CHOICES, ValidationReport, validate
 from engine.summary import format_summary, summarize
-from engine.validate import RUNTIME_CHOICES, ValidationReport, validate
-from engine.writer import same_file, write_model
 
 DEMO_MODEL = "face_detection_short_range"
 DEMO_MODE = "weight-int8"
@@ -160,7 +160,7 @@ def _validation_data(args: argparse.Namespace) -> dict[str, np.ndarray] | None:
     source = args.data if args.data else args.calibration
     if source is None:
         return None
-    from engine.calibrate import input_specs, load_samples
+    from engine.runtime.calibrate import input_specs, load_samples
 
     loaded = load_samples(source, input_specs(read_model(args.input)), "--data" if args.data else "calibration data")
     count = loaded.count if args.data else 1
@@ -170,7 +170,7 @@ def _validation_data(args: argparse.Namespace) -> dict[str, np.ndarray] | None:
 def _latency(source: str | Path, target: str | Path, sample: Any, runtime: str) -> dict[str, Any]:
     """Median invoke time of input and output in ``runtime`` (the default one unless only the builtin kernels were
     asked for), timed in interleaved rounds on one thread; why not, when a model does not run there."""
-    from engine.latency import median_latency_ms
+    from engine.runtime.latency import median_latency_ms
 
     facts: dict[str, Any] = {"runtime": runtime, "num_threads": 1, "runs": LATENCY_RUNS}
     try:

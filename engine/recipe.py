@@ -29,9 +29,9 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from engine.errors import EngineError
-from engine.ir import BUILTIN_OPS
-from engine.observers import make_observer
-from engine.pruning import parse_pattern
+from engine.format.ir import BUILTIN_OPS
+from engine.quant.observers import make_observer
+from engine.quant.pruning import parse_pattern
 from engine.registry import CODEBOOK_METHODS, SCALE_METHODS
 
 # mode -> (how ops read the weight, bits of its levels by default); None stores float16.

@@ -6,7 +6,7 @@ report read it, so a method registered before a recipe is built is as selectable
 
 * ``SCALE_METHODS``: how a weight's rows get their scales.  A scale method is a function
   ``(rows, bits) -> scales``: ``rows`` is a C-contiguous float32 array [R, n], one row per group of weights that
-  share a scale (the whole tensor, an output channel or a block, ``engine.quantization.as_rows``); ``bits`` the
+  share a scale (the whole tensor, an output channel or a block, ``engine.quant.uniform.as_rows``); ``bits`` the
   level width (levels are symmetric integers in [-(2^(bits-1) - 1), 2^(bits-1) - 1], zero point 0); it returns
   float32 [R], each > 0, or 0 for an all-zero row.  The engine then rounds every weight to
   ``clip(round(w / scale), -qmax, qmax)``, measures the weight SQNR and stores the codes and scales, in every mode
@@ -20,7 +20,7 @@ report read it, so a method registered before a recipe is built is as selectable
   codebook per row that GATHER reads.  Built-ins: ``kmeans++``, ``linear``, ``density`` (exact 1-D k-means from
   three initializations).  A fixed non-uniform 4-bit grid (``examples/plugins/nf4_codebook.py``) is one too.
 * ``OBSERVERS``: how full-integer calibration turns an activation's stream of values into a range.  An entry is a
-  factory ``(argument) -> Observer`` (an ``engine.observers.Observer`` subclass: ``update(values)`` as each
+  factory ``(argument) -> Observer`` (an ``engine.quant.observers.Observer`` subclass: ``update(values)`` as each
   sample's values stream in, ``range(bits, symmetric) -> (lo, hi)`` at the end, holding 0); ``argument`` is the
   text after ``NAME:`` in ``--observer NAME:ARGUMENT`` (``percentile:99.9``), or None.  Built-ins: ``minmax``,
   ``percentile``, ``mse``, ``entropy``.
@@ -109,21 +109,21 @@ SCALE_METHODS: Registry[ScaleMethod] = Registry("scale method")
 # shared values and each weight's index into them; the built-ins are 1-D k-means with three initializations.
 CodebookMethod = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
 CODEBOOK_METHODS: Registry[CodebookMethod] = Registry("codebook method")
-# Factories of calibration observers (engine.observers.Observer subclasses), called with the text after "NAME:" in
-# an observer spec ("percentile:99.9"), or None; the built-ins register in engine.observers.
+# Factories of calibration observers (engine.quant.observers.Observer subclasses), called with the text after "NAME:" in
+# an observer spec ("percentile:99.9"), or None; the built-ins register in engine.quant.observers.
 OBSERVERS: Registry[Callable[[str | None], Any]] = Registry("calibration observer")
 
 
 @SCALE_METHODS.register("minmax")
 def _minmax(rows: np.ndarray, bits: int) -> np.ndarray:
-    from engine import kernels  # imports Numba: only when a weight is quantized
+    from engine.quant import kernels
 
     return kernels.absmax_scales(rows, bits)
 
 
 @SCALE_METHODS.register("mse")
 def _mse(rows: np.ndarray, bits: int) -> np.ndarray:
-    from engine import kernels
+    from engine.quant import kernels
 
     return kernels.mse_scales(rows, bits)
 
@@ -154,7 +154,7 @@ def load_plugin(source: str) -> None:
 
 def _kmeans(init: str) -> CodebookMethod:
     def method(row: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        from engine import kernels
+        from engine.quant import kernels
 
         return kernels.kmeans_1d(row, k, init=init, iterations=_KMEANS_ITERATIONS, keep_zero=True)
 

@@ -14,13 +14,22 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine.validate import json_safe
-
 # gzip sizes are computed when input and output are at most this big; above, they would cost seconds (zlib
 # compresses about 25 MB/s here) and are left out (None).
 GZIP_LIMIT_BYTES = 32 * 1024 * 1024
 # What the forms XNNPACK leaves to the builtin kernels cost, measured by benchmarks/latency.py (docs/benchmarks.md).
 SLOW_FORM_COST = "on MediaPipe's models weight-int4 measured 1.1-3.4x the input's latency, gather storage 1.2-4.7x"
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` with non-finite floats as strings ("inf", "-inf", "nan") and tuples as lists: valid JSON."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_safe(v) for v in obj]
+    return obj
 
 
 @dataclass
@@ -89,7 +98,8 @@ class Report:
     gzip_bytes_before: int | None = None
     gzip_bytes_after: int | None = None
     validation: dict[str, Any] | None = None
-    # ``compress --validate``: median invoke time (ms) of the input and the output, timed together (engine.latency).
+    # ``compress --validate``: median invoke time (ms) of the input and the output, timed together
+    # (engine.runtime.latency).
     latency: dict[str, Any] | None = None
     # Full-integer runs: engine.passes.full_integer.IntegerReport (ops integer/float, boundaries, calibration).
     integer: Any = None

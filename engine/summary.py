@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.ir import Model, Tensor, all_tensors
+from engine.format.ir import Model, Tensor, all_tensors
 
 
 def _tensor_brief(t: Tensor) -> dict[str, Any]:

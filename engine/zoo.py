@@ -202,7 +202,7 @@ def photo_input(
 
 def model_photo(name: str, index: int = 0) -> np.ndarray:
     """Photo ``index`` as the float input of MediaPipe model ``name``: its input shape, its trained pixel range."""
-    from engine.reader import read_model
+    from engine.format.reader import read_model
 
     shape = read_model(mediapipe_model(name)).main.inputs[0].shape
     return photo_input(shape, "float32", index, value_range=INPUT_RANGES[name])
@@ -238,7 +238,7 @@ def calibration_photos(
 
 def model_calibration(name: str, count: int = 16) -> np.ndarray:
     """Calibration samples for MediaPipe model ``name``: its input shape and trained pixel range."""
-    from engine.reader import read_model
+    from engine.format.reader import read_model
 
     shape = read_model(mediapipe_model(name)).main.inputs[0].shape
     return calibration_photos(shape, count, value_range=INPUT_RANGES[name])

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.builder import GraphBuilder
-from engine.ir import Model
-from engine.writer import write_model
+from engine.format.builder import GraphBuilder
+from engine.format.ir import Model
+from engine.format.writer import write_model
 from tests.runtimes import make_interpreter
 
 Params = dict[str, np.ndarray]

@@ -3,7 +3,8 @@
 ``"default"`` is the interpreter as users build it, ``Interpreter(model_path=p)`` / ``Interpreter(model_content=b)``
 (its default XNNPACK delegate applied; one thread, which is also what it uses when not told); ``"builtin"`` adds
 ``experimental_op_resolver_type=BUILTIN_WITHOUT_DEFAULT_DELEGATES``: the builtin kernels alone (the only runtime
-whose intermediate tensors can be kept, which ``engine.validate`` compares).  A model is right only when it loads
+whose intermediate tensors can be kept, which ``engine.runtime.validate``
+compares).  A model is right only when it loads
 and computes right in both; a form that loads in one and fails in the other is a bug.
 
 A model that does not load, prepare or run raises ``Refused`` naming the stage, so a test fails with the
@@ -19,7 +20,7 @@ import numpy as np
 import pytest
 from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-from engine.metrics import quantize_array, sqnr_db
+from engine.quant.metrics import quantize_array, sqnr_db
 
 RUNTIMES = ("default", "builtin")
 # ``@BOTH_RUNTIMES`` on a test taking a ``runtime`` argument runs it once per runtime.

@@ -1,4 +1,4 @@
-"""Hypothesis strategies for random valid float models, built with ``engine.builder``.
+"""Hypothesis strategies for random valid float models, built with ``engine.format.builder``.
 
 Passes are tested on these: each model is a small NHWC graph with branches and merges, random weights
 (some stored as float16 behind a DEQUANTIZE, as converted models often have), and random strides,
@@ -12,8 +12,8 @@ from collections.abc import Callable
 import numpy as np
 from hypothesis import strategies as st
 
-from engine.builder import GraphBuilder
-from engine.ir import Buffer, Model, Subgraph, Tensor
+from engine.format.builder import GraphBuilder
+from engine.format.ir import Buffer, Model, Subgraph, Tensor
 
 Draw = Callable[[st.SearchStrategy], object]
 # A step turns a chosen NHWC tensor into a new NHWC tensor, and may use the other tensors built so far.
@@ -165,7 +165,7 @@ def mutate(model: Model, rng: np.random.Generator, count: int = 2) -> list[str]:
     """Give ``count`` of the model's float weights (and biases) one of ``MUTATIONS`` each, in place; returns
     what was done, as "mutation:tensor" labels.  Float16 constants are mutated in float16 (a value beyond
     65504 becomes inf there, as a converter would store it)."""
-    from engine.ops import RULES
+    from engine.graph.ops import RULES
 
     candidates = []
     for sg in model.subgraphs:

@@ -13,9 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine import EngineError, model_to_bytes, read_model, structural_diff
-from engine.flatbuf import decode, encode
-from engine.ir import Table
-from engine.schema import TABLES
+from engine.format.flatbuf import decode, encode
+from engine.format.ir import Table
+from engine.format.schema import TABLES
 from engine.zoo import mediapipe_model
 
 SMALL_MODEL = "hand_recrop"
@@ -118,7 +118,7 @@ def test_unknown_union_member_is_refused(small: bytes) -> None:
 
 def _patch_first_union_type(data: bytes, value: int) -> bytes:
     """Set the builtin_options_type byte of the first operator that has builtin options."""
-    from engine.flatbuf import _Decoder
+    from engine.format.flatbuf import _Decoder
 
     decoder = _Decoder(data)
     root = decoder.follow("root", 0)
@@ -262,8 +262,8 @@ def test_api_errors_name_the_keyword_argument(tmp_path: Path) -> None:
 def test_validation_reports_overflowing_outputs_instead_of_crashing() -> None:
     """A candidate whose outputs overflow to inf against a finite reference: SQNR -inf, where it raised "math
     domain error" (log10 of a ratio that underflowed to 0)."""
-    from engine.builder import GraphBuilder
-    from engine.validate import validate
+    from engine.format.builder import GraphBuilder
+    from engine.runtime.validate import validate
 
     def mean(scaled: bool) -> bytes:
         b = GraphBuilder()

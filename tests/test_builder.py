@@ -7,11 +7,11 @@ import pytest
 from hypothesis import given, settings
 
 from engine import model_to_bytes, read_model, structural_diff
-from engine.builder import GraphBuilder
 from engine.errors import EngineError
-from engine.ir import BUILTIN_OPS, Model
-from engine.ops import RULES, rule
-from engine.schema import TABLES, UNIONS
+from engine.format.builder import GraphBuilder
+from engine.format.ir import BUILTIN_OPS, Model
+from engine.format.schema import TABLES, UNIONS
+from engine.graph.ops import RULES, rule
 from tests.runtimes import BOTH_RUNTIMES, RUNTIMES, run_model
 from tests.strategies import graphs
 

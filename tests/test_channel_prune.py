@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 
 import engine
-from engine.builder import GraphBuilder
-from engine.ir import Model
+from engine.format.builder import GraphBuilder
+from engine.format.ir import Model
 from engine.report import Report
 from engine.zoo import INPUT_RANGES, photo_input
 from tests.runtimes import RUNTIMES, run_model, worst_sqnr
@@ -153,7 +153,7 @@ def test_filters_feeding_a_graph_output_are_zeroed_with_the_reason(tmp_path: Pat
     assert last.reason == "channels zeroed, not removed: y is a subgraph output"
     assert _shapes(removed)["y"] == (1, 8, 8, 6)
     model = engine.read_model(removed)
-    weights = {w.name: w for w in engine.weights.find_weights(model)}["conv2d_2/weights"].decode()
+    weights = {w.name: w for w in engine.graph.weights.find_weights(model)}["conv2d_2/weights"].decode()
     assert np.count_nonzero(np.abs(weights).reshape(6, -1).sum(axis=1) == 0) == 3
 
 

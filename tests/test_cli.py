@@ -160,7 +160,7 @@ def test_compress_validate_on_data_samples_and_min_sqnr(runnable: dict[str, Path
 
 def test_compress_validate_blockwise_is_right_in_both_runtimes(tmp_path: Path, capsys) -> None:
     import engine
-    from engine.builder import GraphBuilder
+    from engine.format.builder import GraphBuilder
 
     rng = np.random.default_rng(0)
     b = GraphBuilder()

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 import engine
-from engine import kernels
 from engine.errors import EngineError
+from engine.graph.weights import find_weights
+from engine.quant import kernels
 from engine.recipe import Recipe
-from engine.weights import find_weights
 from engine.zoo import model_photo
 from tests.runtimes import RUNTIMES, run_model, worst_sqnr
 

@@ -1,4 +1,4 @@
-"""What LiteRT's DENSIFY runs, checked against engine.ops in both runtimes (``tests/runtimes.py``): every form
+"""What LiteRT's DENSIFY runs, checked against engine.graph.ops in both runtimes (``tests/runtimes.py``): every form
 ``DENSIFY_INPUTS`` claims (stored type, block shape, each index vector type, 2-D and 4-D) decodes the engine's
 encoding bit-exactly, with the builtin kernels and in the default runtime (XNNPACK); unclaimed types are refused;
 ``DENSIFY_XNNPACK_READERS`` and the readers XNNPACK gets wrong are what the comment says; and a sparse filter's
@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 
 from engine import model_to_bytes
-from engine.builder import GraphBuilder
-from engine.ir import TENSOR_TYPES, Model, QuantizationParams, Table, Tensor
-from engine.ops import DENSIFY_INPUTS, DENSIFY_XNNPACK_READERS, XNNPACK_BIAS_TYPES, XNNPACK_FOLDED_DEQUANTIZE
-from engine.sparse import INDEX_VECTORS, encode_sparse
+from engine.format.builder import GraphBuilder
+from engine.format.ir import TENSOR_TYPES, Model, QuantizationParams, Table, Tensor
+from engine.format.sparse import INDEX_VECTORS, encode_sparse
+from engine.graph.ops import DENSIFY_INPUTS, DENSIFY_XNNPACK_READERS, XNNPACK_BIAS_TYPES, XNNPACK_FOLDED_DEQUANTIZE
 from tests.runtimes import BOTH_RUNTIMES, RUNTIMES, Refused, run_model
 
 Feeds = dict[str, np.ndarray]

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.reader import read_model
-from engine.writer import model_to_bytes
+from engine.format.reader import read_model
+from engine.format.writer import model_to_bytes
 from tests.digits import (
     accuracy,
     build_digits_model,

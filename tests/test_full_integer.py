@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 
 import engine
-from engine.builder import GraphBuilder
 from engine.errors import EngineError
-from engine.ir import Model, Operator, Subgraph, Table, Tensor, tensor_type
-from engine.ops import RULES
-from engine.reader import read_model
-from engine.writer import write_model
+from engine.format.builder import GraphBuilder
+from engine.format.ir import Model, Operator, Subgraph, Table, Tensor, tensor_type
+from engine.format.reader import read_model
+from engine.format.writer import write_model
+from engine.graph.ops import RULES
 from engine.zoo import CUSTOM_OP_MODELS, MODEL_SHA256, mediapipe_model, model_calibration, model_photo
 from tests.conftest import Compressed
 from tests.digits import accuracy, digits_data, digits_model_path

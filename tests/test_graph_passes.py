@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engine.builder import GraphBuilder
+from engine.format.builder import GraphBuilder
+from engine.format.reader import read_model
+from engine.format.writer import model_to_bytes, write_model
 from engine.passes.fold import fold_constant_decoders
 from engine.passes.fuse import fuse_activations
-from engine.reader import read_model
-from engine.writer import model_to_bytes, write_model
 from engine.zoo import CUSTOM_OP_MODELS, MODEL_SHA256, mediapipe_model, model_photo
 from tests.runtimes import RUNTIMES, run_model
 

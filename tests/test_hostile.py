@@ -31,10 +31,10 @@ from hypothesis import strategies as st
 
 import engine
 from engine import EngineError, read_model, write_model
-from engine.builder import GraphBuilder
-from engine.ir import Buffer, Model
+from engine.format.builder import GraphBuilder
+from engine.format.ir import Buffer, Model
 from engine.passes.fold import fold_constant_decoders
-from engine.runtime import interpreter, run
+from engine.runtime.litert import interpreter, run
 from engine.zoo import mediapipe_model
 from tests.strategies import hostile_graphs, mutate
 

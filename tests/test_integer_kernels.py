@@ -1,4 +1,4 @@
-"""The full-integer columns of engine.ops.RULES (``integer``, ``scales``, ``fixed_output``, ``integer_weights``,
+"""The full-integer columns of engine.graph.ops.RULES (``integer``, ``scales``, ``fixed_output``, ``integer_weights``,
 ``integer_options``, ``xnnpack_integer``, and ``BIAS_TYPES``, ``DENSIFY_INTEGER_READERS``) are what LiteRT 2.3
 does, in both runtimes (``tests/runtimes.py``): the default interpreter (XNNPACK takes the int8 forms it has
 kernels for, and refuses some forms the builtin kernels take or miscompute) and the builtin kernels alone.
@@ -23,11 +23,11 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from engine.builder import GraphBuilder
-from engine.ir import TENSOR_TYPES, Model, Operator, QuantizationParams, Tensor
-from engine.ops import BIAS_TYPES, DENSIFY_INTEGER_READERS, RULES, dequantize_version, rule
-from engine.sparse import encode_sparse
-from engine.writer import model_to_bytes
+from engine.format.builder import GraphBuilder
+from engine.format.ir import TENSOR_TYPES, Model, Operator, QuantizationParams, Tensor
+from engine.format.sparse import encode_sparse
+from engine.format.writer import model_to_bytes
+from engine.graph.ops import BIAS_TYPES, DENSIFY_INTEGER_READERS, RULES, dequantize_version, rule
 from tests.runtimes import BOTH_RUNTIMES, Refused, delegate_partitions, invoked, run_model
 
 RIGHT_DB = 30.0

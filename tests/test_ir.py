@@ -18,9 +18,9 @@ from engine import (
     read_model,
     structural_diff,
 )
-from engine.builder import GraphBuilder
-from engine.ir import TENSOR_TYPES, OperatorCode, all_tensors
-from engine.writer import _FLATBUFFER_LIMIT, _plan
+from engine.format.builder import GraphBuilder
+from engine.format.ir import TENSOR_TYPES, OperatorCode, all_tensors
+from engine.format.writer import _FLATBUFFER_LIMIT, _plan
 from tests.runtimes import BOTH_RUNTIMES, run_model
 
 

@@ -11,11 +11,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from engine import kernels as k
-from engine.builder import GraphBuilder
 from engine.errors import EngineError
-from engine.ir import QuantizationParams
-from engine.writer import model_to_bytes
+from engine.format.builder import GraphBuilder
+from engine.format.ir import QuantizationParams
+from engine.format.writer import model_to_bytes
+from engine.quant import kernels as k
 from tests.runtimes import RUNTIMES, run_model
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine import kernels as k
 from engine.errors import EngineError
+from engine.quant import kernels as k
 
 INITS = st.sampled_from(["linear", "density", "kmeans++"])
 FAST = settings(deadline=None, max_examples=60)  # the first example compiles (or loads) the kernels

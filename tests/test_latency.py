@@ -1,4 +1,4 @@
-"""engine.latency: interleaved LiteRT timing returns one sane figure per model, in order, or one clear error.
+"""engine.runtime.latency: interleaved LiteRT timing returns one sane figure per model, in order, or one clear error.
 
 No test compares a time with a fixed threshold: the only timing claim is that a model doing 10x the work of
 another, timed in the same interleaved rounds, is measured slower.
@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 import engine
-from engine.builder import GraphBuilder
 from engine.errors import EngineError
-from engine.latency import RUNTIMES, Latency, measure_latency, median_latency_ms
-from engine.writer import model_to_bytes
+from engine.format.builder import GraphBuilder
+from engine.format.writer import model_to_bytes
+from engine.runtime.latency import RUNTIMES, Latency, measure_latency, median_latency_ms
 from engine.zoo import mediapipe_model, model_photo
 
 WIDTH = 512

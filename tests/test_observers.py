@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine import observers as obs
 from engine.errors import EngineError
-from engine.observers import (
+from engine.quant import observers as obs
+from engine.quant.observers import (
     BINS,
     OBSERVERS,
     EntropyObserver,

@@ -1,4 +1,5 @@
-"""The weight layouts in engine.ops.RULES are the ones LiteRT's kernels use, in both runtimes (``tests/runtimes.py``).
+"""The weight layouts in engine.graph.ops.RULES are the ones LiteRT's kernels use, in both runtimes
+(``tests/runtimes.py``).
 
 For every weighted op: the kernel's output equals a numpy reference written from the table's layout (weight
 and bias read from the inputs the table names), and perturbing one slice of the weight along the table's
@@ -14,8 +15,8 @@ import pytest
 from numpy.lib.stride_tricks import sliding_window_view
 
 from engine import model_to_bytes
-from engine.ir import Model, Operator
-from engine.ops import RULES, rule
+from engine.format.ir import Model, Operator
+from engine.graph.ops import RULES, rule
 from tests.runtimes import BOTH_RUNTIMES, run_model
 from tests.weighted_models import CASES, IDS, Feeds, weighted_op
 

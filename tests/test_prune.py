@@ -10,8 +10,8 @@ import pytest
 
 import engine
 from engine.errors import EngineError
+from engine.graph.weights import find_weights
 from engine.recipe import Recipe
-from engine.weights import find_weights
 from engine.zoo import model_photo
 from tests.runtimes import RUNTIMES, run_model, worst_sqnr
 

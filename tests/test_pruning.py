@@ -10,9 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.errors import EngineError
-from engine.ir import Table
-from engine.ops import rule
-from engine.pruning import NORMALIZATIONS, global_masks, parse_pattern, prune_mask, sparsity_of
+from engine.format.ir import Table
+from engine.graph.ops import rule
+from engine.quant.pruning import NORMALIZATIONS, global_masks, parse_pattern, prune_mask, sparsity_of
 
 
 def input_axis(op: str, ndim: int, adjoint: bool = False) -> int:

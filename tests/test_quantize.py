@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 import engine
-from engine import kernels
-from engine.builder import GraphBuilder
 from engine.errors import EngineError
+from engine.format.builder import GraphBuilder
+from engine.graph.weights import find_weights
+from engine.quant import kernels
 from engine.recipe import DEFAULT_MIN_ELEMENTS, MODES, STATIC_MODES, Recipe
-from engine.weights import find_weights
 from engine.zoo import CUSTOM_OP_MODELS, model_photo
 from tests.conftest import Compressed
 from tests.runtimes import RUNTIMES, run_model, worst_sqnr
@@ -352,7 +352,7 @@ def test_blockwise_needs_a_kernel_that_reads_it(tmp_path: Path) -> None:
 
 
 def test_released_pages_of_a_mapped_weight_read_back_unchanged(runnable: dict[str, Path]) -> None:
-    from engine.reader import release_pages
+    from engine.format.reader import release_pages
 
     model = engine.read_model(runnable["iris_landmark"])
     weight = max((t for t in model.main.tensors if t.is_constant), key=lambda t: t.buffer.data.size)

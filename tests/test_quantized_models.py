@@ -21,8 +21,8 @@ from litert_quantizer.qtyping import TFLOperationName
 from litert_quantizer.quantizer import Quantizer
 
 from engine import EngineError, Model, SignatureDef, TensorMap, read_model, structural_diff, write_model
-from engine.builder import GraphBuilder
-from engine.validate import validate
+from engine.format.builder import GraphBuilder
+from engine.runtime.validate import validate
 from tests.runtimes import RUNTIMES, Refused, run_model
 from tests.tflite_dump import dump
 

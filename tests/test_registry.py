@@ -84,8 +84,8 @@ def test_a_broken_scale_method_or_plugin_is_one_clear_error(runnable: dict[str, 
 def test_compress_takes_a_pipeline_and_an_executor(runnable: dict[str, Path]) -> None:
     """A research pass joins the run and its report; calibration runs through the executor given."""
     from engine.api import PIPELINE
-    from engine.calibrate import LiteRTExecutor
     from engine.passes.common import entry, select
+    from engine.runtime.calibrate import LiteRTExecutor
 
     seen: list[str] = []
 

@@ -31,10 +31,10 @@ from engine import (
     structural_diff,
     write_model,
 )
-from engine.flatbuf import decode, encode
-from engine.ir import TENSOR_TYPES, OperatorCode
-from engine.schema import TABLES
-from engine.validate import validate
+from engine.format.flatbuf import decode, encode
+from engine.format.ir import TENSOR_TYPES, OperatorCode
+from engine.format.schema import TABLES
+from engine.runtime.validate import validate
 from engine.zoo import INPUT_RANGES, photo_input
 from tests.runtimes import RUNTIMES, run_model
 from tests.tflite_dump import dump
@@ -255,7 +255,7 @@ def test_every_schema_field_survives(tmp_path: Path) -> None:
 
 def test_writer_covers_every_field_of_the_core_tables() -> None:
     """A schema field added to a core table must be handled by reader and writer, not dropped."""
-    from engine.writer import model_tree
+    from engine.format.writer import model_tree
 
     tree = model_tree(_every_field_model())
     sg = tree["subgraphs"][0]

@@ -1,5 +1,5 @@
-"""Which quantized-weight forms LiteRT runs, checked against engine.ops in both runtimes (``tests/runtimes.py``): the
-``hybrid`` column (exactly: every form it claims runs right, every other one is refused or computes garbage) and
+"""Which quantized-weight forms LiteRT runs, checked against engine.graph.ops in both runtimes (``tests/runtimes.py``):
+the ``hybrid`` column (exactly: every form it claims runs right, every other one is refused or computes garbage) and
 ``xnnpack_hybrid`` (the claimed forms the default runtime's XNNPACK delegate takes over), ``activation_apart``,
 ``packed_rows_whole_bytes``, ``DEQUANTIZE_INPUTS`` and ``XNNPACK_FOLDED_DEQUANTIZE``, the FLOAT32 bias a hybrid
 filter needs (``XNNPACK_BIAS_TYPES``), and ``max_version``.
@@ -18,11 +18,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine import kernels, model_to_bytes, read_model
-from engine.builder import GraphBuilder
-from engine.ir import TENSOR_TYPES, Buffer, Model, Operator, QuantizationParams, Table, Tensor
-from engine.metrics import sqnr_db
-from engine.ops import DEQUANTIZE_INPUTS, RULES, XNNPACK_FOLDED_DEQUANTIZE, rule
+from engine import model_to_bytes, read_model
+from engine.format.builder import GraphBuilder
+from engine.format.ir import TENSOR_TYPES, Buffer, Model, Operator, QuantizationParams, Table, Tensor
+from engine.graph.ops import DEQUANTIZE_INPUTS, RULES, XNNPACK_FOLDED_DEQUANTIZE, rule
+from engine.quant import kernels
+from engine.quant.metrics import sqnr_db
 from tests.runtimes import BOTH_RUNTIMES, RUNTIMES, Refused, delegate_partitions, invoked, make_interpreter, run_model
 from tests.weighted_models import BASE_CASES, CASES, IDS, Feeds, weighted_op
 

@@ -5,15 +5,15 @@ from __future__ import annotations
 import importlib.metadata
 import json
 
-from engine.schema import ENUMS, SCHEMA, TABLES, UNIONS
-from engine.schema.generate import LITERT, SCHEMA_PATH, build_schema, render
+from engine.format.schema import ENUMS, SCHEMA, TABLES, UNIONS
+from engine.format.schema.generate import LITERT, SCHEMA_PATH, build_schema, render
 from tests.tflite_dump import tflite_schema
 
 
 def test_schema_file_matches_the_installed_ai_edge_litert() -> None:
     fresh = build_schema(LITERT)
     assert fresh["generated_from"] == f"ai-edge-litert {importlib.metadata.version('ai-edge-litert')}"
-    assert render(fresh) == SCHEMA_PATH.read_text(), "schema drift: run `python -m engine.schema.generate`"
+    assert render(fresh) == SCHEMA_PATH.read_text(), "schema drift: run `python -m engine.format.schema.generate`"
     assert json.loads(render(fresh)) == SCHEMA
 
 

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 import engine
-from engine.builder import GraphBuilder
+from engine.format.builder import GraphBuilder
+from engine.graph.weights import find_weights
 from engine.passes.common import small_model_floor
 from engine.recipe import DEFAULT_MIN_ELEMENTS
-from engine.weights import find_weights
 from tests.digits import digits_data
 from tests.runtimes import RUNTIMES, run_model
 

@@ -1,4 +1,4 @@
-"""engine.sparse: encode_sparse is the exact inverse of weights.densify, writes what LiteRT's converter writes
+"""engine.format.sparse: encode_sparse is the exact inverse of weights.densify, writes what LiteRT's converter writes
 (MediaPipe's sparse filters re-encode to the same bytes), survives the writer and reader, and sizes add up."""
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine import model_to_bytes, read_model
-from engine.builder import GraphBuilder
 from engine.errors import EngineError
-from engine.ir import SparsityParams, Table, Tensor
-from engine.sparse import encode_sparse, index_vector, sparse_bytes
-from engine.weights import densify, find_weights
+from engine.format.builder import GraphBuilder
+from engine.format.ir import SparsityParams, Table, Tensor
+from engine.format.sparse import encode_sparse, index_vector, sparse_bytes
+from engine.graph.weights import densify, find_weights
 
 DTYPES = [np.float32, np.float16, np.int8]
 BLOCKS = [(1, 1), (1, 4), (4, 1), (2, 2), (4, 4), (1, 16), (8, 1), (3, 2)]

@@ -11,11 +11,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from engine import metrics, read_model, zoo
-from engine import runtime as rt
-from engine import validate as v
-from engine.calibrate import load_calibration
+from engine import read_model, zoo
 from engine.errors import EngineError
+from engine.quant import metrics
+from engine.runtime import litert as rt
+from engine.runtime import validate as v
+from engine.runtime.calibrate import load_calibration
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +131,7 @@ def _constant_output(dequantized: bool) -> bytes:
     """A model whose output is a constant; ``dequantized`` stores it as float16 behind DEQUANTIZE, which XNNPACK
     fails to run ("failed to setup XNNPACK runtime") while the builtin kernels run it."""
     from engine import model_to_bytes
-    from engine.builder import GraphBuilder
+    from engine.format.builder import GraphBuilder
 
     w = np.linspace(-1, 1, 128, dtype=np.float32).reshape(8, 16)
     b = GraphBuilder()
@@ -374,7 +375,7 @@ def test_report_json_encodes_non_finite_values() -> None:
 def _two_in_two_out(quantized_io: bool) -> bytes:
     """y0 = a + b, y1 = a * b; with ``quantized_io`` the graph's inputs and outputs are int8 around it."""
     from engine import QuantizationParams, model_to_bytes
-    from engine.builder import GraphBuilder
+    from engine.format.builder import GraphBuilder
 
     def q(scale: float) -> QuantizationParams:
         return QuantizationParams(scale=np.array([scale], np.float32), zero_point=np.array([3], np.int64))

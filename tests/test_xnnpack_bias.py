@@ -1,6 +1,6 @@
 """The XNNPACK fact behind ``engine.passes.common.float32_biases``, checked in LiteRT: XNNPACK takes a weighted op
-only when its bias type goes with its filter type as XNNPACK sees them (``engine.ops.XNNPACK_BIAS_TYPES``), and the
-builtin kernels compute every pair right.  Then that the weight passes never leave a re-encoded filter with a
+only when its bias type goes with its filter type as XNNPACK sees them (``engine.graph.ops.XNNPACK_BIAS_TYPES``), and
+the builtin kernels compute every pair right.  Then that the weight passes never leave a re-encoded filter with a
 float16 bias, on a MediaPipe model storing its weights (biases too) as FLOAT16 behind DEQUANTIZE.
 """
 
@@ -13,10 +13,10 @@ import pytest
 
 import engine
 from engine import model_to_bytes
-from engine.builder import GraphBuilder
-from engine.ir import TENSOR_TYPES, QuantizationParams, Tensor
-from engine.metrics import sqnr_db
-from engine.ops import RULES, XNNPACK_BIAS_TYPES
+from engine.format.builder import GraphBuilder
+from engine.format.ir import TENSOR_TYPES, QuantizationParams, Tensor
+from engine.graph.ops import RULES, XNNPACK_BIAS_TYPES
+from engine.quant.metrics import sqnr_db
 from tests.runtimes import Refused, invoked, outputs_of
 
 RIGHT_DB = 30.0
@@ -75,7 +75,7 @@ def _delegated(interp: object, op: str) -> bool:
 
 
 def _cases() -> list[tuple[str, str, str]]:
-    # DEPTHWISE_CONV_2D has no hybrid kernel XNNPACK takes (engine.ops), so no hybrid case for it.
+    # DEPTHWISE_CONV_2D has no hybrid kernel XNNPACK takes (engine.graph.ops), so no hybrid case for it.
     return [
         (op, f, bias)
         for op in OPS

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import tflite
 
-from engine.schema.generate import TFLITE, build_schema
+from engine.format.schema.generate import TFLITE, build_schema
 
 _LAYOUT_FIELDS = {("Buffer", "offset"), ("Buffer", "size"), ("Model", "buffers")}
 _LARGE = ("large_custom_options_offset", "large_custom_options_size")

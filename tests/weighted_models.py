@@ -1,4 +1,4 @@
-"""One tiny single-op float model per weighted op of ``engine.ops.RULES`` (plus option variants), for the tests
+"""One tiny single-op float model per weighted op of ``engine.graph.ops.RULES`` (plus option variants), for the tests
 that check the table against the LiteRT kernels.
 
 Each weight grows geometrically along its output-channel axis (0.05 to 4), so a kernel that reads per-channel
@@ -12,8 +12,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from engine.builder import GraphBuilder
-from engine.ir import Model, Operator, Tensor
+from engine.format.builder import GraphBuilder
+from engine.format.ir import Model, Operator, Tensor
 
 Feeds = dict[str, np.ndarray]
 Case = Callable[[], tuple[Model, Feeds]]

@@ -1,6 +1,6 @@
 """Channel pruning that takes the pruned filters out of the graph, so the model computes less.
 
-A filter pruned whole (``prune_pattern`` channel) from an op that contracts channels (``engine.ops`` RULES'
+A filter pruned whole (``prune_pattern`` channel) from an op that contracts channels (``engine.graph.ops`` RULES'
 ``channel_flow``: CONV_2D, FULLY_CONNECTED) leaves one output channel that no longer depends on the input.  Its
 bias still flows on, so zeroing the filter alone does not cut the channel; taking it out does: the filter and
 its bias entry go, the output's last axis shrinks, and so does every activation downstream through the ops that
@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from engine.ir import Model, Operator, Subgraph, Tensor
-from engine.ops import RULES, rule
-from engine.pruning import parse_pattern
+from engine.format.ir import Model, Operator, Subgraph, Tensor
+from engine.graph.ops import RULES, rule
+from engine.graph.weights import Weight, channel_axis_of, find_weights
+from engine.quant.pruning import parse_pattern
 from engine.recipe import TensorOptions
-from engine.weights import Weight, channel_axis_of, find_weights
 
 # (axis, kept indices, whether to slice the rest out (True) or zero it (False)), on a weight's values.
 Edit = tuple[int, np.ndarray, bool]

@@ -1,6 +1,6 @@
 """``--cluster K``: k-means weight sharing, so each tensor (or output channel) holds at most K distinct values.
 
-Exact 1-D Lloyd (``engine.kernels.kmeans_1d``) per tensor or per output channel, sparsity-preserving: exact
+Exact 1-D Lloyd (``engine.quant.kernels.kmeans_1d``) per tensor or per output channel, sparsity-preserving: exact
 zeros (a pruned weight's) stay zero and do not take a cluster.  Storage:
 
 - ``values``: the weight takes its centroid values in its own float type.  The file shrinks under general
@@ -17,16 +17,16 @@ from __future__ import annotations
 import numpy as np
 
 from engine.errors import EngineError
-from engine.ir import TENSOR_TYPES, Model, Operator, Table, Tensor
-from engine.metrics import sqnr_db
+from engine.format.ir import TENSOR_TYPES, Model, Operator, Table, Tensor
+from engine.format.sparse import constant_bytes
+from engine.graph.weights import Weight, check_finite
 from engine.passes.common import entry, float_constant, install, replace_chain, select
 from engine.progress import track
-from engine.quantization import as_rows
+from engine.quant.metrics import sqnr_db
+from engine.quant.uniform import as_rows
 from engine.recipe import Recipe, TensorOptions
 from engine.registry import CODEBOOK_METHODS
 from engine.report import TensorReport
-from engine.sparse import constant_bytes
-from engine.weights import Weight, check_finite
 
 
 def cluster_weights(model: Model, recipe: Recipe) -> tuple[Model, list[TensorReport]]:

@@ -13,14 +13,14 @@ from dataclasses import replace
 
 import numpy as np
 
-from engine.ir import PACKED_BITS, TENSOR_TYPES, Model, Operator, Subgraph, Tensor
-from engine.ops import DENSIFY_INPUTS, RULES, dequantize_version
-from engine.pruning import parse_pattern
-from engine.reader import release_pages
+from engine.format.ir import PACKED_BITS, TENSOR_TYPES, Model, Operator, Subgraph, Tensor
+from engine.format.reader import release_pages
+from engine.format.sparse import encode_sparse, sparse_bytes
+from engine.graph.ops import DENSIFY_INPUTS, RULES, dequantize_version
+from engine.graph.weights import Weight, densify, find_weights
+from engine.quant.pruning import parse_pattern
 from engine.recipe import DEFAULT_MIN_ELEMENTS, Recipe, TensorOptions
 from engine.report import TensorReport
-from engine.sparse import encode_sparse, sparse_bytes
-from engine.weights import Weight, densify, find_weights
 
 _FLOAT32 = TENSOR_TYPES["FLOAT32"]
 
@@ -151,7 +151,7 @@ def float32_biases(sg: Subgraph, ops: list[Operator]) -> list[Tensor]:
     models), and return the stored constants that no longer need to be read.
 
     XNNPACK, the default interpreter's delegate, takes a weighted op only when its bias type matches the filter
-    as it sees it (``engine.ops.XNNPACK_BIAS_TYPES``): once a pass re-encodes a float16 filter, a float16 bias
+    as it sees it (``engine.graph.ops.XNNPACK_BIAS_TYPES``): once a pass re-encodes a float16 filter, a float16 bias
     makes it refuse the op, which then runs in the builtin kernel (2-3x slower for the whole model), fails to
     prepare (hybrid filters), or reads garbage (filters behind DENSIFY).  A bias is a few bytes per channel."""
     sources = []

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.ir import Model, Tensor
-from engine.metrics import sqnr_db
+from engine.format.ir import Model, Tensor
 from engine.passes.common import entry, install, select
+from engine.quant.metrics import sqnr_db
 from engine.recipe import Recipe
 from engine.report import TensorReport
 

@@ -7,7 +7,7 @@ a computed tensor.  The folded model computes exactly what the original did (bot
 
 from __future__ import annotations
 
-from engine.ir import Model
+from engine.format.ir import Model
 from engine.passes.common import drop_unused, fold_decoder
 
 

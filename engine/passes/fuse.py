@@ -7,9 +7,9 @@ converter emits it.  ``unfuse_activation`` is the inverse, for a kernel that ski
 
 from __future__ import annotations
 
-from engine.ir import Model, Operator, Subgraph, Table, Tensor
-from engine.ops import FUSES_ACTIVATION
-from engine.schema import ENUMS, enum_name
+from engine.format.ir import Model, Operator, Subgraph, Table, Tensor
+from engine.format.schema import ENUMS, enum_name
+from engine.graph.ops import FUSES_ACTIVATION
 
 _ACTIVATIONS = ("RELU", "RELU6", "RELU_N1_TO_1")
 _NONE = ENUMS["ActivationFunctionType"]["NONE"]

@@ -1,6 +1,6 @@
 """``--prune SPARSITY``: magnitude pruning, stored sparse where that makes the file smaller.
 
-The masks come from ``engine.pruning`` (unstructured, N:M, block, channel; one tensor at a time, or one
+The masks come from ``engine.quant.pruning`` (unstructured, N:M, block, channel; one tensor at a time, or one
 threshold over every weight pruned in global scope).  The pruned weight keeps its stored float type (float16
 stays float16) and, with ``sparse_format`` ``tflite``, is stored in TFLite's sparse format behind DENSIFY
 when that takes fewer bytes than dense, blockwise for block patterns DENSIFY decodes.  Passes that run after
@@ -13,15 +13,15 @@ from __future__ import annotations
 import numpy as np
 
 from engine.errors import EngineError
-from engine.ir import Model, Tensor
-from engine.metrics import sqnr_db
+from engine.format.ir import Model, Tensor
+from engine.format.sparse import constant_bytes
+from engine.graph.weights import Weight
 from engine.passes.channels import plan_channels
 from engine.passes.common import entry, float_constant, install, select
-from engine.pruning import global_masks, prune_mask, sparsity_of
+from engine.quant.metrics import sqnr_db
+from engine.quant.pruning import global_masks, prune_mask, sparsity_of
 from engine.recipe import Recipe, TensorOptions
 from engine.report import TensorReport
-from engine.sparse import constant_bytes
-from engine.weights import Weight
 
 
 def prune_weights(model: Model, recipe: Recipe) -> tuple[Model, list[TensorReport]]:

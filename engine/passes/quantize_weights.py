@@ -15,17 +15,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engine import kernels
 from engine.errors import EngineError
-from engine.ir import TENSOR_TYPES, Buffer, Model, Operator, QuantizationParams, Table, Tensor
-from engine.ops import DEQUANTIZE_INPUTS, RULES, XNNPACK_FOLDED_DEQUANTIZE
+from engine.format.ir import TENSOR_TYPES, Buffer, Model, Operator, QuantizationParams, Table, Tensor
+from engine.graph.ops import DEQUANTIZE_INPUTS, RULES, XNNPACK_FOLDED_DEQUANTIZE
+from engine.graph.weights import Weight, channel_axis_of, sparse_positions
 from engine.passes.common import entry, install, select
 from engine.passes.fuse import unfuse_activation
 from engine.progress import track
-from engine.quantization import quantize_weight
+from engine.quant import kernels
+from engine.quant.uniform import quantize_weight
 from engine.recipe import MODES, Recipe, TensorOptions
 from engine.report import TensorReport
-from engine.weights import Weight, channel_axis_of, sparse_positions
 
 INTEGER_MODES = tuple(mode for mode, (form, bits) in MODES.items() if bits is not None and form != "static")
 _CONTAINERS = {2: "INT2", 4: "INT4", 8: "INT8"}

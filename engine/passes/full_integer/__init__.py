@@ -1,6 +1,6 @@
 """Full-integer quantization (``--quantize int8`` / ``--quantize int16x8``) from a float .tflite and calibration data.
 
-LiteRT's integer quantization specification, applied from the op table (engine/ops.py): activations int8
+LiteRT's integer quantization specification, applied from the op table (engine/graph/ops.py): activations int8
 asymmetric per tensor (or int16 symmetric, zero point 0, for 16x8); the weights of multiply-accumulate ops int8
 symmetric per output channel (zero point 0, levels +-127); their bias int32 (int64 for 16x8) with scale
 input_scale * weight_scale[c]; other constants per tensor; fixed output parameters where the kernel requires
@@ -15,10 +15,9 @@ where integer and float parts of the graph meet, set op versions).  ``correct_bi
 
 from __future__ import annotations
 
-from engine.calibrate import CalibrationSource, LiteRTExecutor, calibrate, load_calibration
 from engine.errors import EngineError
-from engine.ir import Model
-from engine.ops import I16
+from engine.format.ir import Model
+from engine.graph.ops import I16
 from engine.passes.fold import fold_constant_decoders
 from engine.passes.full_integer.bias_correction import correct_biases
 from engine.passes.full_integer.params import assign_params, check_multipliers, observe
@@ -28,6 +27,7 @@ from engine.passes.full_integer.rewrite import rewrite
 from engine.passes.fuse import fuse_activations
 from engine.recipe import STATIC_MODES, Recipe, TensorOptions
 from engine.report import TensorReport
+from engine.runtime.calibrate import CalibrationSource, LiteRTExecutor, calibrate, load_calibration
 
 
 def quantize_model(

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.calibrate import CalibrationData, LiteRTExecutor
-from engine.ir import TENSOR_TYPES, Model, Operator, Tensor, all_tensors
-from engine.metrics import quantize_array
+from engine.format.ir import TENSOR_TYPES, Model, Operator, Tensor, all_tensors
+from engine.format.writer import model_to_bytes
 from engine.passes.full_integer.rewrite import Bias
-from engine.writer import model_to_bytes
+from engine.quant.metrics import quantize_array
+from engine.runtime.calibrate import CalibrationData, LiteRTExecutor
 
 # ------------------------------------------------------------------------------------------ bias correction
 

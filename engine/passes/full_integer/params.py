@@ -9,16 +9,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from engine.errors import EngineError
-from engine.ir import Operator, QuantizationParams, Subgraph, Tensor
-from engine.observers import Observer, make_observer
-from engine.ops import (
+from engine.format.ir import Operator, QuantizationParams, Subgraph, Tensor
+from engine.format.schema import enum_name
+from engine.graph.ops import (
     I8,
     I16,
     RULES,
 )
 from engine.passes.full_integer.plan import is_activation
+from engine.quant.observers import Observer, make_observer
 from engine.recipe import Recipe
-from engine.schema import enum_name
 
 # Activation type -> (tensor type, lowest code, highest code, symmetric).
 CODES = {I8: ("INT8", -128, 127, False), I16: ("INT16", -32768, 32767, True)}

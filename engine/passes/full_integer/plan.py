@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine import kernels
 from engine.errors import EngineError
-from engine.ir import TENSOR_TYPES, Model, Operator, Tensor
-from engine.ops import (
+from engine.format.ir import TENSOR_TYPES, Model, Operator, Tensor
+from engine.graph.ops import (
     I8,
     RULES,
     OpRule,
 )
+from engine.graph.weights import check_weighted_ops
+from engine.quant import kernels
 from engine.recipe import STATIC_MODES, Recipe, TensorOptions
-from engine.weights import check_weighted_ops
 
 # ------------------------------------------------------------------------------------------------ planning
 

@@ -6,7 +6,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.ops import (
+from engine.graph.ops import (
     I16,
     RULES,
 )

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from engine.errors import EngineError
-from engine.ir import TENSOR_TYPES, Buffer, Model, Operator, QuantizationParams, Subgraph, Table, Tensor
-from engine.metrics import quantize_array
-from engine.ops import (
+from engine.format.ir import TENSOR_TYPES, Buffer, Model, Operator, QuantizationParams, Subgraph, Table, Tensor
+from engine.format.sparse import encode_sparse, sparse_bytes
+from engine.graph.ops import (
     BIAS_TYPES,
     DENSIFY_INTEGER_READERS,
     I8,
@@ -22,14 +22,14 @@ from engine.ops import (
     dequantize_version,
     quantize_version,
 )
+from engine.graph.weights import channel_axis_of
 from engine.passes.full_integer.params import CODES, Params, activation_params, to_quantization
 from engine.passes.full_integer.plan import multiplies_weight
 from engine.passes.full_integer.report import IntegerReport
-from engine.quantization import QuantizedWeight, quantize_weight
+from engine.quant.metrics import quantize_array
+from engine.quant.uniform import QuantizedWeight, quantize_weight
 from engine.recipe import STATIC_MODES, Recipe, TensorOptions
 from engine.report import TensorReport
-from engine.sparse import encode_sparse, sparse_bytes
-from engine.weights import channel_axis_of
 
 _FLOAT32 = TENSOR_TYPES["FLOAT32"]
 

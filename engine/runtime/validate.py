@@ -33,10 +33,11 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from engine.calibrate import CalibrationSource, InputSpec, load_samples
 from engine.errors import EngineError
-from engine.metrics import cosine_similarity, max_abs_error, sqnr_db, top1_agreement
-from engine.runtime import (
+from engine.quant.metrics import cosine_similarity, max_abs_error, sqnr_db, top1_agreement
+from engine.report import json_safe
+from engine.runtime.calibrate import CalibrationSource, InputSpec, load_samples
+from engine.runtime.litert import (
     RUNTIME_TITLES,
     RUNTIMES,
     InterpreterError,
@@ -240,20 +241,6 @@ def _shape(shape: tuple[int, ...]) -> str:
     return "x".join(str(d) for d in shape) or "scalar"
 
 
-def json_safe(obj: Any) -> Any:
-    """``obj`` with non-finite floats as strings ("inf", "-inf", "nan") and tuples as lists: valid JSON."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return str(obj)
-    if isinstance(obj, dict):
-        return {k: json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [json_safe(v) for v in obj]
-    return obj
-
-
-# ------------------------------------------------------------------------------------ interpreter
-
-
 # -------------------------------------------------------------------------------------- validate
 
 
@@ -270,7 +257,7 @@ def validate(
 ) -> ValidationReport:
     """Run reference and candidate on the same samples in each runtime and compare outputs (and intermediates).
 
-    ``data`` is the calibration format (`engine.calibrate.load_samples`): samples keyed by the reference's input
+    ``data`` is the calibration format (`engine.runtime.calibrate.load_samples`): samples keyed by the reference's input
     names, one array for a single-input model, or an .npz/.npy file; the leading axis is the sample (a batch-1
     input also takes samples without it).  None generates one seeded sample.  ``runtime`` is "default",
     "builtin" or "both".  Top-1 agreement is reported for rank-2 [N, C>1] outputs, or with

@@ -10,9 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from engine import flatbuf
 from engine.errors import EngineError
-from engine.ir import (
+from engine.format import flatbuf
+from engine.format.ir import (
     PACKED_BITS,
     TENSOR_REF_FIELDS,
     Buffer,

@@ -1,6 +1,6 @@
 """Schema-driven FlatBuffers decoding and encoding of whole TFLite files.
 
-Decoding walks the tables described in ``engine.schema`` and checks every offset, vtable and vector length
+Decoding walks the tables described in ``engine.format.schema`` and checks every offset, vtable and vector length
 against the file's size before reading, so a corrupt or hostile file gives one ``EngineError`` that says
 where it broke, in time linear in the file size.  (The ``tflite`` package's generated readers read blindly:
 a bad offset there raises an arbitrary exception or reads garbage.)  A field the schema does not know, or a
@@ -21,7 +21,7 @@ import flatbuffers
 import numpy as np
 
 from engine.errors import EngineError
-from engine.schema import FILE_IDENTIFIER, TABLES, UNIONS
+from engine.format.schema import FILE_IDENTIFIER, TABLES, UNIONS
 
 _STRUCT = {
     "bool": struct.Struct("<?"),

@@ -3,7 +3,7 @@
 Pure numpy, no graph editing: a pass applies the masks. A mask is a boolean array of the weight's shape, True
 where the weight is kept. Every pattern works on the weight's 2-D view ``[out, K]``: the output-channel axis
 first, then the other axes in their order, the input (reduction) axis last, so K runs along the input axis
-fastest. For the engine's layouts (``engine.ops`` RULES' ``input_axis`` gives the axis per op):
+fastest. For the engine's layouts (``engine.graph.ops`` RULES' ``input_axis`` gives the axis per op):
 
 - FULLY_CONNECTED [out, in]: channel 0, input 1. CONV_2D and TRANSPOSE_CONV OHWI: channel 0, input 3 (the
   view is TFLite's own im2col order H, W, I). CONV_3D DHWIO: channel 4, input 3. BATCH_MATMUL right-hand side

@@ -1,6 +1,6 @@
 """Encode a dense constant in TFLite's sparse format (SparsityParameters), the inverse of ``weights.densify``.
 
-Kept apart from ``engine.weights`` (which finds the weights of a graph and decodes them): this is a pure
+Kept apart from ``engine.graph.weights`` (which finds the weights of a graph and decodes them): this is a pure
 format function on arrays that passes call to re-encode what they produce.
 
 Layouts, as TFLite documents them (``traversal_order`` lists the levels, a blocked dimension adds a level
@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from engine.errors import EngineError
-from engine.ir import DimensionMetadata, SparsityParams, Table, Tensor
+from engine.format.ir import DimensionMetadata, SparsityParams, Table, Tensor
 
 DENSE, SPARSE_CSR = 0, 1
 # The SparseIndexVector union members, smallest first: (table, element dtype).

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from engine.errors import EngineError
-from engine.metrics import dequantize_array, quantize_array
+from engine.quant.metrics import dequantize_array, quantize_array
 
 ModelSource = str | Path | bytes
 InputData = dict[str, np.ndarray] | np.ndarray | None

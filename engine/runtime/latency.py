@@ -6,9 +6,9 @@ machine (another process, frequency scaling) hits all of them alike and the rati
 stable even when absolute times drift.  Only ``invoke`` is timed (``time.perf_counter``); the median is the
 figure to compare, the 90th percentile shows a slow tail.
 
-Runtimes (``engine.runtime.RUNTIMES``, built by ``engine.runtime.interpreter``): ``default`` is the interpreter
-as a user loads it (``Interpreter(model_path=..., num_threads=...)``: XNNPACK applied where it takes the graph),
-``builtin`` the builtin kernels alone (``BUILTIN_WITHOUT_DEFAULT_DELEGATES``).
+Runtimes (``engine.runtime.litert.RUNTIMES``, built by ``engine.runtime.litert.interpreter``): ``default`` is the
+interpreter as a user loads it (``Interpreter(model_path=..., num_threads=...)``: XNNPACK applied where it takes the
+graph), ``builtin`` the builtin kernels alone (``BUILTIN_WITHOUT_DEFAULT_DELEGATES``).
 """
 
 from __future__ import annotations
@@ -22,7 +22,16 @@ from typing import Any
 import numpy as np
 
 from engine.errors import EngineError
-from engine.runtime import RUNTIMES, InputData, cast_input, input_data, interpreter, invoke, match_tensors, model_label
+from engine.runtime.litert import (
+    RUNTIMES,
+    InputData,
+    cast_input,
+    input_data,
+    interpreter,
+    invoke,
+    match_tensors,
+    model_label,
+)
 
 
 @dataclass(frozen=True)

@@ -902,7 +902,7 @@ def _lloyd_history(values: np.ndarray, k: int, *, twin: bool = False, **options:
 
 
 # ======================================================================== calibration: streaming histograms
-# engine.observers keeps one histogram per activation: bins of width 2**exponent anchored at 0, bin k holding
+# engine.quant.observers keeps one histogram per activation: bins of width 2**exponent anchored at 0, bin k holding
 # [k w, (k + 1) w).  Adding a sample's values is the calibration's hot loop (about 10 M values per sample on a
 # mid-sized conv net); numpy needs five passes and two temporaries for it, the kernel one pass and none.
 

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from engine import kernels
 from engine.errors import EngineError
-from engine.metrics import power_ratio_db
+from engine.quant import kernels
+from engine.quant.metrics import power_ratio_db
 from engine.registry import SCALE_METHODS
 
 

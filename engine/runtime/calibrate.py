@@ -3,7 +3,7 @@
 Full-integer quantization needs a (scale, zero point) for every tensor the model computes, which only the
 values those tensors take on real inputs can give.  ``calibrate`` streams the samples one at a time through an
 ``Executor`` (LiteRT: XNNPACK on a copy whose outputs include the watched tensors, else the builtin kernels
-keeping every intermediate), and feeds each watched tensor's values to its ``Observer`` (engine.observers), so
+keeping every intermediate), and feeds each watched tensor's values to its ``Observer`` (engine.quant.observers), so
 memory does not grow with the number of samples.
 
 The executor is a small interface (run one sample, read a tensor by index), so another runtime can replace
@@ -25,12 +25,12 @@ from typing import NamedTuple, Protocol
 import numpy as np
 
 from engine.errors import EngineError
-from engine.ir import Model, Tensor, all_tensors
-from engine.metrics import quantize_array
-from engine.observers import Observer
+from engine.format.ir import Model, Tensor, all_tensors
+from engine.format.writer import model_to_bytes
 from engine.progress import track
-from engine.runtime import interpreter
-from engine.writer import model_to_bytes
+from engine.quant.metrics import quantize_array
+from engine.quant.observers import Observer
+from engine.runtime.litert import interpreter
 
 CalibrationSource = str | os.PathLike[str] | Mapping[str, np.ndarray] | np.ndarray
 

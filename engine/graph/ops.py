@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from engine.errors import EngineError
-from engine.ir import Table
+from engine.format.ir import Table
 
 
 @dataclass(frozen=True)
@@ -317,7 +317,7 @@ DEQUANTIZE_INPUTS: dict[int, frozenset[str]] = {16: frozenset({"tensor"}), 8: _B
 # weight: ``xnnpack_computed_weight``).
 XNNPACK_FOLDED_DEQUANTIZE = frozenset({"FLOAT16", "INT8"})
 
-# What DENSIFY turns back into a dense tensor (the layouts of engine.sparse), by stored type: the block shapes
+# What DENSIFY turns back into a dense tensor (the layouts of engine.format.sparse), by stored type: the block shapes
 # (rows, columns) of a 2-D [out, in] weight, None meaning unblocked CSR (any rank: 2-D and 4-D OHWI measured).
 # INT8 keeps its quantization parameters (per channel too) for the DEQUANTIZE after it.  Every form comes out
 # bit-exact, with Uint8, Uint16 or Int32 index vectors, in the builtin kernel and with XNNPACK (when its readers
@@ -384,4 +384,4 @@ def rule(op_name: str) -> OpRule:
     try:
         return RULES[op_name]
     except KeyError:
-        raise EngineError(f"operator {op_name} is not in engine.ops.RULES") from None
+        raise EngineError(f"operator {op_name} is not in engine.graph.ops.RULES") from None

@@ -199,7 +199,7 @@ class HistogramObserver(Observer):
         elif self._counts.size:  # pairs of bins merge, as often as the width doubled: k -> floor(k / 2**shift)
             old = self._first + np.arange(self._counts.size, dtype=np.int64)
             np.add.at(counts, (old >> min(e - self._exp, 63)) - first, self._counts)
-        from engine import kernels  # imported on first use: ``import engine`` stays free of Numba
+        from engine.quant import kernels
 
         kernels.histogram_add(x, e, first, counts)
         self._exp, self._first, self._counts, self._cache = e, first, counts, None

@@ -13,9 +13,9 @@ from collections.abc import Sequence
 import numpy as np
 
 from engine.errors import EngineError
-from engine.ir import Model, Operator, Subgraph, Table, Tensor, tensor_type
-from engine.ops import rule
-from engine.schema import ENUMS, TABLES
+from engine.format.ir import Model, Operator, Subgraph, Table, Tensor, tensor_type
+from engine.format.schema import ENUMS, TABLES
+from engine.graph.ops import rule
 
 Shape = tuple[int, ...]
 Pair = int | tuple[int, int]
@@ -132,7 +132,7 @@ class GraphBuilder:
     ) -> list[Tensor]:
         """Append builtin op ``name`` and return its new output tensors.
 
-        Arrays among ``inputs`` become constants (named ``weights``/``bias`` where ``engine.ops`` says so),
+        Arrays among ``inputs`` become constants (named ``weights``/``bias`` where ``engine.graph.ops`` says so),
         ``None`` is an omitted optional input.  ``options`` are the op's options table fields; padding and
         fused activation may be given by name.  Outputs take ``dtype``, else the first input's type.
         """

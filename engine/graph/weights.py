@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from engine.errors import EngineError
-from engine.ir import Model, Operator, Subgraph, Tensor
-from engine.ops import RULES
-from engine.sparse import DENSE, SPARSE_CSR, constant_bytes, index_bytes
+from engine.format.ir import Model, Operator, Subgraph, Tensor
+from engine.format.sparse import DENSE, SPARSE_CSR, constant_bytes, index_bytes
+from engine.graph.ops import RULES
 
 _FLOAT_TYPES = ("FLOAT32", "FLOAT16")
 _DECODERS = ("DEQUANTIZE", "DENSIFY")

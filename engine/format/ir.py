@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from engine.errors import EngineError
-from engine.schema import ENUMS, TABLES, enum_name
+from engine.format.schema import ENUMS, TABLES, enum_name
 
 TENSOR_TYPES: dict[str, int] = ENUMS["TensorType"]
 BUILTIN_OPS: dict[str, int] = ENUMS["BuiltinOperator"]

@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from engine import flatbuf
 from engine.errors import EngineError
-from engine.ir import (
+from engine.format import flatbuf
+from engine.format.ir import (
     TENSOR_REF_FIELDS,
     Buffer,
     ExternalBuffer,
