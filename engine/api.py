@@ -22,7 +22,7 @@ from engine.passes.float16 import float16_weights
 from engine.passes.full_integer import quantize_model
 from engine.passes.prune import prune_weights
 from engine.passes.quantize_weights import quantize_weights
-from engine.recipe import STATIC_MODES, Recipe
+from engine.recipe import Recipe, is_full_integer
 from engine.report import GZIP_LIMIT_BYTES, Report, TensorReport, gzip_size
 from engine.runtime.calibrate import CalibrationSource, LiteRTExecutor
 from engine.summary import summarize
@@ -72,7 +72,7 @@ def compress(
         for t in entries:
             key = (t.subgraph, t.name)
             by_weight[key] = by_weight[key].then(t) if key in by_weight else t
-    if recipe.options.get("quantize") in STATIC_MODES:
+    if is_full_integer(recipe.options.get("quantize")):
         model, entries, integer = quantize_model(model, recipe, calibration, executor)
         report.integer = integer
         for t in entries:

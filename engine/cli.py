@@ -29,8 +29,8 @@ from engine.errors import EngineError
 from engine.format.ir import Model
 from engine.format.reader import read_model
 from engine.format.writer import same_file, write_model
-from engine.recipe import DEFAULT_MIN_ELEMENTS, GRANULARITIES, IO_TYPES, MODES
-from engine.registry import CODEBOOK_METHODS, OBSERVERS, SCALE_METHODS, load_plugin
+from engine.recipe import DEFAULT_MIN_ELEMENTS, GRANULARITIES, IO_TYPES, WEIGHT_MODES
+from engine.registry import ACTIVATION_SCHEMES, CODEBOOK_METHODS, OBSERVERS, SCALE_METHODS, load_plugin
 from engine.report import Report
 from engine.runtime.validate import RUNTIME_CHOICES, ValidationReport, validate
 from engine.summary import format_summary, summarize
@@ -229,7 +229,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     from engine.api import compress
-    from engine.recipe import STATIC_MODES
+    from engine.recipe import is_full_integer
     from engine.zoo import mediapipe_model, model_calibration, model_photo
 
     source = mediapipe_model(args.model)
@@ -238,7 +238,7 @@ def _demo(args: argparse.Namespace) -> int:
     target = out_dir / f"{args.model}.{args.quantize}.tflite"
     print(f"model: {args.model} (mediapipe 0.10.14) from {source}")
     print(format_summary(summarize(read_model(source), source.stat().st_size)))
-    calibration = model_calibration(args.model) if args.quantize in STATIC_MODES else None
+    calibration = model_calibration(args.model) if is_full_integer(args.quantize) else None
     _, report = compress(source, output=target, quantize=args.quantize, calibration=calibration)
     print(f"\ncompressed with --quantize {args.quantize}: wrote {target}")
     print(report.format_text())
@@ -301,10 +301,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--quantize",
         metavar="MODE",
-        help=f"{', '.join(MODES)} or none (a recipe can set weight modes per op); int8 and int16x8 quantize the whole "
-        "model (weights and activations) and need --calibration",
+        help=f"{', '.join(WEIGHT_MODES)} or none (a recipe can set weight modes per op); "
+        f"{' and '.join(ACTIVATION_SCHEMES)} quantize the whole model (weights and activations) and need --calibration",
     )
-    p.add_argument("--calibration", metavar="DATA", help=f"samples for int8/int16x8: {_DATA}")
+    p.add_argument("--calibration", metavar="DATA", help=f"samples for {'/'.join(ACTIVATION_SCHEMES)}: {_DATA}")
     p.add_argument(
         "--observer",
         metavar="O",

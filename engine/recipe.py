@@ -30,22 +30,36 @@ from typing import Any, NamedTuple
 
 from engine.errors import EngineError
 from engine.format.ir import BUILTIN_OPS
+from engine.quant import activations as _builtin_schemes  # noqa: F401  (registers int8, int16x8)
 from engine.quant.observers import make_observer
 from engine.quant.pruning import parse_pattern
-from engine.registry import CODEBOOK_METHODS, SCALE_METHODS
+from engine.registry import ACTIVATION_SCHEMES, CODEBOOK_METHODS, SCALE_METHODS
 
-# mode -> (how ops read the weight, bits of its levels by default); None stores float16.
-MODES: dict[str, tuple[str, int | None]] = {
+# Weight modes: mode -> (how ops read the weight, bits of its levels by default); None stores float16.  The
+# full-integer modes are the activation schemes registered in engine.registry.ACTIVATION_SCHEMES (int8, int16x8).
+WEIGHT_MODES: dict[str, tuple[str, int | None]] = {
     "float16": ("dequantize", None),
     "weight-int8": ("dequantize", 8),
     "dynamic-int8": ("hybrid", 8),
     "weight-int4": ("dequantize", 4),
     "dynamic-int4": ("hybrid", 4),
-    "int8": ("static", 8),
-    "int16x8": ("static", 8),
 }
-# Full-integer modes (engine/passes/full_integer/), by the activation type of their integer kernels.
-STATIC_MODES = {"int8": "int8", "int16x8": "int16"}
+
+
+def is_full_integer(mode: str | None) -> bool:
+    """Whether ``mode`` quantizes the whole model (weights and activations) rather than weights only."""
+    return mode is not None and mode in ACTIVATION_SCHEMES
+
+
+def mode_names() -> tuple[str, ...]:
+    """Every ``quantize`` mode: the weight modes, then the full-integer ones (plugins' included)."""
+    return (*WEIGHT_MODES, *ACTIVATION_SCHEMES)
+
+
+def _full_integer_names() -> str:
+    return " or ".join(ACTIVATION_SCHEMES)
+
+
 # The model's interface in a full-integer model: float with QUANTIZE/DEQUANTIZE at the edges, or integer.
 IO_TYPES = ("float", "int8", "uint8")
 # Options of the whole model rather than of one tensor: only the recipe's global section may set them.
@@ -105,14 +119,18 @@ class TensorOptions:
     @property
     def form(self) -> str | None:
         """ "dequantize" (DEQUANTIZE before float ops) or "hybrid" (ops read integer weights), None if untouched."""
-        return None if self.quantize is None else MODES[self.quantize][0]
+        if self.quantize is None:
+            return None
+        return "static" if is_full_integer(self.quantize) else WEIGHT_MODES[self.quantize][0]
 
     @property
     def level_bits(self) -> int | None:
         """Bits of the quantization levels (None for float16)."""
         if self.quantize is None:
             return None
-        return self.bits if self.bits is not None else MODES[self.quantize][1]
+        if self.bits is not None:
+            return self.bits
+        return 8 if is_full_integer(self.quantize) else WEIGHT_MODES[self.quantize][1]
 
     @property
     def changes_weights(self) -> bool:
@@ -166,8 +184,8 @@ def _check_options(options: dict[str, Any], origin_of: Callable[[str], Origin]) 
         n = origin.name
         if name not in _OPTION_NAMES:
             raise origin.error(f"unknown option {n(name)!r} (options: {', '.join(_OPTION_NAMES)})")
-        if name == "quantize" and value is not None and value not in MODES:
-            raise origin.error(f"unknown {n(name)} mode {value!r} (modes: {', '.join(MODES)})")
+        if name == "quantize" and value is not None and value not in mode_names():
+            raise origin.error(f"unknown {n(name)} mode {value!r} (modes: {', '.join(mode_names())})")
         if name == "bits" and value is not None and (not isinstance(value, int) or not 2 <= value <= 8):
             raise origin.error(f"{n(name)} must be an integer from 2 to 8, not {value!r}")
         if name == "granularity" and value not in GRANULARITIES:
@@ -218,7 +236,7 @@ def _check_local(options: dict[str, Any], where: str) -> dict[str, Any]:
     for name in MODEL_OPTIONS:
         if name in checked:
             raise origin.error(f"{name} applies to the whole model; set it in the recipe's global options")
-    if checked.get("quantize") in STATIC_MODES:
+    if is_full_integer(checked.get("quantize")):
         raise origin.error(f"{checked['quantize']} applies to the whole model; set it globally")
     return checked
 
@@ -238,18 +256,20 @@ def _check_combination(options: TensorOptions, origin_of: Callable[[str], Origin
         return
     origin = origin_of("bits")
     n = origin.name
-    if mode in STATIC_MODES:
+    if is_full_integer(mode):
         if bits is not None and bits != 8:
             raise origin.error(f"{mode} stores 8-bit weights; {n('bits')} do not apply")
-        if options.io != "float" and STATIC_MODES[mode] != "int8":
+        allowed = ACTIVATION_SCHEMES.get(mode).integer_io
+        if options.io != "float" and options.io not in allowed:
             origin = origin_of("io")
-            raise origin.error(f"{origin.name('io')} {options.io} is for int8 models; {mode} keeps a float interface")
+            interfaces = f"takes {origin.name('io')} {', '.join(allowed)}" if allowed else "keeps a float interface"
+            raise origin.error(f"{origin.name('io')} {options.io} does not apply: {mode} {interfaces}")
         return
     if mode == "float16":
         if bits is not None:
             raise origin.error(f"{n('bits')} do not apply to float16 (use weight-int8/-int4 or dynamic-int8/-int4)")
         return
-    container = MODES[mode][1]
+    container = WEIGHT_MODES[mode][1]
     if bits is not None and container is not None and bits > container:
         raise origin.error(f"{mode} holds at most {container}-bit levels, not {n('bits')} {bits} (use an int8 mode)")
     if options.block_size is not None:
@@ -329,14 +349,15 @@ class Recipe:
                     raise origin.error(f"{n(name)} does nothing without {n('prune_pattern')} channel")
                 if name in _LEVEL_OPTIONS and not anywhere("quantize", lambda v: v not in (None, "float16")):
                     raise origin.error(f"{n(name)} does nothing without an integer {n('quantize')} mode")
-                if name == "granularity" and mode in STATIC_MODES:
+                if name == "granularity" and is_full_integer(mode):
                     raise origin.error(
                         f"{n(name)} does nothing in {mode}: its weights are per output channel (BATCH_MATMUL's per "
                         "tensor)"
                     )
-                if name in _STATIC_OPTIONS and mode not in STATIC_MODES:
+                if name in _STATIC_OPTIONS and not is_full_integer(mode):
                     raise origin.error(
-                        f"{n(name)} does nothing without {n('quantize')} int8 or int16x8 (full-integer quantization)"
+                        f"{n(name)} does nothing without {n('quantize')} {_full_integer_names()} (full-integer "
+                        "quantization)"
                     )
 
     def sets(self, option: str) -> bool:
@@ -347,11 +368,12 @@ class Recipe:
     def check_calibration(self, given: bool) -> None:
         """Calibration data is read by the full-integer modes only, which cannot do without it."""
         mode, n = self.options.get("quantize"), self.caller.name
-        if given and mode not in STATIC_MODES:
+        if given and not is_full_integer(mode):
             raise self.caller.error(
-                f"{n('calibration')} does nothing without {n('quantize')} int8 or int16x8 (full-integer quantization)"
+                f"{n('calibration')} does nothing without {n('quantize')} {_full_integer_names()} (full-integer "
+                "quantization)"
             )
-        if not given and mode in STATIC_MODES:
+        if not given and is_full_integer(mode):
             raise self.caller.error(
                 f"{n('quantize')} {mode} needs calibration data: pass {n('calibration')} DATA (.npz keyed by input "
                 "name, or one array for a single-input model; the leading axis is the sample)"

@@ -1,8 +1,8 @@
 """The public seam for quantization methods: built-ins and plugins register through the same door.
 
 A ``Registry`` maps names to implementations of one kind; recipe validation, the command line's choices and the
-report read it, so a method registered before a recipe is built is as selectable as a built-in (``--scale pow2``,
-``{"scale": "pow2"}``).  Today's kind:
+report read it, so a method (or mode) registered before a recipe is built is as selectable as a built-in
+(``--scale pow2``, ``{"scale": "pow2"}``).  The kinds:
 
 * ``SCALE_METHODS``: how a weight's rows get their scales.  A scale method is a function
   ``(rows, bits) -> scales``: ``rows`` is a C-contiguous float32 array [R, n], one row per group of weights that
@@ -24,6 +24,11 @@ report read it, so a method registered before a recipe is built is as selectable
   sample's values stream in, ``range(bits, symmetric) -> (lo, hi)`` at the end, holding 0); ``argument`` is the
   text after ``NAME:`` in ``--observer NAME:ARGUMENT`` (``percentile:99.9``), or None.  Built-ins: ``minmax``,
   ``percentile``, ``mse``, ``entropy``.
+* ``ACTIVATION_SCHEMES``: the full-integer modes, by name (``--quantize NAME``).  An entry is an
+  ``engine.quant.activations.ActivationScheme``: the LiteRT integer kernel family that runs the model ("int8" or
+  "int16"), the code width and symmetry, and ``params(lo, hi) -> (scale, zero_point)`` for a calibrated range;
+  subclass it to change how ranges become parameters.  Built-ins: ``int8`` (asymmetric) and ``int16x8``
+  (symmetric int16 activations, int8 weights).  ``examples/plugins/pow2_activations.py`` adds power-of-two scales.
 
 A plugin is a Python module that registers on import::
 
@@ -47,11 +52,14 @@ import importlib.util
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import numpy as np
 
 from engine.errors import EngineError
+
+if TYPE_CHECKING:
+    from engine.quant.activations import ActivationScheme
 
 T = TypeVar("T")
 
@@ -112,6 +120,8 @@ CODEBOOK_METHODS: Registry[CodebookMethod] = Registry("codebook method")
 # Factories of calibration observers (engine.quant.observers.Observer subclasses), called with the text after "NAME:" in
 # an observer spec ("percentile:99.9"), or None; the built-ins register in engine.quant.observers.
 OBSERVERS: Registry[Callable[[str | None], Any]] = Registry("calibration observer")
+# Full-integer modes by name; the built-ins register in engine.quant.activations.
+ACTIVATION_SCHEMES: Registry[ActivationScheme] = Registry("full-integer mode")
 
 
 @SCALE_METHODS.register("minmax")

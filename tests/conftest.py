@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import engine
-from engine.recipe import STATIC_MODES
+from engine.recipe import is_full_integer
 from engine.recipes import STANDARD_MODES
 from engine.zoo import CUSTOM_OP_MODELS, mediapipe_models, model_calibration
 
@@ -58,7 +58,7 @@ def compressed(runnable: dict[str, Path], tmp_path_factory: pytest.TempPathFacto
     def get(name: str, mode: str) -> tuple[Path, engine.Report]:
         if (name, mode) not in done:
             options = dict(MODES[mode])
-            if options.get("quantize") in STATIC_MODES:
+            if is_full_integer(options.get("quantize")):
                 options["calibration"] = model_calibration(name)
             out = folder / f"{name}.{mode}.tflite"
             _, report = engine.compress(runnable[name], output=out, **options)

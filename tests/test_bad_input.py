@@ -243,7 +243,10 @@ def test_api_errors_name_the_keyword_argument(tmp_path: Path) -> None:
         ({"quantize": "weight-int8", "observer": "mse"}, "observer= does nothing without quantize= int8 or int16x8"),
         ({"quantize": "weight-int8", "calibration": np.zeros((1, 1))}, "calibration= does nothing without quantize="),
         ({"quantize": "int8"}, "quantize= int8 needs calibration data: pass calibration= DATA"),
-        ({"quantize": "int16x8", "io": "int8", "calibration": np.zeros((1, 1))}, "io= int8 is for int8 models"),
+        (
+            {"quantize": "int16x8", "io": "int8", "calibration": np.zeros((1, 1))},
+            "io= int8 does not apply: int16x8 keeps a float interface",
+        ),
         ({"cluster_storage": "gather"}, "cluster_storage= does nothing without cluster="),
         ({"quantize": "weight-int8", "cluster": 16, "cluster_storage": "gather"}, "cannot be quantized too"),
         ({"quantize": "weight-int8", "exclude": ["("]}, "exclude=: bad regular expression"),

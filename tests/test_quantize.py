@@ -13,7 +13,7 @@ from engine.errors import EngineError
 from engine.format.builder import GraphBuilder
 from engine.graph.weights import find_weights
 from engine.quant import kernels
-from engine.recipe import DEFAULT_MIN_ELEMENTS, MODES, STATIC_MODES, Recipe
+from engine.recipe import DEFAULT_MIN_ELEMENTS, WEIGHT_MODES, Recipe
 from engine.zoo import CUSTOM_OP_MODELS, model_photo
 from tests.conftest import Compressed
 from tests.runtimes import RUNTIMES, run_model, worst_sqnr
@@ -92,7 +92,7 @@ FLOORS: dict[str, dict[str, float]] = {
 }
 
 
-@pytest.mark.parametrize("mode", [mode for mode in MODES if mode not in STATIC_MODES])
+@pytest.mark.parametrize("mode", list(WEIGHT_MODES))
 def test_every_mode_on_every_runnable_mediapipe_model(
     mode: str, runnable: dict[str, Path], compressed: Compressed
 ) -> None:

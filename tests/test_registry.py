@@ -137,3 +137,53 @@ def test_plugin_codebook_method_nf4(runnable: dict[str, Path], tmp_path: Path) -
         assert nf4_sqnr > 10 and kmeans_sqnr >= nf4_sqnr - 1, (runtime, nf4_sqnr, kmeans_sqnr)
     with pytest.raises(EngineError, match="nf4 has 16 levels"):
         engine.compress(source, cluster=8, cluster_init="nf4")
+
+
+POW2_ACTIVATIONS = Path(__file__).parents[1] / "examples" / "plugins" / "pow2_activations.py"
+
+
+def test_plugin_full_integer_mode_pow2(runnable: dict[str, Path], tmp_path: Path) -> None:
+    """A full-integer mode from a plugin (symmetric int8 activations, power-of-two scales) is a --quantize choice
+    on the command line, runs on the int8 kernels in both runtimes, and is reported under its own name."""
+    out, report_path = tmp_path / "pow2.tflite", tmp_path / "report.json"
+    photos = tmp_path / "photos.npy"
+    np.save(photos, engine.zoo.model_calibration("hand_recrop"))
+    source = runnable["hand_recrop"]
+    argv = ["--plugin", str(POW2_ACTIVATIONS), "--plugin", str(POW2), "compress", str(source), "-o", str(out)]
+    argv += ["--quantize", "int8-pow2", "--scale", "pow2", "--calibration", str(photos), "--report", str(report_path)]
+    assert main(argv) == 0
+    report = json.loads(report_path.read_text())
+    assert report["integer"]["mode"] == "int8-pow2" and report["integer"]["kernels"] == "int8"
+    assert {t["mode"] for t in report["tensors"] if t["action"] == "compressed"} == {"int8-pow2"}
+    activations = [
+        t.quantization
+        for t in engine.read_model(out).main.tensors
+        if t.type_name == "INT8" and not t.is_constant and t.quantization is not None
+    ]
+    assert len(activations) > 20
+    for q in activations:
+        assert np.all(q.zero_point == 0)
+        assert np.all(np.log2(q.scale) == np.round(np.log2(q.scale)))
+    photo = engine.zoo.model_photo("hand_recrop")
+    for runtime in RUNTIMES:
+        assert worst_sqnr(source, out, photo, runtime) > 20, runtime  # int8: 36-41 dB, this: 26-29
+
+
+def test_an_activation_scheme_that_does_not_fit_the_kernels_is_refused(
+    runnable: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from engine.quant.activations import ActivationScheme
+    from engine.registry import ACTIVATION_SCHEMES
+
+    if "int16-asymmetric" not in ACTIVATION_SCHEMES:
+        ACTIVATION_SCHEMES.register("int16-asymmetric")(ActivationScheme("int16", 16, symmetric=False))
+        ACTIVATION_SCHEMES.register("int4-acts")(ActivationScheme("int8", 4, symmetric=True))
+    calibration = engine.zoo.model_calibration("hand_recrop", 2)
+    with pytest.raises(EngineError, match="int16-asymmetric: int16 kernels need symmetric activations"):
+        engine.compress(runnable["hand_recrop"], quantize="int16-asymmetric", calibration=calibration)
+    with pytest.raises(EngineError, match="int4-acts: int8 kernels compute in INT8, not INT4"):
+        engine.compress(runnable["hand_recrop"], quantize="int4-acts", calibration=calibration)
+    out = tmp_path / "x.tflite"
+    argv = ["compress", str(runnable["hand_recrop"]), "-o", str(out), "--quantize", "int16x8", "--io", "int8"]
+    assert main([*argv, "--calibration", "x.npy"]) != 0 and not out.exists()
+    assert "--io int8 does not apply: int16x8 keeps a float interface" in capsys.readouterr().err

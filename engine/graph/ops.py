@@ -66,13 +66,13 @@ class OpRule:
     that must leave the channel axis unpadded.  An op with no ``channel_flow`` stops a removal.
 
     Full-integer quantization (``--quantize int8|int16x8``, LiteRT's integer quantization specification):
-    ``integer`` lists the activation types ("int8": int8 asymmetric per tensor; "int16": int16 symmetric, the
-    16x8 scheme) LiteRT has an integer kernel for, each with the op version a converter declares for it.
+    ``integer`` lists the integer kernel families (``INTEGER_KERNELS``: "int8"; "int16", the 16x8 kernels)
+    LiteRT has a kernel for, each with the op version a converter declares for it.
     ``scales`` says where the output's (scale, zero_point) comes from: "own" (its calibrated range), "same"
     (the kernel does not rescale: the output and every float activation input share one), "fixed" (the kernel
     requires ``fixed_output``).  ``integer_weights`` is the weight's granularity (symmetric int8, zero point 0)
-    in the integer kernel; the bias becomes ``BIAS_TYPES[activations]`` with scale input_scale * weight_scale.
-    ``integer_options`` are (activations, option, value) the integer kernel needs.  ``xnnpack_integer=False``:
+    in the integer kernel; the bias becomes ``BIAS_TYPES[family]`` with scale input_scale * weight_scale.
+    ``integer_options`` are (family, option, value) the integer kernel needs.  ``xnnpack_integer=False``:
     XNNPACK (LiteRT's CPU delegate) does not take the op's int8 form, so an int8 model splits into many
     partitions around it and runs slower than the float model; with a float interface (a CPU model) such an op
     stays float between a DEQUANTIZE and a QUANTIZE, which XNNPACK runs in one partition.
@@ -104,17 +104,18 @@ class OpRule:
     integer_options: tuple[tuple[str, str, object], ...] = ()
     xnnpack_integer: bool = True
 
-    def integer_version(self, activations: str) -> int | None:
-        """The op version a full-integer model declares for ``activations`` ("int8"/"int16"); None: no kernel."""
-        return dict(self.integer).get(activations)
+    def integer_version(self, family: str) -> int | None:
+        """The op version a full-integer model declares for the kernel ``family`` ("int8"/"int16"); None: no
+        kernel."""
+        return dict(self.integer).get(family)
 
-    def fixed_params(self, activations: str) -> tuple[float, int] | None:
+    def fixed_params(self, family: str) -> tuple[float, int] | None:
         """The (scale, zero_point) the integer kernel requires of the output, if it fixes one."""
-        return next(((s, z) for a, s, z in self.fixed_output if a == activations), None)
+        return next(((s, z) for a, s, z in self.fixed_output if a == family), None)
 
-    def options_for(self, activations: str) -> dict[str, object]:
+    def options_for(self, family: str) -> dict[str, object]:
         """Option values the integer kernel needs (int16 ADD/SUB must not assume power-of-two scales)."""
-        return {name: value for a, name, value in self.integer_options if a == activations}
+        return {name: value for a, name, value in self.integer_options if a == family}
 
     def hybrid_granularities(self, bits: int) -> frozenset[str]:
         """Granularities ("tensor", "channel", "block") of ``bits``-bit weights this op's kernel reads directly."""
@@ -158,8 +159,14 @@ class OpRule:
 
 _BOTH = frozenset({"tensor", "channel"})
 _CHANNEL = frozenset({"channel"})
-I8, I16 = "int8", "int16"  # activation types of the integer kernels: int8 (asymmetric) and int16 (16x8, symmetric)
-# The bias of an integer weighted op, by activation type: int32 for int8, int64 for 16x8 (zero point 0).
+# LiteRT's integer kernel families, by the activations they compute in: int8 and int16 (the 16x8 kernels, int8
+# weights).  An activation scheme (engine.quant.activations) names the family that runs it; the columns below
+# (integer, fixed_output, integer_options) are keyed by family, so a new scheme on existing kernels is one
+# registry entry, not an edit of every row.
+I8, I16 = "int8", "int16"
+# Each family's activation tensor type, and whether its kernels assume zero point 0 (int16 ones do).
+INTEGER_KERNELS = {I8: ("INT8", False), I16: ("INT16", True)}
+# The bias of an integer weighted op, by family: int32 for int8, int64 for 16x8 (zero point 0).
 BIAS_TYPES = {I8: "INT32", I16: "INT64"}
 # Ops whose kernels (float and integer) apply a fused_activation_function option: a RELU/RELU6/RELU_N1_TO_1
 # after one of them folds into it (engine/passes/fuse.py).

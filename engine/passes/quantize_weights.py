@@ -24,10 +24,10 @@ from engine.passes.fuse import unfuse_activation
 from engine.progress import track
 from engine.quant import kernels
 from engine.quant.uniform import quantize_weight
-from engine.recipe import MODES, Recipe, TensorOptions
+from engine.recipe import WEIGHT_MODES, Recipe, TensorOptions
 from engine.report import TensorReport
 
-INTEGER_MODES = tuple(mode for mode, (form, bits) in MODES.items() if bits is not None and form != "static")
+INTEGER_MODES = tuple(mode for mode, (_, bits) in WEIGHT_MODES.items() if bits is not None)
 _CONTAINERS = {2: "INT2", 4: "INT4", 8: "INT8"}
 _PACKERS: dict[int, Callable[[np.ndarray], np.ndarray]] = {2: kernels.pack_int2, 4: kernels.pack_int4}
 

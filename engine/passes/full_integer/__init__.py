@@ -17,15 +17,15 @@ from __future__ import annotations
 
 from engine.errors import EngineError
 from engine.format.ir import Model
-from engine.graph.ops import I16
 from engine.passes.fold import fold_constant_decoders
 from engine.passes.full_integer.bias_correction import correct_biases
 from engine.passes.full_integer.params import assign_params, check_multipliers, observe
-from engine.passes.full_integer.plan import check_quantizable, plan_ops
+from engine.passes.full_integer.plan import check_quantizable, plan_ops, scheme_of
 from engine.passes.full_integer.report import IntegerReport
 from engine.passes.full_integer.rewrite import rewrite
 from engine.passes.fuse import fuse_activations
-from engine.recipe import STATIC_MODES, Recipe, TensorOptions
+from engine.recipe import Recipe, TensorOptions, is_full_integer
+from engine.registry import ACTIVATION_SCHEMES
 from engine.report import TensorReport
 from engine.runtime.calibrate import CalibrationSource, LiteRTExecutor, calibrate, load_calibration
 
@@ -38,16 +38,14 @@ def quantize_model(
 ) -> tuple[Model, list[TensorReport], IntegerReport]:
     """Quantize ``model`` (in place) to full integer as the recipe's global options say."""
     options = TensorOptions(**recipe.options)
-    if options.quantize not in STATIC_MODES:
-        raise EngineError(f"quantize_model needs a full-integer mode ({', '.join(STATIC_MODES)})")
-    activations = STATIC_MODES[options.quantize]
+    if not is_full_integer(options.quantize):
+        raise EngineError(f"quantize_model needs a full-integer mode ({', '.join(ACTIVATION_SCHEMES)})")
+    scheme = scheme_of(options)
     if calibration is None:
         raise EngineError(
             f"--quantize {options.quantize} needs calibration data: pass --calibration DATA (.npz keyed by input "
             f"name, or one array for a single-input model; the leading axis is the sample)"
         )
-    if activations == I16 and options.io != "float":
-        raise EngineError(f"--io {options.io} is for int8 models; int16x8 models keep a float interface")
     model, folded = fold_constant_decoders(model)
     model, fused = fuse_activations(model)
     data = load_calibration(calibration, model)
@@ -59,10 +57,11 @@ def quantize_model(
     check_quantizable(model, integer)
     observers = observe(sg, integer, recipe, options.io != "float")
     calibrate(model, data, observers, executor)
-    params, requantize = assign_params(sg, integer, observers, activations)
+    params, requantize = assign_params(sg, integer, observers, scheme)
     check_multipliers(integer, params)
     report = IntegerReport(
-        activations,
+        options.quantize,
+        scheme.kernels,
         options.io,
         _observer_label(recipe, options),
         data.count,

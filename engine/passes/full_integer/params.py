@@ -11,28 +11,14 @@ import numpy as np
 from engine.errors import EngineError
 from engine.format.ir import Operator, QuantizationParams, Subgraph, Tensor
 from engine.format.schema import enum_name
-from engine.graph.ops import (
-    I8,
-    I16,
-    RULES,
-)
+from engine.graph.ops import RULES
 from engine.passes.full_integer.plan import is_activation
+from engine.quant.activations import ActivationScheme
 from engine.quant.observers import Observer, make_observer
 from engine.recipe import Recipe
 
-# Activation type -> (tensor type, lowest code, highest code, symmetric).
-CODES = {I8: ("INT8", -128, 127, False), I16: ("INT16", -32768, 32767, True)}
-
-
 # What a fused activation lets through: the output range is clipped to it.
 _FUSED_BOUNDS = {"RELU": (0.0, math.inf), "RELU6": (0.0, 6.0), "RELU_N1_TO_1": (-1.0, 1.0)}
-
-
-# Calibrated ranges are widened by this factor: int16 codes are so fine (about 96 dB) that spending 12 dB of
-# them on headroom costs nothing measurable, while inputs unlike the calibration samples no longer clip (on the
-# MediaPipe models' held-out photo, 4x gains 0-13 dB of output SQNR in 16x8, docs/benchmarks.md).  int8 has no
-# such slack.
-_HEADROOM = {I8: 1.0, I16: 4.0}
 
 
 # LiteRT turns scale ratios into fixed-point multipliers and aborts the process (no error to catch) where one is
@@ -75,19 +61,9 @@ def observe(
 # ------------------------------------------------------------------------------------------------ parameters
 
 
-def activation_params(lo: float, hi: float, activations: str) -> Params:
-    """Scale and zero point covering [lo, hi] (widened to hold 0, which must be exact): int8 asymmetric over
-    255 steps, int16 symmetric with zero point 0."""
-    _, qmin, qmax, symmetric = CODES[activations]
-    lo, hi = min(lo, 0.0), max(hi, 0.0)
-    if symmetric:
-        peak = max(-lo, hi)
-        return Params(peak / qmax if peak > 0 else 1.0, 0)
-    if hi - lo <= 0:
-        return Params(1.0, 0)
-    scale = (hi - lo) / (qmax - qmin)
-    zero_point = int(np.clip(round(qmin - lo / scale), qmin, qmax))
-    return Params(scale, zero_point)
+def activation_params(lo: float, hi: float, scheme: ActivationScheme) -> Params:
+    """The scheme's scale and zero point for the range [lo, hi]."""
+    return Params(*scheme.params(lo, hi))
 
 
 class _Groups:
@@ -126,11 +102,10 @@ class _Groups:
 
 
 def assign_params(
-    sg: Subgraph, integer: list[Operator], observers: dict[int, tuple[Tensor, Observer]], activations: str
+    sg: Subgraph, integer: list[Operator], observers: dict[int, tuple[Tensor, Observer]], scheme: ActivationScheme
 ) -> tuple[dict[int, Params], set[tuple[int, int]]]:
     """Parameters of every observed tensor, and the (op, input) pairs that need a requantizing QUANTIZE because
     two fixed requirements meet (e.g. a SOFTMAX output concatenated with a LOGISTIC output)."""
-    bits, symmetric = (16, True) if activations == I16 else (8, False)
     groups = _Groups()
     requantize: set[tuple[int, int]] = set()
     for key in observers:
@@ -139,7 +114,7 @@ def assign_params(
         rule = RULES[op.name]
         out = op.outputs[0]
         assert out is not None
-        fixed = rule.fixed_params(activations)
+        fixed = rule.fixed_params(scheme.kernels)
         if fixed is not None:
             groups.fix(id(out), Params(*fixed))
         if rule.scales != "same":
@@ -153,8 +128,8 @@ def assign_params(
     bounds = _fused_bounds(integer)
     ranges: dict[int, tuple[float, float]] = {}
     for key, (_, obs) in observers.items():
-        lo, hi = obs.range(bits, symmetric)
-        lo, hi = lo * _HEADROOM[activations], hi * _HEADROOM[activations]
+        lo, hi = obs.range(scheme.bits, scheme.symmetric)
+        lo, hi = lo * scheme.headroom, hi * scheme.headroom
         floor, ceiling = bounds.get(key, (-math.inf, math.inf))
         lo, hi = max(lo, floor), min(hi, ceiling)
         root = groups.find(key)
@@ -163,7 +138,7 @@ def assign_params(
     params = {}
     for key in observers:
         root = groups.find(key)
-        params[key] = groups.fixed.get(root) or activation_params(*ranges[root], activations)
+        params[key] = groups.fixed.get(root) or activation_params(*ranges[root], scheme)
     return params, requantize
 
 

@@ -7,14 +7,12 @@ import numpy as np
 
 from engine.errors import EngineError
 from engine.format.ir import TENSOR_TYPES, Model, Operator, Tensor
-from engine.graph.ops import (
-    I8,
-    RULES,
-    OpRule,
-)
+from engine.graph.ops import I8, INTEGER_KERNELS, RULES, OpRule
 from engine.graph.weights import check_weighted_ops
 from engine.quant import kernels
-from engine.recipe import STATIC_MODES, Recipe, TensorOptions
+from engine.quant.activations import ActivationScheme
+from engine.recipe import Recipe, TensorOptions
+from engine.registry import ACTIVATION_SCHEMES
 
 # ------------------------------------------------------------------------------------------------ planning
 
@@ -31,11 +29,29 @@ def multiplies_weight(rule: OpRule) -> bool:
     return rule.weight_input is not None and rule.weight_input_axis is not None
 
 
-def _float_reason(op: Operator, rule: OpRule | None, activations: str, recipe: Recipe, cpu: bool) -> str | None:
-    """Why ``op`` cannot run an integer kernel (None: it can); ``cpu``: a float-interface model, not strict."""
-    if rule is None or rule.integer_version(activations) is None:
-        return f"no {activations} kernel in LiteRT"
-    if activations == I8 and not rule.xnnpack_integer and cpu:
+def scheme_of(options: TensorOptions) -> ActivationScheme:
+    """The activation scheme of the recipe's full-integer mode, checked against the kernel family it names (a
+    plugin's scheme must fit LiteRT's kernels, or the model would fail to load)."""
+    mode = options.quantize or ""
+    scheme = ACTIVATION_SCHEMES.get(mode)
+    if scheme.kernels not in INTEGER_KERNELS:
+        raise EngineError(
+            f"{mode}: no integer kernel family {scheme.kernels!r} (LiteRT's: {', '.join(INTEGER_KERNELS)})"
+        )
+    tensor_type, zero_point_free = INTEGER_KERNELS[scheme.kernels]
+    if scheme.tensor_type != tensor_type:
+        raise EngineError(f"{mode}: {scheme.kernels} kernels compute in {tensor_type}, not {scheme.tensor_type}")
+    if zero_point_free and not scheme.symmetric:
+        raise EngineError(f"{mode}: {scheme.kernels} kernels need symmetric activations (zero point 0)")
+    return scheme
+
+
+def _float_reason(op: Operator, rule: OpRule | None, family: str, recipe: Recipe, cpu: bool) -> str | None:
+    """Why ``op`` cannot run an integer kernel of the ``family`` (None: it can); ``cpu``: a float-interface
+    model, not strict."""
+    if rule is None or rule.integer_version(family) is None:
+        return f"no {family} kernel in LiteRT"
+    if family == I8 and not rule.xnnpack_integer and cpu:
         return "faster float on CPU: XNNPACK has no int8 kernel for it (--io int8|uint8 or --strict: integer)"
     name = next((t.name for t in op.outputs if t is not None), None) or ""
     if recipe.excludes(name) or recipe.resolve(op.name, name).quantize is None:
@@ -62,7 +78,7 @@ def _float_reason(op: Operator, rule: OpRule | None, activations: str, recipe: R
 def plan_ops(model: Model, recipe: Recipe, options: TensorOptions) -> tuple[list[Operator], list[dict[str, str]]]:
     """The main subgraph's ops that get an integer kernel, and every op left float with the reason, for the
     recipe's global ``options`` (parsed once by the caller)."""
-    activations = STATIC_MODES[options.quantize or ""]
+    family = scheme_of(options).kernels
     cpu = options.io == "float" and not options.strict
     integer, left = [], []
     for index, sg in enumerate(model.subgraphs):
@@ -72,7 +88,7 @@ def plan_ops(model: Model, recipe: Recipe, options: TensorOptions) -> tuple[list
             elif index > 0:
                 reason = f"in subgraph {index} (control flow bodies stay float)"
             else:
-                reason = _float_reason(op, RULES.get(op.name), activations, recipe, cpu)
+                reason = _float_reason(op, RULES.get(op.name), family, recipe, cpu)
             if reason is None:
                 integer.append(op)
             else:

@@ -16,7 +16,8 @@ from engine.graph.ops import (
 class IntegerReport:
     """What full-integer quantization did to the graph, for the run's report."""
 
-    activations: str
+    mode: str  # the full-integer mode (activation scheme) asked for
+    kernels: str  # the integer kernel family running it: "int8" or "int16" (engine.graph.ops.INTEGER_KERNELS)
     io: str
     observer: str
     samples: int
@@ -31,7 +32,7 @@ class IntegerReport:
     def format_text(self) -> str:
         total = sum(self.integer_ops.values())
         lines = [
-            f"full-integer {self.activations} (I/O {self.io}), calibrated on {self.samples} samples "
+            f"full-integer {self.mode} (I/O {self.io}), calibrated on {self.samples} samples "
             f"({self.observer}): {total} ops integer, {len(self.float_ops)} float",
             "  integer: " + ", ".join(f"{n} {op}" for op, n in sorted(self.integer_ops.items())),
         ]
@@ -45,7 +46,7 @@ class IntegerReport:
             bc = self.bias_correction
             lines.append(f"  bias correction: {bc['biases']} biases, mean |shift| {bc['mean_abs_shift']:.3g}")
         slow = [op for op, n in self.integer_ops.items() if n and not RULES[op].xnnpack_integer]
-        if self.activations == I16:
+        if self.kernels == I16:
             lines.append(
                 "  latency: XNNPACK (the default interpreter's delegate) has no 16x8 kernels, so LiteRT's builtin "
                 "int16 kernels run the model: 15-42x the float model's latency on MediaPipe's models (benchmarks/"

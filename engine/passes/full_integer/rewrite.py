@@ -16,28 +16,28 @@ from engine.graph.ops import (
     BIAS_TYPES,
     DENSIFY_INTEGER_READERS,
     I8,
-    I16,
     RULES,
     OpRule,
     dequantize_version,
     quantize_version,
 )
 from engine.graph.weights import channel_axis_of
-from engine.passes.full_integer.params import CODES, Params, activation_params, to_quantization
-from engine.passes.full_integer.plan import multiplies_weight
+from engine.passes.full_integer.params import Params, activation_params, to_quantization
+from engine.passes.full_integer.plan import multiplies_weight, scheme_of
 from engine.passes.full_integer.report import IntegerReport
+from engine.quant.activations import ActivationScheme
 from engine.quant.metrics import quantize_array
 from engine.quant.uniform import QuantizedWeight, quantize_weight
-from engine.recipe import STATIC_MODES, Recipe, TensorOptions
+from engine.recipe import Recipe, TensorOptions
+from engine.registry import ACTIVATION_SCHEMES
 from engine.report import TensorReport
 
 _FLOAT32 = TENSOR_TYPES["FLOAT32"]
 
 
-_CODE_DTYPES = {I8: np.int8, I16: np.int16}
-
-
 _INT32_MAX = 2**31 - 1
+# PRELU's alpha is int8 per tensor whatever the model's activations (measured): the int8 scheme's codes.
+_INT8 = ACTIVATION_SCHEMES.get("int8")
 
 
 # The requantization scales XNNPACK's int8 convolutions and fully connected ops take: [2^-32, 256).
@@ -61,9 +61,10 @@ class _Rewriter:
 
     def __init__(self, model: Model, recipe: Recipe, options: TensorOptions, report: IntegerReport) -> None:
         self.model, self.sg, self.recipe, self.report = model, model.main, recipe, report
-        self.activations, self.io = STATIC_MODES[options.quantize or ""], options.io
+        self.mode, self.scheme, self.io = options.quantize or "", scheme_of(options), options.io
+        self.kernels = self.scheme.kernels
         self.correct_biases = options.bias_correction
-        self.type = TENSOR_TYPES[CODES[self.activations][0]]
+        self.type = TENSOR_TYPES[self.scheme.tensor_type]
         self.constants: dict[tuple, Tensor] = {}
         self.entries: list[TensorReport] = []
         self.biases: list[Bias] = []
@@ -83,21 +84,21 @@ class _Rewriter:
         quantization = None if params is None else to_quantization(params)
         return Tensor(name, like.shape, type_, quantization=quantization, shape_signature=like.shape_signature)
 
-    def constant(self, t: Tensor, params: Params, activations: str | None = None) -> Tensor:
+    def constant(self, t: Tensor, params: Params, scheme: ActivationScheme | None = None) -> Tensor:
         """``t``'s values quantized per tensor with ``params`` (one copy per tensor and parameters), in the
-        activation type or the one given."""
-        activations = activations or self.activations
-        key = (id(t), params, activations)
+        codes of the model's activation scheme or the one given."""
+        scheme = scheme or self.scheme
+        key = (id(t), params, scheme.tensor_type)
         if key not in self.constants:
-            q = Tensor(f"{t.name}/{activations}", quantization=to_quantization(params))
-            q.data = quantize_array(np.asarray(t.data), params.scale, params.zero_point, _CODE_DTYPES[activations])
+            q = Tensor(f"{t.name}/{scheme.kernels}", quantization=to_quantization(params))
+            q.data = quantize_array(np.asarray(t.data), params.scale, params.zero_point, scheme.dtype)
             self.constants[key] = q
         return self.constants[key]
 
-    def own_params(self, values: np.ndarray, activations: str | None = None) -> Params:
+    def own_params(self, values: np.ndarray, scheme: ActivationScheme | None = None) -> Params:
         data = np.asarray(values, np.float64)
         lo, hi = float(data.min(initial=0.0)), float(data.max(initial=0.0))
-        return activation_params(lo, hi, activations or self.activations)
+        return activation_params(lo, hi, scheme or self.scheme)
 
     def weight(self, op: Operator, rule: OpRule, t: Tensor, floor: np.ndarray) -> tuple[Tensor, np.ndarray]:
         """The weight int8 symmetric (per channel on the op's channel axis, or per tensor), and its scales, none
@@ -122,7 +123,7 @@ class _Rewriter:
             q.quantization = QuantizationParams(
                 scale=scales, zero_point=np.zeros(scales.size, np.int64), quantized_dimension=axis or 0
             )
-            entry = _weight_entry(t, q, quantized, self.activations, method)
+            entry = _weight_entry(t, q, quantized, self.mode, method)
             if (
                 op.name in DENSIFY_INTEGER_READERS
                 and self.recipe.resolve(op.name, t.name or "").sparse_format == "tflite"
@@ -155,14 +156,14 @@ class _Rewriter:
         return dense
 
     def bias(self, op: Operator, t: Tensor, x: Tensor, weight: Tensor, weight_scales: np.ndarray) -> Tensor:
-        """The bias in BIAS_TYPES[activations] with scale input_scale * weight_scale[c], zero point 0."""
+        """The bias in BIAS_TYPES[family] with scale input_scale * weight_scale[c], zero point 0."""
         assert x.quantization is not None and x.quantization.scale is not None
         input_scale = float(x.quantization.scale[0])
         values = np.asarray(t.data, np.float64).reshape(-1)
         scales = input_scale * weight_scales.astype(np.float64)
         if scales.size == 1 and values.size > 1:
             scales = np.full(values.size, scales[0])
-        type_name = BIAS_TYPES[self.activations]
+        type_name = BIAS_TYPES[self.kernels]
         limit = _INT32_MAX if type_name == "INT32" else 2**63 - 1
         codes = np.clip(np.rint(values / scales), -limit, limit)
         q = Tensor(f"{t.name}/{type_name.lower()}")
@@ -188,7 +189,7 @@ def rewrite(
     """Turn the planned ops integer: activations retyped, constants quantized, conversions at the seams."""
     sg = model.main
     rw = _Rewriter(model, recipe, options, report)
-    activations, io = rw.activations, rw.io
+    io = rw.io
     is_integer = {id(op) for op in integer}
     producers, consumers = sg.producers(), sg.consumers()
     int_view: dict[int, Tensor] = {}
@@ -202,7 +203,7 @@ def rewrite(
         float_readers = [op for op in readers if id(op) not in is_integer]
         from_int = prod is not None and id(prod) in is_integer
         if from_int and key in outputs and io == "float":
-            q = rw.new(f"{t.name}/{activations}", t, p)
+            q = rw.new(f"{t.name}/{rw.kernels}", t, p)
             prod.outputs = [q if o is t else o for o in prod.outputs]
             rw.insert("DEQUANTIZE", q, t, sg.operators.index(prod) + 1)
             int_view[key] = q
@@ -220,7 +221,7 @@ def rewrite(
                 for op in float_readers:
                     op.inputs = [f if u is t else u for u in op.inputs]
         elif int_readers:
-            q = rw.new(f"{t.name}/{activations}", t, p)
+            q = rw.new(f"{t.name}/{rw.kernels}", t, p)
             rw.insert("QUANTIZE", t, q, _first(sg, int_readers))
             int_view[key] = q
         for op in int_readers:
@@ -246,7 +247,7 @@ def _integer_outputs(rw: _Rewriter, params: dict[int, Params], int_view: dict[in
     for t in sg.outputs:
         view = int_view.get(id(t))
         if view is None and id(t) in params:  # written by a float op: quantized at the end
-            view = rw.new(f"{t.name}/{rw.activations}", t, params[id(t)])
+            view = rw.new(f"{t.name}/{rw.kernels}", t, params[id(t)])
             rw.insert("QUANTIZE", t, view, len(sg.operators))
             view.name, t.name = t.name, f"{t.name}/float"
         if view is not None and rw.io == "uint8":
@@ -284,9 +285,9 @@ def _quantize_op(
     if multiplies_weight(rule):
         w = op.inputs[rule.weight_input]
         assert w is not None
-        floor = _scale_floor(rule, op, x, out_params, rw.activations)
+        floor = _scale_floor(rule, op, x, out_params, rw.kernels)
         op.inputs[rule.weight_input], weight_scales = rw.weight(op, rule, w, floor)
-        _check_requantization(op, w, x, weight_scales, out_params, rw.activations)
+        _check_requantization(op, w, x, weight_scales, out_params, rw.kernels)
     for i, t in enumerate(op.inputs):
         if t is None or t.type != _FLOAT32 or not t.is_constant:
             continue
@@ -294,27 +295,27 @@ def _quantize_op(
             op.inputs[i] = rw.bias(op, t, x, op.inputs[rule.weight_input], weight_scales)
         elif rule.scales == "same":
             op.inputs[i] = rw.constant(t, out_params)
-        elif i == rule.weight_input:  # PRELU's alpha: int8 per tensor whatever the activations (measured)
-            op.inputs[i] = rw.constant(t, rw.own_params(np.asarray(t.data), I8), I8)
+        elif i == rule.weight_input:  # PRELU's alpha
+            op.inputs[i] = rw.constant(t, rw.own_params(np.asarray(t.data), _INT8), _INT8)
         else:
             op.inputs[i] = rw.constant(t, rw.own_params(np.asarray(t.data)))
-    version = rule.integer_version(rw.activations)
+    version = rule.integer_version(rw.kernels)
     assert version is not None
     op.opcode = rw.model.opcode(op.name, version)
-    changes = rule.options_for(rw.activations)
+    changes = rule.options_for(rw.kernels)
     if changes and op.builtin_options is not None:
         op.builtin_options = Table(op.builtin_options.type, {**op.builtin_options.fields, **changes})
 
 
 def _check_requantization(
-    op: Operator, weight: Tensor, x: Tensor | None, weight_scales: np.ndarray, out: Params, activations: str
+    op: Operator, weight: Tensor, x: Tensor | None, weight_scales: np.ndarray, out: Params, family: str
 ) -> None:
     """Refuse, naming the op, an int8 weighted op whose requantization scale (input scale x weight scale / output
     scale) is too large for XNNPACK (``_scale_floor`` prevents too small ones): the model would fail to load in the
     default interpreter ("failed to create XNNPACK runtime"), while the builtin kernels run it.  Hostile biases do
     this (a bias near 1e38 raises the weight scale so it fits int32, against an output range a fused RELU_N1_TO_1
     keeps at [-1, 1])."""
-    if activations != I8 or x is None or x.quantization is None or x.quantization.scale is None:
+    if family != I8 or x is None or x.quantization is None or x.quantization.scale is None:
         return
     ratio = float(x.quantization.scale[0]) * float(np.max(weight_scales, initial=0.0)) / out.scale
     if ratio >= _XNNPACK_REQUANTIZATION[1]:
@@ -325,7 +326,7 @@ def _check_requantization(
         )
 
 
-def _scale_floor(rule: OpRule, op: Operator, x: Tensor | None, out: Params, activations: str) -> np.ndarray:
+def _scale_floor(rule: OpRule, op: Operator, x: Tensor | None, out: Params, family: str) -> np.ndarray:
     """The smallest weight scale per channel whose bias still fits its integer type (a channel of near-zero
     weights gets a near-zero scale, and bias / (input_scale * weight_scale) would overflow int32, clipping it)
     and, in int8, whose requantization scale XNNPACK takes (a smaller one only rounds to zero what is below the
@@ -333,15 +334,15 @@ def _scale_floor(rule: OpRule, op: Operator, x: Tensor | None, out: Params, acti
     if x is None or x.quantization is None or x.quantization.scale is None:
         return np.zeros(1)
     in_scale = float(x.quantization.scale[0])
-    floor = np.full(1, _XNNPACK_REQUANTIZATION[0] * out.scale / in_scale if activations == I8 else 0.0)
+    floor = np.full(1, _XNNPACK_REQUANTIZATION[0] * out.scale / in_scale if family == I8 else 0.0)
     bias = op.optional_input(rule.bias_input)
     if bias is None:
         return floor
-    limit = _INT32_MAX if BIAS_TYPES[activations] == "INT32" else 2**62
+    limit = _INT32_MAX if BIAS_TYPES[family] == "INT32" else 2**62
     return np.maximum(floor, np.abs(np.asarray(bias.data, np.float64).reshape(-1)) / (in_scale * limit))
 
 
-def _weight_entry(t: Tensor, q: Tensor, quantized: QuantizedWeight, activations: str, method: str) -> TensorReport:
+def _weight_entry(t: Tensor, q: Tensor, quantized: QuantizedWeight, mode: str, method: str) -> TensorReport:
     scales = quantized.scales
     return TensorReport(
         name=t.name or "",
@@ -349,7 +350,7 @@ def _weight_entry(t: Tensor, q: Tensor, quantized: QuantizedWeight, activations:
         shape=tuple(t.shape or ()),
         ops=[],
         action="compressed",
-        mode="int8" if activations == I8 else "int16x8",
+        mode=mode,
         bits=8,
         granularity="channel" if scales.size > 1 else "tensor",
         scale=method,
