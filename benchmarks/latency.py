@@ -100,14 +100,14 @@ def child(spec_file: str) -> None:
 def compress_modes(name: str, source: Path, modes: list[str], tmp: Path) -> dict[str, dict[str, Any]]:
     """Each mode's output file, or why it could not be made (any exception: a benchmark records, never stops)."""
     import engine
-    from engine.recipe import STATIC_MODES
+    from engine.recipe import is_full_integer
     from engine.zoo import model_calibration
 
     rows: dict[str, dict[str, Any]] = {}
     for mode in modes:
         options = MODES[mode]
         out = tmp / f"{name}.{mode}.tflite"
-        calibration = model_calibration(name) if options.get("quantize") in STATIC_MODES else None
+        calibration = model_calibration(name) if is_full_integer(options.get("quantize")) else None
         started = time.perf_counter()
         try:
             engine.compress(source, output=out, calibration=calibration, **options)
