@@ -19,16 +19,17 @@ from engine.graph.weights import find_weights
 from engine.passes.cluster import cluster_weights
 from engine.passes.common import entry
 from engine.passes.float16 import float16_weights
-from engine.passes.full_integer import quantize_model
+from engine.passes.full_integer import FullInteger
 from engine.passes.prune import prune_weights
 from engine.passes.quantize_weights import quantize_weights
-from engine.recipe import Recipe, is_full_integer
+from engine.recipe import Recipe
 from engine.report import GZIP_LIMIT_BYTES, Report, TensorReport, gzip_size
 from engine.runtime.calibrate import CalibrationSource, LiteRTExecutor
 from engine.summary import summarize
 
 Pass = Callable[[Model, Recipe], tuple[Model, list[TensorReport]]]
-# Order matters: prune, then cluster (which keeps the zeros), then quantize (which keeps both and re-encodes).
+# Order matters: prune, then cluster (which keeps the zeros), then quantize (which keeps both and re-encodes);
+# compress ends every pipeline with the full-integer step (engine.passes.full_integer.FullInteger).
 PIPELINE: tuple[Pass, ...] = (prune_weights, cluster_weights, float16_weights, quantize_weights)
 
 
@@ -53,9 +54,10 @@ def compress(
     .npz or .npy path (keyed by input name, or one array for a single-input model), a dict of arrays or one
     array, the leading axis being the sample.  With ``output`` the result is written there (atomically;
     ``share_identical_buffers`` stores identical constant buffers once) and the report gets the file and gzip
-    sizes.  ``passes`` are the weight passes run in order (each ``(Model, Recipe) -> (Model, [TensorReport])``;
-    default ``PIPELINE``), so a research pass joins the run and its report; ``executor`` runs the float model for
-    calibration and bias correction (``engine.runtime.calibrate.Executor``; default LiteRT).
+    sizes.  ``passes`` is the pipeline, run in order (each ``(Model, Recipe) -> (Model, [TensorReport])``;
+    default ``PIPELINE``), so a research pass joins the run and its report; the full-integer step follows it,
+    running the float model for calibration and bias correction with ``executor``
+    (``engine.runtime.calibrate.Executor``; default LiteRT).
     """
     source = None if isinstance(model_or_path, Model) else Path(model_or_path)
     if source is not None and output is not None and same_file(source, output):
@@ -67,16 +69,13 @@ def compress(
     report = Report(recipe=recipe.to_dict())
     report.bytes_by_dtype_before = _bytes_by_dtype(model)
     by_weight = {(t.subgraph, t.name): t for t in _left_alone(model, recipe)}
-    for run in passes:
+    full_integer = FullInteger(calibration, executor)
+    for run in (*passes, full_integer):
         model, entries = run(model, recipe)
         for t in entries:
             key = (t.subgraph, t.name)
             by_weight[key] = by_weight[key].then(t) if key in by_weight else t
-    if is_full_integer(recipe.options.get("quantize")):
-        model, entries, integer = quantize_model(model, recipe, calibration, executor)
-        report.integer = integer
-        for t in entries:
-            by_weight[(t.subgraph, t.name)] = t
+    report.integer = full_integer.report
     report.tensors = sorted(by_weight.values(), key=lambda t: (t.subgraph, t.name))
     report.bytes_by_dtype_after = _bytes_by_dtype(model)
     if output is not None:

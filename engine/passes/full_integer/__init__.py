@@ -11,6 +11,7 @@ The pass runs in four steps, each a function: ``plan_ops`` (which ops get an int
 stay float), ``observe`` (calibration: a range per activation), ``assign_params`` (ranges -> parameters, shared
 where the kernels need it), and ``rewrite`` (retype tensors, quantize constants, insert QUANTIZE/DEQUANTIZE only
 where integer and float parts of the graph meet, set op versions).  ``correct_biases`` optionally follows.
+``FullInteger`` is the pass as a pipeline step, with the weight passes' contract.
 """
 
 from __future__ import annotations
@@ -75,6 +76,26 @@ def quantize_model(
         report.bias_correction = correct_biases(model, biases, data, executor)
     sg.remove_unused_tensors()
     return model, entries, report
+
+
+class FullInteger:
+    """The full-integer pass as a pipeline step, ``(Model, Recipe) -> (Model, [TensorReport])`` like the weight
+    passes: it does nothing unless the recipe's mode is a full-integer one, and ``engine.compress`` ends every
+    pipeline with it (it needs the weights the other passes leave).  What it needs besides the model, calibration
+    data and the executor that runs the float model, is given when the step is built; ``report`` is what its last
+    run did to the graph."""
+
+    def __init__(
+        self, calibration: CalibrationSource | None = None, executor: type[LiteRTExecutor] = LiteRTExecutor
+    ) -> None:
+        self.calibration, self.executor = calibration, executor
+        self.report: IntegerReport | None = None
+
+    def __call__(self, model: Model, recipe: Recipe) -> tuple[Model, list[TensorReport]]:
+        if not is_full_integer(recipe.options.get("quantize")):
+            return model, []
+        model, entries, self.report = quantize_model(model, recipe, self.calibration, self.executor)
+        return model, entries
 
 
 def _observer_label(recipe: Recipe, options: TensorOptions) -> str:
