@@ -9,7 +9,7 @@ DEPTHWISE_CONV_2D loads one scale per tensor and then reads one per channel); an
 in front of the op.
 
 The kernel facts (channel axes, hybrid forms, versions) were measured with ai-edge-litert 2.3.0 and are checked
-against it by tests/test_op_layouts.py and tests/test_runtime_forms.py.
+against it by tests/graph/test_op_layouts.py and tests/graph/test_runtime_forms.py.
 """
 
 from __future__ import annotations
@@ -188,7 +188,7 @@ RULES: dict[str, OpRule] = {
     # Integer versions are tensorflow/lite/tools/versioning/op_version.cc's for the forms the engine writes (bias
     # present, no fused activation on TRANSPOSE_CONV, rank <= 4).  16x8 CONV_2D, DEPTHWISE_CONV_2D and
     # FULLY_CONNECTED get 1 there: its int16 test wants int16 weights, so int8 weights fall through (8/11 only
-    # with quantized_bias_type set).  Integer kernels measured (tests/test_integer_kernels.py): per-channel int8
+    # with quantized_bias_type set).  Integer kernels measured (tests/graph/test_integer_kernels.py): per-channel int8
     # weights run right in CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED and TRANSPOSE_CONV (int8 and 16x8).  Bias:
     # int8 refuses int64 (FULLY_CONNECTED reads it wrong); 16x8 CONV_2D and TRANSPOSE_CONV misread int32 unless
     # quantized_bias_type says INT32, DEPTHWISE_CONV_2D refuses it, FULLY_CONNECTED reads both.  CONV_3D refuses
@@ -356,8 +356,8 @@ DENSIFY_INTEGER_READERS = frozenset({"CONV_2D"})
 # builtin kernel, which splits the graph (a FLOAT32 filter with a FLOAT16 bias made MediaPipe's models 2-3x slower),
 # fails to prepare (hybrid filters), or reads garbage where the filter comes through DENSIFY -> DEQUANTIZE (XNNPACK
 # claims the DENSIFY and leaves its output unwritten).  So the weight passes give every op whose filter they
-# re-encode a FLOAT32 bias (engine.passes.common.float32_biases); checked by tests/test_xnnpack_bias.py.  XNNPACK
-# takes TRANSPOSE_CONV with any of these pairs (tests/test_runtime_forms.py).
+# re-encode a FLOAT32 bias (engine.passes.common.float32_biases); checked by tests/graph/test_xnnpack_bias.py.  XNNPACK
+# takes TRANSPOSE_CONV with any of these pairs (tests/graph/test_runtime_forms.py).
 XNNPACK_BIAS_TYPES: dict[str, frozenset[str]] = {
     "FLOAT32": frozenset({"FLOAT32"}),
     "FLOAT16": frozenset({"FLOAT16", "FLOAT32"}),

@@ -7,7 +7,7 @@ back, loads and runs in both runtimes, and is finite wherever the input model's 
 
 Fast tier: hypothesis graphs from ``tests.strategies.hostile_graphs`` (mutated weights, shared weights, missing
 biases, one-element shapes).  Second tier: seeded mutations of three real MediaPipe models through every pass.
-``python -m tests.test_hostile [--cases N]`` runs the same cases, each in a forked process (so a crash in the
+``python -m tests.api.test_hostile [--cases N]`` runs the same cases, each in a forked process (so a crash in the
 runtime is counted, not fatal), and prints the outcomes.
 """
 

@@ -76,7 +76,7 @@ def test_validate_command(runnable: dict[str, Path], tmp_path: Path) -> None:
 
 
 def test_validate_fails_when_the_candidate_fails_in_one_runtime(tmp_path: Path) -> None:
-    from tests.test_validate import _constant_output
+    from tests.runtime.test_validate import _constant_output
 
     ref, cand = tmp_path / "ref.tflite", tmp_path / "cand.tflite"
     ref.write_bytes(_constant_output(False))
@@ -262,7 +262,7 @@ def test_output_is_never_the_input_and_gets_normal_permissions(
 
 
 def test_readme_python_example_runs_as_written(mediapipe: dict[str, Path], tmp_path: Path) -> None:
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
     code = readme.split("```python\n")[1].split("```")[0]
     (tmp_path / "model.tflite").write_bytes(mediapipe["iris_landmark"].read_bytes())
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)

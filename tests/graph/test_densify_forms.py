@@ -212,7 +212,7 @@ def test_xnnpack_cannot_output_a_dequantized_constant(sparse: bool, type_name: s
 
 
 # How XNNPACK sees a filter stored as each type behind DENSIFY (-> DEQUANTIZE): a FLOAT16 DEQUANTIZE it drops and reads
-# the half-precision data, an INT8 one it decodes to FLOAT32 at load time (as in tests/test_xnnpack_bias.py).
+# the half-precision data, an INT8 one it decodes to FLOAT32 at load time (as in tests/graph/test_xnnpack_bias.py).
 SEEN_AS = {"FLOAT32": "FLOAT32", "FLOAT16": "FLOAT16", "INT8": "FLOAT32"}
 # Readers with a bias: the weight's shape and the op on an input (16 output channels each).
 BIASED_READERS: dict[str, tuple[tuple[int, ...], Callable[[GraphBuilder, Tensor, Tensor, Feeds], Tensor]]] = {

@@ -232,7 +232,7 @@ def test_a_model_without_subgraphs_is_refused_when_read(small: bytes) -> None:
 
 @pytest.mark.slow  # reads MediaPipe models (engine.zoo)
 def test_api_errors_name_the_keyword_argument(tmp_path: Path) -> None:
-    """Options given as keyword arguments are named that way (the command line names its flags, tests/test_cli.py);
+    """Options given as keyword arguments are named that way (the command line names its flags, tests/api/test_cli.py);
     an option that would do nothing is refused before anything is written; "recipe:" only for a recipe."""
     import engine
 

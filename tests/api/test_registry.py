@@ -16,7 +16,7 @@ from engine.errors import EngineError
 from engine.registry import SCALE_METHODS, Registry, load_plugin
 from tests.runtimes import RUNTIMES, worst_sqnr
 
-POW2 = Path(__file__).parents[1] / "examples" / "plugins" / "pow2_scale.py"
+POW2 = Path(__file__).parents[2] / "examples" / "plugins" / "pow2_scale.py"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -109,7 +109,7 @@ def test_compress_takes_a_pipeline_and_an_executor(runnable: dict[str, Path]) ->
     assert len(runs) >= len(calibration)  # every sample ran through it (and a first trial run)
 
 
-NF4 = Path(__file__).parents[1] / "examples" / "plugins" / "nf4_codebook.py"
+NF4 = Path(__file__).parents[2] / "examples" / "plugins" / "nf4_codebook.py"
 
 
 def test_plugin_codebook_method_nf4(runnable: dict[str, Path], tmp_path: Path) -> None:
@@ -139,7 +139,7 @@ def test_plugin_codebook_method_nf4(runnable: dict[str, Path], tmp_path: Path) -
         engine.compress(source, cluster=8, cluster_init="nf4")
 
 
-POW2_ACTIVATIONS = Path(__file__).parents[1] / "examples" / "plugins" / "pow2_activations.py"
+POW2_ACTIVATIONS = Path(__file__).parents[2] / "examples" / "plugins" / "pow2_activations.py"
 
 
 def test_plugin_full_integer_mode_pow2(runnable: dict[str, Path], tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from engine.format.writer import model_to_bytes
 from engine.quant import kernels as k
 from tests.runtimes import RUNTIMES, run_model
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BITS = st.integers(2, 8)
 LIMIT = float(np.float32(1e38))  # the largest |weight| the kernels accept
 FAST = settings(deadline=None)  # the first example of each test compiles (or loads) its kernels

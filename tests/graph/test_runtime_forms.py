@@ -196,7 +196,7 @@ def test_hybrid_filters_need_a_float32_bias_in_xnnpack(label: str, bits: int, gr
 @pytest.mark.parametrize("filter_form", ["float32", "float16", "int8", "hybrid"])
 @pytest.mark.parametrize("bias_form", ["float32", "float16"])
 def test_xnnpack_takes_transpose_conv_with_any_bias_type(filter_form: str, bias_form: str) -> None:
-    """Unlike CONV_2D, DEPTHWISE_CONV_2D and FULLY_CONNECTED (tests/test_xnnpack_bias.py), TRANSPOSE_CONV is taken
+    """Unlike CONV_2D, DEPTHWISE_CONV_2D and FULLY_CONNECTED (tests/graph/test_xnnpack_bias.py), TRANSPOSE_CONV is taken
     by XNNPACK and right whatever its filter (float32, float16 or int8 behind DEQUANTIZE, int8 read directly) and
     bias (float32, float16 behind DEQUANTIZE): ``XNNPACK_BIAS_TYPES`` does not apply to it."""
     model, feeds = CASES["TRANSPOSE_CONV"]()
