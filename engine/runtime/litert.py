@@ -52,7 +52,10 @@ def interpreter(
     try:
         from ai_edge_litert.interpreter import Interpreter, OpResolverType
     except ImportError as exc:
-        raise EngineError("install the validation extra: pip install 'litert-engine[validate]'") from exc
+        raise EngineError(
+            "running a model (calibration, validation, latency) needs LiteRT: pip install 'litert-engine[validate]' "
+            "(ai-edge-litert); weight compression alone does not"
+        ) from exc
     if xnnpack and preserve_all:
         raise ValueError("intermediate tensors are only kept by the builtin kernels")
     source = {"model_content": bytes(model)} if isinstance(model, bytes | bytearray) else {"model_path": str(model)}
