@@ -3,7 +3,7 @@
 Usage::
 
     pip install -e ".[bench]"
-    python benchmarks/full_integer.py [--json out.json] [--quick] [--models a,b] [--runs N] [--invokes N]
+    python benchmarks/full_integer.py [--json PATH] [--quick] [--models a,b] [--runs N] [--invokes N]
         [--samples N] [--observer minmax|percentile|mse|entropy] [--bias-correction]
 
 Both tools quantize the same float32 model with the same calibration samples (``--samples``, default 100:
@@ -21,9 +21,9 @@ once as an .npz keyed by input name that each tool's process loads itself.  Mode
 * the 11 MediaPipe models LiteRT runs (``engine.zoo``).  Neither tool gets the original file: they store
   weights as float16 behind DEQUANTIZE, have no signature defs (the quantizer calibrates by signature) and leave
   ``builtin_code`` at 0 for older ops (the quantizer reads only that field, so it would see ADD everywhere).
-  Both get one float32 copy: constant decoders folded (``engine.passes.fold.fold_constant_decoders``),
-  ``builtin_code`` filled in, a ``serving_default`` signature over all inputs and outputs (named as the
-  tensors).  The copy computes what the original does; its SQNR against the original is reported.
+  Both get one float32 copy (``models.float32_copy``): constant decoders folded, ``builtin_code`` filled in, a
+  ``serving_default`` signature over all inputs and outputs (named as the tensors).  The copy computes what the
+  original does; its SQNR against the original is reported.
 
 Measured per model and tool:
 
@@ -36,7 +36,7 @@ Measured per model and tool:
 * CPU time (user + system, every thread) and peak RSS (``ru_maxrss``) of the child, read by a bare launcher
   process (a child of this process would inherit this process's high-water mark), medians over the runs;
 * SQNR: each output of the int8 model against the float32 model in LiteRT (builtin kernels,
-  ``engine.runtime.validate.validate(ref, cand, photo, intermediates=False)``) on ``--photos`` photos
+  ``engine.runtime.validate.validate(ref, cand, photo, intermediates=False, runtime="builtin")``) on ``--photos`` photos
   (``engine.zoo.photo_input`` indices 0.., in the model's range): per photo the worst output, then the minimum
   and mean of that over the photos; also the median output (each output's mean over the photos), as the worst
   is often a presence score near 0 on a photo without a hand or body, whose SQNR says little.  Only photo 0
@@ -53,16 +53,15 @@ Measured per model and tool:
 Goals (measured here, not tuned here): engine time <= 0.5x the quantizer's at 100 samples; higher SQNR than the
 quantizer; int8 latency <= 0.5x float on ``mobilenet_v1_224``.
 
-About 8 minutes on the 2-core CI machine (12 models), ``--quick`` (3 models, 1 run) about 1.
+About 8 minutes on the 2-core CI machine (12 models), ``--quick`` (3 models, 1 run) about 1.  Writes
+benchmarks/results/full_integer.json and .md (``--json``: elsewhere).
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import math
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -72,8 +71,8 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import harness  # puts the worktree's engine first
-from harness import ROOT, run_process, write_json
+from harness import db, environment, results_argument, run_process, save  # puts the worktree's engine first
+from models import float32_copy, real_models
 
 MOBILENET = "mobilenet_v1_224"
 MOBILENET_RANGE = (-1.0, 1.0)
@@ -215,33 +214,6 @@ def build_mobilenet(path: Path) -> dict[str, Any]:
     return {"parameters": int(parameters), "ops": len(model.main.operators), "build_s": time.perf_counter() - start}
 
 
-def float32_copy(source: Path, output: Path) -> dict[str, Any]:
-    """Write the float32 copy both tools quantize (module docstring): decoders folded, ``builtin_code`` filled
-    in, a signature def over every input and output, named as the tensors."""
-    from engine.format.ir import SignatureDef, TensorMap
-    from engine.format.reader import read_model
-    from engine.format.writer import write_model
-    from engine.passes.fold import fold_constant_decoders
-
-    model = read_model(source)
-    model, folded = fold_constant_decoders(model)
-    unset = 0
-    for code in model.operator_codes:
-        unset += code.builtin_code < code.deprecated_builtin_code
-        code.builtin_code = max(code.builtin_code, code.deprecated_builtin_code)
-    sg = model.main
-    signatures = len(model.signature_defs or [])
-    inputs = [TensorMap(t.name, t) for t in sg.inputs]
-    model.signature_defs = [SignatureDef(sg, inputs, [TensorMap(t.name, t) for t in sg.outputs], SIGNATURE)]
-    write_model(model, output)
-    return {
-        "folded_decoders": folded,
-        "opcodes_builtin_code_filled": unset,
-        "original_signature_defs": signatures,
-        "ops": len(sg.operators),
-    }
-
-
 def input_specs(path: Path) -> list[tuple[str, tuple[int, ...]]]:
     from engine.format.reader import read_model
 
@@ -281,7 +253,7 @@ def score(reference: Path, candidate: Path, photos: list[np.ndarray], classifier
     top1: list[float] = []
     try:
         for photo in photos:
-            report = validate(reference, candidate, photo, intermediates=False)
+            report = validate(reference, candidate, photo, intermediates=False, runtime="builtin")
             worst.append(min(o.sqnr_db for o in report.outputs))
             for o in report.outputs:
                 per_output.setdefault(o.name, []).append(o.sqnr_db)
@@ -448,12 +420,6 @@ def goals(row: dict[str, Any]) -> dict[str, bool | None]:
 # ---------------------------------------------------------------------------------------------- tables
 
 
-def _db(value: float | None) -> str:
-    if value is None:
-        return "n/a"
-    return ("inf" if value > 0 else "-inf") if math.isinf(value) else f"{value:.1f}"
-
-
 def _note(text: str, notes: list[str]) -> str:
     """A numbered reference to ``text`` in the notes printed under the table (long error messages)."""
     if text not in notes:
@@ -496,7 +462,7 @@ def markdown_inputs(rows: list[dict[str, Any]]) -> str:
         lines.append(
             f"| {r['model']} | {r['float_bytes'] / MB:.2f} | {r['ops']} | {r.get('folded_decoders', '-')} "
             f"| {r.get('opcodes_builtin_code_filled', '-')} | {r.get('original_signature_defs', 1)} "
-            f"| {_db(r.get('copy_sqnr_db')) if 'copy_sqnr_db' in r else '(built)'} |"
+            f"| {db(r.get('copy_sqnr_db')) if 'copy_sqnr_db' in r else '(built)'} |"
         )
     return "\n".join(lines)
 
@@ -516,8 +482,8 @@ def markdown_results(rows: list[dict[str, Any]]) -> str:
             if r.get("sqnr_error"):
                 sqnr, median = r["sqnr_error"][:60], ""
             elif "worst_sqnr_db" in r:
-                sqnr = f"{_db(r['worst_sqnr_db'])} / {_db(r['mean_worst_sqnr_db'])}"
-                median = _db(r["median_output_sqnr_db"])
+                sqnr = f"{db(r['worst_sqnr_db'])} / {db(r['mean_worst_sqnr_db'])}"
+                median = db(r["median_output_sqnr_db"])
             else:
                 sqnr = median = "-"
             left = f"{r['float_ops']} of {r['compute_ops']}" if "float_ops" in r else "-"
@@ -555,34 +521,8 @@ def markdown_goals(rows: list[dict[str, Any]]) -> str:
 # ------------------------------------------------------------------------------------------------ main
 
 
-def engine_fingerprint() -> str:
-    """sha256 of the engine's source files: taken at the start and the end, so a run during edits shows."""
-    digest = hashlib.sha256()
-    for path in sorted((ROOT / "engine").rglob("*.py")):
-        digest.update(path.relative_to(ROOT).as_posix().encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()[:16]
-
-
-def environment() -> dict[str, Any]:
-    """Where and with what the benchmark ran (the engine's commit, and whether its worktree had edits)."""
-    git: dict[str, Any] = {}
-    try:
-        git["commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                                       check=True).stdout.strip()  # fmt: skip
-        status = subprocess.run(["git", "status", "--porcelain", "--", "engine"], cwd=ROOT, capture_output=True,
-                                text=True, check=True).stdout  # fmt: skip
-        git["engine_modified"] = bool(status.strip())
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    packages = (*harness.PACKAGES, "scikit-image")
-    return {**harness.environment(packages, date_format="%Y-%m-%d %H:%M"), **git,
-            "engine_source_sha256": engine_fingerprint()}  # fmt: skip
-
-
 def select_models(args: Any) -> list[str]:
-    from engine.zoo import CUSTOM_OP_MODELS, mediapipe_models
-
-    runnable = sorted(n for n in mediapipe_models() if n not in CUSTOM_OP_MODELS)
+    runnable = list(real_models())
     names = args.models.split(",") if args.models else [MOBILENET, *(QUICK_MODELS if args.quick else runnable)]
     unknown = sorted(set(names) - {MOBILENET, *runnable})
     if unknown:
@@ -593,7 +533,7 @@ def select_models(args: Any) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--json", type=Path, help="also write the measurements to this JSON file")
+    results_argument(parser, "full_integer")
     quick = f"{MOBILENET} and {', '.join(QUICK_MODELS)}; {QUICK_RUNS} run, {QUICK_INVOKES} invokes"
     parser.add_argument("--quick", action="store_true", help=quick)
     parser.add_argument("--models", help=f"comma-separated models ({MOBILENET} or MediaPipe names)")
@@ -601,7 +541,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--invokes", type=int, help=f"timed invokes per latency (default {INVOKES})")
     parser.add_argument("--samples", type=int, default=SAMPLES, help=f"calibration samples (default {SAMPLES})")
     parser.add_argument("--photos", type=int, default=PHOTOS, help=f"photos for SQNR (default {PHOTOS})")
-    parser.add_argument("--observer", help="the engine's --observer (default: the engine's own, mse)")
+    parser.add_argument("--observer", help="the engine's --observer (default: the engine's own)")
     parser.add_argument("--bias-correction", action="store_true", help="pass --bias-correction to the engine")
     parser.add_argument("--child-quantizer", nargs=3, metavar=("MODEL", "DATA", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -628,28 +568,23 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 value_range = INPUT_RANGES[name]
                 original = mediapipe_model(name)
-                facts = float32_copy(original, model)
+                facts = float32_copy(original, model, signature=SIGNATURE)
                 photos = eval_photos(original, value_range, args.photos)
                 facts["copy_sqnr_db"] = score(original, model, photos).get("worst_sqnr_db")
             inputs.append({"model": name, "float_bytes": model.stat().st_size, **facts})
             rows.append(bench_model(name, model, value_range, tmp, args))
             model.unlink()
     results["total_s"] = time.perf_counter() - started
-    results["engine_source_sha256_end"] = engine_fingerprint()
     results["inputs"], results["rows"] = inputs, rows
 
     env = results["environment"]
     versions = env["versions"]
-    print(f"# Full-integer int8: engine vs ai-edge-quantizer static_wi8_ai8 ({env['date']}, {env['cpus']} CPUs, "
-          f"litert-quantizer {versions['litert-quantizer']}, ai-edge-litert {versions['ai-edge-litert']}, "
-          f"{args.samples} samples, {args.runs} runs, {results['total_s']:.0f} s)\n")  # fmt: skip
-    if results["engine_source_sha256_end"] != env["engine_source_sha256"]:
-        print("**The engine's source changed during this run: rows may come from different versions.**\n")
-    print("## Float32 models both tools get\n\n" + markdown_inputs(inputs) + "\n")
-    print("## Results\n\n" + markdown_results(rows) + "\n")
-    print("## Goals\n\n" + markdown_goals(rows))
-    if args.json:
-        write_json(args.json, results)
+    title = (f"# Full-integer int8: engine vs ai-edge-quantizer static_wi8_ai8 ({env['date']}, {env['cpus']} CPUs, "
+             f"litert-quantizer {versions['litert-quantizer']}, ai-edge-litert {versions['ai-edge-litert']}, "
+             f"{args.samples} samples, {args.runs} runs, {results['total_s']:.0f} s)")  # fmt: skip
+    parts = [title, "## Float32 models both tools get", markdown_inputs(inputs), "## Results", markdown_results(rows),
+             "## Goals", markdown_goals(rows)]  # fmt: skip
+    save(results, "\n\n".join(parts), args.json)
     return 0
 
 

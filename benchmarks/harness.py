@@ -1,5 +1,9 @@
-"""What the benchmarks share: the environment record, timing a command in a fresh process (wall time, CPU time,
-peak RSS), markdown tables and the JSON file.
+"""What the benchmarks share: the environment record, running a command in a fresh process (timed: wall time, CPU
+time, peak RSS; or for the JSON it prints), markdown tables, and the result files.
+
+Every benchmark writes ``benchmarks/results/NAME.json`` (its raw numbers and the environment record) and
+``NAME.md`` (its tables) through ``save``; ``benchmarks/report.py`` builds docs/benchmarks.md from them, so no
+figure is copied by hand.
 
 Importing it puts the worktree's ``engine`` first on ``sys.path`` (not whichever one is installed), so a
 benchmark run as ``python benchmarks/NAME.py`` measures the code beside it.
@@ -7,11 +11,15 @@ benchmark run as ``python benchmarks/NAME.py`` measures the code beside it.
 
 from __future__ import annotations
 
+import argparse
+import hashlib
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from importlib import metadata
@@ -22,17 +30,18 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # the worktree's engine, not whichever one is installed
     sys.path.insert(0, str(ROOT))
 
+RESULTS = ROOT / "benchmarks" / "results"
 # The packages whose versions every environment record names.
-PACKAGES = ("litert-quantizer", "ai-edge-litert", "numpy", "numba")
+PACKAGES = ("litert-quantizer", "ai-edge-litert", "numpy", "numba", "scikit-learn", "scikit-image")
 
 
 # ------------------------------------------------------------------------------------------ environment
 
 
-def versions(packages: Iterable[str] = PACKAGES) -> dict[str, str | None]:
-    """Installed version of each package, None when it is not installed."""
+def versions() -> dict[str, str | None]:
+    """Installed version of each of ``PACKAGES``, None when it is not installed."""
     found: dict[str, str | None] = {}
-    for package in packages:
+    for package in PACKAGES:
         try:
             found[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
@@ -40,34 +49,68 @@ def versions(packages: Iterable[str] = PACKAGES) -> dict[str, str | None]:
     return found
 
 
-def environment(packages: Iterable[str] = PACKAGES, date_format: str = "%Y-%m-%d") -> dict[str, Any]:
-    """Where and with what the benchmarks ran."""
+def cpu_model() -> str:
+    """The processor's name (Linux), else what ``platform`` knows: two "2-core" machines can differ 2x."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def commit() -> str | None:
+    """The checked-out commit, read from .git's files: running git could take its index lock while someone
+    commits."""
+    git = ROOT / ".git"
+    try:
+        head = (git / "HEAD").read_text().strip()
+        if not head.startswith("ref: "):
+            return head
+        ref = head.removeprefix("ref: ")
+        if (git / ref).is_file():
+            return (git / ref).read_text().strip()
+        packed = (line.split() for line in (git / "packed-refs").read_text().splitlines() if line[:1] not in "#^")
+        return next((sha for sha, name in packed if name == ref), None)
+    except OSError:
+        return None
+
+
+def engine_fingerprint() -> str:
+    """sha256 of the engine's source files: the commit alone does not say whether the worktree had edits, and
+    taken at the start and the end of a run it shows a run during edits."""
+    digest = hashlib.sha256()
+    for path in sorted((ROOT / "engine").rglob("*.py")):
+        digest.update(path.relative_to(ROOT).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def environment() -> dict[str, Any]:
+    """Where, with what and how busy: taken when a benchmark starts (``save`` adds the end of the run)."""
+    script = Path(sys.argv[0]).resolve()
+    shown = script.relative_to(ROOT) if script.is_relative_to(ROOT) else script
     return {
-        "date": time.strftime(date_format),
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+        "command": shlex.join(["python", str(shown), *sys.argv[1:]]),
         "machine": platform.machine(),
+        "cpu": cpu_model(),
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
-        "versions": versions(packages),
+        "versions": versions(),
+        "load_average": [round(load, 2) for load in os.getloadavg()],
+        "commit": commit(),
+        "engine_sha256": engine_fingerprint(),
     }
-
-
-def revision() -> dict[str, Any] | None:
-    """The commit and the files changed since (read only): before/after runs are compared on these."""
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT, check=True)
-        changed = subprocess.run(["git", "diff", "--name-only", "HEAD"], capture_output=True, text=True, cwd=ROOT,
-                                 check=True)  # fmt: skip
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return {"commit": commit.stdout.strip(), "uncommitted_changes": changed.stdout.split()}
 
 
 # ---------------------------------------------------------------------------------------- processes
 
 
-def child_env() -> dict[str, str]:
-    """This environment with the worktree first on PYTHONPATH, for commands run in fresh processes."""
-    env = dict(os.environ)
+def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """This environment with the worktree first on PYTHONPATH (and ``extra``), for commands run in fresh
+    processes."""
+    env = {**os.environ, **(extra or {})}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
     return env
 
@@ -111,6 +154,26 @@ def run_process(command: list[str], output: Path, logs: Path, *, require_output:
     return measured
 
 
+def run_json(command: list[str], env: dict[str, str] | None = None) -> Any:
+    """Run ``command`` in a fresh process (from the worktree, ``child_env(env)``), for measurements that must not
+    see this process's state (imports, caches, memory peaks); returns the JSON its last stdout line holds."""
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=child_env(env), check=False)
+    if done.returncode:
+        raise RuntimeError(f"{shlex.join(command)} failed (exit code {done.returncode}):\n{done.stderr}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def numba_first_use(script: Path) -> dict[str, dict[str, float]]:
+    """``script --child`` (which prints, as JSON, the seconds of each kernel's first call) in a fresh interpreter
+    with a new, empty ``NUMBA_CACHE_DIR`` (each first call compiles), then in another with that cache (each
+    loads): what a user's first run on a new machine, and every later one, pays before any work."""
+    command = [sys.executable, str(script), "--child"]
+    with tempfile.TemporaryDirectory(prefix="numba-cache-") as cache:
+        compiled = run_json(command, {"NUMBA_CACHE_DIR": cache})
+        cached = run_json(command, {"NUMBA_CACHE_DIR": cache})
+    return {"compile_s": compiled, "cached_load_s": cached}
+
+
 # ------------------------------------------------------------------------------------------- output
 
 
@@ -129,8 +192,40 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
-def write_json(path: Path, results: dict[str, Any]) -> None:
-    """The measurements as indented JSON (numpy values and non-finite floats made JSON-safe)."""
+def db(value: float | None) -> str:
+    """An SQNR cell in dB: one decimal ("inf" for identical outputs), "n/a" when there is no value."""
+    return "n/a" if value is None else f"{value:.1f}"
+
+
+def first_use_table(first_use: dict[str, dict[str, float]]) -> str:
+    """``numba_first_use``'s seconds: one row per call, then the total."""
+    compiled, cached = first_use["compile_s"], first_use["cached_load_s"]
+    rows = [[name, f"{compiled[name]:.2f}", f"{cached[name]:.3f}"] for name in compiled]
+    rows.append(["total", f"{sum(compiled.values()):.2f}", f"{sum(cached.values()):.3f}"])
+    return markdown_table(["first use", "compile, empty cache (s)", "load from cache (s)"], rows)
+
+
+def results_argument(parser: argparse.ArgumentParser, name: str) -> None:
+    """The ``--json`` option every benchmark takes: where its result files go."""
+    parser.add_argument("--json", type=Path, default=RESULTS / f"{name}.json", metavar="PATH",
+                        help=f"write the measurements here (default benchmarks/results/{name}.json) and the "
+                        "tables beside it (.md)")  # fmt: skip
+
+
+def save(results: dict[str, Any], markdown: str, path: Path) -> None:
+    """Print the tables and write the result files: ``path``, the measurements with the environment record (the
+    load average and the engine's sources at the end of the run added) as JSON (non-finite floats as strings),
+    and the tables beside it (.md)."""
     from engine.report import json_safe
 
+    env = results["environment"]
+    env["load_average_end"] = [round(load, 2) for load in os.getloadavg()]
+    env["engine_sha256_end"] = engine_fingerprint()
+    if env["engine_sha256_end"] != env["engine_sha256"]:
+        markdown = (
+            "**The engine's source changed during this run: rows may come from different versions.**\n\n" + markdown
+        )
+    print(markdown)
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(json_safe(results), indent=2) + "\n")
+    path.with_suffix(".md").write_text(markdown + "\n")

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/kernels.py [--json out.json] [--repeat N] [--threads N]
+    python benchmarks/kernels.py [--json PATH] [--repeat N] [--threads N]
 
 * first use: a fresh interpreter with an empty ``NUMBA_CACHE_DIR`` imports ``engine.quant.kernels`` (which imports
   Numba) and calls each public kernel once on a tiny input, in the table's order, so each time is that
@@ -13,24 +13,25 @@ Usage::
   262144 blocks of 32 (8.4 M weights, blockwise), the median of ``--repeat`` runs after a warm-up run, and
   the numpy twin once, for comparison. Weights are standard normal; pack and unpack handle every code of
   the matrix (int4).
+
+Writes benchmarks/results/kernels.json and .md (``--json``: elsewhere).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import environment, first_use_table, markdown_table, numba_first_use, results_argument, save
 
 KERNELS = [
     "absmax_scales",
@@ -74,12 +75,6 @@ def _first_use() -> dict[str, float]:
         call()
         times[name] = time.perf_counter() - start
     return times
-
-
-def _fresh_process(cache_dir: str) -> dict[str, float]:
-    env = {**os.environ, "NUMBA_CACHE_DIR": cache_dir}
-    done = subprocess.run([sys.executable, __file__, "--child"], env=env, capture_output=True, text=True, check=True)
-    return json.loads(done.stdout)
 
 
 def _median_seconds(call: Callable[[], Any], repeat: int) -> float:
@@ -140,29 +135,28 @@ def _throughput(repeat: int) -> list[dict[str, Any]]:
     return rows
 
 
-def _tables(first: dict[str, float], cached: dict[str, float], rows: list[dict[str, Any]]) -> str:
-    lines = [
-        "| first use | compile, empty cache (s) | load from cache (s) |",
-        "|---|---|---|",
-        *(f"| {name} | {first[name]:.2f} | {cached[name]:.3f} |" for name in first),
-        f"| total | {sum(first.values()):.2f} | {sum(cached.values()):.3f} |",
-        "",
-        "| case | kernel | bits | numba ms | M weights/s | numpy twin ms | speedup |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in rows:
-        rate = r["weights"] / r["numba_s"] / 1e6
-        speedup = r["numpy_s"] / r["numba_s"]
-        lines.append(
-            f"| {r['case']} | {r['kernel']} | {r['bits']} | {r['numba_s'] * 1e3:.1f} | {rate:.0f} | "
-            f"{r['numpy_s'] * 1e3:.0f} | {speedup:.1f}x |"
-        )
-    return "\n".join(lines)
+def markdown(results: dict[str, Any]) -> str:
+    """The first-use table, then each kernel's time and rate against its numpy twin."""
+    settings = results["settings"]
+    rows = []
+    for r in results["throughput"]:
+        rows.append([r["case"], r["kernel"], r["bits"], f"{r['numba_s'] * 1e3:.1f}",
+                     f"{r['weights'] / r['numba_s'] / 1e6:.0f}", f"{r['numpy_s'] * 1e3:.0f}",
+                     f"{r['numpy_s'] / r['numba_s']:.1f}x"])  # fmt: skip
+    header = ["case", "kernel", "bits", "numba ms", "M weights/s", "numpy twin ms", "speedup"]
+    return "\n\n".join([
+        "# Quantization kernels",
+        "## First use",
+        first_use_table(results["first_use"]),
+        f"## Throughput: {settings['numba_threads']} Numba threads ({settings['threading_layer']}), median of "
+        f"{settings['repeat']} runs (numpy twin: once)",
+        markdown_table(header, rows),
+    ])  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--json", type=Path, help="also write the measurements to this JSON file")
+    results_argument(parser, "kernels")
     parser.add_argument("--repeat", type=int, default=5, help="timed runs per kernel (median reported)")
     parser.add_argument("--threads", type=int, help="Numba threads for the throughput runs (default: all cores)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -171,28 +165,18 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(_first_use()))
         return 0
 
-    with tempfile.TemporaryDirectory(prefix="numba-cache-") as cache_dir:
-        first = _fresh_process(cache_dir)
-        cached = _fresh_process(cache_dir)
+    results: dict[str, Any] = {"environment": environment()}
+    started = time.perf_counter()
+    results["first_use"] = numba_first_use(Path(__file__).resolve())
     import numba
 
     if args.threads:
         numba.set_num_threads(args.threads)
-    rows = _throughput(args.repeat)
-    machine = {
-        "python": platform.python_version(),
-        "numba": numba.__version__,
-        "numpy": np.__version__,
-        "cpus": os.cpu_count(),
-        "numba_threads": numba.get_num_threads(),
-        "threading_layer": numba.threading_layer(),
-    }
-    print(f"Numba {machine['numba']}, numpy {machine['numpy']}, {machine['numba_threads']} Numba threads "
-          f"({machine['threading_layer']}) on {machine['cpus']} CPUs\n")  # fmt: skip
-    print(_tables(first, cached, rows))
-    if args.json:
-        result = {"machine": machine, "first_use_s": first, "cached_load_s": cached, "throughput": rows}
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    results["throughput"] = _throughput(args.repeat)
+    results["settings"] = {"repeat": args.repeat, "numba_threads": numba.get_num_threads(),
+                           "threading_layer": numba.threading_layer()}  # fmt: skip
+    results["total_s"] = time.perf_counter() - started
+    save(results, markdown(results), args.json)
     return 0
 
 

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/kmeans.py [--json out.json] [--n N] [--k K] [--skip-full-sklearn]
+    python benchmarks/kmeans.py [--json PATH] [--n N] [--k K] [--skip-full-sklearn]
 
 * data: N (default 25 M) float32 weights, standard normal and Laplace, clustered as one tensor into K (16).
 * ours: each init at the default 50 iterations and at 1000 (an iteration costs O(K log n), so more is cheap),
@@ -11,27 +11,30 @@ Usage::
   10% subsample since the full fit is slow; the subsample's centroids are scored on all N weights (nearest
   centroid, not timed). Errors are float64 sums over all N, computed the same way for every row.
 * first use: a fresh interpreter with an empty ``NUMBA_CACHE_DIR`` calls each new kernel once on a tiny input
-  (compiling it), then a second one with the same cache (loading it).
+  (compiling it), then a second one with the same cache (loading it) (``harness.numba_first_use``).
+
+Writes benchmarks/results/kmeans.json and .md (``--json``: elsewhere).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import environment, first_use_table, markdown_table, numba_first_use, results_argument, save
+
 INITS = ["linear", "density", "kmeans++"]
 
 
 def _first_use() -> dict[str, float]:
+    """Seconds to import engine.quant.kernels, then for the first call of each k-means kernel on a tiny input."""
     start = time.perf_counter()
     from engine.quant import kernels as k
 
@@ -45,12 +48,6 @@ def _first_use() -> dict[str, float]:
     k.cluster_error(v, c, labels)
     times["cluster_error"] = time.perf_counter() - start
     return times
-
-
-def _fresh_process(cache_dir: str) -> dict[str, float]:
-    env = {**os.environ, "NUMBA_CACHE_DIR": cache_dir}
-    done = subprocess.run([sys.executable, __file__, "--child"], env=env, capture_output=True, text=True, check=True)
-    return json.loads(done.stdout)
 
 
 def _ours(v: np.ndarray, k: int) -> list[dict[str, Any]]:
@@ -88,9 +85,23 @@ def _sklearn(v: np.ndarray, k: int, fraction: float) -> dict[str, Any]:
     return row
 
 
+def markdown(results: dict[str, Any]) -> str:
+    """The first-use table, then per data set every method against the last row (scikit-learn's largest fit)."""
+    settings = results["settings"]
+    parts = [f"# 1-D k-means: K = {settings['k']}, {settings['n'] / 1e6:g} M float32 weights", "## First use",
+             first_use_table(results["first_use"])]  # fmt: skip
+    for name, rows in results["data"].items():
+        reference = rows[-1]
+        table = [[r["method"], f"{r['seconds']:.2f}", f"{r['seconds'] / reference['seconds']:.3f}", f"{r['error']:.6g}",
+                  f"{r['error'] / reference['error']:.5f}"] for r in rows]  # fmt: skip
+        header = ["method", "seconds", "x time", "within-cluster squared error", "x error"]
+        parts += [f"## {name} (relative to the last row)", markdown_table(header, table)]
+    return "\n\n".join(parts)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--json", type=Path, help="also write the measurements to this JSON file")
+    results_argument(parser, "kmeans")
     parser.add_argument("--n", type=int, default=25_000_000, help="number of weights (default 25 M)")
     parser.add_argument("--k", type=int, default=16, help="clusters (default 16)")
     parser.add_argument("--skip-full-sklearn", action="store_true", help="fit scikit-learn on the subsample only")
@@ -100,44 +111,22 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(_first_use()))
         return 0
 
-    with tempfile.TemporaryDirectory(prefix="numba-cache-") as cache_dir:
-        first = _fresh_process(cache_dir)
-        cached = _fresh_process(cache_dir)
+    settings = {"n": args.n, "k": args.k, "full_sklearn": not args.skip_full_sklearn}
+    results: dict[str, Any] = {"environment": environment(), "settings": settings}
+    started = time.perf_counter()
+    results["first_use"] = numba_first_use(Path(__file__).resolve())
     rng = np.random.default_rng(0)
     data = {"normal": rng.standard_normal(args.n, np.float32), "laplace": rng.laplace(size=args.n).astype(np.float32)}
-    results: dict[str, list[dict[str, Any]]] = {}
+    results["data"] = {}
     for name, v in data.items():
         print(f"{name}:", file=sys.stderr)
         rows = _ours(v, args.k)
         rows.append(_sklearn(v, args.k, 0.1))
         if not args.skip_full_sklearn:
             rows.append(_sklearn(v, args.k, 1.0))
-        results[name] = rows
-
-    lines = [
-        "| first use | compile, empty cache (s) | load from cache (s) |",
-        "|---|---|---|",
-        *(f"| {name} | {first[name]:.2f} | {cached[name]:.3f} |" for name in first),
-        f"| total | {sum(first.values()):.2f} | {sum(cached.values()):.3f} |",
-        "",
-    ]
-    for name, rows in results.items():
-        reference = rows[-1]
-        lines += [
-            f"**{name}, {args.n / 1e6:g} M float32 weights, K = {args.k}** (relative to the last row)",
-            "",
-            "| method | seconds | x time | within-cluster squared error | x error |",
-            "|---|---|---|---|---|",
-        ]
-        lines += [
-            f"| {r['method']} | {r['seconds']:.2f} | {r['seconds'] / reference['seconds']:.3f} | {r['error']:.6g} | "
-            f"{r['error'] / reference['error']:.5f} |"
-            for r in rows
-        ]
-        lines.append("")
-    print("\n".join(lines))
-    if args.json:
-        args.json.write_text(json.dumps({"first_use_s": first, "cached_load_s": cached, "results": results}, indent=2))
+        results["data"][name] = rows
+    results["total_s"] = time.perf_counter() - started
+    save(results, markdown(results), args.json)
     return 0
 
 

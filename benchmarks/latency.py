@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/latency.py [--json out.json] [--models a,b] [--modes x,y] [--runs N] [--quick]
+    python benchmarks/latency.py [--json PATH] [--models a,b] [--modes x,y] [--runs N] [--quick]
 
 Each of the 11 MediaPipe models LiteRT runs is compressed with every mode of ``MODES`` through
 ``engine.compress(path, output=..., **options)`` into a temporary folder (the full-integer modes calibrated on
@@ -22,7 +22,8 @@ A mode that fails to compress, or a form that fails to load or run in a runtime,
 error without the model's path, cut short; the JSON keeps it whole).  Latency only: whether a runtime computes a form
 right is the tests' and ``validate``'s business.
 
-About 4 minutes on the 2-core machine (``--quick``: 3 models, 10 runs, under a minute).
+About 4 minutes on the 2-core machine (``--quick``: 3 models, 10 runs, under a minute).  Writes
+benchmarks/results/latency.json and .md (``--json``: elsewhere).
 """
 
 from __future__ import annotations
@@ -41,8 +42,8 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import ROOT, environment, markdown_table, revision, write_json  # puts the worktree's engine first
-from quantize import real_models  # the same model list
+from harness import ROOT, environment, markdown_table, results_argument, save  # puts the worktree's engine first
+from models import real_models
 
 from engine.recipes import STANDARD_MODES
 
@@ -224,7 +225,7 @@ def markdown(results: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--json", type=Path, help="also write the measurements to this JSON file")
+    results_argument(parser, "latency")
     parser.add_argument("--models", help="comma-separated MediaPipe models (default: the 11 LiteRT runs)")
     parser.add_argument("--modes", help=f"comma-separated modes (default: all of {', '.join(MODES)})")
     parser.add_argument("--runs", type=int, help=f"timed rounds per model and runtime (default {RUNS})")
@@ -244,7 +245,6 @@ def main(argv: list[str] | None = None) -> int:
     models = real_models(names)
     results: dict[str, Any] = {
         "environment": environment(),
-        "revision": revision(),
         "settings": {"runs": runs, "warmup": WARMUP, "num_threads": 1, "modes": {m: MODES[m] for m in modes}},
         "models": {},
     }
@@ -256,12 +256,10 @@ def main(argv: list[str] | None = None) -> int:
     results["total_s"] = time.perf_counter() - started
 
     env = results["environment"]
-    print(f"# Latency: compressed / input median, default (XNNPACK) / builtin kernels, 1 thread, {runs} interleaved "
-          f"rounds ({env['date']}, {env['cpus']} CPUs, ai-edge-litert {env['versions']['ai-edge-litert']}, "
-          f"{results['total_s']:.0f} s)\n")  # fmt: skip
-    print(markdown(results))
-    if args.json:
-        write_json(args.json, results)
+    title = (f"# Latency: compressed / input median, default (XNNPACK) / builtin kernels, 1 thread, {runs} interleaved "
+             f"rounds ({env['date']}, {env['cpus']} CPUs, ai-edge-litert {env['versions']['ai-edge-litert']}, "
+             f"{results['total_s']:.0f} s)")  # fmt: skip
+    save(results, title + "\n\n" + markdown(results), args.json)
     return 0
 
 

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/prune_scope.py [--json out.json] [--sparsity 0.5 0.75 0.9] [--photos 3]
+    python benchmarks/prune_scope.py [--json PATH] [--sparsity 0.5 0.75 0.9] [--photos 3]
 
 For each of the 11 MediaPipe models LiteRT runs, every float weight of at least 4096 elements read by an op
 with a pruning layout (an input axis in ``engine.graph.ops``) is pruned unstructured to the asked sparsity, either
@@ -14,32 +14,34 @@ real photos (``engine.zoo.photo_input``). A weight whose stored buffer another w
 
 Each cell is "worst / median" over the model's outputs of the output SQNR (dB), each output's SQNR being its
 mean over the photos. The last table counts, per sparsity, the models where a global scope beats layer scope
-on both figures, and the median over models of the gain. About 40 s on the 2-core CI machine.
+on both figures, and the median over models of the gain. About 40 s on the 2-core CI machine. Writes
+benchmarks/results/prune_scope.json and .md (``--json``: elsewhere).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # the worktree's engine, not whichever one is installed
-    sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import environment, markdown_table, results_argument, save  # puts the worktree's engine first
+from models import real_models
 
-import engine  # noqa: E402
-from engine.format.ir import Tensor  # noqa: E402
-from engine.graph.weights import Weight, find_weights  # noqa: E402
-from engine.passes.common import install  # noqa: E402
-from engine.quant.metrics import sqnr_db  # noqa: E402
-from engine.quant.pruning import NORMALIZATIONS, global_masks, prune_mask, sparsity_of  # noqa: E402
-from engine.runtime.litert import run  # noqa: E402
-from engine.zoo import CUSTOM_OP_MODELS, INPUT_RANGES, mediapipe_models, photo_input  # noqa: E402
+import engine
+from engine.format.ir import Tensor
+from engine.graph.weights import Weight, find_weights
+from engine.passes.common import install
+from engine.quant.metrics import sqnr_db
+from engine.quant.pruning import NORMALIZATIONS, global_masks, prune_mask, sparsity_of
+from engine.runtime.litert import run
+from engine.zoo import INPUT_RANGES, photo_input
 
 MIN_ELEMENTS = 4096
 SCOPES = ("layer", *(f"global-{n}" for n in NORMALIZATIONS))
@@ -105,42 +107,51 @@ def _cell(c: dict) -> str:
     return f"{c['worst']:.1f} / {c['median']:.1f}"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--json", type=Path, help="also write the results here")
-    parser.add_argument("--sparsity", type=float, nargs="+", default=[0.5, 0.75, 0.9])
-    parser.add_argument("--photos", type=int, default=3)
-    args = parser.parse_args(argv)
-    models = {n: p for n, p in sorted(mediapipe_models().items()) if n not in CUSTOM_OP_MODELS}
-    results = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, path in models.items():
-            results.append(measure(name, path, args.sparsity, args.photos, Path(tmp)))
-            print(f"measured {name}", file=sys.stderr)
-    header = ["model", "tensors"] + [f"{scope} {s:.0%}" for s in args.sparsity for scope in SCOPES]
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
-    for r in results:
-        cells = [_cell(r["cells"][f"{scope}@{s}"]) for s in args.sparsity for scope in SCOPES]
-        print(f"| {r['model']} | {r['tensors']} | " + " | ".join(cells) + " |")
-    print()
-    print("| sparsity | scope | models better than layer on worst and median | median gain worst / median dB |")
-    print("|---|---|---|---|")
-    for s in args.sparsity:
+def markdown(results: dict[str, Any]) -> str:
+    """Every model's cells, then per sparsity and global scope the models where it beats layer scope."""
+    sparsities, models = results["settings"]["sparsity"], results["models"]
+    header = ["model", "tensors", *(f"{scope} {s:.0%}" for s in sparsities for scope in SCOPES)]
+    rows = [[r["model"], r["tensors"], *(_cell(r["cells"][f"{scope}@{s}"]) for s in sparsities for scope in SCOPES)]
+            for r in models]  # fmt: skip
+    wins = []
+    for s in sparsities:
         for scope in SCOPES[1:]:
             gains = [
                 (
                     r["cells"][f"{scope}@{s}"]["worst"] - r["cells"][f"layer@{s}"]["worst"],
                     r["cells"][f"{scope}@{s}"]["median"] - r["cells"][f"layer@{s}"]["median"],
                 )
-                for r in results
+                for r in models
             ]
-            wins = sum(1 for w, m in gains if w > 0 and m > 0)
+            better = sum(1 for w, m in gains if w > 0 and m > 0)
             median_worst = statistics.median(g[0] for g in gains)
             median_median = statistics.median(g[1] for g in gains)
-            print(f"| {s:.0%} | {scope} | {wins} / {len(results)} | {median_worst:+.1f} / {median_median:+.1f} |")
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=1))
+            wins.append([f"{s:.0%}", scope, f"{better} / {len(models)}", f"{median_worst:+.1f} / {median_median:+.1f}"])
+    photos = results["settings"]["photos"]
+    return "\n\n".join([
+        f"# Output SQNR worst / median (dB) over the outputs, each output's mean over {photos} photos",
+        markdown_table(header, rows),
+        "## Global scope against layer scope",
+        markdown_table(["sparsity", "scope", "models better than layer on worst and median",
+                        "median gain worst / median dB"], wins),
+    ])  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    results_argument(parser, "prune_scope")
+    parser.add_argument("--sparsity", type=float, nargs="+", default=[0.5, 0.75, 0.9])
+    parser.add_argument("--photos", type=int, default=3)
+    args = parser.parse_args(argv)
+    settings = {"sparsity": args.sparsity, "photos": args.photos, "min_elements": MIN_ELEMENTS}
+    results: dict[str, Any] = {"environment": environment(), "settings": settings, "models": []}
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, path in real_models().items():
+            results["models"].append(measure(name, path, args.sparsity, args.photos, Path(tmp)))
+            print(f"measured {name}", file=sys.stderr)
+    results["total_s"] = time.perf_counter() - started
+    save(results, markdown(results), args.json)
     return 0
 
 

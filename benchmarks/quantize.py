@@ -3,7 +3,7 @@
 Usage::
 
     pip install -e ".[bench]"
-    python benchmarks/quantize.py [--json out.json] [--part real|synthetic|defaults] [--quick] [--runs N]
+    python benchmarks/quantize.py [--json PATH] [--part real|synthetic|defaults] [--quick] [--runs N]
 
 Three parts, each printed as a markdown table (sizes in MB/KB = 10^6/10^3 bytes):
 
@@ -14,7 +14,7 @@ Three parts, each printed as a markdown table (sizes in MB/KB = 10^6/10^3 bytes)
   (``Quantizer(model, recipe).quantize(serialize_to_path=OUT)``, see ``quantizer_child``).  The quantizer also
   runs on a float32 copy of each model (same graph, float16/sparse weights decoded to dense float32 constants,
   ``builtin_code`` filled in): it leaves the original files as they are, and the copy shows what it does on
-  weights it can read (``float32_copy`` says why).
+  weights it can read (``models.float32_copy`` says why).
 * ``synthetic``: four chained 4096x4096 float32 FULLY_CONNECTED layers (268 MB, built as in
   ``roundtrip.py``, plus a signature def), weight-int8, dynamic-int8 and weight-int4 for both tools.  Goals for
   ours: at most 0.5x the quantizer's time, peak RSS at most 1.5x the file size.
@@ -31,7 +31,8 @@ memory-mapped input included.  Times are measured by the launcher around the chi
 are medians over ``--runs`` fresh processes (default 1 for the real models, 3 for the synthetic
 one; a run over ``LONG_RUN_S`` is not repeated), after one unmeasured warm-up run of each tool.
 
-About 6 minutes on the 2-core CI machine, ``--quick`` about 2.
+About 6 minutes on the 2-core CI machine, ``--quick`` about 2.  Writes benchmarks/results/quantize.json and .md
+(``--json``: elsewhere).
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import environment, markdown_table, run_process, write_json  # puts the worktree's engine first
+from harness import db, environment, markdown_table, results_argument, run_process, save  # worktree's engine first
+from models import PHOTOS, float32_copy, photo_inputs, real_models
 
 # (our mode, our extra options, quantizer recipe): the pairs of the real and synthetic parts.
 PAIRS: list[tuple[str, dict[str, str], str]] = [
@@ -67,7 +69,6 @@ DEFAULTS_MODES = ("weight-int8", "dynamic-int8", "weight-int4")
 QUICK_DEFAULTS_MODES = ("weight-int8", "weight-int4")
 SCALES = ("mse", "minmax")
 MIN_ELEMENTS = (0, 1024, 4096)
-PHOTOS = 3
 LONG_RUN_S = 10.0
 SYNTHETIC_NAME = "synthetic_fc_4x4096"
 MB, KB = 1e6, 1e3
@@ -172,17 +173,6 @@ class Reference:
         }
 
 
-def photo_inputs(name: str, path: Path) -> list[np.ndarray]:
-    from engine import read_model
-    from engine.zoo import INPUT_RANGES, photo_input
-
-    model = read_model(path)
-    if len(model.main.inputs) != 1:
-        raise SystemExit(f"{name}: expected one image input, found {len(model.main.inputs)}")
-    shape = model.main.inputs[0].shape
-    return [photo_input(shape, "float32", i, value_range=INPUT_RANGES[name]) for i in range(PHOTOS)]
-
-
 def file_summary(path: Path) -> dict[str, Any]:
     """Op histogram and constant bytes by dtype, read with the ``tflite`` package's unchecked readers.
 
@@ -248,46 +238,6 @@ def measure(command: list[str], output: Path, reference: Reference, tmp: Path, r
     return row
 
 
-# ------------------------------------------------------------------------------ float32 copy (real)
-
-
-def float32_copy(path: Path, output: Path) -> dict[str, Any]:
-    """Write ``path`` with every float16/sparse weight decoded to a dense float32 constant, opcodes filled in.
-
-    Why the quantizer needs it: it reads an op's type from ``builtin_code`` only, which older files leave at
-    its default 0 (ADD) with the real code in ``deprecated_builtin_code``, so it sees every op as ADD; and it
-    quantizes constant float32 weights only, not float16 (or sparse) ones behind DEQUANTIZE (DENSIFY).  The
-    copy computes the same thing (float16 -> float32 is exact); its SQNR against the original is checked.
-    """
-    from engine import read_model, write_model
-    from engine.graph.weights import find_weights
-
-    model = read_model(path)
-    old_opcodes = sum(code.builtin_code < code.deprecated_builtin_code for code in model.operator_codes)
-    for code in model.operator_codes:
-        code.builtin_code = max(code.builtin_code, code.deprecated_builtin_code)
-    decoded = 0
-    for weight in find_weights(model):
-        if weight.chain and weight.is_float:
-            weight.value.data = weight.decode()
-            weight.value.quantization = weight.value.sparsity = None
-            for op in weight.chain:
-                weight.subgraph.remove_operator(op)
-            decoded += 1
-    for sg in model.subgraphs:  # float16 constants of other ops (ADD, MUL operands, ...)
-        for op in list(sg.operators):
-            source = op.inputs[0] if op.inputs else None
-            if op.name != "DEQUANTIZE" or source is None or not source.is_constant or source.sparsity is not None:
-                continue
-            if source.type_name == "FLOAT16":
-                op.outputs[0].data = np.asarray(source.data, np.float32)
-                sg.remove_operator(op)
-                decoded += 1
-        sg.remove_unused_tensors()
-    write_model(model, output)
-    return {"opcodes_without_builtin_code": old_opcodes, "decoded_constants": decoded}
-
-
 def model_facts(path: Path) -> dict[str, Any]:
     from engine import read_model
     from engine.summary import summarize
@@ -303,19 +253,6 @@ def model_facts(path: Path) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------- parts
-
-
-def real_models(names: list[str] | None) -> dict[str, Path]:
-    from engine.zoo import CUSTOM_OP_MODELS, mediapipe_models
-
-    models = {n: p for n, p in sorted(mediapipe_models().items()) if n not in CUSTOM_OP_MODELS}
-    if names:
-        unknown = sorted(set(names) - set(models))
-        if unknown:
-            known = ", ".join(models)
-            raise SystemExit(f"unknown or not runnable model(s): {', '.join(unknown)} (choose from {known})")
-        models = {n: models[n] for n in names}
-    return models
 
 
 def warm_up(model: Path, tmp: Path) -> None:
@@ -424,12 +361,6 @@ def part_defaults(models: dict[str, Path], modes: list[str], tmp: Path) -> dict:
 # ---------------------------------------------------------------------------------------- tables
 
 
-def _db(value: float | None) -> str:
-    if value is None:
-        return "n/a"
-    return "inf" if math.isinf(value) and value > 0 else f"{value:.1f}"
-
-
 def _size(r: dict[str, Any], unit: float = KB) -> str:
     if "output_bytes" not in r:
         return "-"
@@ -442,7 +373,7 @@ def _sqnr(r: dict[str, Any], median: bool = True) -> str:
         return "-"
     if r["sqnr_error"] is not None:
         return r["sqnr_error"][:60]
-    return f"{_db(r['worst_sqnr_db'])} / {_db(r['median_sqnr_db'])}" if median else _db(r["worst_sqnr_db"])
+    return f"{db(r['worst_sqnr_db'])} / {db(r['median_sqnr_db'])}" if median else db(r["worst_sqnr_db"])
 
 
 def _outcome(r: dict[str, Any], notes: list[str]) -> str:
@@ -470,7 +401,7 @@ def markdown_inputs(inputs: list[dict[str, Any]]) -> str:
         dtypes = ", ".join(f"{d} {b / KB:,.0f} KB" for d, b in r["constants_by_dtype"].items() if b > 1024)
         rows.append([r["model"], f"{r['file_bytes'] / KB:,.0f}", dtypes,
                      f"{r['opcodes_without_builtin_code']} of {r['operator_codes']}", r["signature_defs"],
-                     f"{r['float32_copy_bytes'] / KB:,.0f}", _db(r["float32_copy_sqnr_db"])])  # fmt: skip
+                     f"{r['float32_copy_bytes'] / KB:,.0f}", db(r["float32_copy_sqnr_db"])])  # fmt: skip
     return markdown_table(header, rows)
 
 
@@ -526,7 +457,7 @@ def markdown_defaults(rows: list[dict[str, Any]]) -> str:
             medians = [g[i]["median_sqnr_db"] for g in groups if g[i]["sqnr_error"] is None]
             total = sum(g[i]["output_bytes"] for g in groups)
             seconds = sum(g[i]["in_process_s"] for g in groups)
-            sqnr = f"{_db(statistics.median(worst))} / {_db(statistics.median(medians))}" if worst else "n/a"
+            sqnr = f"{db(statistics.median(worst))} / {db(statistics.median(medians))}" if worst else "n/a"
             cells.append(f"{sqnr}, {total / KB:,.0f} ({seconds:.1f} s)")
         table.append([f"**all {len(groups)} models**", mode, *cells])
     return markdown_table(header, table)
@@ -537,7 +468,7 @@ def markdown_defaults(rows: list[dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--json", type=Path, help="also write the measurements to this JSON file")
+    results_argument(parser, "quantize")
     parser.add_argument("--part", choices=("real", "synthetic", "defaults"), action="append",
                         help="run only this part (repeatable; default: all three)")  # fmt: skip
     quick = f"3 models ({', '.join(QUICK_MODELS)}), fewer modes, 1 run"
@@ -553,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
     parts = args.part or ["real", "synthetic", "defaults"]
     names = args.models.split(",") if args.models else list(QUICK_MODELS) if args.quick else None
     pairs = [p for p in PAIRS if not args.quick or (p[0] in QUICK_PAIRS and not p[1])]
-    results: dict[str, Any] = {"environment": environment()}
+    results: dict[str, Any] = {"environment": environment(), "settings": {"quick": args.quick, "runs": args.runs}}
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="quantize-bench-") as name:
         tmp = Path(name)
@@ -568,18 +499,17 @@ def main(argv: list[str] | None = None) -> int:
     results["total_s"] = time.perf_counter() - started
 
     env = results["environment"]
-    print(f"# Quantization benchmark ({env['date']}, {env['cpus']} CPUs, "
-          f"litert-quantizer {env['versions']['litert-quantizer']}, {results['total_s']:.0f} s)\n")  # fmt: skip
+    parts = [f"# Quantization benchmark ({env['date']}, {env['cpus']} CPUs, litert-quantizer "
+             f"{env['versions']['litert-quantizer']}, {results['total_s']:.0f} s)"]  # fmt: skip
     if "real" in results:
-        print("## Real models: inputs\n\n" + markdown_inputs(results["real"]["inputs"]) + "\n")
-        print("## Real models: ours vs the quantizer\n\n" + markdown_real(results["real"]["rows"]) + "\n")
+        parts.append("## Real models: inputs\n\n" + markdown_inputs(results["real"]["inputs"]))
+        parts.append("## Real models: ours vs the quantizer\n\n" + markdown_real(results["real"]["rows"]))
     if "synthetic" in results:
         file_mb = results["synthetic"]["file_bytes"] / MB
-        print(f"## {SYNTHETIC_NAME} ({file_mb:.1f} MB)\n\n" + markdown_synthetic(results["synthetic"]) + "\n")
+        parts.append(f"## {SYNTHETIC_NAME} ({file_mb:.1f} MB)\n\n" + markdown_synthetic(results["synthetic"]))
     if "defaults" in results:
-        print("## Defaults: ours, --scale / --min-elements\n\n" + markdown_defaults(results["defaults"]["rows"]))
-    if args.json:
-        write_json(args.json, results)
+        parts.append("## Defaults: ours, --scale / --min-elements\n\n" + markdown_defaults(results["defaults"]["rows"]))
+    save(results, "\n\n".join(parts), args.json)
     return 0
 
 

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/roundtrip.py [--json out.json] [--large-only | --real-only]
+    python benchmarks/roundtrip.py [--json PATH] [--large-only | --real-only]
 
 Measures the 14 real MediaPipe models and a large synthetic one (four chained 4096x4096 float32
 FULLY_CONNECTED layers, about 268 MB), written once to a temporary directory and then read back like
@@ -20,7 +20,8 @@ any other file.  For each model:
 * correctness: ``structural_diff`` of the original and the written model is empty, and writing the
   re-read model again gives the same bytes (the writer reaches a fixed point after one pass).
 
-Sizes are in MB = 10^6 bytes.  Exits with status 1 if any model fails verification.
+Sizes are in MB = 10^6 bytes.  Writes benchmarks/results/roundtrip.json and .md (``--json``: elsewhere); exits
+with status 1 if any model fails verification.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ import filecmp
 import gc
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,6 +39,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import environment, markdown_table, results_argument, run_json, save  # puts the worktree's engine first
 
 from engine import Model, Operator, Subgraph, Table, Tensor, read_model, structural_diff, write_model
 from engine.zoo import mediapipe_models
@@ -49,6 +52,10 @@ LARGE_NAME = "synthetic_fc_4x4096"
 _WIDTH = 4096
 _LAYERS = 4
 MB = 1e6
+# The goal for the large model: the round trip in under this many seconds, with a peak RSS growth under this
+# multiple of the file size.
+GOAL_S = 1.0
+GOAL_RSS_TO_FILE = 1.5
 
 
 def build_large_model() -> Model:
@@ -172,11 +179,7 @@ _CHILDREN = {"rss": child_rss, "tracemalloc": child_tracemalloc}
 
 def in_fresh_process(kind: str, path: Path, out: Path) -> dict[str, Any]:
     """Run one memory measurement in a new interpreter, so its peaks reflect only this model."""
-    command = [sys.executable, __file__, "--child", kind, str(path), str(out)]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
-    if done.returncode:
-        raise RuntimeError(f"{kind} measurement of {path} failed:\n{done.stderr}")
-    return json.loads(done.stdout)
+    return run_json([sys.executable, str(Path(__file__).resolve()), "--child", kind, str(path), str(out)])
 
 
 def measure(name: str, path: Path, tmp: Path, runs: int) -> dict[str, Any]:
@@ -192,25 +195,30 @@ def measure(name: str, path: Path, tmp: Path, runs: int) -> dict[str, Any]:
     return row
 
 
-def markdown(rows: list[dict[str, Any]]) -> str:
-    header = (
-        "| model | file MB | read ms | write ms | round trip ms | tracemalloc peak MB | peak RSS growth MB "
-        "| of which input pages MB | RSS growth / file | verified |"
-    )
-    lines = [header, "|" + "---|" * header.count(" | ") + "---|"]
-    for r in rows:
-        lines.append(
-            f"| {r['model']} | {r['file_bytes'] / MB:.2f} | {r['read_ms']:.1f} | {r['write_ms']:.1f} "
-            f"| {r['roundtrip_ms']:.1f} | {r['tracemalloc_peak_bytes'] / MB:.2f} "
-            f"| {r['peak_rss_growth_bytes'] / MB:.2f} | {r['input_pages_in_rss_bytes'] / MB:.2f} "
-            f"| {r['rss_growth_to_file']:.2f} | {'yes' if r['ok'] else 'NO'} |"
-        )
-    return "\n".join(lines)
+def markdown(rows: list[dict[str, Any]], settings: dict[str, Any]) -> str:
+    """The table, then the goal for the large model when it was measured."""
+    header = ["model", "file MB", "read ms", "write ms", "round trip ms", "tracemalloc peak MB", "peak RSS growth MB",
+              "of which input pages MB", "RSS growth / file", "verified"]  # fmt: skip
+    table = [[r["model"], f"{r['file_bytes'] / MB:.2f}", f"{r['read_ms']:.1f}", f"{r['write_ms']:.1f}",
+              f"{r['roundtrip_ms']:.1f}", f"{r['tracemalloc_peak_bytes'] / MB:.2f}",
+              f"{r['peak_rss_growth_bytes'] / MB:.2f}", f"{r['input_pages_in_rss_bytes'] / MB:.2f}",
+              f"{r['rss_growth_to_file']:.2f}", "yes" if r["ok"] else "NO"] for r in rows]  # fmt: skip
+    text = (f"# Read/write round trip: median of {settings['real_runs']} runs ({settings['large_runs']} for "
+            f"{LARGE_NAME}) after a warm-up; memory in a fresh process per model; MB = 10^6 bytes\n\n"
+            + markdown_table(header, table))  # fmt: skip
+    large = next((r for r in rows if r["model"] == LARGE_NAME), None)
+    if large:
+        seconds, ratio = large["roundtrip_ms"] / 1e3, large["rss_growth_to_file"]
+        met = seconds < GOAL_S and ratio < GOAL_RSS_TO_FILE
+        text += (f"\n\nGoal for {LARGE_NAME} ({large['file_bytes'] / MB:.1f} MB): round trip under {GOAL_S:g} s with "
+                 f"peak RSS growth under {GOAL_RSS_TO_FILE:g}x the file: {seconds:.2f} s, {ratio:.2f}x, "
+                 f"{'met' if met else 'not met'}.")  # fmt: skip
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--json", type=Path, help="also write the measurements to this JSON file")
+    results_argument(parser, "roundtrip")
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--large-only", action="store_true", help="only the large synthetic model")
     which.add_argument("--real-only", action="store_true", help="only the 14 real MediaPipe models")
@@ -221,20 +229,23 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(_CHILDREN[kind](Path(path), Path(out))))
         return 0
 
-    rows = []
+    settings = {"real_runs": REAL_RUNS, "large_runs": LARGE_RUNS, "real": not args.large_only,
+                "large": not args.real_only}  # fmt: skip
+    results: dict[str, Any] = {"environment": environment(), "settings": settings, "rows": []}
+    started = time.perf_counter()
+    rows = results["rows"]
     with tempfile.TemporaryDirectory(prefix="roundtrip-") as name:
         tmp = Path(name)
-        if not args.large_only:
+        if settings["real"]:
             for model, path in sorted(mediapipe_models().items()):
                 rows.append(measure(model, path, tmp, REAL_RUNS))
-        if not args.real_only:
+        if settings["large"]:
             large = tmp / f"{LARGE_NAME}.tflite"
             write_model(build_large_model(), large)
             gc.collect()
             rows.append(measure(LARGE_NAME, large, tmp, LARGE_RUNS))
-    print(markdown(rows))
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+    results["total_s"] = time.perf_counter() - started
+    save(results, markdown(rows, settings), args.json)
     failed = [r["model"] for r in rows if not r["ok"]]
     if failed:
         print(f"verification failed: {', '.join(failed)}", file=sys.stderr)

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/sweep.py [--json out.json] [--part size|latency] [--quick] [--invokes N] [--repeats N] [--jobs N]
+    python benchmarks/sweep.py [--json PATH] [--part size|latency] [--quick] [--invokes N] [--repeats N] [--jobs N]
 
 Two parts, each printed as markdown tables (KB/MB = 10^3/10^6 bytes):
 
@@ -27,14 +27,14 @@ Two parts, each printed as markdown tables (KB/MB = 10^3/10^6 bytes):
   child also saves its outputs, and the table shows their worst-output SQNR against the original model on the
   builtin kernels, so a runtime that computes a form wrong shows up.
 
-About 3 minutes on the 2-core CI machine (``--quick``: 3 models, fewer configurations, under a minute).
+About 3 minutes on the 2-core CI machine (``--quick``: 3 models, fewer configurations, under a minute).  Writes
+benchmarks/results/sweep.json and .md (``--json``: elsewhere).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import subprocess
@@ -48,8 +48,8 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from harness import ROOT, child_env, environment, write_json  # puts the worktree's engine first
-from quantize import photo_inputs  # the same photos as the quantization benchmark
+from harness import ROOT, child_env, db, environment, results_argument, save  # puts the worktree's engine first
+from models import photo_inputs, real_models
 
 INT8 = {"quantize": "weight-int8"}
 
@@ -110,18 +110,6 @@ KB, MB = 1e3, 1e6
 # -------------------------------------------------------------------------------------------- shared
 
 
-def real_models(names: list[str] | tuple[str, ...] | None) -> dict[str, Path]:
-    from engine.zoo import CUSTOM_OP_MODELS, mediapipe_models
-
-    models = {n: p for n, p in sorted(mediapipe_models().items()) if n not in CUSTOM_OP_MODELS}
-    if names is None:
-        return models
-    unknown = sorted(set(names) - set(models))
-    if unknown:
-        raise SystemExit(f"unknown or custom-op models: {', '.join(unknown)} (choose from {', '.join(models)})")
-    return {n: models[n] for n in names}
-
-
 def score(reference: list[dict[str, np.ndarray]], candidate: list[dict[str, np.ndarray]]) -> dict[str, Any]:
     """SQNR of each output over the concatenated photos, then the worst and the median output."""
     from engine.quant.metrics import sqnr_db
@@ -136,14 +124,6 @@ def score(reference: list[dict[str, np.ndarray]], candidate: list[dict[str, np.n
         per_output[name] = sqnr_db(ref, got)
     values = list(per_output.values())
     return {"worst_sqnr_db": min(values), "median_sqnr_db": statistics.median(values), "output_sqnr_db": per_output}
-
-
-def fmt_db(value: float | None) -> str:
-    if value is None:
-        return "-"
-    if math.isinf(value):
-        return "inf" if value > 0 else "-inf"
-    return f"{value:.1f}"
 
 
 # --------------------------------------------------------------------------------------- size part
@@ -243,7 +223,7 @@ def markdown_size_model(model: dict[str, Any]) -> str:
         if r["error"] and "gzip_bytes" not in r:
             lines.append(f"| {label} | - | - | {r['error']} | - |")
             continue
-        quality = r["error"] or f"{fmt_db(r['worst_sqnr_db'])} / {fmt_db(r['median_sqnr_db'])}"
+        quality = r["error"] or f"{db(r['worst_sqnr_db'])} / {db(r['median_sqnr_db'])}"
         lines.append(f"| {label} | {r['gzip_bytes'] / KB:.1f} | {r['x_smaller_gzip']:.2f}x | {quality} | "
                      f"{r['file_bytes'] / KB:.1f} |")  # fmt: skip
     return "\n".join(lines)
@@ -260,8 +240,8 @@ def markdown_size_totals(result: dict[str, Any]) -> str:
     for label, t in result["totals"].items():
         errors = f" ({t['errors']} failed)" if t["errors"] else ""
         x = f"{t['x_smaller_gzip']:.2f}x" if t["x_smaller_gzip"] else "-"
-        lines.append(f"| {label} | {t['gzip_bytes'] / MB:.3f} | {x} | {fmt_db(t['worst_sqnr_db'])} / "
-                     f"{fmt_db(t['median_worst_sqnr_db'])} | {t['models_at_goal_db']}{errors} |")  # fmt: skip
+        lines.append(f"| {label} | {t['gzip_bytes'] / MB:.3f} | {x} | {db(t['worst_sqnr_db'])} / "
+                     f"{db(t['median_worst_sqnr_db'])} | {t['models_at_goal_db']}{errors} |")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -276,7 +256,7 @@ def markdown_goal(result: dict[str, Any]) -> str:
             lines.append(f"| {name} | {g['input_gzip_bytes'] / KB:.1f} | none | - | - | - | not met |")
             continue
         lines.append(f"| {name} | {g['input_gzip_bytes'] / KB:.1f} | {g['best_gzip_bytes'] / KB:.1f} KB | "
-                     f"{g['best_config']} | {fmt_db(g['worst_sqnr_db'])} | {g['ratio']:.3f}x | "
+                     f"{g['best_config']} | {db(g['worst_sqnr_db'])} | {g['ratio']:.3f}x | "
                      f"{'met' if g['met'] else 'not met'} |")  # fmt: skip
     return "\n".join(lines)
 
@@ -386,7 +366,7 @@ def markdown_latency(result: dict[str, Any]) -> str:
             for runtime in RUNTIMES:
                 r = row[runtime]
                 cells.append(f"error: {r['error']}" if r["error"] else f"{r['median_ms']:.2f}")
-            sqnr = " / ".join("-" if row[rt]["error"] else fmt_db(row[rt]["worst_sqnr_db"]) for rt in RUNTIMES)
+            sqnr = " / ".join("-" if row[rt]["error"] else db(row[rt]["worst_sqnr_db"]) for rt in RUNTIMES)
             lines.append(f"| {model_name} | {label} | {row['file_bytes'] / KB:.1f} | {' | '.join(cells)} | {sqnr} |")
     return "\n".join(lines)
 
@@ -396,7 +376,7 @@ def markdown_latency(result: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--json", type=Path, help="also write the measurements to this JSON file")
+    results_argument(parser, "sweep")
     parser.add_argument("--part", choices=("size", "latency"), action="append",
                         help="run only this part (repeatable; default: both)")  # fmt: skip
     parser.add_argument("--quick", action="store_true", help=f"models {', '.join(QUICK_MODELS)}, fewer configurations")
@@ -414,7 +394,8 @@ def main(argv: list[str] | None = None) -> int:
     parts = args.part or ["size", "latency"]
     names = args.models.split(",") if args.models else list(QUICK_MODELS) if args.quick else None
     configs = [c for c in CONFIGS if not args.quick or c[0] in QUICK_CONFIGS]
-    results: dict[str, Any] = {"environment": environment()}
+    settings = {"quick": args.quick, "invokes": args.invokes, "repeats": args.repeats, "jobs": args.jobs}
+    results: dict[str, Any] = {"environment": environment(), "settings": settings}
     started = time.perf_counter()
     if "size" in parts:
         results["size"] = part_size(real_models(names), configs, args.jobs)
@@ -426,24 +407,23 @@ def main(argv: list[str] | None = None) -> int:
     results["total_s"] = time.perf_counter() - started
 
     env = results["environment"]
-    print(f"# Pruning and clustering sweep ({env['date']}, {env['cpus']} CPUs, "
-          f"ai-edge-litert {env['versions']['ai-edge-litert']}, {results['total_s']:.0f} s)\n")  # fmt: skip
+    parts = [f"# Pruning and clustering sweep ({env['date']}, {env['cpus']} CPUs, ai-edge-litert "
+             f"{env['versions']['ai-edge-litert']}, {results['total_s']:.0f} s)"]  # fmt: skip
     if "size" in results:
         size = results["size"]
-        print(f"## Size and quality: all {len(size['models'])} models ({size['seconds']:.0f} s)\n")
-        print(markdown_size_totals(size) + "\n")
+        parts += [f"## Size and quality: all {len(size['models'])} models ({size['seconds']:.0f} s)",
+                  markdown_size_totals(size)]  # fmt: skip
         if size["goal"]:
-            print(f"## Goal: >= {GOAL_DB:.0f} dB at <= {GOAL_RATIO:.2f}x the input's gzip (float32 models)\n")
-            print(markdown_goal(size) + "\n")
+            parts += [f"## Goal: >= {GOAL_DB:.0f} dB at <= {GOAL_RATIO:.2f}x the input's gzip (float32 models)",
+                      markdown_goal(size)]  # fmt: skip
         for name, model in size["models"].items():
-            print(f"### {name} ({model['outputs']} outputs)\n\n" + markdown_size_model(model) + "\n")
+            parts.append(f"### {name} ({model['outputs']} outputs)\n\n" + markdown_size_model(model))
     if "latency" in results:
         latency = results["latency"]
-        print(f"## Gather vs values storage: latency, 1 thread, median of {latency['invokes']} invokes, "
-              f"median over {latency['repeats']} processes ({latency['seconds']:.0f} s)\n\n"
-              + markdown_latency(latency) + "\n")  # fmt: skip
-    if args.json:
-        write_json(args.json, results)
+        parts += [f"## Gather vs values storage: latency, 1 thread, median of {latency['invokes']} invokes, "
+                  f"median over {latency['repeats']} processes ({latency['seconds']:.0f} s)",
+                  markdown_latency(latency)]  # fmt: skip
+    save(results, "\n\n".join(parts), args.json)
     return 0
 
 
