@@ -25,6 +25,21 @@ def real_models(names: list[str] | tuple[str, ...] | None = None) -> dict[str, P
     return {n: models[n] for n in names}
 
 
+def judged_models(names: list[str] | None, tmp: Path) -> dict[str, tuple[Path, tuple[float, float]]]:
+    """The MediaPipe models LiteRT runs and the MobileNet-sized net of benchmarks/full_integer.py (built into
+    ``tmp``), each with its input's pixel range; only ``names`` when given."""
+    from engine.zoo import CUSTOM_OP_MODELS, INPUT_RANGES, MODEL_SHA256, mediapipe_model
+
+    models = {n: (mediapipe_model(n), INPUT_RANGES[n]) for n in sorted(MODEL_SHA256) if n not in CUSTOM_OP_MODELS}
+    if names is None or "mobilenet_v1_224" in names:
+        from full_integer import build_mobilenet
+
+        path = tmp / "mobilenet_v1_224.tflite"
+        build_mobilenet(path)
+        models["mobilenet_v1_224"] = (path, (-1.0, 1.0))
+    return {n: v for n, v in models.items() if names is None or n in names}
+
+
 def photo_inputs(name: str, path: Path, count: int = PHOTOS) -> list[np.ndarray]:
     """Photos 0..count-1 (``engine.zoo.photo_input``) in the pixel range of ``name``, whose one input is an image."""
     from engine import read_model
