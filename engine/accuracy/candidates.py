@@ -1,0 +1,410 @@
+"""What ``analyze`` and the budgeted search share: the data split, the judge, the units and their ladders, and
+building one candidate model from a per-unit assignment.
+
+* **Split.**  The given samples are split once, by a seeded permutation (`split_samples`): a calibration part (the
+  ranges of a full-integer model are fitted on it) and a held-out part that judges every candidate.  Weight modes
+  fit nothing to data, so there every sample judges.
+* **Judge.**  `Judge` runs the float model once on the held-out samples in the default runtime (``Interpreter``
+  as users build it, XNNPACK applied, one thread), then each candidate on the same samples, and keeps per output
+  the error power summed over the samples relative to the float output's power summed over them
+  (``10 ** (-SQNR / 10)``: one SQNR per output over the held-out set, so that an output that is near zero on one
+  sample, a presence score, does not decide alone), the worst output's SQNR, and with labels the top-1 accuracy
+  of the first output.
+* **Units and ladders.**  A unit is what gets its own precision: a weight (by its tensor name, as
+  ``engine.graph.weights.find_weights`` and the report name it) in the weight modes, an op with an integer kernel
+  (by its output tensor name) in the full-integer modes.  Its ladder starts at the requested mode and ends at
+  float (None): ``weight-int4 -> weight-int8 -> float16 -> float``, ``int8 -> float island``, ...
+* **Candidates.**  An assignment (unit -> rung) is a recipe: the user's, plus one anchored per-tensor entry
+  (``^name$``, ``re.escape``) per unit above its first rung, so the chosen one saves as a recipe that reproduces
+  the model.  Every candidate is built by ``engine.compress`` itself, the command users run.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.errors import EngineError
+from engine.format.ir import Model
+from engine.format.reader import read_model
+from engine.format.writer import model_to_bytes
+from engine.recipe import Recipe, is_full_integer
+from engine.runtime.calibrate import CalibrationData, CalibrationSource, input_specs, load_samples
+from engine.runtime.litert import (
+    InterpreterError,
+    as_float,
+    cast_input,
+    interpreter,
+    invoke,
+    match_tensors,
+)
+
+Rung = str | None  # a quantize mode, or None: float (the weight or op left as the input model has it)
+
+# The precision ladder of each requested mode, cheapest first; None is float.  Full-integer ops have two rungs:
+# integer, or a float island (int16x8 cannot be set per op in LiteRT's spec; it is tried as a whole-model
+# alternative instead, engine.accuracy.search).
+LADDERS: dict[str, tuple[Rung, ...]] = {
+    "weight-int4": ("weight-int4", "weight-int8", "float16", None),
+    "weight-int8": ("weight-int8", "float16", None),
+    "float16": ("float16", None),
+    "dynamic-int4": ("dynamic-int4", "dynamic-int8", None),
+    "dynamic-int8": ("dynamic-int8", None),
+    "int8": ("int8", None),
+    "int16x8": ("int16x8", None),
+}
+DEFAULT_HOLDOUT = 0.25
+_SPLIT_SEED = 0
+
+
+def rung_name(rung: Rung) -> str:
+    return "float" if rung is None else rung
+
+
+def ladder_for(mode: str | None, what: str) -> tuple[Rung, ...]:
+    if mode is None:
+        raise EngineError(f"{what} needs a quantize mode to start from (one of {', '.join(LADDERS)})")
+    if mode not in LADDERS:
+        raise EngineError(f"{what} does not support quantize mode {mode!r} (supported: {', '.join(LADDERS)})")
+    return LADDERS[mode]
+
+
+def anchored(name: str) -> str:
+    """The regex matching exactly ``name``."""
+    return f"^{re.escape(name)}$"
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+
+def split_samples(count: int, holdout: float | int, fitted: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(calibration indices, held-out indices) of ``count`` samples, each sorted.  ``holdout`` is a fraction (0-1)
+    or a number of samples; the split is a seeded permutation, so it is the same on every run.  ``fitted``: the
+    compression reads samples (full-integer calibration, data-aware rounding); otherwise it fits nothing to the
+    data, every sample is held out and the calibration part is empty."""
+    if not fitted:
+        return np.zeros(0, np.intp), np.arange(count)
+    if isinstance(holdout, bool) or not isinstance(holdout, int | float):
+        raise EngineError(f"holdout must be a fraction between 0 and 1 or a number of samples, not {holdout!r}")
+    held = round(count * holdout) if isinstance(holdout, float) and 0 < holdout < 1 else holdout
+    if isinstance(holdout, float) and not 0 < holdout < 1:
+        raise EngineError(f"holdout must be a fraction between 0 and 1 or a number of samples, not {holdout!r}")
+    held = int(held)
+    if count < 2:
+        raise EngineError(
+            f"calibration data holds {count} sample; a budget on a model fitted to data needs at least 2 (some to "
+            "calibrate on, some held out to judge)"
+        )
+    held = min(max(held, 1), count - 1)
+    order = np.random.default_rng(_SPLIT_SEED).permutation(count)
+    return np.sort(order[held:]), np.sort(order[:held])
+
+
+def read_labels(labels: str | os.PathLike[str] | np.ndarray | Sequence[int], count: int) -> np.ndarray:
+    """Integer class labels, one per sample (an .npy file or an array)."""
+    if isinstance(labels, str | os.PathLike):
+        path = Path(labels)
+        if not path.is_file():
+            raise EngineError(f"labels {path}: file not found")
+        try:
+            array = np.load(path, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as exc:
+            raise EngineError(f"labels {path}: cannot read it: {exc}") from None
+        if not isinstance(array, np.ndarray):
+            raise EngineError(f"labels {path}: must be one .npy array of class indices")
+    else:
+        array = np.asarray(labels)
+    if array.ndim != 1 or array.dtype.kind not in "iu":
+        raise EngineError(f"labels must be a 1-D array of integer class indices, not {array.dtype}{list(array.shape)}")
+    if len(array) != count:
+        raise EngineError(f"labels hold {len(array)} entries but the data holds {count} samples; one label per sample")
+    return array.astype(np.int64)
+
+
+@dataclass
+class Data:
+    """The samples, split: ``calibration`` (input name -> samples, for full-integer compress or data-aware
+    rounding; None when the compression fits nothing to data), ``held_out`` (each sample as the float model's
+    inputs take it), their labels, and the counts."""
+
+    calibration: dict[str, np.ndarray] | None
+    held_out: list[list[np.ndarray]]
+    labels: np.ndarray | None
+    given: int
+
+    @property
+    def calibration_count(self) -> int:
+        return 0 if self.calibration is None else len(next(iter(self.calibration.values())))
+
+    def describe(self) -> str:
+        held = len(self.held_out)
+        if self.calibration is None:
+            return f"{held} samples judge every candidate (the compression fits nothing to data, so none are set aside)"
+        return (
+            f"{self.given} samples split once (seeded): {self.calibration_count} calibrate, {held} held out judge "
+            "every candidate"
+        )
+
+
+def load_data(
+    model: Model,
+    source: CalibrationSource | None,
+    labels: Any,
+    holdout: float | int,
+    fitted: bool,
+    what: str,
+) -> Data:
+    if source is None:
+        raise EngineError(f"{what} needs data: pass calibration=DATA (--calibration) to judge candidates on")
+    loaded: CalibrationData = load_samples(source, input_specs(model), "calibration data")
+    cal, held = split_samples(loaded.count, holdout, fitted)
+    label_array = None if labels is None else read_labels(labels, loaded.count)[held]
+    calibration = {name: array[cal] for name, array in loaded.arrays.items()} if fitted else None
+    return Data(calibration, [loaded.sample(int(i)) for i in held], label_array, loaded.count)
+
+
+# ----------------------------------------------------------------------------------------------- judge
+
+
+@dataclass
+class Measurement:
+    """One candidate judged on the held-out samples.  ``noise``: per output, the error power summed over the
+    samples over the float output's power summed over them; ``sqnr_db``: the worst output's SQNR so pooled;
+    ``accuracy``: top-1 of the first output (with labels); ``error``: the default runtime refused the candidate."""
+
+    noise: np.ndarray
+    sqnr_db: float
+    output_sqnr_db: dict[str, float]
+    accuracy: float | None = None
+    bytes: int = 0
+    error: str | None = None
+
+
+def _relative(noise: np.ndarray, signal: np.ndarray) -> np.ndarray:
+    """Noise power over signal power per output: 0 without noise, inf without signal (or with an infinite or NaN
+    error)."""
+    out = np.full(noise.shape, np.inf)
+    finite = np.isfinite(noise)
+    out[finite & (noise == 0)] = 0.0
+    ok = finite & (noise > 0) & (signal > 0)
+    out[ok] = noise[ok] / signal[ok]
+    return out
+
+
+def noise_db(noise: np.ndarray) -> float:
+    """The SQNR (dB) that a relative noise power stands for: the worst cell's."""
+    worst = float(np.max(noise)) if noise.size else 0.0
+    if worst <= 0.0:
+        return float("inf")
+    if not np.isfinite(worst):
+        return float("-inf")
+    return -10.0 * float(np.log10(worst))
+
+
+class Judge:
+    """Runs candidates on the held-out samples in the default runtime and compares them with the float model."""
+
+    def __init__(self, float_bytes: bytes, data: Data) -> None:
+        self.data = data
+        self.runs = 0
+        self.seconds = 0.0
+        ref = interpreter(float_bytes, "float model", preserve_all=False, num_threads=1, xnnpack=True)
+        self._inputs = ref.get_input_details()
+        self._outputs = ref.get_output_details()
+        self.output_names = [d["name"] for d in self._outputs]
+        self.reference: list[list[np.ndarray]] = []
+        for sample in data.held_out:
+            invoke(ref, list(zip(self._inputs, sample, strict=True)), "float model")
+            self.reference.append([as_float(ref.get_tensor(d["index"]), d) for d in self._outputs])
+        self.signal = np.array(
+            [[float(np.sum(np.square(outs[k]))) for outs in self.reference] for k in range(len(self._outputs))]
+        )
+        self.float_accuracy = self._accuracy([outs[0] for outs in self.reference]) if data.labels is not None else None
+
+    def _accuracy(self, first_outputs: list[np.ndarray]) -> float:
+        assert self.data.labels is not None
+        predictions = [int(np.argmax(np.asarray(o).reshape(-1))) for o in first_outputs]
+        return float(np.mean(np.asarray(predictions) == self.data.labels))
+
+    def check_labels(self) -> None:
+        """Labels are compared with the argmax of the first output, which must then be one row of class scores."""
+        shape = tuple(self.reference[0][0].shape) if self.reference else ()
+        if int(np.prod(shape)) < 2 or sum(d > 1 for d in shape) != 1:
+            raise EngineError(
+                f"labels are compared with the argmax of the first output ({self.output_names[0]!r}), but its shape "
+                f"{list(shape)} is not one row of class scores"
+            )
+
+    def measure(self, candidate: bytes) -> Measurement:
+        """Run ``candidate`` on every held-out sample (default runtime, one thread)."""
+        start = time.perf_counter()
+        self.runs += 1
+        outputs = len(self._outputs)
+        try:
+            cand = interpreter(candidate, "candidate", preserve_all=False, num_threads=1, xnnpack=True)
+            in_pairs = match_tensors(self._inputs, cand.get_input_details(), "input")
+            out_pairs = match_tensors(self._outputs, cand.get_output_details(), "output")
+            power = np.zeros((outputs, len(self.reference)))
+            firsts = []
+            for s, sample in enumerate(self.data.held_out):
+                feeds = [(c, cast_input(arr, r, c)) for (r, c), arr in zip(in_pairs, sample, strict=True)]
+                invoke(cand, feeds, "candidate")
+                for k, (_, c) in enumerate(out_pairs):
+                    value = as_float(cand.get_tensor(c["index"]), c)
+                    ref = self.reference[s][k]
+                    if value.shape != ref.shape:
+                        raise EngineError(f"output {c['name']!r} has shape {list(value.shape)}, not {list(ref.shape)}")
+                    with np.errstate(over="ignore", invalid="ignore"):
+                        power[k, s] = float(np.sum(np.square(ref - value)))
+                    if k == 0:
+                        firsts.append(value)
+        except InterpreterError as exc:
+            self.seconds += time.perf_counter() - start
+            return Measurement(np.full(outputs, np.inf), float("-inf"), dict.fromkeys(self.output_names, float("-inf")),
+                               0.0, len(candidate), str(exc))  # fmt: skip
+        noise = _relative(power.sum(axis=1), self.signal.sum(axis=1))
+        accuracy = self._accuracy(firsts) if self.data.labels is not None else None
+        self.seconds += time.perf_counter() - start
+        per_output = {name: noise_db(noise[k]) for k, name in enumerate(self.output_names)}
+        return Measurement(noise, noise_db(noise), per_output, accuracy, len(candidate))
+
+    def drop_points(self, m: Measurement) -> float | None:
+        """Accuracy lost against the float model on the held-out samples, in percentage points."""
+        if m.accuracy is None or self.float_accuracy is None:
+            return None
+        return 100.0 * (self.float_accuracy - m.accuracy)
+
+
+# ----------------------------------------------------------------------------------------------- units
+
+
+@dataclass
+class Unit:
+    """A weight (weight modes) or an op with an integer kernel (full-integer modes) that gets its own rung.
+    ``bytes`` estimates what it stores at each rung of the ladder (measured by the uniform runs in weight modes)."""
+
+    name: str
+    op: str
+    bytes: list[int]
+    weight_sqnr_db: list[float | None] = field(default_factory=list)
+
+
+@dataclass
+class Builder:
+    """Builds candidates: the input model's bytes, the user's recipe (global quantize = the first rung), the ladder
+    and the calibration part, each candidate through ``engine.compress``."""
+
+    source: bytes
+    recipe: Recipe
+    ladder: tuple[Rung, ...]
+    calibration: dict[str, np.ndarray] | None
+    compress_options: dict[str, Any] = field(default_factory=dict)
+    builds: int = 0
+    seconds: float = 0.0
+
+    def entry(self, rung: Rung) -> dict[str, Any]:
+        """The per-tensor options that put a unit on ``rung``."""
+        options: dict[str, Any] = {"quantize": rung}
+        if rung is not None and not is_full_integer(rung):
+            if self.recipe.sets("bits"):
+                options["bits"] = None
+            granularity = str(self.recipe.options.get("granularity", "channel"))
+            if granularity.startswith("block:") and rung != self.ladder[0]:
+                options["granularity"] = "channel"
+        return options
+
+    def recipe_for(self, assignment: Mapping[str, int], exclude: Sequence[str] = ()) -> Recipe:
+        """The user's recipe plus one entry per unit above the first rung (``assignment``: name -> rung index)."""
+        data = self.recipe.to_dict()
+        tensors = dict(data.get("tensors", {}))
+        for name, level in assignment.items():
+            if level > 0:
+                tensors[anchored(name)] = self.entry(self.ladder[level])
+        if tensors:
+            data["tensors"] = tensors
+        if exclude:
+            data["exclude"] = [*data.get("exclude", []), *exclude]
+        return Recipe.from_dict(data)
+
+    def build(self, recipe: Recipe, **extra: Any) -> tuple[Model, Any]:
+        from engine.api import compress
+
+        start = time.perf_counter()
+        self.builds += 1
+        options = {**self.compress_options, **extra}
+        if self.calibration is not None:
+            options.setdefault("calibration", self.calibration)
+        try:
+            return compress(read_model(self.source), recipe, **options)
+        finally:
+            self.seconds += time.perf_counter() - start
+
+    def candidate(self, recipe: Recipe) -> bytes:
+        model, _ = self.build(recipe)
+        return bytes(model_to_bytes(model))
+
+
+def weight_units(builder: Builder) -> tuple[list[Unit], dict[int, Any]]:
+    """The weights the first rung compresses, with their bytes and weight SQNR on every rung (one uniform run per
+    integer or float16 rung: the passes report both per weight), and the uniform runs' reports by rung."""
+    reports = {}
+    for level, rung in enumerate(builder.ladder):
+        if rung is None:
+            continue
+        recipe = builder.recipe if level == 0 else builder.recipe.with_options(**builder.entry(rung))
+        _, reports[level] = builder.build(recipe)
+    first = {t.name: t for t in reports[0].compressed if t.name and t.name != "<unnamed>"}
+    units = []
+    for name, t in first.items():
+        sizes, sqnrs = [], []
+        for level, rung in enumerate(builder.ladder):
+            entry = None if rung is None else next((e for e in reports[level].tensors if e.name == name), None)
+            done = entry is not None and entry.action == "compressed"
+            sizes.append(entry.bytes_after if done else t.bytes_before)
+            sqnrs.append(entry.weight_sqnr_db if done else None)
+        units.append(Unit(name, t.ops[0] if t.ops else "?", sizes, sqnrs))
+    return units, reports
+
+
+def integer_units(builder: Builder, uniform: Model) -> list[Unit]:
+    """The ops the uniform full-integer model runs with integer kernels, by output name, in graph order, with
+    the bytes of their constants as integers and as float (estimates: weights 1 byte an element, other
+    constants 4)."""
+    float_model = read_model(builder.source)
+    from engine.graph.weights import find_weights
+
+    weight_bytes: dict[int, tuple[int, int]] = {}
+    for w in find_weights(float_model):
+        for op, _ in w.uses[:1]:
+            weight_bytes[id(op)] = (w.stored_bytes, w.elements)
+    by_output = {}
+    for op in float_model.main.operators:
+        out = next((t for t in op.outputs if t is not None), None)
+        if out is not None and out.name:
+            by_output[out.name] = op
+    units = []
+    seen = set()
+    for op in uniform.main.operators:
+        out = next((t for t in op.outputs if t is not None), None)
+        if op.name in ("QUANTIZE", "DEQUANTIZE") or out is None or not out.name or out.name in seen:
+            continue
+        if out.type_name not in ("INT8", "INT16", "UINT8") or out.name not in by_output:
+            continue
+        seen.add(out.name)
+        source_op = by_output[out.name]
+        float_bytes, int_bytes = weight_bytes.get(id(source_op), (0, 0))
+        for t in source_op.inputs:
+            if t is not None and t.is_constant and t.type_name == "FLOAT32" and t.data is not None:
+                size = int(np.asarray(t.data).size)
+                if weight_bytes.get(id(source_op), (0, -1))[1] != size:
+                    float_bytes += 4 * size
+                    int_bytes += 4 * size
+        units.append(Unit(out.name, op.name, [int_bytes, max(float_bytes, int_bytes)]))
+    return units

@@ -1,0 +1,698 @@
+"""Automatic mixed precision under a budget: ``compress --target-sqnr DB`` / ``--max-accuracy-drop POINTS --labels
+Y`` (``engine.compress(..., target_sqnr=..., max_accuracy_drop=..., labels=...)``).
+
+The smallest model (or, with ``optimize="latency"``, the fastest of the search's finalists, timed) whose outputs,
+on held-out samples in the default runtime, stay within the budget of the float model's.  The steps:
+
+1. **Uniform.**  Every unit on the requested rung, judged (engine.accuracy.candidates: split, judge, units,
+   ladders).  If it meets the budget, it is the answer.
+2. **Ranking.**  Each unit alone on the first rung, every other one float: its output noise in isolation
+   (one run per unit).  Noise powers from independent rounding errors add, so the noise of any assignment is
+   predicted as the sum of its units' noises, scaled by how far the uniform model's measured noise is from the
+   sum of the isolated ones (interactions).  Higher rungs of the weight ladders are extrapolated from the isolated
+   noise by the ratio of the weight's own quantization noise on each rung, which the passes report for every
+   weight (one uniform run per rung), float being noise-free.
+3. **Promotion path.**  Greedy: at each step the promotion (one unit, one rung up) that removes the most predicted
+   noise from the worst output and sample per byte it adds, until every unit is float.  This orders all
+   promotions; the answer is a prefix.
+4. **Prefix search.**  The predicted prefix is measured; from there, galloping (doubling) up while it fails, then
+   bisection between the longest failing and the shortest passing prefix, each step a real candidate judged on the
+   held-out samples: about 2 log2(path length) runs.
+5. **Demotion.**  A few of the largest promotions are tried one rung back down, kept down if the budget still
+   holds.
+6. **Alternatives.**  For int8, the uniform int16x8 model is tried when the int8 answer needed float islands, and
+   taken with ``optimize="size"`` when it meets the budget in fewer bytes (never for latency: XNNPACK has no 16x8
+   kernels).  With ``optimize="latency"`` the finalists that meet the budget are timed together (default runtime,
+   one thread, interleaved, median) and the fastest is taken.
+7. **Final.**  The chosen assignment is compressed once more as the user asked (written to ``output``), re-measured
+   on the held-out samples, and reported against the budget; ``save_recipe`` writes it as a recipe (and, for
+   full-integer modes, the calibration part beside it) from which ``compress`` reproduces the same bytes.
+
+A budget that the search cannot meet (an integer interface caps the output SQNR; the run limit ``max_runs`` was
+reached) is reported with the best model found and ``met = False``: the model is still written, and the command
+line exits with code 4.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from engine.accuracy.candidates import (
+    DEFAULT_HOLDOUT,
+    Builder,
+    Judge,
+    Measurement,
+    Unit,
+    anchored,
+    integer_units,
+    ladder_for,
+    load_data,
+    noise_db,
+    rung_name,
+    weight_units,
+)
+from engine.errors import EngineError
+from engine.format.ir import Model
+from engine.format.reader import read_model
+from engine.format.writer import model_to_bytes, same_file
+from engine.progress import track
+from engine.recipe import Recipe, is_full_integer
+from engine.report import json_safe
+
+OPTIMIZE = ("size", "latency")
+DEFAULT_MAX_RUNS = 600
+_DEMOTIONS = 4
+_MIN_COST = 16  # bytes: a promotion that adds none (an op without constants) still costs boundaries
+_LATENCY_RUNS = 20
+
+
+@dataclass(frozen=True)
+class Budget:
+    target_sqnr_db: float | None = None
+    max_accuracy_drop: float | None = None
+
+    def describe(self) -> str:
+        parts = []
+        if self.target_sqnr_db is not None:
+            parts.append(f"worst output SQNR >= {self.target_sqnr_db:g} dB")
+        if self.max_accuracy_drop is not None:
+            parts.append(f"top-1 accuracy drop <= {self.max_accuracy_drop:g} points")
+        return " and ".join(parts)
+
+
+@dataclass
+class Step:
+    """One candidate judged during the search."""
+
+    what: str
+    promotions: int
+    sqnr_db: float
+    accuracy_drop: float | None
+    bytes: int
+    passed: bool
+
+
+@dataclass
+class SearchReport:
+    """What the budgeted search did and what it measured; ``met`` says whether the final model keeps the budget."""
+
+    budget: dict[str, Any]
+    mode: str
+    ladder: list[str]
+    optimize: str
+    unit_kind: str
+    units: int
+    data: str
+    calibration_samples: int
+    held_out_samples: int
+    float_accuracy: float | None = None
+    uniform: dict[str, Any] = field(default_factory=dict)
+    final: dict[str, Any] = field(default_factory=dict)
+    met: bool = False
+    chosen: str = "mixed"
+    assignment: dict[str, str] = field(default_factory=dict)
+    decisions: list[dict[str, Any]] = field(default_factory=list)
+    ranking: list[dict[str, Any]] = field(default_factory=list)
+    steps: list[Step] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    runs: int = 0
+    compress_runs: int = 0
+    seconds: float = 0.0
+    build_seconds: float = 0.0
+    judge_seconds: float = 0.0
+    recipe: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return json_safe(asdict(self))
+
+    def format_text(self) -> str:
+        lines = [f"accuracy budget: {self.budget['describe']} ({self.optimize}-optimized, {self.mode} family)"]
+        lines.append(f"  data: {self.data}")
+        if self.float_accuracy is not None:
+            lines.append(f"  float model top-1 on the held-out samples: {100 * self.float_accuracy:.2f}%")
+        lines.append(f"  uniform {self.mode}: {_figures(self.uniform)}")
+        lines.append(
+            f"  search: {self.units} {self.unit_kind}s, ladder {' -> '.join(self.ladder)}; {self.runs} candidates "
+            f"judged x {self.held_out_samples} samples = {self.runs * self.held_out_samples} inferences, "
+            f"{self.compress_runs} compress runs, {self.seconds:.1f} s ({self.build_seconds:.1f} s building, "
+            f"{self.judge_seconds:.1f} s judging)"
+        )
+        if self.ranking:
+            worst = ", ".join(f"{r['unit']} {r['isolated_sqnr_db']:.1f} dB" for r in self.ranking[:5])
+            lines.append(f"  most harmful alone (output SQNR with only it on {self.ladder[0]}): {worst}")
+        lines.append(f"  chosen: {self.chosen}")
+        if self.decisions:
+            lines.append(f"  decisions ({len(self.decisions)}):")
+            for d in self.decisions[:20]:
+                alone = d.get("isolated_sqnr_db")
+                alone_text = "" if alone is None else f"; alone on {d['from']} it gave {_db(alone)} dB"
+                lines.append(
+                    f"    {d['unit']} ({d['op']}): {d['from']} -> {d['to']}, {d['bytes_delta']:+,} bytes"
+                    f"{alone_text}; measured with it: {_db(d['measured_sqnr_db'])} dB"
+                    + ("" if d.get("measured_drop") is None else f", drop {d['measured_drop']:.2f} points")
+                )
+            if len(self.decisions) > 20:
+                lines.append(f"    ... {len(self.decisions) - 20} more (--report has them all)")
+        for n in self.notes:
+            lines.append(f"  note: {n}")
+        verdict = "met" if self.met else "NOT MET (the best model found is written)"
+        lines.append(f"  final, re-measured on the held-out samples: {_figures(self.final)}: budget {verdict}")
+        return "\n".join(lines)
+
+
+def _db(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.2f}" if math.isfinite(value) else str(value)
+
+
+def _figures(f: dict[str, Any]) -> str:
+    if not f:
+        return "-"
+    text = f"worst output SQNR {_db(f.get('sqnr_db'))} dB"
+    if f.get("accuracy_drop") is not None:
+        text += f", accuracy drop {f['accuracy_drop']:.2f} points"
+    if f.get("bytes"):
+        text += f", {f['bytes']:,} bytes"
+    if f.get("error"):
+        text += f" (fails in the default runtime: {f['error']})"
+    return text
+
+
+# ------------------------------------------------------------------------------------------------ search
+
+
+class _Search:
+    def __init__(
+        self,
+        builder: Builder,
+        judge: Judge,
+        budget: Budget,
+        units: list[Unit],
+        max_runs: int,
+    ) -> None:
+        self.builder, self.judge, self.budget, self.units = builder, judge, budget, units
+        self.max_runs = max_runs
+        self.levels = len(builder.ladder)
+        self.steps: list[Step] = []
+        self.cache: dict[tuple[int, ...], tuple[Measurement, bool]] = {}
+        self.best: tuple[tuple[int, ...], Measurement] | None = None
+        self.isolated: list[tuple[Unit, Measurement]] = []
+
+    def passes(self, m: Measurement) -> bool:
+        if m.error is not None:
+            return False
+        if self.budget.target_sqnr_db is not None and not m.sqnr_db >= self.budget.target_sqnr_db:
+            return False
+        drop = self.judge.drop_points(m)
+        return not (
+            self.budget.max_accuracy_drop is not None
+            and not (drop is not None and drop <= self.budget.max_accuracy_drop + 1e-9)
+        )
+
+    def score(self, m: Measurement) -> tuple[float, float]:
+        """Higher is better: for the best model when nothing meets the budget."""
+        drop = self.judge.drop_points(m)
+        return (-(drop if drop is not None else 0.0), m.sqnr_db if math.isfinite(m.sqnr_db) else -1e9)
+
+    def judge_assignment(self, levels: tuple[int, ...], what: str, promotions: int) -> tuple[Measurement, bool]:
+        if levels in self.cache:
+            return self.cache[levels]
+        if self.judge.runs >= self.max_runs:
+            raise _OutOfRuns
+        recipe = self.builder.recipe_for(self._assignment(levels))
+        m = self.judge.measure(self.builder.candidate(recipe))
+        ok = self.passes(m)
+        self.cache[levels] = (m, ok)
+        self.steps.append(Step(what, promotions, m.sqnr_db, self.judge.drop_points(m), m.bytes, ok))
+        if self.best is None or self.score(m) > self.score(self.best[1]):
+            self.best = (levels, m)
+        return m, ok
+
+    def _assignment(self, levels: tuple[int, ...]) -> dict[str, int]:
+        return {u.name: level for u, level in zip(self.units, levels, strict=True)}
+
+    # ------------------------------------------------------------------ noise model
+
+    def rank(self) -> np.ndarray:
+        """[units, rungs, outputs, samples] predicted relative noise of each unit on each rung, the first rung
+        measured with only that unit quantized."""
+        rho = np.zeros((len(self.units), self.levels, len(self.judge.output_names)))
+        for i, unit in enumerate(track(self.units, f"ranking {len(self.units)} units")):
+            if self.judge.runs >= self.max_runs:
+                raise _OutOfRuns
+            recipe = self.builder.recipe_for({}, exclude=[f"^(?!{anchored(unit.name)[1:-1]}$)"])
+            m = self.judge.measure(self.builder.candidate(recipe))
+            rho[i, 0] = np.where(np.isfinite(m.noise), m.noise, 1e6)
+            for level in range(1, self.levels):
+                if self.builder.ladder[level] is None:
+                    continue
+                w0, wl = (unit.weight_sqnr_db[0], unit.weight_sqnr_db[level]) if unit.weight_sqnr_db else (None, None)
+                if w0 is None or wl is None or not (math.isfinite(w0) and math.isfinite(wl)):
+                    rho[i, level] = rho[i, 0] * 10 ** (-2.4 * level)  # no weight figures: ~24 dB a rung
+                else:
+                    rho[i, level] = rho[i, 0] * 10 ** ((w0 - wl) / 10)
+            self.isolated.append((unit, m))
+        return rho
+
+    def path(self, rho: np.ndarray, scale: np.ndarray) -> list[tuple[int, int]]:
+        """Every promotion (unit index, new rung), greedily by predicted worst-cell noise removed per byte added."""
+        n = len(self.units)
+        levels = [0] * n
+        total = scale * rho[np.arange(n), 0].sum(axis=0)
+        order = []
+        while True:
+            movable = [i for i in range(n) if levels[i] < self.levels - 1]
+            if not movable:
+                break
+            worst = np.unravel_index(int(np.argmax(total)), total.shape)
+            best, best_value = None, -np.inf
+            for i in movable:
+                lv = levels[i]
+                gain = scale[worst] * (rho[i, lv][worst] - rho[i, lv + 1][worst])
+                cost = max(self.units[i].bytes[lv + 1] - self.units[i].bytes[lv], 0) + _MIN_COST
+                value = gain / cost
+                if gain <= 0:  # nothing to gain at the worst cell: rank by what it removes everywhere
+                    value = -1.0 / (1.0 + float(np.sum(rho[i, lv] - rho[i, lv + 1])) / cost)
+                if value > best_value:
+                    best, best_value = i, value
+            assert best is not None
+            total = total - scale * (rho[best, levels[best]] - rho[best, levels[best] + 1])
+            levels[best] += 1
+            order.append((best, levels[best]))
+        return order
+
+    def levels_after(self, order: list[tuple[int, int]], k: int) -> tuple[int, ...]:
+        levels = [0] * len(self.units)
+        for i, level in order[:k]:
+            levels[i] = max(levels[i], level)
+        return tuple(levels)
+
+    def predicted_db(self, rho: np.ndarray, scale: np.ndarray, levels: tuple[int, ...]) -> float:
+        total = scale * rho[np.arange(len(self.units)), list(levels)].sum(axis=0)
+        return noise_db(total)
+
+
+class _OutOfRuns(Exception):
+    pass
+
+
+def budgeted_compress(
+    model_or_path: Model | str | os.PathLike[str],
+    recipe: Recipe | dict[str, Any] | str | os.PathLike[str] | None = None,
+    *,
+    output: str | os.PathLike[str] | None = None,
+    exclude: list[str] | None = None,
+    calibration: Any = None,
+    target_sqnr: float | None = None,
+    max_accuracy_drop: float | None = None,
+    labels: Any = None,
+    optimize: str = "size",
+    save_recipe: str | os.PathLike[str] | None = None,
+    holdout: float | int = DEFAULT_HOLDOUT,
+    max_runs: int = DEFAULT_MAX_RUNS,
+    share_identical_buffers: bool = False,
+    passes: Any = None,
+    executor: Any = None,
+    **options: Any,
+) -> tuple[Model, Any]:
+    """``engine.compress`` with a budget (see the module docstring); returns the final model and its ``Report``,
+    whose ``search`` is the `SearchReport`."""
+    from engine.api import _recipe, compress
+
+    start = time.perf_counter()
+    budget = _check_budget(target_sqnr, max_accuracy_drop, labels, optimize, max_runs)
+    source_path = None if isinstance(model_or_path, Model) else Path(model_or_path)
+    if source_path is not None and output is not None and same_file(source_path, output):
+        raise EngineError(f"output={str(output)!r} is the input file; the input is never overwritten")
+    base = _recipe(recipe, exclude, options)
+    mode = base.options.get("quantize")
+    ladder = ladder_for(mode, "an accuracy budget")
+    full_integer = is_full_integer(mode)
+    if source_path is not None:
+        if not source_path.is_file():
+            raise EngineError(f"{source_path}: file not found")
+        source = source_path.read_bytes()
+    else:
+        assert isinstance(model_or_path, Model)
+        source = bytes(model_to_bytes(model_or_path))
+    float_model = read_model(source)
+    fitted = full_integer or base.fits_to_data()
+    data = load_data(float_model, calibration, labels, holdout, fitted, "an accuracy budget")
+    judge = Judge(source, data)
+    if labels is not None:
+        judge.check_labels()
+    compress_options = {k: v for k, v in (("passes", passes), ("executor", executor)) if v is not None}
+    builder = Builder(source, base, ladder, data.calibration, compress_options)
+
+    if full_integer:
+        uniform_model, _ = builder.build(base)
+        units = integer_units(builder, uniform_model)
+        uniform_bytes = bytes(model_to_bytes(uniform_model))
+    else:
+        units, _ = weight_units(builder)
+        uniform_bytes = builder.candidate(base)
+    search = _Search(builder, judge, budget, units, max_runs)
+    zero = tuple(0 for _ in units)
+    m0 = judge.measure(uniform_bytes)
+    ok0 = search.passes(m0)
+    search.cache[zero] = (m0, ok0)
+    search.best = (zero, m0)
+    search.steps.append(Step(f"uniform {mode}", 0, m0.sqnr_db, judge.drop_points(m0), m0.bytes, ok0))
+    report = SearchReport(
+        budget={
+            "target_sqnr_db": budget.target_sqnr_db,
+            "max_accuracy_drop": budget.max_accuracy_drop,
+            "describe": budget.describe(),
+        },
+        mode=str(mode),
+        ladder=[rung_name(r) for r in ladder],
+        optimize=optimize,
+        unit_kind="op" if full_integer else "weight",
+        units=len(units),
+        data=data.describe(),
+        calibration_samples=data.calibration_count,
+        held_out_samples=len(data.held_out),
+        float_accuracy=judge.float_accuracy,
+        uniform=_measured(judge, m0),
+    )
+    chosen = zero
+    order: list[tuple[int, int]] = []
+    first_with: dict[int, int] = {}
+    out_of_runs = False
+    if not ok0 and units:
+        try:
+            rho = search.rank()
+            predicted_uniform = rho[:, 0].sum(axis=0)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                ratio = np.where(predicted_uniform > 0, m0.noise / predicted_uniform, 1.0)
+            scale = np.clip(np.nan_to_num(ratio, nan=1.0, posinf=100.0), 0.01, 100.0)
+            report.notes.append(
+                f"additivity: the {len(units)} isolated noises add up to {noise_db(predicted_uniform):.1f} dB, "
+                f"the uniform model measures {m0.sqnr_db:.1f} dB (predictions are scaled by the difference, per "
+                "output and sample)"
+            )
+            report.ranking = sorted(
+                (
+                    {
+                        "unit": u.name,
+                        "op": u.op,
+                        "isolated_sqnr_db": m.sqnr_db,
+                        "isolated_noise": float(np.max(m.noise)),
+                    }
+                    for u, m in search.isolated
+                ),
+                key=lambda r: r["isolated_sqnr_db"],
+            )
+            order = search.path(rho, scale)
+            chosen, first_with = _prefix_search(search, order, rho, scale, budget)
+            if search.cache[chosen][1]:
+                chosen = _demote(search, chosen, rho, scale)
+        except _OutOfRuns:
+            out_of_runs = True
+            report.notes.append(f"the run limit (max_runs={max_runs}) was reached; the best model found is used")
+    final_ok = search.cache[chosen][1] if chosen in search.cache else False
+    if not final_ok:
+        assert search.best is not None
+        chosen = search.best[0]
+    alternative = None
+    if full_integer and mode == "int8" and any(chosen) and not out_of_runs:
+        alternative = _int16x8(builder, judge, search, report, optimize, chosen)
+    if optimize == "latency" and search.cache[chosen][1] and not out_of_runs:
+        chosen = _fastest(builder, judge, search, report, chosen, source)
+
+    final_recipe = (
+        base.with_options(quantize="int16x8")
+        if alternative is not None
+        else builder.recipe_for(search._assignment(chosen))
+    )
+    if alternative is not None:
+        report.chosen = "uniform int16x8 (meets the budget in fewer bytes than the int8 assignment)"
+    else:
+        promoted = sum(1 for level in chosen if level)
+        report.chosen = (
+            f"uniform {mode} (meets the budget as it is)"
+            if not promoted
+            else f"{promoted} of {len(units)} {report.unit_kind}s above {mode}: "
+            + ", ".join(f"{n} x {rung_name(ladder[lv])}" for lv, n in _counts(chosen).items() if lv)
+        )
+        report.assignment = {u.name: rung_name(ladder[level]) for u, level in zip(units, chosen, strict=True) if level}
+        report.decisions = _decisions(search, order, chosen, first_with)
+
+    final_options = {**compress_options, "output": output, "share_identical_buffers": share_identical_buffers}
+    if data.calibration is not None:
+        final_options["calibration"] = data.calibration
+    final_source: Any = source_path if source_path is not None else read_model(source)
+    model, final_report = compress(final_source, final_recipe, **final_options)
+    final_bytes = Path(output).read_bytes() if output is not None else bytes(model_to_bytes(model))
+    final = judge.measure(final_bytes)
+    report.final = _measured(judge, final)
+    report.met = search.passes(final)
+    report.recipe = final_recipe.to_dict()
+    if save_recipe is not None:
+        final_recipe.save(save_recipe)
+        if data.calibration is not None:
+            np.savez(_calibration_path(save_recipe), **data.calibration)
+            report.notes.append(
+                f"the recipe reproduces the model with the calibration part it was fitted on: compress --recipe "
+                f"{save_recipe} --calibration {_calibration_path(save_recipe)}"
+            )
+    report.steps = search.steps
+    report.runs = judge.runs
+    report.compress_runs = builder.builds
+    report.build_seconds = builder.seconds
+    report.judge_seconds = judge.seconds
+    report.seconds = time.perf_counter() - start
+    final_report.search = report
+    return model, final_report
+
+
+def _calibration_path(recipe_path: str | os.PathLike[str]) -> Path:
+    path = Path(recipe_path)
+    return path.with_name(path.stem + ".calibration.npz")
+
+
+def _counts(levels: tuple[int, ...]) -> dict[int, int]:
+    counts: dict[int, int] = {}
+    for level in levels:
+        counts[level] = counts.get(level, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def _measured(judge: Judge, m: Measurement) -> dict[str, Any]:
+    return {
+        "sqnr_db": m.sqnr_db,
+        "output_sqnr_db": m.output_sqnr_db,
+        "accuracy": m.accuracy,
+        "accuracy_drop": judge.drop_points(m),
+        "bytes": m.bytes,
+        "error": m.error,
+    }
+
+
+def _check_budget(target_sqnr: Any, max_accuracy_drop: Any, labels: Any, optimize: Any, max_runs: Any) -> Budget:
+    for name, value in (("target_sqnr", target_sqnr), ("max_accuracy_drop", max_accuracy_drop)):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value)
+        ):
+            raise EngineError(f"{name} must be a finite number, not {value!r}")
+    if max_accuracy_drop is not None and max_accuracy_drop < 0:
+        raise EngineError(
+            f"max_accuracy_drop is the accuracy points the model may lose, 0 or more, not {max_accuracy_drop!r}"
+        )
+    if target_sqnr is None and max_accuracy_drop is None:
+        raise EngineError("a budget needs target_sqnr (--target-sqnr) or max_accuracy_drop (--max-accuracy-drop)")
+    if labels is None and max_accuracy_drop is not None:
+        raise EngineError("max_accuracy_drop (--max-accuracy-drop) needs labels (--labels Y): one class per sample")
+    if labels is not None and max_accuracy_drop is None:
+        raise EngineError("labels (--labels) do nothing without max_accuracy_drop (--max-accuracy-drop)")
+    if optimize not in OPTIMIZE:
+        raise EngineError(f"unknown optimize {optimize!r} (choose from {', '.join(OPTIMIZE)})")
+    if isinstance(max_runs, bool) or not isinstance(max_runs, int) or max_runs < 1:
+        raise EngineError(f"max_runs must be a positive integer, not {max_runs!r}")
+    return Budget(None if target_sqnr is None else float(target_sqnr),
+                  None if max_accuracy_drop is None else float(max_accuracy_drop))  # fmt: skip
+
+
+def _prefix_search(
+    search: _Search, order: list[tuple[int, int]], rho: np.ndarray, scale: np.ndarray, budget: Budget
+) -> tuple[tuple[int, ...], dict[int, int]]:
+    """The shortest passing prefix of the promotion path found by galloping and bisection; also, per path step,
+    the prefix length whose measurement first included it."""
+    total = len(order)
+    measured: dict[int, bool] = {0: False}
+    predicted = total
+    if budget.target_sqnr_db is not None:
+        for k in range(total + 1):
+            if search.predicted_db(rho, scale, search.levels_after(order, k)) >= budget.target_sqnr_db:
+                predicted = k
+                break
+    else:  # accuracy: start where the predicted SQNR reaches that of the first noise-free-enough prefix, 30 dB
+        for k in range(total + 1):
+            if search.predicted_db(rho, scale, search.levels_after(order, k)) >= 30.0:
+                predicted = k
+                break
+
+    def check(k: int, what: str) -> bool:
+        _, ok = search.judge_assignment(search.levels_after(order, k), what, k)
+        measured[k] = ok
+        return ok
+
+    k = min(max(predicted, 1), total)
+    lo, hi = 0, None
+    while hi is None:
+        if check(k, f"path prefix {k}/{total} ({'predicted' if k == predicted else 'galloping'})"):
+            hi = k
+        else:
+            lo = k
+            if k == total:
+                break
+            k = min(total, k + max(1, k))
+    if hi is not None:
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if check(mid, f"path prefix {mid}/{total} (bisection)"):
+                hi = mid
+            else:
+                lo = mid
+    best_k = hi if hi is not None else total
+    first_with: dict[int, int] = {}
+    judged = sorted(measured)
+    for step in range(best_k):
+        first_with[step] = next((k for k in judged if k > step), best_k)
+    return search.levels_after(order, best_k), first_with
+
+
+def _demote(search: _Search, levels: tuple[int, ...], rho: np.ndarray, scale: np.ndarray) -> tuple[int, ...]:
+    """Try moving promoted units one rung back down, those saving the most bytes per predicted noise first,
+    keeping each that still passes (at most ``_DEMOTIONS`` tries)."""
+
+    def value(i: int) -> float:
+        saved = search.units[i].bytes[levels[i]] - search.units[i].bytes[levels[i] - 1]
+        added = float(np.max(scale * (rho[i, levels[i] - 1] - rho[i, levels[i]])))
+        return saved / max(added, 1e-12)
+
+    candidates = sorted((i for i, lv in enumerate(levels) if lv > 0), key=value, reverse=True)
+    current = list(levels)
+    for i in candidates[:_DEMOTIONS]:
+        if search.units[i].bytes[current[i]] <= search.units[i].bytes[current[i] - 1]:
+            continue  # saves nothing (float16 weights stored as float16 already)
+        trial = list(current)
+        trial[i] -= 1
+        _, ok = search.judge_assignment(tuple(trial), f"demote {search.units[i].name}", sum(trial))
+        if ok:
+            current = trial
+    return tuple(current)
+
+
+def _decisions(
+    search: _Search, order: list[tuple[int, int]], chosen: tuple[int, ...], first_with: dict[int, int]
+) -> list[dict[str, Any]]:
+    """One entry per unit above its first rung: what it cost in bytes, how much harm it did alone, and the
+    measured figures of the first judged candidate that included it."""
+    ladder = search.builder.ladder
+    isolated = {u.name: m for u, m in search.isolated}
+    decisions = []
+    for i, level in enumerate(chosen):
+        if not level:
+            continue
+        unit = search.units[i]
+        step = next((s for s, (j, lv) in enumerate(order) if j == i and lv == level), None)
+        measured = None
+        if step is not None and step in first_with:
+            measured = search.cache.get(search.levels_after(order, first_with[step]))
+        if measured is None:
+            measured = search.cache.get(chosen)
+        m = measured[0] if measured else None
+        decisions.append(
+            {
+                "unit": unit.name,
+                "op": unit.op,
+                "from": rung_name(ladder[0]),
+                "to": rung_name(ladder[level]),
+                "bytes_delta": unit.bytes[level] - unit.bytes[0],
+                "path_step": step,
+                "isolated_sqnr_db": isolated[unit.name].sqnr_db if unit.name in isolated else None,
+                "measured_sqnr_db": None if m is None else m.sqnr_db,
+                "measured_drop": None if m is None else search.judge.drop_points(m),
+            }
+        )
+    decisions.sort(key=lambda d: (d["path_step"] is None, d["path_step"]))
+    return decisions
+
+
+def _int16x8(
+    builder: Builder, judge: Judge, search: _Search, report: SearchReport, optimize: str, chosen: tuple[int, ...]
+) -> Recipe | None:
+    """Try the uniform int16x8 model as a whole-model alternative to an int8 assignment with float islands."""
+    if optimize == "latency":
+        report.notes.append("int16x8 not tried: XNNPACK has no 16x8 kernels, so it is slower than float on a CPU")
+        return None
+    try:
+        recipe = builder.recipe.with_options(quantize="int16x8")
+        candidate = builder.candidate(recipe)
+    except EngineError as exc:
+        report.notes.append(f"int16x8 not tried: {exc}")
+        return None
+    m = judge.measure(candidate)
+    ok = search.passes(m)
+    search.steps.append(
+        Step("uniform int16x8 (whole-model alternative)", 0, m.sqnr_db, judge.drop_points(m), m.bytes, ok)
+    )
+    mixed = search.cache[chosen][0].bytes
+    better = ok and m.bytes < mixed
+    report.notes.append(
+        f"uniform int16x8 tried as a whole-model alternative: {_figures(_measured(judge, m))}; "
+        + ("taken (smaller than the int8 assignment's " if better else "not taken (the int8 assignment's ")
+        + f"{mixed:,} bytes); int16x8 runs in LiteRT's builtin kernels, 15-42x float latency on CPU"
+    )
+    return recipe if better else None
+
+
+def _fastest(
+    builder: Builder, judge: Judge, search: _Search, report: SearchReport, chosen: tuple[int, ...], source: bytes
+) -> tuple[int, ...]:
+    """``optimize="latency"``: time the finalists that meet the budget together and keep the fastest."""
+    from engine.runtime.latency import median_latency_ms
+
+    finalists = {chosen}
+    top = len(builder.ladder) - 1
+    # Promoted units on the top rung (float runs at float speed, where intermediate rungs may take slow forms),
+    # and every unit one rung up (weight-int4's DEQUANTIZE is left to the builtin kernels by XNNPACK).
+    finalists.add(tuple(top if lv else 0 for lv in chosen))
+    if top >= 2:
+        finalists.add(tuple(max(lv, 1) for lv in chosen))
+    passing = []
+    for levels in sorted(finalists):
+        try:
+            _, ok = search.judge_assignment(levels, "latency finalist", sum(levels))
+        except _OutOfRuns:
+            break
+        if ok:
+            passing.append(levels)
+    blobs = [builder.candidate(builder.recipe_for(search._assignment(lv))) for lv in passing]
+    times = median_latency_ms([source, *blobs], _first_inputs(judge), runs=_LATENCY_RUNS)
+    float_ms, candidate_ms = times[0], times[1:]
+    best = int(np.argmin(candidate_ms))
+    report.notes.append(
+        "latency (default runtime, 1 thread, median of "
+        f"{_LATENCY_RUNS} interleaved runs): float {float_ms:.3g} ms; finalists meeting the budget "
+        + ", ".join(
+            f"{ms:.3g} ms ({search.cache[lv][0].bytes:,} bytes)" for lv, ms in zip(passing, candidate_ms, strict=True)
+        )
+        + f"; the fastest is taken ({candidate_ms[best]:.3g} ms)"
+    )
+    return passing[best]
+
+
+def _first_inputs(judge: Judge) -> dict[str, np.ndarray]:
+    return {d["name"]: arr for d, arr in zip(judge._inputs, judge.data.held_out[0], strict=True)}
