@@ -121,6 +121,10 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(f"sparse tensors: {len(summary['sparse_tensors'])} ({stored:,} bytes stored)")
     if summary["metadata"]:
         lines.append("metadata: " + ", ".join(f"{m['name']} ({m['bytes']} bytes)" for m in summary["metadata"]))
+    if "embedded_signature" in summary:  # added by inspect (engine.secure.embedded.describe)
+        signed = summary["embedded_signature"]
+        signer = f"key sha256:{signed['signer_key_sha256']}" if signed["signer_key_sha256"] else "unknown"
+        lines.append(f"signed (embedded model_signing bundle): signer {signer}; status: {signed['status']}")
     for s in summary["signatures"]:
         lines.append(f"signature {s['key']}: inputs {s['inputs']} outputs {s['outputs']}")
     if not summary["signatures"]:

@@ -360,6 +360,12 @@ def model_to_bytes(
     return b"".join(_serialize(model, share_identical_buffers, external_buffers))
 
 
+def model_pieces(model: Model) -> list[memoryview]:
+    """The bytes ``model_to_bytes(model)`` returns, as consecutive pieces (large arrays are views of their own
+    memory): to hash or compare a serialized model without making one copy of it (engine.secure)."""
+    return _serialize(model, False, None)
+
+
 def write_model(
     model: Model,
     path: str | os.PathLike[str],
