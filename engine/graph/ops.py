@@ -76,6 +76,12 @@ class OpRule:
     XNNPACK (LiteRT's CPU delegate) does not take the op's int8 form, so an int8 model splits into many
     partitions around it and runs slower than the float model; with a float interface (a CPU model) such an op
     stays float between a DEQUANTIZE and a QUANTIZE, which XNNPACK runs in one partition.
+
+    Cross-layer equalization (``--equalize``, engine/passes/equalize.py) rescales channels through the ops that
+    keep them apart (``channel_flow`` "pass") and are ``homogeneous``: positively homogeneous channel by channel,
+    op(s * x) = s * op(x) for every s > 0 (RELU, PRELU whatever its alphas, PAD with zeros, pooling), with a fused
+    activation in ``HOMOGENEOUS_ACTIVATIONS``.  RELU6, RELU_N1_TO_1, HARD_SWISH, LOGISTIC and TANH clip or bend at
+    fixed values, so scaling through them would change what the model computes.
     """
 
     options: str | None = None
@@ -103,6 +109,7 @@ class OpRule:
     integer_weights: str = "channel"
     integer_options: tuple[tuple[str, str, object], ...] = ()
     xnnpack_integer: bool = True
+    homogeneous: bool = False
 
     def integer_version(self, family: str) -> int | None:
         """The op version a full-integer model declares for the kernel ``family`` ("int8"/"int16"); None: no
@@ -170,6 +177,8 @@ INTEGER_KERNELS = {I8: ("INT8", False), I16: ("INT16", True)}
 BIAS_TYPES = {I8: "INT32", I16: "INT64"}
 # Ops whose kernels (float and integer) apply a fused_activation_function option: a RELU/RELU6/RELU_N1_TO_1
 # after one of them folds into it (engine/passes/fuse.py).
+# The fused_activation_function values that commute with positive per-channel scaling (see ``homogeneous``).
+HOMOGENEOUS_ACTIVATIONS = frozenset({"NONE", "RELU"})
 FUSES_ACTIVATION = frozenset(
     {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "SUB", "MUL", "AVERAGE_POOL_2D", "MAX_POOL_2D"}
 )
@@ -240,7 +249,7 @@ RULES: dict[str, OpRule] = {
     # alpha (a per-channel one computes wrong) but slow: iris_landmark int8 ran 6.4 ms in 38 partitions against
     # 0.75 ms with its 53 PRELUs as float islands (1 thread).
     "PRELU": OpRule(
-        weight_input=1, weight_channel_axis=-1, channel_flow="pass", channel_constants=(1,),
+        weight_input=1, weight_channel_axis=-1, channel_flow="pass", channel_constants=(1,), homogeneous=True,
         integer=((I8, 1), (I16, 1)), integer_weights="tensor", xnnpack_integer=False,
     ),
     # Arithmetic.  int16 ADD/SUB: with pot_scale_int16 (default true) and power-of-two scales the kernel takes a
@@ -261,9 +270,11 @@ RULES: dict[str, OpRule] = {
     # Pooling and reductions.
     "AVERAGE_POOL_2D": OpRule(
         "Pool2DOptions", max_version=3, channel_flow="pass", integer=((I8, 2), (I16, 3)), scales="same",
+        homogeneous=True,
     ),
     "MAX_POOL_2D": OpRule(
         "Pool2DOptions", max_version=3, channel_flow="pass", integer=((I8, 2), (I16, 3)), scales="same",
+        homogeneous=True,
     ),
     "MEAN": OpRule("ReducerOptions", max_version=3, integer=((I8, 2), (I16, 3))),
     # Activations.  Fixed output parameters, refused otherwise at prepare: SOFTMAX int8 (1/256, -128), int16
@@ -274,7 +285,7 @@ RULES: dict[str, OpRule] = {
         "SoftmaxOptions", max_version=4, integer=((I8, 2), (I16, 3)), scales="fixed",
         fixed_output=((I8, 1 / 256, -128), (I16, 1 / 32768, 0)),
     ),
-    "RELU": OpRule(max_version=3, channel_flow="pass", integer=((I8, 2), (I16, 3))),
+    "RELU": OpRule(max_version=3, channel_flow="pass", integer=((I8, 2), (I16, 3)), homogeneous=True),
     "RELU6": OpRule(max_version=3, channel_flow="pass", integer=((I8, 2), (I16, 3))),
     "RELU_N1_TO_1": OpRule(integer=((I8, 1),)),
     "LOGISTIC": OpRule(
@@ -301,7 +312,7 @@ RULES: dict[str, OpRule] = {
     "CONCATENATION": OpRule("ConcatenationOptions", max_version=7, integer=((I8, 2), (I16, 3)), scales="same"),
     "PAD": OpRule(
         "PadOptions", max_version=6, channel_flow="pass", channel_paddings_input=1, integer=((I8, 2), (I16, 3)),
-        scales="same",
+        scales="same", homogeneous=True,
     ),
     "RESIZE_BILINEAR": OpRule("ResizeBilinearOptions", max_version=4, integer=((I8, 2), (I16, 4)), scales="same"),
     "STRIDED_SLICE": OpRule("StridedSliceOptions", max_version=8, integer=((I8, 2), (I16, 1)), scales="same"),

@@ -135,7 +135,7 @@ def _has_scale(t: Tensor) -> bool:
     return q is not None and ((q.scale is not None and q.scale.size > 0) or q.details is not None)
 
 
-def _trace(t: Tensor, producers: dict[int, Operator]) -> tuple[Tensor, list[Operator]] | None:
+def trace_constant(t: Tensor, producers: dict[int, Operator]) -> tuple[Tensor, list[Operator]] | None:
     """The stored constant behind ``t`` and the decoding ops between them, or None if ``t`` is computed."""
     chain: list[Operator] = []
     while not t.is_constant:
@@ -161,7 +161,7 @@ def find_weights(model: Model) -> list[Weight]:
             value = op.inputs[rule.weight_input]
             if value is None or id(value) in seen:
                 continue
-            traced = _trace(value, producers)
+            traced = trace_constant(value, producers)
             if traced is None:
                 continue
             seen.add(id(value))

@@ -147,13 +147,14 @@ def _walk(plan: _Plan, graph: _Graph) -> str | None:
     return None
 
 
-def _follow(plan: _Plan, graph: _Graph, user: Operator, t: Tensor, n: int) -> str | None:
-    """Record what ``user`` reading ``t`` needs changed; why it cannot, if it cannot."""
+def keeps_channels(user: Operator, t: Tensor) -> str | None:
+    """Why ``user`` reading ``t`` does not keep the channels on ``t``'s last axis apart (None: it does, as its
+    ``channel_flow`` says): the table gives it no flow, it reads ``t`` other than as a ``channel_inputs``, an
+    option mixes channels (``channel_options``), or it pads the channel axis."""
     user_rule = RULES.get(user.name)
-    flow = user_rule.channel_flow if user_rule else None
     if (
         user_rule is None
-        or flow is None
+        or user_rule.channel_flow is None
         or any(x is t and i not in user_rule.channel_inputs for i, x in enumerate(user.inputs))
     ):
         return f"{user.name} reads {t.name}"
@@ -166,6 +167,15 @@ def _follow(plan: _Plan, graph: _Graph, user: Operator, t: Tensor, n: int) -> st
         data = paddings.data if paddings is not None else None
         if data is None or np.asarray(data)[-1].any():
             return f"{user.name} after {t.name} pads the channel axis (or not by a constant)"
+    return None
+
+
+def _follow(plan: _Plan, graph: _Graph, user: Operator, t: Tensor, n: int) -> str | None:
+    """Record what ``user`` reading ``t`` needs changed; why it cannot, if it cannot."""
+    if (reason := keeps_channels(user, t)) is not None:
+        return reason
+    user_rule = rule(user.name)
+    flow = user_rule.channel_flow
     if flow == "contract":
         value = user.optional_input(user_rule.weight_input or 0)
         weight = graph.weights.get(id(value)) if value is not None else None
