@@ -240,6 +240,8 @@ def float_constant(weight: Weight, values: np.ndarray, options: TensorOptions) -
     block = (pattern.a, pattern.b) if options.prune is not None and pattern.kind == "block" else None
     if block not in DENSIFY_INPUTS[stored.type_name] or values.ndim != 2:
         block = None
+    if np.count_nonzero(values) == values.size:  # no zeros: the stored values alone would be as large
+        return stored
     packed, sparsity = encode_sparse(values, block)
     if sparse_bytes(packed, sparsity) < values.nbytes:
         stored.data = packed
