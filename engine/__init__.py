@@ -29,11 +29,20 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> object:
-    """``engine.compress`` is imported on first use: it pulls in the Numba kernels, ``import engine`` does not."""
+    """``engine.compress`` (and ``analyze``, ``evaluate``) is imported on first use: it pulls in the Numba kernels,
+    ``import engine`` does not."""
     if name == "compress":
         from engine.api import compress
 
         return compress
+    if name == "analyze":
+        from engine.accuracy.sensitivity import analyze
+
+        return analyze
+    if name == "evaluate":
+        from engine.evaluation import evaluate
+
+        return evaluate
     raise AttributeError(f"module 'engine' has no attribute {name!r}")
 
 
@@ -58,7 +67,9 @@ __all__ = [
     "Tensor",
     "TensorMap",
     "VariantSubType",
+    "analyze",
     "compress",
+    "evaluate",
     "load_plugin",
     "model_to_bytes",
     "read_model",

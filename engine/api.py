@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from engine.accuracy import BUDGET_KEYWORDS
 from engine.errors import EngineError
 from engine.format.ir import Model
 from engine.format.reader import read_model
@@ -18,19 +19,30 @@ from engine.format.writer import same_file, write_model
 from engine.graph.weights import find_weights
 from engine.passes.cluster import cluster_weights
 from engine.passes.common import entry
+from engine.passes.equalize import equalize_weights
 from engine.passes.float16 import float16_weights
 from engine.passes.full_integer import FullInteger
 from engine.passes.prune import prune_weights
-from engine.passes.quantize_weights import quantize_weights
+from engine.passes.quantize_weights import QuantizeWeights
 from engine.recipe import Recipe
 from engine.report import GZIP_LIMIT_BYTES, Report, TensorReport, gzip_size
 from engine.runtime.calibrate import CalibrationSource, LiteRTExecutor
 from engine.summary import summarize
 
 Pass = Callable[[Model, Recipe], tuple[Model, list[TensorReport]]]
-# Order matters: prune, then cluster (which keeps the zeros), then quantize (which keeps both and re-encodes);
-# compress ends every pipeline with the full-integer step (engine.passes.full_integer.FullInteger).
-PIPELINE: tuple[Pass, ...] = (prune_weights, cluster_weights, float16_weights, quantize_weights)
+
+
+# Order matters: equalize (exact in float, so every later step sees balanced channels), prune, then cluster (which
+# keeps the zeros), then quantize (which keeps both and re-encodes); compress ends every pipeline with the
+# full-integer step (engine.passes.full_integer.FullInteger).
+def pipeline(
+    calibration: CalibrationSource | None = None, executor: type[LiteRTExecutor] = LiteRTExecutor
+) -> tuple[Pass, ...]:
+    """The default passes in order; the steps that read samples (data-aware rounding) get them here."""
+    return (equalize_weights, prune_weights, cluster_weights, float16_weights, QuantizeWeights(calibration, executor))
+
+
+PIPELINE = pipeline()
 
 
 def compress(
@@ -41,7 +53,7 @@ def compress(
     exclude: list[str] | None = None,
     calibration: CalibrationSource | None = None,
     share_identical_buffers: bool = False,
-    passes: Sequence[Pass] = PIPELINE,
+    passes: Sequence[Pass] | None = None,
     executor: type[LiteRTExecutor] = LiteRTExecutor,
     **options: Any,
 ) -> tuple[Model, Report]:
@@ -50,15 +62,26 @@ def compress(
     ``recipe`` is a ``Recipe``, its dictionary form, or a JSON file; keyword ``options`` (``quantize``,
     ``bits``, ``granularity``, ``scale``, ``min_elements``, ``observer``, ``io``, ...) override its global options
     and ``exclude`` adds patterns, as the command line's flags do; an option that would do nothing is refused.
-    The full-integer modes (``quantize="int8"`` or ``"int16x8"``) need ``calibration``, and only they take it: an
+    The full-integer modes (``quantize="int8"`` or ``"int16x8"``) and data-aware rounding (``rounding="gptq"``)
+    need ``calibration``, and only they take it: an
     .npz or .npy path (keyed by input name, or one array for a single-input model), a dict of arrays or one
     array, the leading axis being the sample.  With ``output`` the result is written there (atomically;
     ``share_identical_buffers`` stores identical constant buffers once) and the report gets the file and gzip
     sizes.  ``passes`` is the pipeline, run in order (each ``(Model, Recipe) -> (Model, [TensorReport])``;
-    default ``PIPELINE``), so a research pass joins the run and its report; the full-integer step follows it,
-    running the float model for calibration and bias correction with ``executor``
+    default ``pipeline(calibration, executor)``), so a research pass joins the run and its report; the
+    full-integer step follows it, running the float model for calibration and bias correction with ``executor``
     (``engine.runtime.calibrate.Executor``; default LiteRT).
+
+    With ``target_sqnr`` or ``max_accuracy_drop`` (and ``labels``, ``optimize``, ``save_recipe``, ``holdout``,
+    ``max_runs``) it searches the mixed precision that keeps that budget instead: ``engine.accuracy.search``.
     """
+    if options.keys() & set(BUDGET_KEYWORDS):
+        from engine.accuracy.search import budgeted_compress
+
+        return budgeted_compress(
+            model_or_path, recipe, output=output, exclude=exclude, calibration=calibration,
+            share_identical_buffers=share_identical_buffers, passes=passes, executor=executor, **options,
+        )  # fmt: skip
     source = None if isinstance(model_or_path, Model) else Path(model_or_path)
     if source is not None and output is not None and same_file(source, output):
         raise EngineError(f"output={str(output)!r} is the input file; the input is never overwritten")
@@ -70,7 +93,8 @@ def compress(
     report.bytes_by_dtype_before = _bytes_by_dtype(model)
     by_weight = {(t.subgraph, t.name): t for t in _left_alone(model, recipe)}
     full_integer = FullInteger(calibration, executor)
-    for run in (*passes, full_integer):
+    steps = pipeline(calibration, executor) if passes is None else tuple(passes)
+    for run in (*steps, full_integer):
         model, entries = run(model, recipe)
         for t in entries:
             key = (t.subgraph, t.name)

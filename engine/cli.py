@@ -1,4 +1,5 @@
-"""``python -m engine <command>``: inspect, compress, validate, demo.
+"""``python -m engine <command>``: inspect, compress, validate, analyze, evaluate, sweep, demo; keygen, sign, verify,
+encrypt, decrypt.
 
 Exit codes, the same for every command:
 
@@ -10,6 +11,8 @@ Exit codes, the same for every command:
 * 3: validation failed: an output below ``--min-sqnr``, or the candidate fails to load or run in a runtime the
   reference runs in.  After ``compress --validate`` the output file has been written, and the ``error:`` line
   says so (``wrote OUT; validation failed: ...``), also when validation could not run at all.
+* 4: ``compress --target-sqnr``/``--max-accuracy-drop``: the budget was not met; the best model found has been
+  written, and the ``error:`` line says so (``wrote OUT; budget not met: ...``).
 """
 
 from __future__ import annotations
@@ -25,15 +28,26 @@ from typing import Any
 
 import numpy as np
 
+from engine import evaluation
+from engine.accuracy import cli as accuracy_cli
 from engine.errors import EngineError
 from engine.format.ir import Model
 from engine.format.reader import read_model
 from engine.format.writer import same_file, write_model
 from engine.recipe import DEFAULT_MIN_ELEMENTS, GRANULARITIES, IO_TYPES, WEIGHT_MODES
-from engine.registry import ACTIVATION_SCHEMES, CODEBOOK_METHODS, OBSERVERS, SCALE_METHODS, load_plugin
+from engine.registry import (
+    ACTIVATION_SCHEMES,
+    CODEBOOK_METHODS,
+    OBSERVERS,
+    ROUNDING_METHODS,
+    SCALE_METHODS,
+    load_plugin,
+)
 from engine.report import Report
 from engine.runtime.validate import RUNTIME_CHOICES, ValidationReport, validate
+from engine.secure import cli as secure_cli
 from engine.summary import format_summary, summarize
+from engine.sweep import cli as sweep_cli
 
 DEMO_MODEL = "face_detection_short_range"
 DEMO_MODE = "weight-int8"
@@ -49,6 +63,9 @@ _DATA = (
 def _inspect(args: argparse.Namespace) -> int:
     model = read_model(args.model)
     summary = summarize(model, Path(args.model).stat().st_size)
+    signature = secure_cli.signature_summary(args.model, model)
+    if signature is not None:
+        summary["embedded_signature"] = signature
     print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
     return 0
 
@@ -78,10 +95,10 @@ def _rewrite(source: Path, target: Path, **write_options: Any) -> tuple[Model, d
 
 
 _COMPRESSION_FLAGS = (
-    "quantize", "bits", "granularity", "scale", "min_elements",
+    "quantize", "bits", "granularity", "scale", "rounding", "min_elements",
     "prune", "prune_pattern", "prune_scope", "prune_channels", "sparse_format",
     "cluster", "cluster_granularity", "cluster_init", "cluster_storage",
-    "observer", "io", "bias_correction", "strict",
+    "observer", "io", "bias_correction", "strict", "equalize",
 )  # fmt: skip
 
 
@@ -92,11 +109,13 @@ def _compress(args: argparse.Namespace) -> int:
         for flag, value in (("--data", args.data), ("--runtime", args.runtime), ("--min-sqnr", args.min_sqnr)):
             if value is not None:
                 raise EngineError(f"{flag} does nothing without --validate")
+    signing_key = secure_cli.signing_key(args)
     options = {name: getattr(args, name) for name in _COMPRESSION_FLAGS if getattr(args, name) is not None}
     if args.quantize == "none":
         options["quantize"] = None
     report = None
-    if options or args.recipe or args.exclude or args.calibration is not None:
+    budget = accuracy_cli.budget_options(args)
+    if options or args.recipe or args.exclude or args.calibration is not None or budget:
         from engine.api import compress
         from engine.recipe import FLAGS, Recipe
 
@@ -107,6 +126,7 @@ def _compress(args: argparse.Namespace) -> int:
             output=args.output,
             calibration=args.calibration,
             share_identical_buffers=args.share_identical_buffers,
+            **budget,
         )
         print(f"wrote {args.output}")
         print(report.format_text())
@@ -120,10 +140,15 @@ def _compress(args: argparse.Namespace) -> int:
         )
         print(f"wrote {args.output} (lossless rewrite: no compression options given)")
         print("\n".join(change))
+    secure_cli.sign_output(args.output, signing_key)
     status = _validate_after(args, report) if args.validate else 0
     if report is not None and args.report:
         report.save(args.report)
         print(f"report: {args.report}")
+    missed = accuracy_cli.budget_verdict(report, args.output)
+    if missed and not status:
+        print(f"error: {missed}", file=sys.stderr)
+        return accuracy_cli.EXIT_BUDGET_NOT_MET
     return status
 
 
@@ -304,7 +329,9 @@ def _parser() -> argparse.ArgumentParser:
         help=f"{', '.join(WEIGHT_MODES)} or none (a recipe can set weight modes per op); "
         f"{' and '.join(ACTIVATION_SCHEMES)} quantize the whole model (weights and activations) and need --calibration",
     )
-    p.add_argument("--calibration", metavar="DATA", help=f"samples for {'/'.join(ACTIVATION_SCHEMES)}: {_DATA}")
+    p.add_argument(
+        "--calibration", metavar="DATA", help=f"samples for {'/'.join(ACTIVATION_SCHEMES)} and --rounding: {_DATA}"
+    )
     p.add_argument(
         "--observer",
         metavar="O",
@@ -315,13 +342,27 @@ def _parser() -> argparse.ArgumentParser:
         "--bias-correction",
         action="store_true",
         default=None,
-        help="shift each layer's bias by its mean output error measured on the calibration data",
+        help="shift each layer's bias by its mean output error measured on the calibration data, where that "
+        "brings the outputs closer to the float model's on calibration samples it was not estimated from",
+    )
+    p.add_argument(
+        "--equalize",
+        action="store_true",
+        default=None,
+        help="cross-layer equalization: rescale channels between consecutive layers (exact in float) so that "
+        "weights with one scale per tensor use their levels",
     )
     p.add_argument(
         "--strict", action="store_true", default=None, help="refuse if an op would stay float (no integer kernel)"
     )
     p.add_argument("--bits", type=int, metavar="N", help="bits of the integer levels, 2..8 (default: the mode's)")
     p.add_argument("--granularity", metavar="G", help=f"one scale per: {', '.join(GRANULARITIES)} (default channel)")
+    p.add_argument(
+        "--rounding",
+        metavar="R",
+        help=f"{' or '.join(ROUNDING_METHODS)}: each weight to its nearest level (default), or codes fitted to "
+        "what the layer reads on --calibration samples (GPTQ, AdaRound)",
+    )
     p.add_argument(
         "--scale",
         metavar="S",
@@ -362,6 +403,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--data", metavar="DATA", help=f"samples for --validate, in the --calibration format; {_DATA}")
     _validation_flags(p, runtime_default=None)
+    accuracy_cli.add_budget_flags(p)
+    secure_cli.add_sign_flag(p)
     p.set_defaults(run=_compress)
 
     p = commands.add_parser("validate", help="compare two models' outputs in the LiteRT interpreter")
@@ -376,6 +419,11 @@ def _parser() -> argparse.ArgumentParser:
         "--xnnpack", dest="runtime", action="store_const", const="default", help="deprecated: --runtime default"
     )
     p.set_defaults(run=_validate)
+
+    accuracy_cli.add_analyze_parser(commands)
+    evaluation.add_parser(commands)
+    sweep_cli.add_parser(commands)
+    secure_cli.add_parsers(commands)
 
     p = commands.add_parser("demo", help="fetch a real MediaPipe model, compress it, and show what changed")
     p.add_argument("--model", default=DEMO_MODEL, help=f"MediaPipe model name (default {DEMO_MODEL})")

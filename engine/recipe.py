@@ -31,9 +31,12 @@ from typing import Any, NamedTuple
 from engine.errors import EngineError
 from engine.format.ir import BUILTIN_OPS
 from engine.quant import activations as _builtin_schemes  # noqa: F401  (registers int8, int16x8)
+from engine.quant import rounding as _builtin_rounding  # noqa: F401  (registers nearest)
 from engine.quant.observers import make_observer
 from engine.quant.pruning import parse_pattern
-from engine.registry import ACTIVATION_SCHEMES, CODEBOOK_METHODS, SCALE_METHODS
+from engine.quant.rounding import adaround as _adaround  # noqa: F401  (registers adaround)
+from engine.quant.rounding import gptq as _gptq  # noqa: F401  (registers gptq)
+from engine.registry import ACTIVATION_SCHEMES, CODEBOOK_METHODS, ROUNDING_METHODS, SCALE_METHODS
 
 # Weight modes: mode -> (how ops read the weight, bits of its levels by default); None stores float16.  The
 # full-integer modes are the activation schemes registered in engine.registry.ACTIVATION_SCHEMES (int8, int16x8).
@@ -63,7 +66,7 @@ def _full_integer_names() -> str:
 # The model's interface in a full-integer model: float with QUANTIZE/DEQUANTIZE at the edges, or integer.
 IO_TYPES = ("float", "int8", "uint8")
 # Options of the whole model rather than of one tensor: only the recipe's global section may set them.
-MODEL_OPTIONS = ("io", "bias_correction", "strict")
+MODEL_OPTIONS = ("io", "bias_correction", "strict", "equalize")
 PRUNE_SCOPES = ("layer", "global")
 # Channel pruning: take the pruned filters out of the graph where it allows (smaller tensors, less compute), or
 # only zero them (same shapes; the readers' matching input channels are zeroed too, so both compute the same).
@@ -91,6 +94,7 @@ class TensorOptions:
     bits: int | None = None
     granularity: str = "channel"
     scale: str | None = None
+    rounding: str = "nearest"
     min_elements: int = DEFAULT_MIN_ELEMENTS
     prune: float | None = None
     prune_pattern: str = "unstructured"
@@ -105,6 +109,7 @@ class TensorOptions:
     io: str = "float"
     bias_correction: bool = False
     strict: bool = False
+    equalize: bool = False
 
     @property
     def scale_method(self) -> str:
@@ -149,7 +154,7 @@ _NEEDS = {
     **dict.fromkeys(("cluster_granularity", "cluster_init", "cluster_storage"), "cluster"),
 }
 # Options of integer weight levels: they need an integer quantize mode somewhere (float16 has no scales).
-_LEVEL_OPTIONS = ("bits", "granularity", "scale")
+_LEVEL_OPTIONS = ("bits", "granularity", "scale", "rounding")
 # Options only full-integer quantization reads.
 _STATIC_OPTIONS = ("io", "observer", "bias_correction", "strict")
 
@@ -190,6 +195,8 @@ def _check_options(options: dict[str, Any], origin_of: Callable[[str], Origin]) 
             raise origin.error(f"{n(name)} must be an integer from 2 to 8, not {value!r}")
         if name == "granularity" and value not in GRANULARITIES:
             raise origin.error(f"unknown {n(name)} {value!r} (granularities: {', '.join(GRANULARITIES)})")
+        if name == "rounding" and value not in ROUNDING_METHODS:
+            raise origin.error(f"unknown {n(name)} method {value!r} (methods: {', '.join(ROUNDING_METHODS)})")
         if name == "scale" and value is not None and value not in SCALE_METHODS:
             raise origin.error(f"unknown {n(name)} method {value!r} (methods: {', '.join(SCALE_METHODS)})")
         if name == "min_elements" and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
@@ -223,7 +230,7 @@ def _check_options(options: dict[str, Any], origin_of: Callable[[str], Origin]) 
         ):
             if name == option and value not in allowed:
                 raise origin.error(f"unknown {n(name)} {value!r} (choose from {', '.join(allowed)})")
-        if name in ("bias_correction", "strict") and not isinstance(value, bool):
+        if name in ("bias_correction", "strict", "equalize") and not isinstance(value, bool):
             raise origin.error(f"{n(name)} must be true or false, not {value!r}")
     return dict(options)
 
@@ -284,6 +291,10 @@ def _check_combination(options: TensorOptions, origin_of: Callable[[str], Origin
                 f"{origin.name('granularity')} {options.granularity}: blockwise weights run only in dynamic-int4 "
                 f"(read by FULLY_CONNECTED), not {mode}"
             )
+
+
+def _per_tensor(granularity: Any) -> bool:
+    return granularity == "tensor"
 
 
 def _compile(pattern: str, where: str) -> re.Pattern[str]:
@@ -349,6 +360,12 @@ class Recipe:
                     raise origin.error(f"{n(name)} does nothing without {n('prune_pattern')} channel")
                 if name in _LEVEL_OPTIONS and not anywhere("quantize", lambda v: v not in (None, "float16")):
                     raise origin.error(f"{n(name)} does nothing without an integer {n('quantize')} mode")
+                if name == "equalize" and (is_full_integer(mode) or not anywhere("granularity", _per_tensor)):
+                    raise origin.error(
+                        f"{n(name)} balances channel ranges for weights with one scale per tensor: it does nothing "
+                        f"without {n('granularity')} tensor in a weight mode (per-channel scales, full-integer ones "
+                        "too, fit each channel already; docs/cli.md)"
+                    )
                 if name == "granularity" and is_full_integer(mode):
                     raise origin.error(
                         f"{n(name)} does nothing in {mode}: its weights are per output channel (BATCH_MATMUL's per "
@@ -365,13 +382,23 @@ class Recipe:
         than left to its default."""
         return any(option in layer for layer in (self.options, *self.ops.values(), *self.tensors.values()))
 
+    def fits_to_data(self) -> bool:
+        """Whether a rounding method other than nearest is asked for anywhere: it reads calibration samples."""
+        layers = (self.options, *self.ops.values(), *self.tensors.values())
+        return any(layer.get("rounding", "nearest") != "nearest" for layer in layers)
+
     def check_calibration(self, given: bool) -> None:
-        """Calibration data is read by the full-integer modes only, which cannot do without it."""
+        """Calibration data is read by the full-integer modes and data-aware rounding, which cannot do without it."""
         mode, n = self.options.get("quantize"), self.caller.name
-        if given and not is_full_integer(mode):
+        if given and not is_full_integer(mode) and not self.fits_to_data():
             raise self.caller.error(
                 f"{n('calibration')} does nothing without {n('quantize')} {_full_integer_names()} (full-integer "
-                "quantization)"
+                f"quantization) or a data-aware {n('rounding')}"
+            )
+        if not given and self.fits_to_data() and not is_full_integer(mode):
+            raise self.caller.error(
+                f"{n('rounding')} {self.options.get('rounding', 'per op/tensor')} fits weights to their layers' "
+                f"inputs: pass {n('calibration')} DATA (samples the float model runs on)"
             )
         if not given and is_full_integer(mode):
             raise self.caller.error(

@@ -30,6 +30,13 @@ report read it, so a method (or mode) registered before a recipe is built is as 
   subclass it to change how ranges become parameters.  Built-ins: ``int8`` (asymmetric) and ``int16x8``
   (symmetric int16 activations, int8 weights).  ``examples/plugins/pow2_activations.py`` adds power-of-two scales.
 
+* ``ROUNDING_METHODS``: which level each weight gets once its scales are set (``--rounding NAME``).  A rounding
+  method is a function ``(problem) -> codes``: ``problem`` an ``engine.quant.rounding.RoundingProblem`` (the
+  weight as rows [C, K] by output channel, each weight's scale, qmax, and what the layer read on calibration
+  samples: the inputs' second moment H per row group and a sample of them), ``codes`` int [C, K] in
+  [-qmax, qmax].  Built-ins: ``nearest``, ``gptq`` (error feedback through H^-1, as in GPTQ) and ``adaround``
+  (learned up/down rounding, as in AdaRound).
+
 A plugin is a Python module that registers on import::
 
     import numpy as np
@@ -122,6 +129,8 @@ CODEBOOK_METHODS: Registry[CodebookMethod] = Registry("codebook method")
 OBSERVERS: Registry[Callable[[str | None], Any]] = Registry("calibration observer")
 # Full-integer modes by name; the built-ins register in engine.quant.activations.
 ACTIVATION_SCHEMES: Registry[ActivationScheme] = Registry("full-integer mode")
+# Rounding methods, (RoundingProblem) -> codes; the built-ins register in engine.quant.rounding.
+ROUNDING_METHODS: Registry[Callable[[Any], np.ndarray]] = Registry("rounding method")
 
 
 @SCALE_METHODS.register("minmax")

@@ -46,6 +46,7 @@ class TensorReport:
     bits: int | None = None
     granularity: str | None = None
     scale: str | None = None
+    rounding: str | None = None  # a data-aware rounding method, when one fitted the codes
     form: str | None = None
     dtype_before: str | None = None
     dtype_after: str | None = None
@@ -59,6 +60,7 @@ class TensorReport:
     prune_pattern: str | None = None
     channels_removed: int | None = None
     clusters: int | None = None
+    equalized: int | None = None  # channels (output and input) cross-layer equalization rescaled (--equalize)
 
     def then(self, later: TensorReport) -> TensorReport:
         """This entry followed by a later pass's on the same weight: what it started as, what it ended as."""
@@ -103,6 +105,8 @@ class Report:
     latency: dict[str, Any] | None = None
     # Full-integer runs: engine.passes.full_integer.IntegerReport (ops integer/float, boundaries, calibration).
     integer: Any = None
+    # Budgeted runs (compress target_sqnr= / max_accuracy_drop=): engine.accuracy.search.SearchReport.
+    search: Any = None
 
     @property
     def compressed(self) -> list[TensorReport]:
@@ -129,7 +133,9 @@ class Report:
                     f"pruned {t.prune_pattern}" if t.prune_pattern else None,
                     f"clustered ({t.form})" if t.clusters and not t.mode else "clustered" if t.clusters else None,
                     f"{t.mode} ({t.form}, {t.dtype_after}, {t.granularity})" if t.mode else None,
+                    f"{t.rounding} rounding" if t.rounding else None,
                     "sparse" if t.sparsity is not None and t.form == "sparse" else None,
+                    "equalized" if t.equalized else None,
                 )
                 if part
             )
@@ -159,6 +165,8 @@ class Report:
         lines.append("constants by dtype (bytes): " + ("; ".join(changed) if changed else "unchanged"))
         if self.integer is not None:
             lines.append(self.integer.format_text())
+        if self.search is not None:
+            lines.append(self.search.format_text())
         lines.append("file: " + _ratio(self.file_bytes_before, self.file_bytes_after))
         lines.append("gzip: " + _ratio(self.gzip_bytes_before, self.gzip_bytes_after))
         slow = Counter(t.slow_form for t in done if t.slow_form)

@@ -7,8 +7,8 @@ vector, union) and its default.  The source is the newest schema available, the 
 ships as a single module (``ai_edge_litert/schema_py_generated.py``, every class in one file, object-API
 ``...T`` classes included, which are skipped).  The older ``tflite`` package (one module per class) is read
 the same way; the tests use it to check that the JSON only ever adds to what it knew.
-``python -m engine.format.schema.generate`` rewrites the file; ``tests/format/test_schema.py`` regenerates it in memory and
-fails when the installed ``ai-edge-litert`` drifts.
+``python -m engine.format.schema.generate`` rewrites the file; ``tests/format/test_schema.py`` regenerates it in
+memory and fails when the installed ``ai-edge-litert`` drifts.
 """
 
 from __future__ import annotations

@@ -5,6 +5,10 @@ per block, with scales from the absolute maximum (``minmax``) or from a search f
 least squared error (``mse``).  The levels are stored in the smallest container LiteRT can run for every reader
 (INT2/INT4 packed, or INT8): in the dynamic modes the ops with a hybrid kernel for that container and
 granularity read the integer weight directly, every other reader gets it through DEQUANTIZE.
+
+With ``rounding`` other than nearest (``--rounding gptq``) the codes are fitted to what each layer reads on the
+calibration samples (``engine.runtime.layer_inputs``, read from the model as the earlier passes leave it), so
+the pass is a ``QuantizeWeights`` step built with the calibration data and the executor that runs the model.
 """
 
 from __future__ import annotations
@@ -23,9 +27,11 @@ from engine.passes.common import entry, install, select
 from engine.passes.fuse import unfuse_activation
 from engine.progress import track
 from engine.quant import kernels
+from engine.quant.rounding import LayerInputs
 from engine.quant.uniform import quantize_weight
 from engine.recipe import WEIGHT_MODES, Recipe, TensorOptions
 from engine.report import TensorReport
+from engine.runtime.calibrate import CalibrationSource, LiteRTExecutor
 
 INTEGER_MODES = tuple(mode for mode, (_, bits) in WEIGHT_MODES.items() if bits is not None)
 _CONTAINERS = {2: "INT2", 4: "INT4", 8: "INT8"}
@@ -43,9 +49,43 @@ class _Encoding:
     sparse: bool
 
 
-def quantize_weights(model: Model, recipe: Recipe) -> tuple[Model, list[TensorReport]]:
-    """Quantize every weight whose resolved mode is an integer one; returns the model and one entry per weight."""
-    chosen, reports = select(model, recipe, lambda options: options.quantize in INTEGER_MODES)
+class QuantizeWeights:
+    """The pass: ``(Model, Recipe) -> (Model, [TensorReport])``; ``calibration`` and ``executor`` serve the
+    data-aware rounding methods (unused otherwise)."""
+
+    def __init__(
+        self, calibration: CalibrationSource | None = None, executor: type[LiteRTExecutor] = LiteRTExecutor
+    ) -> None:
+        self.calibration, self.executor = calibration, executor
+
+    def __call__(self, model: Model, recipe: Recipe) -> tuple[Model, list[TensorReport]]:
+        """Quantize every weight whose resolved mode is an integer one; one entry per weight."""
+        chosen, reports = select(model, recipe, lambda options: options.quantize in INTEGER_MODES)
+        inputs, fallbacks = self._layer_inputs(model, chosen)
+        return model, reports + _quantize(model, chosen, inputs, fallbacks)
+
+    def _layer_inputs(
+        self, model: Model, chosen: list[tuple[Weight, TensorOptions]]
+    ) -> tuple[dict[int, LayerInputs], dict[int, str]]:
+        """What the layers of the weights to fit read, and why the others among them get nearest rounding."""
+        fitted = [(w, o) for w, o in chosen if o.rounding != "nearest"]
+        if not fitted:
+            return {}, {}
+        if self.calibration is None:
+            raise EngineError(f"--rounding {fitted[0][1].rounding} needs calibration data (--calibration DATA)")
+        from engine.runtime.calibrate import load_calibration
+        from engine.runtime.layer_inputs import collect_layer_inputs, unsupported_reason
+
+        fallbacks = {id(w.value): reason for w, _ in fitted if (reason := unsupported_reason(w)) is not None}
+        supported = [w for w, _ in fitted if id(w.value) not in fallbacks]
+        data = load_calibration(self.calibration, model)
+        return collect_layer_inputs(model, supported, data, self.executor) if supported else {}, fallbacks
+
+
+def _quantize(
+    model: Model, chosen: list[tuple[Weight, TensorOptions]], inputs: dict[int, LayerInputs], fallbacks: dict[int, str]
+) -> list[TensorReport]:
+    reports = []
     encoded: dict[tuple, _Encoding] = {}
     for weight, options in track(chosen, "quantizing weights"):
         granularity = _granularity(weight, options)
@@ -54,7 +94,8 @@ def quantize_weights(model: Model, recipe: Recipe) -> tuple[Model, list[TensorRe
         key += (granularity, container)
         if key not in encoded:  # tensors sharing a buffer share its encoding
             try:
-                encoded[key] = _encode(weight, options, granularity, container, sparse_ok=not direct)
+                layer = inputs.get(id(weight.value))
+                encoded[key] = _encode(weight, options, granularity, container, not direct, layer)
             except EngineError as exc:
                 raise EngineError(f"weight {weight.name!r}: {exc}") from None
         encoding = encoded[key]
@@ -82,8 +123,12 @@ def quantize_weights(model: Model, recipe: Recipe) -> tuple[Model, list[TensorRe
         report.slow_form = _slow_form(weight, direct, container, granularity)
         if granularity != options.granularity:
             report.reason = f"{options.granularity} not possible here; used {granularity}"
+        if id(weight.value) in inputs:
+            report.rounding = options.rounding
+        elif id(weight.value) in fallbacks:
+            report.reason = f"{options.rounding} not possible ({fallbacks[id(weight.value)]}): nearest rounding"
         reports.append(report)
-    return model, reports
+    return reports
 
 
 def _granularity(weight: Weight, options: TensorOptions) -> str:
@@ -165,7 +210,14 @@ def _kind(granularity: str) -> str:
     return granularity.split(":")[0]
 
 
-def _encode(weight: Weight, options: TensorOptions, granularity: str, container: int, sparse_ok: bool) -> _Encoding:
+def _encode(
+    weight: Weight,
+    options: TensorOptions,
+    granularity: str,
+    container: int,
+    sparse_ok: bool,
+    layer: LayerInputs | None,
+) -> _Encoding:
     """Quantize the weight.  Stored bytes count the scales and zero points too (12 bytes a channel, which can
     outweigh a small depthwise filter).  Blockwise scales are stored as float16 in a tensor of their own, which
     the quantization details refer to, so the codes are computed against the float16-rounded scales."""
@@ -173,7 +225,14 @@ def _encode(weight: Weight, options: TensorOptions, granularity: str, container:
     assert bits is not None
     block = options.block_size if _kind(granularity) == "block" else None
     quantized = quantize_weight(
-        weight.decode(), bits, granularity, weight.channel_axis, options.scale_method, float16_scales=block is not None
+        weight.decode(),
+        bits,
+        granularity,
+        weight.channel_axis,
+        options.scale_method,
+        float16_scales=block is not None,
+        rounding=options.rounding,
+        inputs=layer,
     )
     scales = quantized.scales
     flat = quantized.codes.reshape(-1)

@@ -19,7 +19,8 @@ import numpy as np
 from engine.errors import EngineError
 from engine.quant import kernels
 from engine.quant.metrics import power_ratio_db
-from engine.registry import SCALE_METHODS
+from engine.quant.rounding import LayerInputs, RoundingProblem
+from engine.registry import ROUNDING_METHODS, SCALE_METHODS
 
 
 def as_rows(
@@ -64,12 +65,16 @@ def quantize_weight(
     floor: np.ndarray | float | None = None,
     positive: bool = False,
     float16_scales: bool = False,
+    rounding: str = "nearest",
+    inputs: LayerInputs | None = None,
 ) -> QuantizedWeight:
     """Quantize ``values`` (float32) to ``bits``-bit symmetric levels by rows of ``granularity``.
 
     ``floor``: no scale below it (per row, or one value); ``positive``: an all-zero row gets scale 1 instead of 0
     (integer kernels need positive scales); ``float16_scales``: scales rounded to float16 (blockwise storage keeps
-    them so, and the codes are computed against what is stored)."""
+    them so, and the codes are computed against what is stored).  ``rounding``: a method registered in
+    ``engine.registry.ROUNDING_METHODS``, fitted to what the layer read (``inputs``); per-channel scales are then
+    refit to the codes (the scale minimizing the layer's output error for them), unless a floor binds them."""
     rows, restore = as_rows(values, granularity, axis)
     scales = np.asarray(SCALE_METHODS.call(method, np.ascontiguousarray(rows, np.float32), bits), np.float32)
     if scales.shape != (rows.shape[0],) or not np.all(np.isfinite(scales) & (scales >= 0)):
@@ -83,6 +88,42 @@ def quantize_weight(
         scales = np.where(scales > 0, scales, np.float32(1.0))
     if floor is not None:
         scales = np.maximum(scales, floor).astype(np.float32)
-    code_rows = kernels.quantize(rows, scales, bits)
+    if rounding == "nearest" or inputs is None:
+        code_rows = kernels.quantize(rows, scales, bits)
+    else:
+        code_rows = _fitted_codes(values, rows, restore, scales, bits, (granularity, axis), rounding, inputs)
+        if granularity == "channel" and axis is not None and axis % values.ndim == inputs.axis and floor is None:
+            scales = _refit_scales(rows, code_rows, scales, inputs.hessian)
     signal, noise = kernels.signal_and_noise(rows, code_rows, scales)
     return QuantizedWeight(restore(code_rows), scales, power_ratio_db(signal, noise), restore, code_rows)
+
+
+def _fitted_codes(
+    values: np.ndarray,
+    rows: np.ndarray,
+    restore: Callable[[np.ndarray], np.ndarray],
+    scales: np.ndarray,
+    bits: int,
+    grouping: tuple[str, int | None],
+    rounding: str,
+    inputs: LayerInputs,
+) -> np.ndarray:
+    """Codes in the rows of ``grouping`` (granularity, axis) from a rounding method, which sees the weight by
+    output channel."""
+    qmax = 2 ** (bits - 1) - 1
+    weight, channel_restore = as_rows(values, "channel", inputs.axis)
+    steps, _ = as_rows(restore(np.broadcast_to(scales[:, None], rows.shape)), "channel", inputs.axis)
+    problem = RoundingProblem(np.ascontiguousarray(weight, np.float32), np.ascontiguousarray(steps), qmax, inputs)
+    codes = np.asarray(ROUNDING_METHODS.call(rounding, problem))
+    if codes.shape != weight.shape or np.abs(codes).max(initial=0) > qmax:
+        raise EngineError(f"rounding method {rounding!r} returned codes of shape {codes.shape} or beyond +-{qmax}")
+    return as_rows(channel_restore(codes.astype(np.int8)), *grouping)[0]
+
+
+def _refit_scales(rows: np.ndarray, codes: np.ndarray, scales: np.ndarray, hessian: np.ndarray) -> np.ndarray:
+    """Per row, the scale s minimizing (w - s q)^T H (w - s q) for the codes q: q^T H w / q^T H q."""
+    q, w = codes.astype(np.float64), rows.astype(np.float64)
+    weighted = q @ hessian[0] if hessian.shape[0] == 1 else np.einsum("ck,ckl->cl", q, hessian)
+    numerator, denominator = (weighted * w).sum(axis=1), (weighted * q).sum(axis=1)
+    fitted = np.divide(numerator, denominator, out=scales.astype(np.float64), where=denominator > 0)
+    return np.where(fitted > 0, fitted, scales).astype(np.float32)

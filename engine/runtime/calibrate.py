@@ -197,7 +197,7 @@ def _fits(sample: tuple[int, ...], shape: tuple[int, ...]) -> bool:
     return len(sample) == len(shape) and all(s in (-1, n) for s, n in zip(shape, sample, strict=True))
 
 
-def _runner(model: Model, tensors: list[Tensor], executor: type[LiteRTExecutor]) -> tuple[Executor, dict[int, int]]:
+def runner_for(model: Model, tensors: list[Tensor], executor: type[LiteRTExecutor]) -> tuple[Executor, dict[int, int]]:
     """An executor for ``model`` that can read ``tensors``, and the index of every tensor.
 
     First choice: XNNPACK on a copy of the model whose outputs include the tensors (the values are the same
@@ -232,7 +232,7 @@ def calibrate(
     writer's, so the model is written once and the values are read back by index.  The model is not changed.
     """
     sg = model.main
-    runner, index = _runner(model, [t for t, _ in observers.values()], executor)
+    runner, index = runner_for(model, [t for t, _ in observers.values()], executor)
     watched = [(index[key], t, obs) for key, (t, obs) in observers.items()]
     inputs = [index[id(t)] for t in sg.inputs]
     for sample in track(range(data.count), "calibrating"):

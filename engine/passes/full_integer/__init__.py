@@ -17,18 +17,22 @@ where integer and float parts of the graph meet, set op versions).  ``correct_bi
 from __future__ import annotations
 
 from engine.errors import EngineError
-from engine.format.ir import Model
+from engine.format.ir import Model, Operator
+from engine.graph.ops import RULES
+from engine.graph.weights import find_weights
 from engine.passes.fold import fold_constant_decoders
-from engine.passes.full_integer.bias_correction import correct_biases
+from engine.passes.full_integer.bias_correction import correct_biases, float_reference
 from engine.passes.full_integer.params import assign_params, check_multipliers, observe
-from engine.passes.full_integer.plan import check_quantizable, plan_ops, scheme_of
+from engine.passes.full_integer.plan import check_quantizable, multiplies_weight, plan_ops, scheme_of
 from engine.passes.full_integer.report import IntegerReport
 from engine.passes.full_integer.rewrite import rewrite
 from engine.passes.fuse import fuse_activations
+from engine.quant.rounding import LayerInputs
 from engine.recipe import Recipe, TensorOptions, is_full_integer
 from engine.registry import ACTIVATION_SCHEMES
 from engine.report import TensorReport
-from engine.runtime.calibrate import CalibrationSource, LiteRTExecutor, calibrate, load_calibration
+from engine.runtime.calibrate import CalibrationData, CalibrationSource, LiteRTExecutor, calibrate, load_calibration
+from engine.runtime.layer_inputs import collect_layer_inputs, unsupported_reason
 
 
 def quantize_model(
@@ -71,9 +75,11 @@ def quantize_model(
     )
     report.float_ops = float_ops
     tensors = {key: t for key, (t, _) in observers.items()}
-    entries, biases = rewrite(model, recipe, integer, tensors, params, requantize, options, report)
-    if options.bias_correction:
-        report.bias_correction = correct_biases(model, biases, data, executor)
+    layer_inputs = _layer_inputs(model, recipe, integer, data, executor) if recipe.fits_to_data() else {}
+    reference = float_reference(model, _biased(integer), data, executor) if options.bias_correction else None
+    entries, biases = rewrite(model, recipe, integer, tensors, params, requantize, options, report, layer_inputs)
+    if reference is not None:
+        report.bias_correction = correct_biases(model, biases, reference, data, executor)
     sg.remove_unused_tensors()
     return model, entries, report
 
@@ -96,6 +102,32 @@ class FullInteger:
             return model, []
         model, entries, self.report = quantize_model(model, recipe, self.calibration, self.executor)
         return model, entries
+
+
+def _layer_inputs(
+    model: Model, recipe: Recipe, integer: list[Operator], data: CalibrationData, executor: type[LiteRTExecutor]
+) -> dict[int, LayerInputs]:
+    """What the float layers read, for the integer ops' weights that the recipe rounds by a data-aware method
+    (those whose layer has no input model here get nearest rounding)."""
+    integer_ids = {id(op) for op in integer}
+    chosen = [
+        weight
+        for weight in find_weights(model)
+        if weight.subgraph_index == 0
+        and all(id(op) in integer_ids for op, _ in weight.uses)
+        and recipe.resolve(weight.op_name, weight.name).rounding != "nearest"
+        and unsupported_reason(weight) is None
+    ]
+    return collect_layer_inputs(model, chosen, data, executor) if chosen else {}
+
+
+def _biased(integer: list[Operator]) -> list[Operator]:
+    """The integer ops whose bias bias correction can move: they multiply a weight and have a bias."""
+    return [
+        op
+        for op in integer
+        if multiplies_weight(RULES[op.name]) and op.optional_input(RULES[op.name].bias_input) is not None
+    ]
 
 
 def _observer_label(recipe: Recipe, options: TensorOptions) -> str:

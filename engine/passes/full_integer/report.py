@@ -44,7 +44,12 @@ class IntegerReport:
         )
         if self.bias_correction:
             bc = self.bias_correction
-            lines.append(f"  bias correction: {bc['biases']} biases, mean |shift| {bc['mean_abs_shift']:.3g}")
+            before, after = bc["worst_sqnr_db"]
+            lines.append(
+                f"  bias correction: {bc['biases']} of {bc['considered']} biases corrected ({bc['undone']} undone: "
+                f"no gain at the outputs), {bc['runs']} runs on {bc['samples']} samples; worst-output SQNR on them "
+                f"{before:.1f} -> {after:.1f} dB"
+            )
         slow = [op for op, n in self.integer_ops.items() if n and not RULES[op].xnnpack_integer]
         if self.kernels == I16:
             lines.append(

@@ -27,6 +27,7 @@ from engine.passes.full_integer.plan import multiplies_weight, scheme_of
 from engine.passes.full_integer.report import IntegerReport
 from engine.quant.activations import ActivationScheme
 from engine.quant.metrics import quantize_array
+from engine.quant.rounding import LayerInputs
 from engine.quant.uniform import QuantizedWeight, quantize_weight
 from engine.recipe import Recipe, TensorOptions
 from engine.registry import ACTIVATION_SCHEMES
@@ -46,21 +47,26 @@ _XNNPACK_REQUANTIZATION = (2.0**-32, 256.0)
 
 @dataclass
 class Bias:
-    """A quantized bias, kept for bias correction: its op, tensor, per-channel scales, the op's (integer) input,
-    and the weight's rounding error (dequantized int8 minus float, in the weight's layout)."""
+    """A quantized bias, kept for bias correction: its op, tensor and per-channel scales."""
 
     op: Operator
     tensor: Tensor
     scales: np.ndarray
-    input: Tensor
-    weight_error: np.ndarray
 
 
 class _Rewriter:
     """Retypes one subgraph's tensors and constants and inserts the conversions at the integer/float seams."""
 
-    def __init__(self, model: Model, recipe: Recipe, options: TensorOptions, report: IntegerReport) -> None:
+    def __init__(
+        self,
+        model: Model,
+        recipe: Recipe,
+        options: TensorOptions,
+        report: IntegerReport,
+        layer_inputs: dict[int, LayerInputs],
+    ) -> None:
         self.model, self.sg, self.recipe, self.report = model, model.main, recipe, report
+        self.layer_inputs = layer_inputs
         self.mode, self.scheme, self.io = options.quantize or "", scheme_of(options), options.io
         self.kernels = self.scheme.kernels
         self.correct_biases = options.bias_correction
@@ -68,7 +74,6 @@ class _Rewriter:
         self.constants: dict[tuple, Tensor] = {}
         self.entries: list[TensorReport] = []
         self.biases: list[Bias] = []
-        self.weight_errors: dict[int, np.ndarray] = {}
 
     def insert(self, name: str, source: Tensor, target: Tensor, before: int) -> None:
         if name == "QUANTIZE":
@@ -107,7 +112,8 @@ class _Rewriter:
         key = (id(t), axis)
         if key not in self.constants:
             values = np.asarray(t.data, np.float32)
-            method = self.recipe.resolve(op.name, t.name or "").scale_method
+            resolved = self.recipe.resolve(op.name, t.name or "")
+            method, layer = resolved.scale_method, self.layer_inputs.get(id(t))
             quantized = quantize_weight(
                 values,
                 8,
@@ -116,6 +122,8 @@ class _Rewriter:
                 method,
                 floor=floor if axis is not None else floor.max(initial=0.0),
                 positive=True,
+                rounding=resolved.rounding if layer is not None else "nearest",
+                inputs=layer,
             )
             scales = quantized.scales
             q = Tensor(f"{t.name}/int8")
@@ -124,6 +132,7 @@ class _Rewriter:
                 scale=scales, zero_point=np.zeros(scales.size, np.int64), quantized_dimension=axis or 0
             )
             entry = _weight_entry(t, q, quantized, self.mode, method)
+            entry.rounding = resolved.rounding if layer is not None else None
             if (
                 op.name in DENSIFY_INTEGER_READERS
                 and self.recipe.resolve(op.name, t.name or "").sparse_format == "tflite"
@@ -131,8 +140,6 @@ class _Rewriter:
                 q = self._sparse(q, op, entry)
             self.constants[key] = q
             self.entries.append(entry)
-            if self.correct_biases:  # only then: a float64 copy of every weight
-                self.weight_errors[id(q)] = quantized.dequantized() - values
         q = self.constants[key]
         assert q.quantization is not None and q.quantization.scale is not None
         return q, q.quantization.scale
@@ -155,7 +162,7 @@ class _Rewriter:
         entry.sparsity = 1 - packed.size / codes.size
         return dense
 
-    def bias(self, op: Operator, t: Tensor, x: Tensor, weight: Tensor, weight_scales: np.ndarray) -> Tensor:
+    def bias(self, op: Operator, t: Tensor, x: Tensor, weight_scales: np.ndarray) -> Tensor:
         """The bias in BIAS_TYPES[family] with scale input_scale * weight_scale[c], zero point 0."""
         assert x.quantization is not None and x.quantization.scale is not None
         input_scale = float(x.quantization.scale[0])
@@ -172,7 +179,7 @@ class _Rewriter:
             scale=scales.astype(np.float32), zero_point=np.zeros(scales.size, np.int64), quantized_dimension=0
         )
         if self.correct_biases:
-            self.biases.append(Bias(op, q, scales, x, self.weight_errors[id(weight)]))
+            self.biases.append(Bias(op, q, scales))
         return q
 
 
@@ -185,10 +192,12 @@ def rewrite(
     requantize: set[tuple[int, int]],
     options: TensorOptions,
     report: IntegerReport,
+    layer_inputs: dict[int, LayerInputs] | None = None,
 ) -> tuple[list[TensorReport], list[Bias]]:
-    """Turn the planned ops integer: activations retyped, constants quantized, conversions at the seams."""
+    """Turn the planned ops integer: activations retyped, constants quantized, conversions at the seams.
+    ``layer_inputs``: what the layers of weights with data-aware rounding read (by ``id`` of the weight)."""
     sg = model.main
-    rw = _Rewriter(model, recipe, options, report)
+    rw = _Rewriter(model, recipe, options, report, layer_inputs or {})
     io = rw.io
     is_integer = {id(op) for op in integer}
     producers, consumers = sg.producers(), sg.consumers()
@@ -292,7 +301,7 @@ def _quantize_op(
         if t is None or t.type != _FLOAT32 or not t.is_constant:
             continue
         if i == rule.bias_input and weight_scales is not None and x is not None:
-            op.inputs[i] = rw.bias(op, t, x, op.inputs[rule.weight_input], weight_scales)
+            op.inputs[i] = rw.bias(op, t, x, weight_scales)
         elif rule.scales == "same":
             op.inputs[i] = rw.constant(t, out_params)
         elif i == rule.weight_input:  # PRELU's alpha
