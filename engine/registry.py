@@ -33,7 +33,7 @@ report read it, so a method (or mode) registered before a recipe is built is as 
 * ``ROUNDING_METHODS``: which level each weight gets once its scales are set (``--rounding NAME``).  A rounding
   method is a function ``(problem) -> codes``: ``problem`` an ``engine.quant.rounding.RoundingProblem`` (the
   weight as rows [C, K] by output channel, each weight's scale, qmax, and what the layer read on calibration
-  samples: the inputs' second moment H per row group and a sample of them), ``codes`` int [C, K] in
+  samples: the inputs' second moment H per row group), ``codes`` int [C, K] in
   [-qmax, qmax].  Built-ins: ``nearest``, ``gptq`` (error feedback through H^-1, as in GPTQ) and ``adaround``
   (learned up/down rounding, as in AdaRound).
 

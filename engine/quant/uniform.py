@@ -19,7 +19,7 @@ import numpy as np
 from engine.errors import EngineError
 from engine.quant import kernels
 from engine.quant.metrics import power_ratio_db
-from engine.quant.rounding import LayerInputs, RoundingProblem
+from engine.quant.rounding import LayerInputs, RoundingProblem, times_hessian
 from engine.registry import ROUNDING_METHODS, SCALE_METHODS
 
 
@@ -123,7 +123,7 @@ def _fitted_codes(
 def _refit_scales(rows: np.ndarray, codes: np.ndarray, scales: np.ndarray, hessian: np.ndarray) -> np.ndarray:
     """Per row, the scale s minimizing (w - s q)^T H (w - s q) for the codes q: q^T H w / q^T H q."""
     q, w = codes.astype(np.float64), rows.astype(np.float64)
-    weighted = q @ hessian[0] if hessian.shape[0] == 1 else np.einsum("ck,ckl->cl", q, hessian)
+    weighted = times_hessian(q, hessian)
     numerator, denominator = (weighted * w).sum(axis=1), (weighted * q).sum(axis=1)
     fitted = np.divide(numerator, denominator, out=scales.astype(np.float64), where=denominator > 0)
     return np.where(fitted > 0, fitted, scales).astype(np.float32)

@@ -2,8 +2,7 @@
 
 Nearest rounding treats every weight alone.  The data-aware methods fit the codes to what the layer computes:
 they minimize the layer's output error ``|| X (W - S * Q)^T ||^2`` on the inputs X the float model's layer saw on
-calibration samples (the teacher's activations), through the inputs' second moment ``H = X^T X`` (GPTQ) or a
-sample of X itself (AdaRound).
+calibration samples (the teacher's activations), through the inputs' second moment ``H = X^T X``.
 
 A method is registered in ``engine.registry.ROUNDING_METHODS`` and selected with ``--rounding NAME`` (or
 ``"rounding"`` in a recipe, per op type or tensor); it is a function ``(problem: RoundingProblem) -> codes``:
@@ -28,14 +27,12 @@ class LayerInputs:
     ``axis``: the weight's output-channel axis; the rows are ``as_rows(weight, "channel", axis)`` ([C, K], K
     in the order the layer reduces over).  ``hessian``: float64 [G, K, K], the sum of x x^T over the input
     vectors x the rows were applied to, one matrix shared by every row (G = 1) or one per row (G = C, depthwise
-    filters).  ``vectors``: how many input vectors it sums.  ``sample``: float32 [G, N, K], up to a few thousand
-    of those vectors (for methods that need X itself), or None.
+    filters).  ``vectors``: how many input vectors it sums.
     """
 
     axis: int
     hessian: np.ndarray
     vectors: int
-    sample: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -57,10 +54,13 @@ class RoundingProblem:
         """The layer's summed squared output error over the inputs it was fitted on, sum_c e_c^T H_c e_c with
         e_c the row's weight error: what every method tries to make small."""
         error = self.weight.astype(np.float64) - codes * self.scales.astype(np.float64)
-        h = self.inputs.hessian
-        if h.shape[0] == 1:
-            return float(np.sum((error @ h[0]) * error))
-        return float(np.sum(np.matmul(error[:, None, :], h)[:, 0] * error))
+        return float(np.sum(times_hessian(error, self.inputs.hessian) * error))
+
+
+def times_hessian(rows: np.ndarray, hessian: np.ndarray) -> np.ndarray:
+    """Each row [C, K] times its group's H ([1, K, K] shared, or [C, K, K] one per row): the product every
+    output-error term and gradient is built from."""
+    return rows @ hessian[0] if hessian.shape[0] == 1 else np.matmul(rows[:, None, :], hessian)[:, 0]
 
 
 def nearest_codes(values: np.ndarray, scales: np.ndarray, qmax: int) -> np.ndarray:

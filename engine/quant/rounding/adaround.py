@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.quant.rounding import RoundingProblem
+from engine.quant.rounding import RoundingProblem, times_hessian
 from engine.registry import ROUNDING_METHODS
 
 ITERATIONS = 400
@@ -51,7 +51,7 @@ def adaround(problem: RoundingProblem) -> np.ndarray:
         h = np.clip(sigmoid * (_ZETA - _GAMMA) + _GAMMA, 0, 1)
         levels = np.clip(floor + h, -problem.qmax, problem.qmax)
         error = problem.weight - levels * scales
-        weighted = error @ hessian[0] if hessian.shape[0] == 1 else np.matmul(error[:, None, :], hessian)[:, 0]
+        weighted = times_hessian(error, hessian)
         inside = (h > 0) & (h < 1) & (np.abs(floor + h) < problem.qmax)
         grad_h = -2 * weighted * scales / baseline
         if step > warm:
