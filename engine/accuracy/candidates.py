@@ -36,7 +36,7 @@ from engine.format.ir import Model
 from engine.format.reader import read_model
 from engine.format.writer import model_to_bytes
 from engine.recipe import Recipe, is_full_integer
-from engine.runtime.calibrate import CalibrationData, CalibrationSource, input_specs, load_samples
+from engine.runtime.calibrate import CalibrationData, CalibrationSource, input_specs, load_calibration, load_samples
 from engine.runtime.litert import (
     InterpreterError,
     as_float,
@@ -309,6 +309,14 @@ class Builder:
     builds: int = 0
     seconds: float = 0.0
 
+    def __post_init__(self) -> None:
+        # The samples loaded once and remembering their activation statistics: every candidate is the same float
+        # model calibrated on the same samples, so each activation is observed once for the whole search.
+        self._data = None
+        if self.calibration is not None:
+            self._data = load_calibration(self.calibration, read_model(self.source))
+            self._data.observed = {}
+
     def entry(self, rung: Rung) -> dict[str, Any]:
         """The per-tensor options that put a unit on ``rung``."""
         options: dict[str, Any] = {"quantize": rung}
@@ -339,8 +347,8 @@ class Builder:
         start = time.perf_counter()
         self.builds += 1
         options = {**self.compress_options, **extra}
-        if self.calibration is not None:
-            options.setdefault("calibration", self.calibration)
+        if self._data is not None:
+            options.setdefault("calibration", self._data)
         try:
             return compress(read_model(self.source), recipe, **options)
         finally:

@@ -60,7 +60,10 @@ def _values(values: np.ndarray) -> np.ndarray:
 
 
 class Observer:
-    """Base class: tracks the count and extremes of the values seen; subclasses choose the range from them."""
+    """Base class: tracks the count and extremes of the values seen; subclasses choose the range from them.
+    ``spec`` is the name `make_observer` made it from ("" otherwise)."""
+
+    spec = ""
 
     def __init__(self) -> None:
         self._count = 0
@@ -490,6 +493,8 @@ def make_observer(spec: str) -> Observer:
         raise EngineError(f"a calibration observer is named by a string, not {spec!r}")
     name, colon, argument = spec.strip().lower().partition(":")
     try:
-        return OBSERVERS.get(name)(argument if colon else None)
+        observer = OBSERVERS.get(name)(argument if colon else None)
     except EngineError as exc:
         raise EngineError(f"calibration observer {spec!r}: {exc}") from None
+    observer.spec = spec
+    return observer

@@ -15,6 +15,8 @@ format, one loader, one set of errors.
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import os
 import zipfile
 from collections.abc import Mapping
@@ -31,8 +33,6 @@ from engine.progress import track
 from engine.quant.metrics import quantize_array
 from engine.quant.observers import Observer
 from engine.runtime.litert import interpreter
-
-CalibrationSource = str | os.PathLike[str] | Mapping[str, np.ndarray] | np.ndarray
 
 
 class Executor(Protocol):
@@ -84,6 +84,9 @@ class CalibrationData:
     arrays: dict[str, np.ndarray]
     count: int
     inputs: list[InputSpec]
+    # With a dict: observers already fed every sample, by (float model's sha256, tensor name, observer spec), so
+    # that building many full-integer candidates from one float model (the accuracy search) runs the samples once.
+    observed: dict[tuple[str, str, str], Observer] | None = None
 
     def sample(self, i: int) -> list[np.ndarray]:
         """Sample ``i`` of every input, in input order, as the input takes it (float data for a quantized input
@@ -96,6 +99,10 @@ class CalibrationData:
             else:
                 values.append(value.astype(spec.dtype, copy=False))
         return values
+
+
+# Samples as a file, arrays by input name, one array, or data already loaded (and checked) for the same inputs.
+CalibrationSource = str | os.PathLike[str] | Mapping[str, np.ndarray] | np.ndarray | CalibrationData
 
 
 def input_specs(model: Model) -> list[InputSpec]:
@@ -113,8 +120,14 @@ def input_specs(model: Model) -> list[InputSpec]:
 
 
 def load_calibration(source: CalibrationSource, model: Model) -> CalibrationData:
-    """Read and check calibration data for ``model``'s inputs (see `load_samples`)."""
-    return load_samples(source, input_specs(model), "calibration data")
+    """Read and check calibration data for ``model``'s inputs (see `load_samples`); data already loaded for
+    inputs like these is taken as it is."""
+    specs = input_specs(model)
+    if isinstance(source, CalibrationData):
+        if [(s.name, s.shape, s.dtype) for s in source.inputs] != [(s.name, s.shape, s.dtype) for s in specs]:
+            raise EngineError("calibration data was loaded for other inputs than this model's")
+        return source
+    return load_samples(source, specs, "calibration data")
 
 
 def load_samples(source: CalibrationSource, inputs: list[InputSpec], what: str) -> CalibrationData:
@@ -230,8 +243,18 @@ def calibrate(
 
     ``observers`` maps ``id(tensor)`` of main-subgraph tensors to (tensor, observer).  Tensor indices are the
     writer's, so the model is written once and the values are read back by index.  The model is not changed.
+    Where ``data`` remembers observers (``observed``), those already fed every sample on this same float model
+    replace the fresh ones (copies), only the others run, and they are remembered in turn.
     """
     sg = model.main
+    observed = data.observed if data.observed is not None else {}
+    memo = _memo_keys(model, observers) if data.observed is not None else {}
+    for key, memo_key in memo.items():
+        if memo_key in observed:
+            observers[key] = (observers[key][0], copy.deepcopy(observed[memo_key]))
+    observers = {k: v for k, v in observers.items() if memo.get(k) not in observed}
+    if not observers:
+        return
     runner, index = runner_for(model, [t for t, _ in observers.values()], executor)
     watched = [(index[key], t, obs) for key, (t, obs) in observers.items()]
     inputs = [index[id(t)] for t in sg.inputs]
@@ -242,3 +265,19 @@ def calibrate(
                 obs.update(runner.tensor(i))
             except EngineError as exc:
                 raise EngineError(f"calibration: tensor {t.name!r}: {exc}") from None
+    for key, (_, obs) in observers.items():
+        if key in memo:
+            observed[memo[key]] = copy.deepcopy(obs)
+
+
+def _memo_keys(model: Model, observers: dict[int, tuple[Tensor, Observer]]) -> dict[int, tuple[str, str, str]]:
+    """The memo key of each observer whose tensor's name is unique in the main subgraph."""
+    fingerprint = hashlib.sha256(model_to_bytes(model)).hexdigest()
+    names: dict[str, int] = {}
+    for t in model.main.tensors:
+        names[t.name] = names.get(t.name, 0) + 1
+    return {
+        key: (fingerprint, t.name, obs.spec)
+        for key, (t, obs) in observers.items()
+        if t.name and names[t.name] == 1 and obs.spec
+    }

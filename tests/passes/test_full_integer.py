@@ -385,3 +385,32 @@ def test_prelu_is_a_float_island_in_cpu_models_because_xnnpack_has_no_int8_prelu
     assert _delegated_partitions(cpu) == 1
     assert _delegated_partitions(accelerator) == 2  # the int8 PRELU runs on the builtin kernel between two
     assert all(worst_sqnr(source, accelerator, data[0], runtime) > 25 for runtime in RUNTIMES)  # and is right there
+
+
+def test_loaded_data_remembers_statistics_so_candidates_calibrate_once(runnable: dict[str, Path]) -> None:
+    """Data that remembers its observers (what the accuracy search builds candidates with) runs the samples
+    once for many builds of one float model, float islands included, and gives the bytes fresh calibration
+    gives; another float model (other weights) is calibrated anew."""
+    from engine.runtime.calibrate import LiteRTExecutor, load_calibration
+
+    runs: list[int] = []
+
+    class Counting(LiteRTExecutor):
+        def run(self, feeds: dict) -> None:
+            runs.append(1)
+            super().run(feeds)
+
+    source = runnable["hand_recrop"]
+    samples = model_calibration("hand_recrop")[:6]
+    data = load_calibration(samples, read_model(source))
+    data.observed = {}
+    island = {"tensors": {"^" + read_model(source).main.operators[3].outputs[0].name + "$": {"quantize": None}}}
+    for build, recipe in enumerate(({}, island, {})):
+        runs.clear()
+        remembered, _ = engine.compress(source, recipe, quantize="int8", calibration=data, executor=Counting)
+        fresh, _ = engine.compress(source, recipe, quantize="int8", calibration=samples)
+        assert engine.model_to_bytes(remembered) == engine.model_to_bytes(fresh)
+        assert len(runs) == (len(samples) + 1 if build == 0 else 0)  # every sample and a trial run, once
+    runs.clear()
+    engine.compress(source, quantize="int8", prune=0.5, calibration=data, executor=Counting)
+    assert len(runs) == len(samples) + 1
