@@ -34,7 +34,7 @@ from engine.errors import EngineError
 from engine.format.ir import Model
 from engine.format.reader import read_model
 from engine.format.writer import same_file, write_model
-from engine.recipe import DEFAULT_MIN_ELEMENTS, GRANULARITIES, IO_TYPES, WEIGHT_MODES
+from engine.recipe import DEFAULT_GRADUAL_STAGES, DEFAULT_MIN_ELEMENTS, GRANULARITIES, IO_TYPES, WEIGHT_MODES
 from engine.registry import (
     ACTIVATION_SCHEMES,
     CODEBOOK_METHODS,
@@ -98,7 +98,7 @@ _COMPRESSION_FLAGS = (
     "quantize", "bits", "granularity", "scale", "rounding", "min_elements",
     "prune", "prune_pattern", "prune_scope", "prune_channels", "sparse_format",
     "cluster", "cluster_granularity", "cluster_init", "cluster_storage",
-    "observer", "io", "bias_correction", "strict", "equalize",
+    "observer", "io", "bias_correction", "strict", "equalize", "gradual",
 )  # fmt: skip
 
 
@@ -362,6 +362,15 @@ def _parser() -> argparse.ArgumentParser:
         metavar="R",
         help=f"{' or '.join(ROUNDING_METHODS)}: each weight to its nearest level (default), or codes fitted to "
         "what the layer reads on --calibration samples (GPTQ, AdaRound)",
+    )
+    p.add_argument(
+        "--gradual",
+        type=int,
+        nargs="?",
+        const=DEFAULT_GRADUAL_STAGES,
+        metavar="STAGES",
+        help=f"quantize in STAGES steps in graph order (default {DEFAULT_GRADUAL_STAGES}), fitting each step's "
+        "activation ranges and data-aware rounding on the model with the earlier steps already quantized",
     )
     p.add_argument(
         "--scale",

@@ -66,7 +66,7 @@ def _full_integer_names() -> str:
 # The model's interface in a full-integer model: float with QUANTIZE/DEQUANTIZE at the edges, or integer.
 IO_TYPES = ("float", "int8", "uint8")
 # Options of the whole model rather than of one tensor: only the recipe's global section may set them.
-MODEL_OPTIONS = ("io", "bias_correction", "strict", "equalize")
+MODEL_OPTIONS = ("io", "bias_correction", "strict", "equalize", "gradual")
 PRUNE_SCOPES = ("layer", "global")
 # Channel pruning: take the pruned filters out of the graph where it allows (smaller tensors, less compute), or
 # only zero them (same shapes; the readers' matching input channels are zeroed too, so both compute the same).
@@ -83,6 +83,10 @@ GRANULARITIES = ("channel", "tensor", *(f"block:{b}" for b in BLOCK_SIZES))
 # more bytes; the small tensors it keeps (depthwise filters, PRELU alphas) carry 12 bytes of per-channel
 # parameters per channel once quantized, and the outputs are sensitive to them.
 DEFAULT_MIN_ELEMENTS = 4096
+# Gradual quantization (``--gradual [STAGES]``): the ops are quantized in this many stages in graph order, and each
+# stage's data-fitted parameters (activation ranges, data-aware rounding's layer inputs) are measured on the model
+# with the earlier stages already quantized.
+DEFAULT_GRADUAL_STAGES = 4
 _SECTIONS = ("ops", "tensors", "exclude")
 
 
@@ -110,6 +114,7 @@ class TensorOptions:
     bias_correction: bool = False
     strict: bool = False
     equalize: bool = False
+    gradual: int | None = None
 
     @property
     def scale_method(self) -> str:
@@ -232,6 +237,12 @@ def _check_options(options: dict[str, Any], origin_of: Callable[[str], Origin]) 
                 raise origin.error(f"unknown {n(name)} {value!r} (choose from {', '.join(allowed)})")
         if name in ("bias_correction", "strict", "equalize") and not isinstance(value, bool):
             raise origin.error(f"{n(name)} must be true or false, not {value!r}")
+        if (
+            name == "gradual"
+            and value is not None
+            and (not isinstance(value, int) or isinstance(value, bool) or value < 2)
+        ):
+            raise origin.error(f"{n(name)} is the number of stages to quantize in, 2 or more, not {value!r}")
     return dict(options)
 
 
@@ -365,6 +376,15 @@ class Recipe:
                         f"{n(name)} balances channel ranges for weights with one scale per tensor: it does nothing "
                         f"without {n('granularity')} tensor in a weight mode (per-channel scales, full-integer ones "
                         "too, fit each channel already; docs/cli.md)"
+                    )
+                if (
+                    name == "gradual"
+                    and options[name] is not None
+                    and not (is_full_integer(mode) or self.fits_to_data())
+                ):
+                    raise origin.error(
+                        f"{n(name)} stages what is fitted to data: it does nothing without {n('quantize')} "
+                        f"{_full_integer_names()} or a data-aware {n('rounding')}"
                     )
                 if name == "granularity" and is_full_integer(mode):
                     raise origin.error(

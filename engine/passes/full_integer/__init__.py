@@ -11,6 +11,7 @@ The pass runs in four steps, each a function: ``plan_ops`` (which ops get an int
 stay float), ``observe`` (calibration: a range per activation), ``assign_params`` (ranges -> parameters, shared
 where the kernels need it), and ``rewrite`` (retype tensors, quantize constants, insert QUANTIZE/DEQUANTIZE only
 where integer and float parts of the graph meet, set op versions).  ``correct_biases`` optionally follows.
+With ``gradual`` the calibration runs stage by stage on the partly integer model (``calibrate_in_stages``).
 ``FullInteger`` is the pass as a pipeline step, with the weight passes' contract.
 """
 
@@ -19,19 +20,19 @@ from __future__ import annotations
 from engine.errors import EngineError
 from engine.format.ir import Model, Operator
 from engine.graph.ops import RULES
-from engine.graph.weights import find_weights
+from engine.graph.weights import Weight, find_weights
 from engine.passes.fold import fold_constant_decoders
 from engine.passes.full_integer.bias_correction import correct_biases, float_reference
+from engine.passes.full_integer.gradual import calibrate_in_stages
 from engine.passes.full_integer.params import assign_params, check_multipliers, observe
 from engine.passes.full_integer.plan import check_quantizable, multiplies_weight, plan_ops, scheme_of
 from engine.passes.full_integer.report import IntegerReport
 from engine.passes.full_integer.rewrite import rewrite
 from engine.passes.fuse import fuse_activations
-from engine.quant.rounding import LayerInputs
 from engine.recipe import Recipe, TensorOptions, is_full_integer
 from engine.registry import ACTIVATION_SCHEMES
 from engine.report import TensorReport
-from engine.runtime.calibrate import CalibrationData, CalibrationSource, LiteRTExecutor, calibrate, load_calibration
+from engine.runtime.calibrate import CalibrationSource, LiteRTExecutor, calibrate, load_calibration
 from engine.runtime.layer_inputs import collect_layer_inputs, unsupported_reason
 
 
@@ -61,7 +62,15 @@ def quantize_model(
         raise EngineError(f"--strict: {len(float_ops)} op(s) would stay float: {listed}")
     check_quantizable(model, integer)
     observers = observe(sg, integer, recipe, options.io != "float")
-    calibrate(model, data, observers, executor)
+    fitted = _fitted_weights(model, recipe, integer)
+    stages = 1
+    if options.gradual:
+        layer_inputs, stages = calibrate_in_stages(
+            model, recipe, options, scheme, integer, observers, fitted, data, executor
+        )
+    else:
+        calibrate(model, data, observers, executor)
+        layer_inputs = collect_layer_inputs(model, fitted, data, executor) if fitted else {}
     params, requantize = assign_params(sg, integer, observers, scheme)
     check_multipliers(integer, params)
     report = IntegerReport(
@@ -74,8 +83,8 @@ def quantize_model(
         fused_activations=fused,
     )
     report.float_ops = float_ops
+    report.stages = stages
     tensors = {key: t for key, (t, _) in observers.items()}
-    layer_inputs = _layer_inputs(model, recipe, integer, data, executor) if recipe.fits_to_data() else {}
     reference = float_reference(model, _biased(integer), data, executor) if options.bias_correction else None
     entries, biases = rewrite(model, recipe, integer, tensors, params, requantize, options, report, layer_inputs)
     if reference is not None:
@@ -104,13 +113,13 @@ class FullInteger:
         return model, entries
 
 
-def _layer_inputs(
-    model: Model, recipe: Recipe, integer: list[Operator], data: CalibrationData, executor: type[LiteRTExecutor]
-) -> dict[int, LayerInputs]:
-    """What the float layers read, for the integer ops' weights that the recipe rounds by a data-aware method
-    (those whose layer has no input model here get nearest rounding)."""
+def _fitted_weights(model: Model, recipe: Recipe, integer: list[Operator]) -> list[Weight]:
+    """The integer ops' weights that the recipe rounds by a data-aware method and whose layer has an input model
+    here (the others get nearest rounding)."""
+    if not recipe.fits_to_data():
+        return []
     integer_ids = {id(op) for op in integer}
-    chosen = [
+    return [
         weight
         for weight in find_weights(model)
         if weight.subgraph_index == 0
@@ -118,7 +127,6 @@ def _layer_inputs(
         and recipe.resolve(weight.op_name, weight.name).rounding != "nearest"
         and unsupported_reason(weight) is None
     ]
-    return collect_layer_inputs(model, chosen, data, executor) if chosen else {}
 
 
 def _biased(integer: list[Operator]) -> list[Operator]:

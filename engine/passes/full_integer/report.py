@@ -28,12 +28,16 @@ class IntegerReport:
     quantize_ops: int = 0
     dequantize_ops: int = 0
     bias_correction: dict[str, Any] | None = None
+    stages: int = (
+        1  # gradual: calibrated stage by stage on the partly integer model (engine/passes/full_integer/gradual.py)
+    )
 
     def format_text(self) -> str:
         total = sum(self.integer_ops.values())
         lines = [
             f"full-integer {self.mode} (I/O {self.io}), calibrated on {self.samples} samples "
-            f"({self.observer}): {total} ops integer, {len(self.float_ops)} float",
+            f"({self.observer}{f'; gradually, in {self.stages} stages' if self.stages > 1 else ''}): {total} ops "
+            f"integer, {len(self.float_ops)} float",
             "  integer: " + ", ".join(f"{n} {op}" for op, n in sorted(self.integer_ops.items())),
         ]
         reasons = Counter((f["op"], f["reason"]) for f in self.float_ops)
