@@ -4,7 +4,7 @@ recipe, on the real models.
 Usage::
 
     python benchmarks/mixed_precision.py [--json PATH] [--models a,b] [--targets 25,30,35] [--families weight-int4,int8]
-                                         [--samples N] [--quick]
+                                         [--samples N] [--quick] [--plot PNG]
 
 For each model (the MediaPipe models LiteRT runs, and ``mobilenet_v1_224`` from benchmarks/full_integer.py),
 ``--samples`` crops (``engine.zoo.calibration_photos``, default 32) are the data.  Every form is judged as the
@@ -12,14 +12,17 @@ search judges (engine.accuracy.candidates.Judge: worst output SQNR pooled over t
 runtime, 1 thread): the full-integer forms calibrate on the same 75% the search calibrates on and are judged on the
 held-out 25%; the weight forms are judged on every sample.  Rows:
 
-* the uniform modes int8, int16x8, weight-int8, weight-int4;
+* the uniform modes int8, int16x8, weight-int8, weight-int4, and int8 calibrated gradually (``gradual=4``, against
+  one-shot int8);
 * the hand recipe "first and last layer float": weight-int4 (and int8) with the first and the last weighted op left
   float;
 * ``--target-sqnr`` searches for each target and family: size, default-runtime latency, the re-measured SQNR,
   search time and candidates judged.
 
 Latency: every form of a model timed together with the float model (engine.runtime.latency.measure_latency: 1
-thread, interleaved, median of 20), as a ratio to float.  Writes benchmarks/results/mixed_precision.json and .md.
+thread, interleaved, median of 20), as a ratio to float.  Writes benchmarks/results/mixed_precision.json and .md;
+``--plot PNG`` draws one size/SQNR panel per model with its Pareto front (docs/mixed-precision.png, which the README
+shows, comes from the full run with ``--plot docs/mixed-precision.png``).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import harness  # noqa: F401  (puts the worktree's engine first)
+import numpy as np
 from harness import db, environment, markdown_table, results_argument, save
 from models import judged_models
 
@@ -42,13 +46,23 @@ from engine.graph.weights import find_weights
 from engine.runtime.latency import median_latency_ms
 from engine.zoo import calibration_photos
 
-UNIFORM = {"int8": {"quantize": "int8"}, "int16x8": {"quantize": "int16x8"}, "weight-int8": {"quantize": "weight-int8"},
+UNIFORM = {"int8": {"quantize": "int8"}, "int8 gradual (4 stages)": {"quantize": "int8", "gradual": 4},
+           "int16x8": {"quantize": "int16x8"}, "weight-int8": {"quantize": "weight-int8"},
            "weight-int4": {"quantize": "weight-int4"}}  # fmt: skip
 
 
-def _first_last(path: Path) -> list[str]:
-    weights = [w for w in find_weights(read_model(path)) if w.subgraph_index == 0]
-    return [anchored(w.name) for w in (weights[:1] + weights[-1:])] if weights else []
+def _first_last(path: Path) -> tuple[list[str], list[str]]:
+    """The hand recipe's exclusions: the first and the last weighted layer (graph order), as weight names (weight
+    modes) and as their ops' output names (full integer, where an op is left float by its output)."""
+    model = read_model(path)
+    position = {id(op): i for i, op in enumerate(model.main.operators)}
+    weighted = sorted(
+        (w for w in find_weights(model) if w.subgraph_index == 0 and w.weighted_uses()),
+        key=lambda w: min(position[id(op)] for op, _ in w.weighted_uses()),
+    )
+    ends = weighted[:1] + weighted[-1:] if len(weighted) > 1 else weighted
+    ops = [min(w.weighted_uses(), key=lambda use: position[id(use[0])])[0] for w in ends]
+    return [anchored(w.name) for w in ends], [anchored(op.outputs[0].name) for op in ops]
 
 
 def bench_model(name: str, path: Path, value_range: tuple[float, float], args: argparse.Namespace, tmp: Path) -> dict:
@@ -65,8 +79,8 @@ def bench_model(name: str, path: Path, value_range: tuple[float, float], args: a
         forms.append((label, out))
 
     for label, options in UNIFORM.items():
-        fi = label in ("int8", "int16x8")
-        out = tmp / f"{name}.{label}.tflite"
+        fi = options["quantize"] in ("int8", "int16x8")
+        out = tmp / f"{name}.{label.split()[0]}{'.gradual' if 'gradual' in options else ''}.tflite"
         try:
             t = time.perf_counter()
             kw = {"calibration": judges[1].data.calibration} if fi else {}
@@ -78,12 +92,12 @@ def bench_model(name: str, path: Path, value_range: tuple[float, float], args: a
         out = tmp / f"{name}.{family}.firstlast.tflite"
         fi = family == "int8"
         try:
-            if fi:  # first and last integer op's outputs left float islands
-                ops = [o for o in model.main.operators if o.outputs and o.outputs[0] is not None]
-                keep = [anchored(ops[0].outputs[0].name), anchored(ops[-1].outputs[0].name)]
-                engine.compress(path, output=out, quantize="int8", exclude=keep, calibration=judges[1].data.calibration)
+            weights, outputs = _first_last(path)
+            if fi:  # the first and last weighted ops left float islands
+                engine.compress(path, output=out, quantize="int8", exclude=outputs,
+                                calibration=judges[1].data.calibration)  # fmt: skip
             else:
-                engine.compress(path, output=out, quantize=family, exclude=_first_last(path))
+                engine.compress(path, output=out, quantize=family, exclude=weights)
             record(f"{family}, first+last float", out, fi, {})
         except engine.EngineError as exc:
             rows.append({"form": f"{family}, first+last float", "error": str(exc)})
@@ -108,6 +122,47 @@ def bench_model(name: str, path: Path, value_range: tuple[float, float], args: a
     return {"float_ms": times[0], "bytes": path.stat().st_size, "rows": rows}
 
 
+def plot(results: dict[str, Any], path: Path) -> None:
+    """One panel per model: file size (x the float file) against worst-output SQNR, every form a point, the
+    searches of each family joined in target order, the Pareto front (smaller and better) drawn in red."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = results["models"]
+    columns = 3
+    rows = -(-len(models) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.4 * rows), squeeze=False)
+    for ax, (name, r) in zip(axes.flat, models.items(), strict=False):
+        points = [(row["ratio"], float(row["sqnr_db"]), row["form"]) for row in r["rows"] if "ratio" in row]
+        points = [(x, y if np.isfinite(y) else 60.0, label) for x, y, label in points]
+        for x, y, label in points:
+            searched = "->" in label
+            ax.scatter(x, y, s=18, marker="o" if searched else "s", c="tab:blue" if searched else "tab:gray")
+            if not searched:
+                short = label.replace(" (4 stages)", "").replace(", first+last float", " 1st+last float")
+                ax.annotate(short, (x, y), fontsize=6, xytext=(3, 2), textcoords="offset points")
+        front, best = [], -np.inf
+        for x, y, _ in sorted(points, key=lambda p: (p[0], -p[1])):
+            if y > best:
+                front.append((x, y))
+                best = y
+        ax.plot(*zip(*front, strict=True), color="tab:red", lw=1, drawstyle="steps-post")
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("size (x float file)", fontsize=8)
+        ax.set_ylabel("worst output SQNR (dB)", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(models) :]:
+        ax.set_visible(False)
+    figure.suptitle("Mixed precision under a budget (circles: searches at 25/30/35 dB) against uniform modes (squares)",
+                    fontsize=10)  # fmt: skip
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     results_argument(parser, "mixed_precision")
@@ -116,6 +171,7 @@ def main() -> None:
     parser.add_argument("--families", default="weight-int4,int8", help="modes to search from (default: both)")
     parser.add_argument("--samples", type=int, default=32, help="crops per model (default 32)")
     parser.add_argument("--quick", action="store_true", help="2 models, target 30, weight-int4 only")
+    parser.add_argument("--plot", type=Path, metavar="PNG", help="draw every model's size/SQNR Pareto plot here")
     args = parser.parse_args()
     args.targets = [30.0] if args.quick else [float(t) for t in args.targets.split(",")]
     args.families = ["weight-int4"] if args.quick else args.families.split(",")
@@ -139,6 +195,8 @@ def main() -> None:
         ]  # fmt: skip
         lines += [markdown_table(["form", "size", "SQNR dB", "latency", "time s", "candidates", ""], table), ""]
     save(results, "\n".join(lines), args.json)
+    if args.plot:
+        plot(results, args.plot)
 
 
 if __name__ == "__main__":

@@ -63,7 +63,7 @@ from engine.format.ir import Model
 from engine.format.reader import read_model
 from engine.format.writer import model_to_bytes, same_file
 from engine.progress import track
-from engine.recipe import Recipe, is_full_integer
+from engine.recipe import DEFAULT_GRADUAL_STAGES, Recipe, is_full_integer
 from engine.report import json_safe
 
 OPTIMIZE = ("size", "latency")
@@ -429,10 +429,15 @@ def budgeted_compress(
         alternative = _int16x8(builder, judge, search, report, optimize, chosen)
     if optimize == "latency" and search.cache[chosen][1] and not out_of_runs:
         chosen = _fastest(builder, judge, search, report, chosen, source)
+    gradual = None
+    if full_integer and alternative is None and not base.options.get("gradual") and not out_of_runs:
+        gradual = _gradual(builder, judge, search, report, chosen)
 
     final_recipe = (
         base.with_options(quantize="int16x8")
         if alternative is not None
+        else gradual
+        if gradual is not None
         else builder.recipe_for(search._assignment(chosen))
     )
     if alternative is not None:
@@ -654,6 +659,27 @@ def _int16x8(
         f"uniform int16x8 tried as a whole-model alternative: {_figures(_measured(judge, m))}; "
         + ("taken (smaller than the int8 assignment's " if better else "not taken (the int8 assignment's ")
         + f"{mixed:,} bytes); int16x8 runs in LiteRT's builtin kernels, 15-42x float latency on CPU"
+    )
+    return recipe if better else None
+
+
+def _gradual(
+    builder: Builder, judge: Judge, search: _Search, report: SearchReport, chosen: tuple[int, ...]
+) -> Recipe | None:
+    """The chosen full-integer assignment calibrated gradually (``gradual``, engine/passes/full_integer/gradual.py),
+    taken when it measures better on the held-out samples: gradual calibration wins on some models and loses on
+    others (docs/cli.md), so it is judged, never assumed."""
+    recipe = builder.recipe_for(search._assignment(chosen)).with_options(gradual=DEFAULT_GRADUAL_STAGES)
+    m = judge.measure(builder.candidate(recipe))
+    ok = search.passes(m)
+    search.steps.append(Step("chosen assignment, calibrated gradually", sum(chosen), m.sqnr_db, judge.drop_points(m),
+                             m.bytes, ok))  # fmt: skip
+    current = search.cache[chosen][0]
+    better = ok and search.score(m) > search.score(current)
+    report.notes.append(
+        f"calibrated gradually ({DEFAULT_GRADUAL_STAGES} stages) the same assignment measures "
+        f"{_figures(_measured(judge, m))}, against {_db(current.sqnr_db)} dB one-shot: "
+        + ("taken" if better else "not taken")
     )
     return recipe if better else None
 

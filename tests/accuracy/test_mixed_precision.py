@@ -82,6 +82,12 @@ def test_full_integer_budget_reproduces_bytes_with_its_calibration_part(
     cal, held = split_samples(len(x), 0.25, True)
     assert (search.calibration_samples, search.held_out_samples) == (len(cal), len(held)) == (36, 12)
     assert search.met and pooled_sqnr_db(path, out, x[held]) >= 36
+    # Gradual calibration of the chosen assignment is judged too, and taken only when it measures better.
+    (tried,) = [s for s in search.steps if s.what == "chosen assignment, calibrated gradually"]
+    taken = search.recipe.get("gradual") is not None
+    assert not taken or (tried.passed and search.final["sqnr_db"] == tried.sqnr_db), (tried, search.final)
+    verdict = "taken" if taken else "not taken"
+    assert any(n.startswith("calibrated gradually") and n.endswith(f": {verdict}") for n in search.notes)
     part = tmp_path / "int8.calibration.npz"
     assert np.array_equal(np.load(part)["image"].reshape(x[cal].shape), x[cal])
     again = tmp_path / "again.tflite"
