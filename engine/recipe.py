@@ -159,7 +159,7 @@ _NEEDS = {
     **dict.fromkeys(("cluster_granularity", "cluster_init", "cluster_storage"), "cluster"),
 }
 # Options of integer weight levels: they need an integer quantize mode somewhere (float16 has no scales).
-_LEVEL_OPTIONS = ("bits", "granularity", "scale", "rounding")
+LEVEL_OPTIONS = ("bits", "granularity", "scale", "rounding")
 # Options only full-integer quantization reads.
 _STATIC_OPTIONS = ("io", "observer", "bias_correction", "strict")
 
@@ -369,7 +369,7 @@ class Recipe:
                     raise origin.error(f"{n(name)} does nothing without {n(_NEEDS[name])}")
                 if name == "prune_channels" and not anywhere("prune_pattern", lambda v: v == "channel"):
                     raise origin.error(f"{n(name)} does nothing without {n('prune_pattern')} channel")
-                if name in _LEVEL_OPTIONS and not anywhere("quantize", lambda v: v not in (None, "float16")):
+                if name in LEVEL_OPTIONS and not anywhere("quantize", lambda v: v not in (None, "float16")):
                     raise origin.error(f"{n(name)} does nothing without an integer {n('quantize')} mode")
                 if name == "equalize" and (is_full_integer(mode) or not anywhere("granularity", _per_tensor)):
                     raise origin.error(

@@ -35,7 +35,7 @@ from engine.errors import EngineError
 from engine.format.ir import Model
 from engine.format.reader import read_model
 from engine.format.writer import model_to_bytes
-from engine.recipe import Recipe, is_full_integer
+from engine.recipe import LEVEL_OPTIONS, WEIGHT_MODES, Recipe, is_full_integer
 from engine.runtime.calibrate import CalibrationData, CalibrationSource, input_specs, load_calibration, load_samples
 from engine.runtime.litert import (
     InterpreterError,
@@ -328,6 +328,16 @@ class Builder:
                 options["granularity"] = "channel"
         return options
 
+    def uniform(self, rung: Rung) -> Recipe:
+        """The user's recipe with every unit on ``rung``: on float16 the options of integer levels (bits, scale,
+        rounding, ...) are dropped, since they mean nothing there."""
+        if rung is None or rung == self.ladder[0]:
+            return self.recipe
+        if WEIGHT_MODES.get(rung, (None, None))[1] is not None:
+            return self.recipe.with_options(**self.entry(rung))
+        data = {k: v for k, v in self.recipe.to_dict().items() if k not in LEVEL_OPTIONS}
+        return Recipe.from_dict({**data, "quantize": rung})
+
     def recipe_for(self, assignment: Mapping[str, int], exclude: Sequence[str] = ()) -> Recipe:
         """The user's recipe plus one entry per unit above the first rung (``assignment``: name -> rung index)."""
         data = self.recipe.to_dict()
@@ -347,7 +357,7 @@ class Builder:
         start = time.perf_counter()
         self.builds += 1
         options = {**self.compress_options, **extra}
-        if self._data is not None:
+        if self._data is not None and (recipe.fits_to_data() or is_full_integer(recipe.options.get("quantize"))):
             options.setdefault("calibration", self._data)
         try:
             return compress(read_model(self.source), recipe, **options)
@@ -366,8 +376,7 @@ def weight_units(builder: Builder) -> tuple[list[Unit], dict[int, Any]]:
     for level, rung in enumerate(builder.ladder):
         if rung is None:
             continue
-        recipe = builder.recipe if level == 0 else builder.recipe.with_options(**builder.entry(rung))
-        _, reports[level] = builder.build(recipe)
+        _, reports[level] = builder.build(builder.uniform(rung))
     first = {t.name: t for t in reports[0].compressed if t.name and t.name != "<unnamed>"}
     units = []
     for name, t in first.items():

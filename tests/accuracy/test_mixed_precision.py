@@ -72,6 +72,25 @@ def test_weight_budget_holds_and_recipe_reproduces_bytes(small: tuple[Path, np.n
     assert again.read_bytes() == out.read_bytes()
 
 
+@pytest.mark.slow  # a GPTQ fit per candidate: 20 s
+def test_weight_budget_with_data_aware_rounding(small: tuple[Path, np.ndarray], tmp_path: Path) -> None:
+    """--rounding gptq in a weight family: every rung's uniform run takes the options that mean something there
+    (float16 has no levels to round), the samples are split, and the saved recipe with its calibration part
+    reproduces the model."""
+    path, x = small
+    out, recipe = tmp_path / "gptq.tflite", tmp_path / "gptq.json"
+    _, report = engine.compress(path, quantize="weight-int4", rounding="gptq", min_elements=0, calibration=x,
+                                target_sqnr=30, output=out, save_recipe=recipe)  # fmt: skip
+    search = report.search
+    cal, held = split_samples(len(x), 0.25, True)
+    assert (search.calibration_samples, search.held_out_samples) == (len(cal), len(held))
+    assert search.met and pooled_sqnr_db(path, out, x[held]) >= 30
+    assert any(t.rounding == "gptq" for t in report.tensors)
+    again = tmp_path / "again.tflite"
+    engine.compress(path, recipe=recipe, calibration=tmp_path / "gptq.calibration.npz", output=again)
+    assert again.read_bytes() == out.read_bytes()
+
+
 def test_full_integer_budget_reproduces_bytes_with_its_calibration_part(
     small: tuple[Path, np.ndarray], tmp_path: Path
 ) -> None:
