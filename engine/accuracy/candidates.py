@@ -412,10 +412,13 @@ def integer_units(builder: Builder, uniform: Model) -> list[Unit]:
         out = next((t for t in op.outputs if t is not None), None)
         if op.name in ("QUANTIZE", "DEQUANTIZE") or out is None or not out.name or out.name in seen:
             continue
-        if out.type_name not in ("INT8", "INT16", "UINT8") or out.name not in by_output:
+        # A graph output written by an integer op keeps its name on the float side of its DEQUANTIZE; the op
+        # writes NAME/int8 (engine/passes/full_integer/rewrite.py), and the recipe names it by NAME.
+        name = out.name if out.name in by_output else out.name.rpartition("/")[0]
+        if out.type_name not in ("INT8", "INT16", "UINT8") or name not in by_output or name in seen:
             continue
-        seen.add(out.name)
-        source_op = by_output[out.name]
+        seen.add(name)
+        source_op = by_output[name]
         float_bytes, int_bytes = weight_bytes.get(id(source_op), (0, 0))
         for t in source_op.inputs:
             if t is not None and t.is_constant and t.type_name == "FLOAT32" and t.data is not None:
@@ -423,5 +426,5 @@ def integer_units(builder: Builder, uniform: Model) -> list[Unit]:
                 if weight_bytes.get(id(source_op), (0, -1))[1] != size:
                     float_bytes += 4 * size
                     int_bytes += 4 * size
-        units.append(Unit(out.name, op.name, [int_bytes, max(float_bytes, int_bytes)]))
+        units.append(Unit(name, op.name, [int_bytes, max(float_bytes, int_bytes)]))
     return units

@@ -3,20 +3,61 @@
 Full-integer quantization needs every weight as a plain float array it can requantize, and a float16 weight
 behind DEQUANTIZE or a sparse one behind DENSIFY (MediaPipe stores all its weights so) would otherwise look like
 a computed tensor.  The folded model computes exactly what the original did (both decoders are exact).
+``restore_decoders`` puts back those whose constants end up read only by float ops, so float islands keep the
+input's storage.
 """
 
 from __future__ import annotations
 
-from engine.format.ir import Model
+from dataclasses import dataclass
+
+from engine.format.ir import Buffer, Model, Operator, QuantizationParams, Subgraph
 from engine.passes.common import drop_unused, fold_decoder
 
 
-def fold_constant_decoders(model: Model) -> tuple[Model, int]:
+@dataclass
+class Folded:
+    """A decoder folded away: the op (still holding its stored input and its output tensor), its subgraph, and
+    what the output tensor was before it became a constant (``restore_decoders`` puts it back)."""
+
+    op: Operator
+    subgraph: Subgraph
+    buffer: Buffer | None
+    quantization: QuantizationParams | None
+    folded: Buffer | None = None
+
+
+def fold_constant_decoders(model: Model) -> tuple[Model, list[Folded]]:
     """Replace every constant-input DEQUANTIZE/DENSIFY in every subgraph by its float32 result; returns the model
-    and how many ops went.  Decoders of forms numpy cannot read (packed INT4/INT2) are left as they are."""
-    folded = 0
+    and the decoders that went.  Decoders of forms numpy cannot read (packed INT4/INT2) are left as they are."""
+    folded = []
     for sg in model.subgraphs:
-        sources = [source for op in list(sg.operators) if (source := fold_decoder(sg, op)) is not None]
+        sources = []
+        for op in list(sg.operators):
+            out = op.outputs[0] if op.outputs else None
+            before = Folded(op, sg, out.buffer, out.quantization) if out is not None else None
+            if (source := fold_decoder(sg, op)) is not None:
+                assert before is not None and out is not None
+                before.folded = out.buffer
+                folded.append(before)
+                sources.append(source)
         drop_unused(sg, sources)
-        folded += len(sources)
     return model, folded
+
+
+def restore_decoders(folded: list[Folded]) -> int:
+    """Put back the folded decoders whose constant is still the float value they computed, read only by ops
+    left float: those keep the input model's storage (float16, sparse) instead of float32, exactly as before.
+    Returns how many came back."""
+    restored = 0
+    for f in reversed(folded):  # DENSIFY -> DEQUANTIZE chains come back from the reader's end
+        out = f.op.outputs[0]
+        if out is None or out.buffer is not f.folded:
+            continue  # quantized, or replaced, since
+        readers = [i for i, op in enumerate(f.subgraph.operators) if any(t is out for t in op.inputs)]
+        if not readers:
+            continue
+        out.buffer, out.quantization = f.buffer, f.quantization
+        f.subgraph.insert_operator(readers[0], f.op)
+        restored += 1
+    return restored

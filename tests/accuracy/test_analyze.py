@@ -34,14 +34,15 @@ def int8_analysis(small: tuple[Path, np.ndarray]) -> Sensitivity:
 
 def test_rows_cover_every_integer_op_sorted_by_harm(int8_analysis: Sensitivity) -> None:
     result = int8_analysis
-    assert sorted(r.op for r in result.rows) == ["CONV_2D", "CONV_2D", "FULLY_CONNECTED", "FULLY_CONNECTED", "RESHAPE"]
-    assert len(result.rows) == 5
+    ops = ["CONV_2D", "CONV_2D", "FULLY_CONNECTED", "FULLY_CONNECTED", "RESHAPE", "SOFTMAX"]
+    assert sorted(r.op for r in result.rows) == ops  # the SOFTMAX writing the graph's output included
+    assert len(result.rows) == 6
     alone = [r.alone_sqnr_db for r in result.rows]
     assert alone == sorted(alone)
     assert math.isclose(sum(r.noise_share for r in result.rows), 1.0)
     assert result.rows[0].alone_sqnr_db > result.uniform_sqnr_db  # one op alone hurts less than all of them
     assert result.worst_k and result.worst_k[0]["k"] == 1
-    assert result.runs == 2 * 5 + 1 + len(result.worst_k)
+    assert result.runs == 2 * 6 + 1 + len(result.worst_k)
 
 
 def test_alone_figure_matches_a_model_built_and_judged_independently(
@@ -73,7 +74,7 @@ def test_cli_table_json_and_plot(
     np.save(data, x)
     assert main(["analyze", str(path), "--calibration", str(data), "--json"]) == 0
     parsed = json.loads(capsys.readouterr().out)
-    assert len(parsed["rows"]) == 5 and parsed["mode"] == "int8"
+    assert len(parsed["rows"]) == 6 and parsed["mode"] == "int8"
     png = tmp_path / "harm.png"
     assert main(["analyze", str(path), "--calibration", str(data), "--plot", str(png)]) == 0
     text = capsys.readouterr().out

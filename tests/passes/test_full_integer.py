@@ -107,7 +107,11 @@ def test_int8_mediapipe_runs_integer_and_keeps_quality(name: str, compressed: Co
         if op.name == "DEQUANTIZE":
             users = {u.name for u in readers.get(id(op.outputs[0]), [])}
             assert users <= {"PRELU"} and (users or op.outputs[0] in sg.outputs)
-    conversions = Counter(op.name for op in ops if op.name in ("QUANTIZE", "DEQUANTIZE"))
+    # A float PRELU keeps its alpha as the input stored it (float16 behind DEQUANTIZE in MediaPipe's models).
+    decoders = [op for op in ops if op.name == "DEQUANTIZE" and op.inputs[0].is_constant]
+    assert len(decoders) == report.integer.restored_decoders
+    assert all(op.inputs[0].type_name == "FLOAT16" for op in decoders)
+    conversions = Counter(op.name for op in ops if op.name in ("QUANTIZE", "DEQUANTIZE") and op not in decoders)
     prelus = len(report.integer.float_ops)
     assert conversions == {"QUANTIZE": len(sg.inputs) + prelus, "DEQUANTIZE": len(sg.outputs) + prelus}
     main = max(sg.outputs, key=lambda t: np.prod(t.shape)).name
@@ -469,3 +473,20 @@ def test_gradual_gptq_fits_each_stage_on_the_partly_integer_model(tmp_path: Path
     assert a != b
     for runtime in RUNTIMES:
         assert worst_sqnr(mediapipe_model(name), gradual, model_photo(name), runtime) >= INT8_FLOORS[name], runtime
+
+
+def test_float_islands_keep_the_input_storage(tmp_path: Path) -> None:
+    """Constants that only float ops read go back behind the decoders the input stored them with (float16 behind
+    DEQUANTIZE, sparse behind DENSIFY) rather than as float32: a model left all float by the recipe is the input's
+    size and computes bit for bit what the input does, in both runtimes."""
+    name = "face_detection_full_range_sparse"
+    out, report = _calibrated(name, tmp_path, "all-float", exclude=["."])
+    assert report.integer.restored_decoders == report.integer.folded_decoders > 0
+    source = mediapipe_model(name)
+    assert abs(out.stat().st_size - source.stat().st_size) < 0.01 * source.stat().st_size
+    assert Counter(op.name for op in read_model(out).main.operators) == Counter(
+        op.name for op in read_model(source).main.operators
+    )
+    for runtime in RUNTIMES:
+        before, after = run_model(source, model_photo(name), runtime), run_model(out, model_photo(name), runtime)
+        assert all(np.array_equal(before[k], after[k]) for k in before), runtime

@@ -21,7 +21,7 @@ from engine.errors import EngineError
 from engine.format.ir import Model, Operator
 from engine.graph.ops import RULES
 from engine.graph.weights import Weight, find_weights
-from engine.passes.fold import fold_constant_decoders
+from engine.passes.fold import fold_constant_decoders, restore_decoders
 from engine.passes.full_integer.bias_correction import correct_biases, float_reference
 from engine.passes.full_integer.gradual import calibrate_in_stages
 from engine.passes.full_integer.params import assign_params, check_multipliers, observe
@@ -79,7 +79,7 @@ def quantize_model(
         options.io,
         _observer_label(recipe, options),
         data.count,
-        folded_decoders=folded,
+        folded_decoders=len(folded),
         fused_activations=fused,
     )
     report.float_ops = float_ops
@@ -87,6 +87,7 @@ def quantize_model(
     tensors = {key: t for key, (t, _) in observers.items()}
     reference = float_reference(model, _biased(integer), data, executor) if options.bias_correction else None
     entries, biases = rewrite(model, recipe, integer, tensors, params, requantize, options, report, layer_inputs)
+    report.restored_decoders = restore_decoders(folded)
     if reference is not None:
         report.bias_correction = correct_biases(model, biases, reference, data, executor)
     sg.remove_unused_tensors()

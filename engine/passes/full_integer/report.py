@@ -24,6 +24,7 @@ class IntegerReport:
     integer_ops: dict[str, int] = field(default_factory=dict)
     float_ops: list[dict[str, str]] = field(default_factory=list)
     folded_decoders: int = 0
+    restored_decoders: int = 0  # of those, put back for constants only float ops read (the input's storage kept)
     fused_activations: int = 0
     quantize_ops: int = 0
     dequantize_ops: int = 0
@@ -44,7 +45,8 @@ class IntegerReport:
         lines.extend(f"  float: {n} x {op} ({reason})" for (op, reason), n in sorted(reasons.items()))
         lines.append(
             f"  boundaries: {self.quantize_ops} QUANTIZE, {self.dequantize_ops} DEQUANTIZE; "
-            f"{self.folded_decoders} constant decoders folded, {self.fused_activations} activations fused"
+            f"{self.folded_decoders} constant decoders folded ({self.restored_decoders} kept for float ops), "
+            f"{self.fused_activations} activations fused"
         )
         if self.bias_correction:
             bc = self.bias_correction
