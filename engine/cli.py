@@ -24,7 +24,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -44,10 +44,13 @@ from engine.registry import (
     load_plugin,
 )
 from engine.report import Report
-from engine.runtime.validate import RUNTIME_CHOICES, ValidationReport, validate
+from engine.runtime.litert import RUNTIME_CHOICES
 from engine.secure import cli as secure_cli
 from engine.summary import format_summary, summarize
 from engine.sweep import cli as sweep_cli
+
+if TYPE_CHECKING:  # each command imports what it runs on use: inspect, sign and verify import no validation
+    from engine.runtime.validate import ValidationReport
 
 DEMO_MODEL = "face_detection_short_range"
 DEMO_MODE = "weight-int8"
@@ -155,6 +158,8 @@ def _compress(args: argparse.Namespace) -> int:
 def _validate_after(args: argparse.Namespace, report: Report | None) -> int:
     """``compress --validate``: compare the written model with the input in LiteRT, time both, and add it all to
     the report.  The output exists by now, so a failure says so and exits EXIT_VALIDATION_FAILED."""
+    from engine.runtime.validate import validate
+
     try:
         data = _validation_data(args)
         result = validate(
@@ -239,6 +244,8 @@ def _failed(message: str) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
+    from engine.runtime.validate import validate
+
     report = validate(
         args.reference,
         args.candidate,
@@ -255,6 +262,7 @@ def _validate(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from engine.api import compress
     from engine.recipe import is_full_integer
+    from engine.runtime.validate import validate
     from engine.zoo import mediapipe_model, model_calibration, model_photo
 
     source = mediapipe_model(args.model)
@@ -353,6 +361,15 @@ def _parser() -> argparse.ArgumentParser:
         "weights with one scale per tensor use their levels",
     )
     p.add_argument(
+        "--gradual",
+        type=int,
+        nargs="?",
+        const=DEFAULT_GRADUAL_STAGES,
+        metavar="STAGES",
+        help=f"quantize in STAGES steps in graph order (default {DEFAULT_GRADUAL_STAGES}), fitting each step's "
+        "activation ranges and data-aware rounding on the model with the earlier steps already quantized",
+    )
+    p.add_argument(
         "--strict", action="store_true", default=None, help="refuse if an op would stay float (no integer kernel)"
     )
     p.add_argument("--bits", type=int, metavar="N", help="bits of the integer levels, 2..8 (default: the mode's)")
@@ -362,15 +379,6 @@ def _parser() -> argparse.ArgumentParser:
         metavar="R",
         help=f"{' or '.join(ROUNDING_METHODS)}: each weight to its nearest level (default), or codes fitted to "
         "what the layer reads on --calibration samples (GPTQ, AdaRound)",
-    )
-    p.add_argument(
-        "--gradual",
-        type=int,
-        nargs="?",
-        const=DEFAULT_GRADUAL_STAGES,
-        metavar="STAGES",
-        help=f"quantize in STAGES steps in graph order (default {DEFAULT_GRADUAL_STAGES}), fitting each step's "
-        "activation ranges and data-aware rounding on the model with the earlier steps already quantized",
     )
     p.add_argument(
         "--scale",

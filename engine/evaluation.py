@@ -17,20 +17,18 @@ import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from engine.errors import EngineError
 from engine.format.reader import read_model
 from engine.report import GZIP_LIMIT_BYTES, gzip_size, json_safe
-from engine.runtime.calibrate import CalibrationSource, input_specs, load_samples
-from engine.runtime.footprint import measure_footprint
-from engine.runtime.latency import measure_latency
 from engine.runtime.litert import RUNTIME_TITLES, RUNTIMES
-from engine.runtime.predict import predicted_classes
-from engine.runtime.validate import validate
 from engine.summary import summarize
+
+if TYPE_CHECKING:  # the measuring modules are imported on use: the command line builds its parser from this module
+    from engine.runtime.calibrate import CalibrationSource
 
 RUNS = 20
 WARMUP = 3
@@ -85,6 +83,10 @@ def evaluate(
     """
     if labels is not None and data is None:
         raise EngineError("labels need data: one class per sample of the data")
+    from engine.runtime.calibrate import input_specs, load_samples
+    from engine.runtime.footprint import measure_footprint
+    from engine.runtime.validate import validate
+
     size = {**_size(model), "reference": None if reference is None else _size(reference)}  # both files checked
     judge = model if reference is None else reference
     samples = None if data is None else load_samples(data, input_specs(read_model(judge)), "data")
@@ -131,6 +133,7 @@ def _accuracy(
     """Top-1 accuracy of the model (default runtime) and, with a reference, the reference's and the change in
     percentage points."""
     from engine.accuracy.candidates import read_labels
+    from engine.runtime.predict import predicted_classes
 
     truth = read_labels(labels, count)
     accuracy = float(np.mean(predicted_classes(model, arrays) == truth))
@@ -152,6 +155,8 @@ def _latency(
 ) -> dict[str, Any]:
     """One (runtime, threads) setting: the model's median and p90 invoke time, the reference's from the same
     interleaved rounds, or why it could not be timed."""
+    from engine.runtime.latency import measure_latency
+
     entry: dict[str, Any] = {"runtime": runtime, "threads": threads}
     models = [model] if reference is None else [reference, model]
     try:

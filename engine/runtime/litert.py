@@ -27,6 +27,7 @@ InputData = dict[str, np.ndarray] | np.ndarray | None
 
 RUNTIMES = ("default", "builtin")
 RUNTIME_TITLES = {"default": "default runtime (XNNPACK)", "builtin": "builtin kernels"}
+RUNTIME_CHOICES = ("both", *RUNTIMES)  # what `validate`'s runtime= (and --runtime) takes
 
 _QUANT_DTYPES = (np.int8, np.uint8, np.int16)
 

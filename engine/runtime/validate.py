@@ -38,6 +38,7 @@ from engine.quant.metrics import cosine_similarity, max_abs_error, sqnr_db, top1
 from engine.report import json_safe
 from engine.runtime.calibrate import CalibrationSource, InputSpec, load_samples
 from engine.runtime.litert import (
+    RUNTIME_CHOICES,
     RUNTIME_TITLES,
     RUNTIMES,
     InterpreterError,
@@ -52,7 +53,6 @@ from engine.runtime.litert import (
     quantization_of,
 )
 
-RUNTIME_CHOICES = ("both", *RUNTIMES)  # what `validate`'s runtime= (and --runtime) takes
 _TEXT_INTERMEDIATES = 10
 
 

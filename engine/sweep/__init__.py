@@ -5,10 +5,30 @@ processes or a Ray cluster, into results a re-run continues and reports with Par
 ``pareto``, ``plots`` and ``report`` turn the rows into the reports, ``ray_backend`` runs the jobs as Ray tasks.
 """
 
-from engine.sweep.inputs import PRESETS, Config, ModelEntry, load_configs, load_models
-from engine.sweep.jobs import MEASURED_KEYS, Settings
-from engine.sweep.pareto import pareto_front
-from engine.sweep.run import SweepResult, run_sweep
+from importlib import import_module
+from typing import Any
+
+# Each public name's module, imported on first use: the command line builds ``sweep``'s parser on every command, and
+# the running modules (processes, reports, plots) would slow them all.
+_MODULES = {
+    "PRESETS": "inputs",
+    "Config": "inputs",
+    "ModelEntry": "inputs",
+    "load_configs": "inputs",
+    "load_models": "inputs",
+    "MEASURED_KEYS": "jobs",
+    "Settings": "jobs",
+    "pareto_front": "pareto",
+    "SweepResult": "run",
+    "run_sweep": "run",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _MODULES:
+        raise AttributeError(f"module 'engine.sweep' has no attribute {name!r}")
+    return getattr(import_module(f"engine.sweep.{_MODULES[name]}"), name)
+
 
 __all__ = [
     "MEASURED_KEYS",

@@ -8,8 +8,6 @@ from typing import Any
 from engine.errors import EngineError
 from engine.evaluation import RUNS
 from engine.sweep.inputs import PRESETS, load_configs, load_models
-from engine.sweep.jobs import Settings
-from engine.sweep.run import run_sweep
 
 
 def add_parser(commands: Any) -> None:
@@ -51,6 +49,9 @@ def _sweep(args: argparse.Namespace) -> int:
         raise EngineError(f"--ray took {args.ray} as an address: put --ray after the models, or write --ray=ADDRESS")
     if isinstance(args.ray, str) and args.workers is not None:
         raise EngineError("--workers sets the CPUs of a local Ray instance; a cluster at an address has its own")
+    from engine.sweep.jobs import Settings  # the running modules on use: every command builds this parser
+    from engine.sweep.run import run_sweep
+
     models = load_models(args.models)
     configs = load_configs(args.configs, args.preset)
     result = run_sweep(
