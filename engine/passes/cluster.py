@@ -29,6 +29,8 @@ from engine.recipe import Recipe, TensorOptions
 from engine.registry import CODEBOOK_METHODS
 from engine.report import TensorReport
 
+_CHUNK = 1 << 20  # labels turned into values at a time
+
 
 def cluster_weights(model: Model, recipe: Recipe) -> tuple[Model, list[TensorReport]]:
     """Share K values in every weight the recipe clusters; one report entry per weight."""
@@ -41,14 +43,14 @@ def cluster_weights(model: Model, recipe: Recipe) -> tuple[Model, list[TensorRep
         check_finite(weight.name, values, "clustered")
         rows, restore = as_rows(values, _granularity(weight.channel_axis, options), weight.channel_axis)
         centroids, labels = _cluster(rows, options)
-        clustered = restore(np.take_along_axis(centroids, labels.astype(np.intp), axis=1))
+        clustered = restore(_shared_values(centroids, labels))
         report = entry(weight, options)
         if options.cluster_storage == "gather":
             report.bytes_after = _install_gather(model, weight, centroids, labels)
             report.dtype_after, report.form = "UINT8", "gather"
             report.slow_form = "UINT8 indices rebuilt by CAST + GATHER at every run (a computed filter)"
         else:
-            stored = float_constant(weight, clustered.astype(weight.source.dtype), options)
+            stored = float_constant(weight, clustered.astype(weight.source.dtype, copy=False), options)
             install(model, weight, stored, direct=[])
             report.bytes_after, report.dtype_after, report.form = constant_bytes(stored), stored.type_name, "values"
         report.clusters = int(centroids.shape[1])
@@ -74,6 +76,16 @@ def _cluster(rows: np.ndarray, options: TensorOptions) -> tuple[np.ndarray, np.n
         books.append(book)
     width = max(len(b) for b in books)
     return np.stack([np.pad(b, (0, width - len(b)), mode="edge") for b in books]).astype(np.float32), labels
+
+
+def _shared_values(codebooks: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Each row's codebook entries at its labels (float32), indexed by the uint8 labels themselves a chunk at a
+    time: no intp copy of the labels (8 bytes a weight) nor a second copy of the result."""
+    shared = np.empty(labels.shape, np.float32)
+    for i, (book, row_labels) in enumerate(zip(codebooks, labels, strict=True)):
+        for start in range(0, row_labels.size, _CHUNK):
+            shared[i, start : start + _CHUNK] = book[row_labels[start : start + _CHUNK]]
+    return shared
 
 
 def _weight_sqnr(rows: np.ndarray, codebooks: np.ndarray, labels: np.ndarray) -> float:

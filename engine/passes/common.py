@@ -240,7 +240,10 @@ def float_constant(weight: Weight, values: np.ndarray, options: TensorOptions) -
     block = (pattern.a, pattern.b) if options.prune is not None and pattern.kind == "block" else None
     if block not in DENSIFY_INPUTS[stored.type_name] or values.ndim != 2:
         block = None
-    if np.count_nonzero(values) == values.size:  # no zeros: the stored values alone would be as large
+    nonzero = np.count_nonzero(values)
+    # Sparse stores every nonzero and an index of at least one byte per stored value (per block): when that alone
+    # is as large as the dense values (no zeros, or too few), encoding it (seconds on a large weight) cannot win.
+    if nonzero * values.itemsize + -(-nonzero // (1 if block is None else block[0] * block[1])) >= values.nbytes:
         return stored
     packed, sparsity = encode_sparse(values, block)
     if sparse_bytes(packed, sparsity) < values.nbytes:

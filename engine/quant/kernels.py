@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 from collections.abc import Callable
 from typing import Any, Generic, NamedTuple, ParamSpec
 
@@ -495,26 +496,36 @@ unpack_int2_numpy = unpack_int2.numpy
 
 # ================================================================================ 1-D k-means (weight sharing)
 # Weight sharing replaces every weight by the nearest of k shared values (the centroids) and stores its index.
-# In 1-D each cluster of an optimal or Lloyd partition is a contiguous range of the sorted values, so the
-# state is k + 1 split indices into the sorted distinct values (``splits``, first 0, last m, strictly
-# increasing), and with prefix sums of count, count * value and count * value² over them a cluster's mean and
-# squared error cost O(1). A Lloyd iteration (means, then boundaries at the midpoints of consecutive means,
-# found by binary search) then costs O(k log m), independent of the number of weights: only sorting them,
-# counting the distinct values and labelling them (a binary search per weight) touch all n.
+# In 1-D each cluster of an optimal or Lloyd partition is a contiguous range of the sorted values, so the state
+# is k + 1 split positions into the sorted values (``splits``, first 0, last n, strictly increasing, each the
+# start of a run of equal values), and with prefix sums of count, count * value and count * value² over the
+# runs a cluster's mean and squared error cost O(1).  A Lloyd iteration (means, then boundaries at the midpoints
+# of consecutive means, found by binary search) then costs O(k log n): only sorting the values, one pass over
+# them for the prefix sums and labelling them (a binary search per weight) touch all n.
+#
+# Memory: the sorted float32 copy is the only array of n entries.  The prefix sums are kept at checkpoints (the
+# first run start at or after every 2**shift-th position, about every √n / 4-th; every position on small inputs)
+# and continued from the nearest one when asked for at a run start, adding the same terms in the same order:
+# bit-identical to the full prefix arrays the numpy twin keeps, at O(√n) memory and O(√n) work per lookup.  The
+# count prefix is the position.
 #
 # Precision: prefix sums are float64, so a mean is exact to about m * 2**-53 of the largest |value| (ample for
 # weights, which do not span 30 orders of magnitude within a tensor).
 
 _KMEANS_INITS = ("linear", "density", "kmeans++")
 _MAX_CODES = 256  # labels are uint8
+_TABLE_FROM = 1 << 18  # values from which labelling builds its table of 2**16 ranges (it takes about 1 ms)
+_EVERY_RUN_BELOW = 1 << 16  # fewer values keep the prefix sums at every run (24 bytes a value): lookups in O(1)
 
 
 class _KMeansArguments(NamedTuple):
-    """What the k-means kernels get: the checked flat values, their sorted copy (zeros removed if kept) and
-    the options, resolved; ``history`` receives the splits after each iteration (row 0: the start)."""
+    """What the k-means kernels get: the checked flat values, their sorted copy (zeros removed if kept), the
+    checkpoint spacing (2**shift) and the options, resolved; ``history`` receives the splits after each iteration
+    (row 0: the start)."""
 
     values: np.ndarray
     ordered: np.ndarray
+    shift: int
     clusters: int
     init: str | np.ndarray
     uniforms: np.ndarray
@@ -528,116 +539,210 @@ class _KMeansArguments(NamedTuple):
 
 
 @numba.njit(cache=True)
-def _runs_numba(ordered):
-    """Distinct values (float64) of sorted values and how often each occurs."""
-    m = 0
-    for i in range(ordered.size):
-        m += i == 0 or ordered[i] != ordered[i - 1]
-    distinct = np.empty(m, np.float64)
-    counts = np.zeros(m, np.int64)
-    j = -1
-    for i in range(ordered.size):
-        if i == 0 or ordered[i] != ordered[i - 1]:
-            j += 1
-            distinct[j] = ordered[i]
-        counts[j] += 1
-    return distinct, counts
+def _lower_numba(ordered, lo, hi, x):
+    """First position in [lo, hi) whose value is >= x (float64 comparison), else hi."""
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if np.float64(ordered[mid]) < x:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
 
 
 @numba.njit(cache=True)
-def _prefix_numba(distinct, counts, c, s1, s2):
-    """Fills c, s1, s2 (length m + 1) with the prefix sums of count, count * value and count * value²."""
-    c[0] = s1[0] = s2[0] = 0.0
-    for i in range(distinct.size):
-        w = np.float64(counts[i])
-        c[i + 1] = c[i] + w
-        s1[i + 1] = s1[i] + w * distinct[i]
-        s2[i + 1] = s2[i] + w * distinct[i] * distinct[i]
-    return c, s1, s2
+def _upper_numba(ordered, lo, hi, x):
+    """First position in [lo, hi) whose value is > x (float64 comparison), else hi."""
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if np.float64(ordered[mid]) <= x:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
 
 
 @numba.njit(cache=True)
-def _linear_numba(distinct, c, k, uniforms):
-    lo, hi = distinct[0], distinct[-1]
+def _checkpoints_numba(ordered, shift):
+    """One pass over the sorted values: the number of distinct values, and for every t the first run start
+    ``at[t]`` at or after position t * 2**shift (n past the last) with the prefix sums of count * value and
+    count * value² before it."""
+    n = ordered.size
+    at = np.empty((n >> shift) + 1, np.int64)
+    s1, s2 = np.empty(at.size), np.empty(at.size)
+    t, distinct, i = 0, 0, 0
+    run1, run2 = 0.0, 0.0
+    while i < n:
+        while t < at.size and (t << shift) <= i:
+            at[t] = i
+            s1[t] = run1
+            s2[t] = run2
+            t += 1
+        end = i + 1
+        while end < n and ordered[end] == ordered[i]:
+            end += 1
+        w, d = np.float64(end - i), np.float64(ordered[i])
+        run1 = run1 + w * d
+        run2 = run2 + w * d * d
+        distinct += 1
+        i = end
+    at[t:] = n
+    s1[t:] = run1
+    s2[t:] = run2
+    return distinct, at, s1, s2
+
+
+@numba.njit(cache=True)
+def _prefix_at_numba(ordered, at, s1, s2, shift, x):
+    """The prefix sums of count * value and count * value² before run start ``x`` (or n), continued from the
+    checkpoint at or before it."""
+    t = x >> shift  # a shift: a division here made every lookup 40x slower
+    i, run1, run2 = at[t], s1[t], s2[t]
+    while i < x:
+        end = i + 1
+        while end < x and ordered[end] == ordered[i]:
+            end += 1
+        w, d = np.float64(end - i), np.float64(ordered[i])
+        run1 = run1 + w * d
+        run2 = run2 + w * d * d
+        i = end
+    return run1, run2
+
+
+@numba.njit(cache=True)
+def _sums_numba(ordered, at, s1, s2, shift, splits):
+    """The two prefix sums at every split."""
+    out1, out2 = np.empty(splits.size), np.empty(splits.size)
+    for j in range(splits.size):
+        out1[j], out2[j] = _prefix_at_numba(ordered, at, s1, s2, shift, splits[j])
+    return out1, out2
+
+
+@numba.njit(cache=True)
+def _linear_numba(ordered, at, s1, s2, shift, k, uniforms):
+    lo, hi = np.float64(ordered[0]), np.float64(ordered[-1])
     return np.array([lo + (hi - lo) * ((i + 0.5) / k) for i in range(k)])
 
 
 @numba.njit(cache=True)
-def _density_numba(distinct, c, k, uniforms):
-    m = distinct.size
+def _density_numba(ordered, at, s1, s2, shift, k, uniforms):
+    """The values at the k mid-quantiles: the one at position floor(q) is the first whose run ends past q."""
+    n = ordered.size
     out = np.empty(k)
     for i in range(k):
-        j = np.searchsorted(c[1:], (i + 0.5) / k * c[m], side="right")
-        out[i] = distinct[min(j, m - 1)]
+        out[i] = ordered[min(np.int64((i + 0.5) / k * n), n - 1)]
     return out
 
 
 @numba.njit(cache=True)
-def _kmeanspp_numba(distinct, c, k, uniforms):
+def _cell_mass_numba(ordered, at, s1, s2, shift, a, b, c):
+    """D² mass of the values in [a, b) around centroid c: sum of count * (value - c)², from the prefix sums."""
+    a1, a2 = _prefix_at_numba(ordered, at, s1, s2, shift, a)
+    b1, b2 = _prefix_at_numba(ordered, at, s1, s2, shift, b)
+    return max((b2 - a2) - 2.0 * c * (b1 - a1) + c * c * np.float64(b - a), 0.0)
+
+
+@numba.njit(cache=True)
+def _kmeanspp_numba(ordered, at, s1, s2, shift, k, uniforms):
     """D² sampling: each next centroid is a distinct value drawn with probability count * (distance to the
     nearest centroid so far)², the first with probability count; ``uniforms`` are the k draws in [0, 1).
-    The draw scans the running sum only up to the pick, and the total comes from the previous update pass."""
-    m = distinct.size
-    nearest = np.empty(m)
+    The values nearest to each centroid are a range (between the midpoints of the sorted centroids), whose D²
+    mass comes from the prefix sums in O(1); a new centroid changes only its own range and its neighbours'.  The
+    draw picks a range, then a run in it by binary search: O(k + log n) per centroid, not a pass over the
+    values."""
+    n = ordered.size
     out = np.empty(k)
-    total = c[m]
-    for i in range(k):
-        target = uniforms[i] * total
-        running, pick = 0.0, m - 1
-        for j in range(m):
-            running += (c[j + 1] - c[j]) * (nearest[j] if i else 1.0)
-            if running > target:
-                pick = j
-                break
-        out[i] = distinct[pick]
+    out[0] = ordered[min(np.int64(uniforms[0] * n), n - 1)]
+    centres, starts, masses = np.empty(k), np.empty(k + 1, np.int64), np.empty(k)
+    centres[0], starts[0], starts[1] = out[0], 0, n
+    masses[0] = _cell_mass_numba(ordered, at, s1, s2, shift, 0, n, out[0])
+    for i in range(1, k):
         total = 0.0
-        for j in range(m):
-            d = distinct[j] - out[i]
-            nearest[j] = min(nearest[j], d * d) if i else d * d
-            total += (c[j + 1] - c[j]) * nearest[j]
+        for j in range(i):
+            total += masses[j]
+        target = uniforms[i] * total
+        running, cell = 0.0, -1
+        for j in range(i):
+            if running + masses[j] > target:
+                cell = j
+                break
+            running += masses[j]
+        if cell < 0:  # no mass left (every distinct value is a centroid): the last value, as a scan would
+            out[i] = ordered[n - 1]
+        else:
+            a, b, c = starts[cell], starts[cell + 1], centres[cell]
+            rest = target - running
+            a1, a2 = _prefix_at_numba(ordered, at, s1, s2, shift, a)
+            lo, hi = a, b
+            while hi - lo > 1:
+                mid = (lo + hi) >> 1
+                x = _lower_numba(ordered, a, mid, np.float64(ordered[mid]))  # the start of mid's run
+                x1, x2 = _prefix_at_numba(ordered, at, s1, s2, shift, x)
+                if (x2 - a2) - 2.0 * c * (x1 - a1) + c * c * np.float64(x - a) <= rest:
+                    lo = mid
+                else:
+                    hi = mid
+            out[i] = ordered[lo]
+        if i == k - 1:
+            break
+        # Insert the new centroid into the sorted ones; its range and its neighbours' change.
+        p = i
+        while p > 0 and centres[p - 1] > out[i]:
+            centres[p], masses[p], starts[p + 1] = centres[p - 1], masses[p - 1], starts[p]
+            p -= 1
+        centres[p] = out[i]
+        starts[i + 1] = n
+        for j in (p, p + 1):
+            if 0 < j <= i:
+                starts[j] = _lower_numba(ordered, 0, n, 0.5 * (centres[j - 1] + centres[j]))
+        for j in range(max(p - 1, 0), min(p + 2, i + 1)):
+            masses[j] = _cell_mass_numba(ordered, at, s1, s2, shift, starts[j], starts[j + 1], centres[j])
     return out
 
 
 @numba.njit(cache=True)
-def _means_numba(splits, c, s1):
+def _means_numba(splits, sums1):
     out = np.empty(splits.size - 1)
     for j in range(out.size):
-        out[j] = (s1[splits[j + 1]] - s1[splits[j]]) / (c[splits[j + 1]] - c[splits[j]])
+        out[j] = (sums1[j + 1] - sums1[j]) / np.float64(splits[j + 1] - splits[j])
     return out
 
 
 @numba.njit(cache=True)
-def _assign_numba(distinct, centroids):
+def _assign_numba(ordered, centroids):
     """Splits of the nearest-centroid partition of sorted centroids: a value at a midpoint goes up. Ranges
     of centroids no value is nearest to are dropped."""
+    n = ordered.size
     splits = np.empty(centroids.size + 1, np.int64)
     splits[0] = 0
     kept = 1
     for j in range(1, centroids.size):
-        split = np.searchsorted(distinct, 0.5 * (centroids[j - 1] + centroids[j]))
+        split = _lower_numba(ordered, 0, n, 0.5 * (centroids[j - 1] + centroids[j]))
         if split > splits[kept - 1]:
             splits[kept] = split
             kept += 1
-    if splits[kept - 1] == distinct.size:
+    if splits[kept - 1] == n:
         kept -= 1
-    splits[kept] = distinct.size
+    splits[kept] = n
     return splits[: kept + 1].copy()
 
 
 @numba.njit(cache=True)
-def _split_largest_numba(distinct, splits, c, s1, s2):
+def _split_largest_numba(ordered, splits, sums1, sums2):
     """Splits with the largest-error range of at least two distinct values cut in two at its mean."""
     best, best_error = -1, -np.inf
     for j in range(splits.size - 1):
         a, b = splits[j], splits[j + 1]
-        if b - a >= 2:
-            d = s1[b] - s1[a]
-            error = (s2[b] - s2[a]) - d * d / (c[b] - c[a])
+        if ordered[a] != ordered[b - 1]:
+            d = sums1[j + 1] - sums1[j]
+            error = (sums2[j + 1] - sums2[j]) - d * d / np.float64(b - a)
             if error > best_error:
                 best, best_error = j, error
     a, b = splits[best], splits[best + 1]
-    mean = (s1[b] - s1[a]) / (c[b] - c[a])
-    cut = min(max(a + np.searchsorted(distinct[a:b], mean), a + 1), b - 1)
+    mean = (sums1[best + 1] - sums1[best]) / np.float64(b - a)
+    second = _upper_numba(ordered, a, b, np.float64(ordered[a]))
+    last = _lower_numba(ordered, a, b, np.float64(ordered[b - 1]))
+    cut = min(max(_lower_numba(ordered, a, b, mean), second), last)
     out = np.empty(splits.size + 1, np.int64)
     out[: best + 1] = splits[: best + 1]
     out[best + 1] = cut
@@ -646,17 +751,24 @@ def _split_largest_numba(distinct, splits, c, s1, s2):
 
 
 @numba.njit(cache=True)
-def _lloyd_numba(distinct, c, s1, s2, start, clusters, iterations, history):
-    """Lloyd from the nearest-centroid partition of ``start``; returns the final splits."""
-    target = min(clusters, distinct.size)
-    splits = _assign_numba(distinct, np.sort(start))
+def _partition_numba(ordered, at, s1, s2, shift, centroids, target):
+    """The nearest-centroid partition of sorted centroids, its largest ranges cut until it has ``target``."""
+    splits = _assign_numba(ordered, centroids)
     while splits.size - 1 < target:
-        splits = _split_largest_numba(distinct, splits, c, s1, s2)
+        sums1, sums2 = _sums_numba(ordered, at, s1, s2, shift, splits)
+        splits = _split_largest_numba(ordered, splits, sums1, sums2)
+    return splits
+
+
+@numba.njit(cache=True)
+def _lloyd_numba(ordered, at, s1, s2, shift, distinct, start, clusters, iterations, history):
+    """Lloyd from the nearest-centroid partition of ``start``; returns the final splits."""
+    target = min(clusters, distinct)
+    splits = _partition_numba(ordered, at, s1, s2, shift, np.sort(start), target)
     history[0, : splits.size] = splits
     for t in range(iterations):
-        moved = _assign_numba(distinct, _means_numba(splits, c, s1))
-        while moved.size - 1 < target:
-            moved = _split_largest_numba(distinct, moved, c, s1, s2)
+        sums1, _ = _sums_numba(ordered, at, s1, s2, shift, splits)
+        moved = _partition_numba(ordered, at, s1, s2, shift, _means_numba(splits, sums1), target)
         history[t + 1, : moved.size] = moved
         if moved.size == splits.size and (moved == splits).all():
             break
@@ -665,19 +777,46 @@ def _lloyd_numba(distinct, c, s1, s2, start, clusters, iterations, history):
 
 
 @numba.njit(cache=True)
+def _search_numba(edges, top, v):
+    """The number of ``edges`` <= v: ``edges`` are padded with +inf to 2**p - 1 entries, so the binary search is
+    p fixed halvings (which compile to branch-free code: twice as fast as a branching search)."""
+    position, step = 0, top
+    while step:
+        position += step * (edges[position + step - 1] <= v)
+        step >>= 1
+    return position
+
+
+@numba.njit(cache=True)
 def _labels_numba(values, edges, zero_code, out):
-    """Label of each value: the number of cluster lower edges <= it, after the zero code. ``edges`` are padded
-    with +inf to 2**p - 1 entries, so the binary search is p fixed halvings (which compile to branch-free
-    code: twice as fast as a branching search on unpredictable weights)."""
+    """Label of each value: the number of cluster lower edges <= it, after the zero code.  Labels grow with the
+    value, so every float32 whose top 16 bits (sign, exponent, 7 mantissa bits) fall in a range without an edge
+    has that range's label: a table of the 2**16 ranges answers most values with one lookup, and the values in
+    ranges holding an edge or a zero are searched one by one.  Below ``_TABLE_FROM`` values, building the table
+    would cost more than it saves, and every value is searched."""
     offset = 1 if zero_code else 0
     top = (edges.size + 1) >> 1
+    if values.size < _TABLE_FROM:
+        for i in range(values.size):
+            v = np.float64(values[i])
+            out[i] = 0 if zero_code and v == 0 else _search_numba(edges, top, v) + offset
+        return out
+    table = np.empty(1 << 16, np.uint16)
+    ends = np.empty(2, np.uint32)
+    ends_value = ends.view(np.float32)
+    for b in range(1 << 16):
+        ends[0], ends[1] = b << 16, (b << 16) | 0xFFFF
+        first = _search_numba(edges, top, np.float64(ends_value[0]))
+        inf_nan, zero = (b & 0x7F80) == 0x7F80, (b & 0x7FFF) == 0
+        same = first == _search_numba(edges, top, np.float64(ends_value[1]))
+        table[b] = first + offset if same and not (inf_nan or zero) else 0xFFFF
+    bits = values.view(np.uint32)
     for i in range(values.size):
-        v = np.float64(values[i])
-        position, step = 0, top
-        while step:
-            position += step * (edges[position + step - 1] <= v)
-            step >>= 1
-        out[i] = 0 if zero_code and v == 0 else position + offset
+        code = table[bits[i] >> 16]
+        if code == 0xFFFF:
+            v = np.float64(values[i])
+            code = 0 if zero_code and v == 0 else _search_numba(edges, top, v) + offset
+        out[i] = code
     return out
 
 
@@ -690,78 +829,133 @@ def _cluster_error_numba(values, centroids, labels):
     return total
 
 
+@numba.njit(cache=True)
+def _fit_kernel(ordered, shift, init, start, clusters, uniforms, iterations, history):
+    """Centroids and the lower edges of all clusters but the first (float64); ``init`` indexes _KMEANS_INITS, or
+    is -1 for the ``start`` centroids.  One kernel, so that a run loads one compiled function from the cache."""
+    distinct, at, s1, s2 = _checkpoints_numba(ordered, shift)
+    if distinct == 0:
+        return np.zeros(0), np.zeros(0)
+    if init == 0:
+        start = _linear_numba(ordered, at, s1, s2, shift, clusters, uniforms)
+    elif init == 1:
+        start = _density_numba(ordered, at, s1, s2, shift, clusters, uniforms)
+    elif init == 2:
+        start = _kmeanspp_numba(ordered, at, s1, s2, shift, clusters, uniforms)
+    splits = _lloyd_numba(ordered, at, s1, s2, shift, distinct, start, clusters, iterations, history)
+    sums1, _ = _sums_numba(ordered, at, s1, s2, shift, splits)
+    return _means_numba(splits, sums1), ordered[splits[1:-1]].astype(np.float64)
+
+
+def _fit_numba(a: _KMeansArguments) -> tuple[np.ndarray, np.ndarray]:
+    """`_fit_kernel` on prepared arguments."""
+    init, start = (-1, a.init) if isinstance(a.init, np.ndarray) else (_KMEANS_INITS.index(a.init), np.zeros(0))
+    return _fit_kernel(a.ordered, a.shift, init, start, a.clusters, a.uniforms, a.iterations, a.history)
+
+
 # ----------------------------------------------------------------------------------------- numpy: k-means
+# The same arithmetic on the full prefix arrays over the runs (distinct values): a run start's prefix sums are
+# looked up by its rank among the run starts, where the kernels continue them from a checkpoint.
 
 
-def _runs_numpy(ordered: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    starts = np.ones(ordered.size, bool)
-    starts[1:] = ordered[1:] != ordered[:-1]
-    first = np.flatnonzero(starts)
-    return ordered[first].astype(np.float64), np.diff(np.append(first, ordered.size)).astype(np.int64)
+class _Runs(NamedTuple):
+    """The sorted values as float64, the run starts (then n) and the prefix sums at each."""
+
+    ordered: np.ndarray
+    starts: np.ndarray
+    s1: np.ndarray
+    s2: np.ndarray
+
+    def at(self, positions: np.ndarray | int) -> tuple[np.ndarray, np.ndarray]:
+        rank = np.searchsorted(self.starts, positions)
+        return self.s1[rank], self.s2[rank]
 
 
-def _prefix_numpy(distinct: np.ndarray, counts: np.ndarray, *out: np.ndarray) -> tuple[np.ndarray, ...]:
-    w = counts.astype(np.float64)
-    for o, x in zip(out, (w, w * distinct, w * distinct * distinct), strict=True):
-        o[0] = 0.0
-        np.cumsum(x, out=o[1:])
+def _runs_numpy(ordered: np.ndarray) -> _Runs:
+    """The runs of equal values of the sorted values and the full prefix sums over them."""
+    values = ordered.astype(np.float64)
+    first = np.flatnonzero(np.concatenate(([True], ordered[1:] != ordered[:-1])))
+    starts = np.append(first, ordered.size)
+    w, d = np.diff(starts).astype(np.float64), values[first]
+    sums = []
+    for term in (w * d, w * d * d):
+        s = np.zeros(first.size + 1)
+        np.cumsum(term, out=s[1:])  # sequential, as the kernels add
+        sums.append(s)
+    return _Runs(values, starts, *sums)
+
+
+def _linear_numpy(r: _Runs, k: int, uniforms: np.ndarray) -> np.ndarray:
+    return r.ordered[0] + (r.ordered[-1] - r.ordered[0]) * ((np.arange(k) + 0.5) / k)
+
+
+def _density_numpy(r: _Runs, k: int, uniforms: np.ndarray) -> np.ndarray:
+    n = r.ordered.size
+    return r.ordered[np.minimum(((np.arange(k) + 0.5) / k * n).astype(np.int64), n - 1)]
+
+
+def _kmeanspp_numpy(r: _Runs, k: int, uniforms: np.ndarray) -> np.ndarray:
+    n = r.ordered.size
+    out = np.empty(k)
+    out[0] = r.ordered[min(int(uniforms[0] * n), n - 1)]
+    for i in range(1, k):
+        centres = np.sort(out[:i])
+        starts = np.concatenate(([0], np.searchsorted(r.ordered, 0.5 * (centres[:-1] + centres[1:])), [n]))
+        (a1, a2), (b1, b2) = r.at(starts[:-1]), r.at(starts[1:])
+        masses = np.maximum((b2 - a2) - 2.0 * centres * (b1 - a1) + centres * centres * np.diff(starts), 0.0)
+        running = np.cumsum(masses)
+        target = uniforms[i] * running[-1]
+        cell = int(np.searchsorted(running, target, side="right"))
+        if cell == i:
+            out[i] = r.ordered[-1]
+            continue
+        a, b, c = starts[cell], starts[cell + 1], centres[cell]
+        rest = target - (running[cell - 1] if cell else 0.0)
+        a1, a2 = r.at(a)
+        lo, hi = a, b
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            x = int(np.searchsorted(r.ordered, r.ordered[mid]))
+            x1, x2 = r.at(x)
+            lo, hi = (mid, hi) if (x2 - a2) - 2.0 * c * (x1 - a1) + c * c * (x - a) <= rest else (lo, mid)
+        out[i] = r.ordered[lo]
     return out
 
 
-def _linear_numpy(distinct: np.ndarray, c: np.ndarray, k: int, uniforms: np.ndarray) -> np.ndarray:
-    return distinct[0] + (distinct[-1] - distinct[0]) * ((np.arange(k) + 0.5) / k)
+def _means_numpy(splits: np.ndarray, r: _Runs) -> np.ndarray:
+    return np.diff(r.at(splits)[0]) / np.diff(splits)
 
 
-def _density_numpy(distinct: np.ndarray, c: np.ndarray, k: int, uniforms: np.ndarray) -> np.ndarray:
-    picks = np.searchsorted(c[1:], (np.arange(k) + 0.5) / k * c[-1], side="right")
-    return distinct[np.minimum(picks, distinct.size - 1)]
+def _assign_numpy(ordered: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    inner = np.searchsorted(ordered, 0.5 * (centroids[:-1] + centroids[1:]))
+    return np.unique(np.concatenate(([0], inner, [ordered.size])))
 
 
-def _kmeanspp_numpy(distinct: np.ndarray, c: np.ndarray, k: int, uniforms: np.ndarray) -> np.ndarray:
-    counts = np.diff(c)
-    weights, nearest, out = counts * 1.0, np.full(distinct.size, np.inf), np.empty(k)
-    for i in range(k):
-        cumulative = np.cumsum(weights)
-        pick = np.searchsorted(cumulative, uniforms[i] * cumulative[-1], side="right")
-        out[i] = distinct[min(pick, distinct.size - 1)]
-        d = distinct - out[i]
-        nearest = np.minimum(nearest, d * d)
-        weights = counts * nearest
-    return out
-
-
-def _means_numpy(splits: np.ndarray, c: np.ndarray, s1: np.ndarray) -> np.ndarray:
-    return np.diff(s1[splits]) / np.diff(c[splits])
-
-
-def _assign_numpy(distinct: np.ndarray, centroids: np.ndarray) -> np.ndarray:
-    inner = np.searchsorted(distinct, 0.5 * (centroids[:-1] + centroids[1:]))
-    return np.unique(np.concatenate(([0], inner, [distinct.size])))
-
-
-def _split_largest_numpy(distinct: np.ndarray, splits: np.ndarray, c: np.ndarray, s1: np.ndarray,
-                         s2: np.ndarray) -> np.ndarray:  # fmt: skip
+def _split_largest_numpy(r: _Runs, splits: np.ndarray) -> np.ndarray:
+    sums1, sums2 = r.at(splits)
     a, b = splits[:-1], splits[1:]
-    d = s1[b] - s1[a]
-    errors = np.where(b - a >= 2, (s2[b] - s2[a]) - d * d / (c[b] - c[a]), -np.inf)
+    d = np.diff(sums1)
+    errors = np.where(r.ordered[a] != r.ordered[b - 1], np.diff(sums2) - d * d / (b - a), -np.inf)
     best = int(np.argmax(errors))
     a, b = splits[best], splits[best + 1]
-    cut = min(max(a + np.searchsorted(distinct[a:b], (s1[b] - s1[a]) / (c[b] - c[a])), a + 1), b - 1)
+    part = r.ordered[a:b]
+    second = a + np.searchsorted(part, part[0], side="right")
+    last = a + np.searchsorted(part, part[-1])
+    cut = min(max(a + np.searchsorted(part, d[best] / (b - a)), second), last)
     return np.insert(splits, best + 1, cut)
 
 
-def _lloyd_numpy(distinct: np.ndarray, c: np.ndarray, s1: np.ndarray, s2: np.ndarray, start: np.ndarray,
-                 clusters: int, iterations: int, history: np.ndarray) -> np.ndarray:  # fmt: skip
+def _lloyd_numpy(r: _Runs, start: np.ndarray, clusters: int, iterations: int, history: np.ndarray) -> np.ndarray:
     def partition(centroids: np.ndarray) -> np.ndarray:
-        splits = _assign_numpy(distinct, centroids)
-        while splits.size - 1 < min(clusters, distinct.size):
-            splits = _split_largest_numpy(distinct, splits, c, s1, s2)
+        splits = _assign_numpy(r.ordered, centroids)
+        while splits.size - 1 < min(clusters, r.starts.size - 1):
+            splits = _split_largest_numpy(r, splits)
         return splits
 
     splits = partition(np.sort(start))
     history[0, : splits.size] = splits
     for t in range(iterations):
-        moved = partition(_means_numpy(splits, c, s1))
+        moved = partition(_means_numpy(splits, r))
         history[t + 1, : moved.size] = moved
         if np.array_equal(moved, splits):
             break
@@ -781,27 +975,25 @@ def _cluster_error_numpy(values: np.ndarray, centroids: np.ndarray, labels: np.n
     return float(np.dot(d, d))
 
 
-_KMEANS_NUMBA = (_runs_numba, _prefix_numba, (_linear_numba, _density_numba, _kmeanspp_numba), _lloyd_numba,
-                 _means_numba, _labels_numba)  # fmt: skip
-_KMEANS_NUMPY = (_runs_numpy, _prefix_numpy, (_linear_numpy, _density_numpy, _kmeanspp_numpy), _lloyd_numpy,
-                 _means_numpy, _labels_numpy)  # fmt: skip
+def _fit_numpy(a: _KMeansArguments) -> tuple[np.ndarray, np.ndarray]:
+    """What `_fit_numba` returns, from the full prefix arrays."""
+    if not a.ordered.size:
+        return np.zeros(0), np.zeros(0)
+    r = _runs_numpy(a.ordered)
+    if isinstance(a.init, np.ndarray):
+        start = a.init
+    else:
+        init = (_linear_numpy, _density_numpy, _kmeanspp_numpy)[_KMEANS_INITS.index(a.init)]
+        start = init(r, a.clusters, a.uniforms)
+    splits = _lloyd_numpy(r, start, a.clusters, a.iterations, a.history)
+    return _means_numpy(splits, r), r.ordered[splits[1:-1]]
 
 
-def _kmeans_with(kernels: tuple, *args: Any) -> tuple[np.ndarray, np.ndarray]:
-    """k-means on prepared arguments with one set of kernels (Numba or numpy): the glue both twins share."""
-    runs, prefix, inits, lloyd, means, label = kernels
+def _kmeans_with(fit: Callable[[_KMeansArguments], tuple[np.ndarray, np.ndarray]], label: Callable[..., np.ndarray],
+                 *args: Any) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """k-means on prepared arguments with one fit and labelling (Numba or numpy): the glue both twins share."""
     a = _KMeansArguments(*args)
-    distinct, counts = runs(a.ordered)
-    centroids = np.zeros(0)
-    edges = np.zeros(0)
-    if distinct.size:
-        c, s1, s2 = prefix(distinct, counts, *np.empty((3, distinct.size + 1)))
-        if isinstance(a.init, np.ndarray):
-            start = a.init
-        else:
-            start = inits[_KMEANS_INITS.index(a.init)](distinct, c, a.clusters, a.uniforms)
-        splits = lloyd(distinct, c, s1, s2, start, a.clusters, a.iterations, a.history)
-        centroids, edges = means(splits, c, s1), distinct[splits[1:-1]]
+    centroids, edges = fit(a)
     edges = np.concatenate((edges, np.full((1 << edges.size.bit_length()) - 1 - edges.size, np.inf)))
     if a.zero_code:
         centroids = np.concatenate(([0.0], centroids))
@@ -812,8 +1004,8 @@ def _kmeans_with(kernels: tuple, *args: Any) -> tuple[np.ndarray, np.ndarray]:
 # ----------------------------------------------------------------------------------------- public: k-means
 
 
-@_twins(functools.partial(_kmeans_with, _KMEANS_NUMBA), functools.partial(_kmeans_with, _KMEANS_NUMPY),
-        returns="tuple[np.ndarray, np.ndarray]")  # fmt: skip
+@_twins(functools.partial(_kmeans_with, _fit_numba, _labels_numba), functools.partial(_kmeans_with, _fit_numpy,
+        _labels_numpy), returns="tuple[np.ndarray, np.ndarray]")  # fmt: skip
 def kmeans_1d(
     values: np.ndarray,
     k: int,
@@ -844,7 +1036,7 @@ def kmeans_1d(
     shape, v = v.shape, v.reshape(-1)
     if v.size == 0:
         raise EngineError("k-means needs at least one value, got an empty array")
-    if not np.isfinite(v).all():
+    if not (np.isfinite(v.min()) and np.isfinite(v.max())):  # NaN wins both; no temporary of n booleans
         raise EngineError("values contain NaN or infinity; they cannot be clustered")
     if not (_is_integer(k) and 1 <= k <= _MAX_CODES):
         raise EngineError(f"the number of clusters k must be an integer from 1 to {_MAX_CODES}, got {k!r}")
@@ -855,9 +1047,11 @@ def kmeans_1d(
     clustered = v
     zero_code = False
     if keep_zero:
-        nonzero = v != 0
-        zero_code = not nonzero.all()
-        clustered = v[nonzero] if zero_code else v
+        zero_code = np.count_nonzero(v) < v.size
+        if zero_code:
+            clustered = v[v != 0]
+            clustered.sort()  # in place: the one copy of the values
+    ordered = clustered if zero_code else np.sort(v)
     clusters = int(k) - zero_code
     if clusters == 0 and clustered.size:
         raise EngineError("keep_zero spends one code on zero, so k must be at least 2 for values with non-zeros")
@@ -865,12 +1059,13 @@ def kmeans_1d(
         if init not in _KMEANS_INITS:
             raise EngineError(f"unknown k-means init {init!r}; expected one of {', '.join(_KMEANS_INITS)}")
     else:
-        init = np.asarray(init, dtype=np.float64)
+        init = np.ascontiguousarray(init, dtype=np.float64)
         if not (init.ndim == 1 and 1 <= init.size <= max(clusters, 1) and np.isfinite(init).all()):
             raise EngineError(f"start centroids must be 1 to {max(clusters, 1)} finite values, got shape {init.shape}")
     uniforms = np.random.default_rng(int(seed)).random(max(clusters, 1))
     history = np.full((int(iterations) + 1, clusters + 1), -1, np.int64)
-    return _KMeansArguments(_frozen(v), np.sort(clustered), clusters, init, uniforms, int(iterations), zero_code,
+    shift = 0 if ordered.size < _EVERY_RUN_BELOW else (math.isqrt(ordered.size) // 4).bit_length() - 1
+    return _KMeansArguments(_frozen(v), _frozen(ordered), shift, clusters, init, uniforms, int(iterations), zero_code,
                             history, shape)  # fmt: skip
 
 
@@ -896,9 +1091,9 @@ def _lloyd_history(values: np.ndarray, k: int, *, twin: bool = False, **options:
     of its monotone error; options as for ``kmeans_1d``."""
     a = kmeans_1d._prepare(values, k, **options)
     (kmeans_1d._reference if twin else kmeans_1d._fast)(*a)
-    distinct, _ = _runs_numpy(a.ordered)
+    edges = a.ordered.astype(np.float64)
     rows = [row[row >= 0] for row in a.history if row[0] >= 0]
-    return [_labels_numpy(a.values, distinct[s[1:-1]], a.zero_code, np.empty(a.values.size, np.uint8)) for s in rows]
+    return [_labels_numpy(a.values, edges[s[1:-1]], a.zero_code, np.empty(a.values.size, np.uint8)) for s in rows]
 
 
 # ======================================================================== calibration: streaming histograms

@@ -121,6 +121,37 @@ def test_against_brute_force(v: np.ndarray, clusters: int, init: str, seed: int)
         assert k.cluster_error(v, c, labels) == pytest.approx(optimum, rel=1e-5, abs=tolerance)
 
 
+@FAST
+@given(weights(), st.integers(2, 20), INITS, st.integers(0, 2**31), st.integers(1, 3))
+def test_checkpointed_prefix_sums_change_nothing(
+    v: np.ndarray, clusters: int, init: str, seed: int, shift: int
+) -> None:
+    """Large inputs keep their prefix sums every 2**shift positions and continue them from there: the result is
+    bit-identical to keeping them at every run (small inputs) and to the numpy twin's full prefix arrays."""
+    a = k.kmeans_1d._prepare(v, clusters, init=init, seed=seed, keep_zero=True)
+    assert a.shift == 0
+    every = k.kmeans_1d(v, clusters, init=init, seed=seed, keep_zero=True)
+    sparse = k.kmeans_1d._fast(*a._replace(shift=shift, history=np.full_like(a.history, -1)))
+    twin = k.kmeans_1d_numpy(v, clusters, init=init, seed=seed, keep_zero=True)
+    for result in (sparse, twin):
+        assert np.array_equal(result[0], every[0]) and np.array_equal(result[1], every[1])
+
+
+@pytest.mark.parametrize("clusters", [2, 16, 256])
+def test_labelling_by_table_matches_the_search(clusters: int) -> None:
+    """From 2**18 values the labels come from a table of float32 ranges: the same as searching every value
+    (zeros, negative zeros, denormals and values on the edges included)."""
+    rng = np.random.default_rng(clusters)
+    v = rng.laplace(size=1 << 18).astype(np.float32)
+    v[:4] = [0.0, -0.0, 1e-40, -1e-40]
+    c, labels = k.kmeans_1d(v, clusters, keep_zero=True)
+    v[4 : 4 + c.size] = c  # the centroids themselves, and values between them below
+    v[4 + c.size : 4 + 2 * c.size - 1] = (c[:-1] + c[1:]) / 2
+    for keep_zero in (False, True):
+        c, labels = k.kmeans_1d(v, clusters, keep_zero=keep_zero)
+        assert np.array_equal(labels, k.kmeans_1d_numpy(v, clusters, keep_zero=keep_zero)[1])
+
+
 def test_two_clusters_of_distinct_groups_are_found() -> None:
     v = np.array([-5.0, -5.0, -4.0, 0.0, 0.0, 10.0, 11.0, 12.0], np.float32)
     for init in ("linear", "density", "kmeans++"):
