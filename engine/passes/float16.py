@@ -6,7 +6,7 @@ import numpy as np
 
 from engine.format.ir import Model, Tensor
 from engine.passes.common import entry, install, select
-from engine.quant.metrics import sqnr_db
+from engine.quant.metrics import weight_sqnr_db
 from engine.recipe import Recipe
 from engine.report import TensorReport
 
@@ -22,7 +22,8 @@ def float16_weights(model: Model, recipe: Recipe) -> tuple[Model, list[TensorRep
         assert values is not None
         with np.errstate(over="ignore"):
             half = values.astype(np.float16)
-        if np.any(np.isinf(half) & np.isfinite(values)):
+        overflow = half.size and not (np.isfinite(half.min()) and np.isfinite(half.max()))  # no temporaries
+        if overflow and np.any(np.isinf(half) & np.isfinite(values)):
             reports.append(entry(weight, options, "values beyond FLOAT16's ±65504 would become infinite"))
             continue
         report = entry(weight, options)
@@ -31,6 +32,6 @@ def float16_weights(model: Model, recipe: Recipe) -> tuple[Model, list[TensorRep
         stored.shape, stored.sparsity = weight.source.shape, weight.source.sparsity
         install(model, weight, stored, direct=[])
         report.form, report.dtype_after, report.bytes_after = "dequantize", "FLOAT16", half.nbytes
-        report.weight_sqnr_db = sqnr_db(values, half)
+        report.weight_sqnr_db = weight_sqnr_db(values, half)
         reports.append(report)
     return model, reports

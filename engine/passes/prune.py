@@ -18,7 +18,7 @@ from engine.format.sparse import constant_bytes
 from engine.graph.weights import Weight
 from engine.passes.channels import plan_channels
 from engine.passes.common import entry, float_constant, install, select
-from engine.quant.metrics import sqnr_db
+from engine.quant.metrics import weight_sqnr_db
 from engine.quant.pruning import global_masks, prune_mask, sparsity_of
 from engine.recipe import Recipe, TensorOptions
 from engine.report import TensorReport
@@ -51,11 +51,11 @@ def prune_weights(model: Model, recipe: Recipe) -> tuple[Model, list[TensorRepor
             continue
         values = np.where(mask, original, np.float32(0))  # +0.0: a sparse encoding keeps -0.0 as a value
         report = entry(weight, options)
-        stored = _install(model, weight, edits.apply(weight, values).astype(weight.source.dtype), options)
+        stored = _install(model, weight, edits.apply(weight, values).astype(weight.source.dtype, copy=False), options)
         report.sparsity, report.prune_pattern = sparsity_of(mask), options.prune_pattern
         report.channels_removed = edits.removed.get(id(weight.value))
         report.reason = edits.reasons.get(id(weight.value))
-        report.weight_sqnr_db = sqnr_db(original, values)
+        report.weight_sqnr_db = weight_sqnr_db(original, values)
         report.dtype_after = stored.type_name
         report.bytes_after = constant_bytes(stored)
         report.form = "sparse" if stored.sparsity is not None else "dense"

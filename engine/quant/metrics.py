@@ -9,6 +9,8 @@ import math
 
 import numpy as np
 
+_CHUNK = 1 << 20  # values per step of weight_sqnr_db
+
 
 def _normalized(reference: np.ndarray, candidate: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Both tensors flattened to float64 and divided by their joint peak, so squares never underflow."""
@@ -34,6 +36,24 @@ def sqnr_db(reference: np.ndarray, candidate: np.ndarray) -> float:
     with np.errstate(over="ignore"):
         noise = float(np.sum(np.square(_difference(ref, cand))))
         signal = float(np.sum(np.square(ref)))
+    return power_ratio_db(signal, noise)
+
+
+def weight_sqnr_db(reference: np.ndarray, candidate: np.ndarray) -> float:
+    """``sqnr_db`` of a float32 or float16 weight and what replaces it (same size), its two powers summed in float64
+    a chunk at a time: sqnr_db's float64 copies of a large weight took several times its size (hundreds of MB for a
+    4096x4096 layer).  Float32 squares cannot underflow or overflow float64, so no normalization is needed;
+    non-finite values take sqnr_db's rules."""
+    ref, cand = np.ravel(reference), np.ravel(candidate)
+    signal = noise = 0.0
+    with np.errstate(over="ignore", invalid="ignore"):
+        for start in range(0, ref.size, _CHUNK):
+            r = ref[start : start + _CHUNK].astype(np.float64)
+            d = r - cand[start : start + _CHUNK]
+            signal += float(np.dot(r, r))
+            noise += float(np.dot(d, d))
+    if not (math.isfinite(signal) and math.isfinite(noise)):
+        return sqnr_db(reference, candidate)
     return power_ratio_db(signal, noise)
 
 

@@ -319,6 +319,30 @@ def test_sqnr_of_extreme_values() -> None:
     assert metrics.sqnr_db([2.3e-162, 0, 0, 0], [1, 1, 1, 1]) == pytest.approx(-3239.08, abs=0.01)
 
 
+@given(
+    arrays(np.float32, st.integers(1, 300), elements=st.floats(allow_nan=True, allow_infinity=True, width=32)),
+    st.integers(0, 2**32 - 1),
+    st.sampled_from([np.float32, np.float16]),
+)
+def test_weight_sqnr_is_sqnr_without_the_copies(w: np.ndarray, seed: int, dtype: type) -> None:
+    """weight_sqnr_db (float64 sums a chunk at a time, for large weights) agrees with sqnr_db, over several chunks
+    and with infinities, overflow to float16 and NaN."""
+    rng = np.random.default_rng(seed)
+    with np.errstate(over="ignore", invalid="ignore"):
+        noise = rng.standard_normal(w.size).astype(np.float32) * np.float32(rng.choice([0.0, 1e-3, 1.0]))
+        pairs = ((w, (w + noise).astype(dtype)), (w, w.astype(dtype)))
+    chunk = metrics._CHUNK
+    try:
+        metrics._CHUNK = 7
+        for ref, cand in pairs:
+            expected, result = metrics.sqnr_db(ref, cand), metrics.weight_sqnr_db(ref, cand)
+            assert result == pytest.approx(expected, rel=1e-9, abs=1e-9) or (
+                math.isnan(result) and math.isnan(expected)
+            )
+    finally:
+        metrics._CHUNK = chunk
+
+
 def test_sqnr_matches_known_noise_power() -> None:
     rng = np.random.default_rng(0)
     ref = rng.standard_normal(10_000)
