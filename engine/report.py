@@ -169,6 +169,13 @@ class Report:
             lines.append(self.search.format_text())
         lines.append("file: " + _ratio(self.file_bytes_before, self.file_bytes_after))
         lines.append("gzip: " + _ratio(self.gzip_bytes_before, self.gzip_bytes_after))
+        shared = [t for t in done if t.clusters and t.form == "values" and t.bytes_after >= t.bytes_before]
+        if shared:
+            lines.append(
+                f"note: {len(shared)} clustered weight(s) keep their float values (--cluster-storage values), so the "
+                "file does not shrink for them: the gain is what a compressor makes of the repeated values (gzip "
+                "above); --cluster-storage gather stores indices and a codebook instead"
+            )
         slow = Counter(t.slow_form for t in done if t.slow_form)
         if slow:
             lines.append(
