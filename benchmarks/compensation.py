@@ -9,8 +9,9 @@ photo crops (``engine.zoo.calibration_photos``, default 32) are split once as th
 (engine.accuracy.candidates: seeded, 75% to fit on, 25% held out): the weights are fitted (and full int8
 calibrated) on the first part, and every form is judged on the held-out part, pooled over its samples, worst
 output, in the default runtime (engine.accuracy.candidates.Judge).  Rows: weight-int4 and full int8, each with
-nearest, gptq and adaround rounding (int8 also with --bias-correction), and weight-int8 per tensor with and
-without cross-layer equalization (--equalize; refused with per-channel weights and in int8, docs/cli.md).
+nearest, gptq and adaround rounding (weight-int4 gptq also sequential, --gradual in its default 4 stages; int8
+also with --bias-correction), and weight-int8 per tensor with and without cross-layer equalization (--equalize;
+refused with per-channel weights and in int8, docs/cli.md).
 Each compress runs as ``python -m engine compress`` in a fresh process: whole-process wall time and peak RSS.
 Writes benchmarks/results/compensation.json and .md.
 """
@@ -36,6 +37,7 @@ from engine.zoo import calibration_photos
 FORMS: dict[str, list[str]] = {
     "weight-int4 nearest": ["--quantize", "weight-int4"],
     "weight-int4 gptq": ["--quantize", "weight-int4", "--rounding", "gptq"],
+    "weight-int4 gptq+gradual": ["--quantize", "weight-int4", "--rounding", "gptq", "--gradual"],
     "weight-int4 adaround": ["--quantize", "weight-int4", "--rounding", "adaround"],
     "int8 nearest": ["--quantize", "int8"],
     "int8 bias correction": ["--quantize", "int8", "--bias-correction"],

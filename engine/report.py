@@ -47,6 +47,8 @@ class TensorReport:
     granularity: str | None = None
     scale: str | None = None
     rounding: str | None = None  # a data-aware rounding method, when one fitted the codes
+    # --gradual: the stage (1 = first) the weight was quantized in, on the model with the earlier stages quantized
+    stage: int | None = None
     form: str | None = None
     dtype_before: str | None = None
     dtype_after: str | None = None

@@ -9,13 +9,16 @@ granularity read the integer weight directly, every other reader gets it through
 With ``rounding`` other than nearest (``--rounding gptq``) the codes are fitted to what each layer reads on the
 calibration samples (``engine.runtime.layer_inputs``, read from the model as the earlier passes leave it), so
 the pass is a ``QuantizeWeights`` step built with the calibration data and the executor that runs the model.
+With ``gradual`` (``--gradual [STAGES]``) it fits and installs the weights in stages, each stage's layers aiming
+at the float model's outputs from the inputs the already quantized stages give them (error compensation).
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -31,7 +34,8 @@ from engine.quant.rounding import LayerInputs
 from engine.quant.uniform import quantize_weight
 from engine.recipe import WEIGHT_MODES, Recipe, TensorOptions
 from engine.report import TensorReport
-from engine.runtime.calibrate import CalibrationSource, LiteRTExecutor
+from engine.runtime.calibrate import CalibrationSource, LiteRTExecutor, load_calibration
+from engine.runtime.layer_inputs import collect_layer_inputs, fed_within, teacher_for, unsupported_reason
 
 INTEGER_MODES = tuple(mode for mode, (_, bits) in WEIGHT_MODES.items() if bits is not None)
 _CONTAINERS = {2: "INT2", 4: "INT4", 8: "INT8"}
@@ -59,34 +63,73 @@ class QuantizeWeights:
         self.calibration, self.executor = calibration, executor
 
     def __call__(self, model: Model, recipe: Recipe) -> tuple[Model, list[TensorReport]]:
-        """Quantize every weight whose resolved mode is an integer one; one entry per weight."""
+        """Quantize every weight whose resolved mode is an integer one; one entry per weight.
+
+        With ``gradual`` the weights go in stages (``_stages``), each installed before the next stage's layer
+        inputs are read, next to the float model's (the teacher's): a fitted layer then aims at its float outputs
+        from the inputs the quantized layers before it give, compensating their error.  A layer fed by another
+        of its own stage is fitted to its float weights instead (its inputs change once the stage is installed,
+        and a correction for inputs it will not get made low-SQNR models worse: hand_landmark_lite 3.6 -> -3.4
+        dB, pose_detection 11.8 -> 2.0 dB held out at 4 stages)."""
         chosen, reports = select(model, recipe, lambda options: options.quantize in INTEGER_MODES)
-        inputs, fallbacks = self._layer_inputs(model, chosen)
-        return model, reports + _quantize(model, chosen, inputs, fallbacks)
+        asked = [(w, o) for w, o in chosen if o.rounding != "nearest"]
+        if asked and self.calibration is None:
+            raise EngineError(f"--rounding {asked[0][1].rounding} needs calibration data (--calibration DATA)")
+        fallbacks = {id(w.value): reason for w, _ in asked if (reason := unsupported_reason(w)) is not None}
+        fitted = {id(w.value) for w, _ in asked if id(w.value) not in fallbacks}
+        data = load_calibration(self.calibration, model) if asked and self.calibration is not None else None
+        stages = _stages(model, chosen, fitted, TensorOptions(**recipe.options).gradual or 1)
+        later = [w for stage in stages[1:] for w, _ in stage if id(w.value) in fitted]
+        teacher = teacher_for(model, later, self.executor) if later else None  # the float model, before any stage
+        encoded: dict[tuple, _Encoding] = {}
+        for number, stage in enumerate(stages, 1):
+            to_fit = [w for w, _ in stage if id(w.value) in fitted]
+            inputs: dict[int, LayerInputs] = {}
+            if to_fit and data is not None:
+                inputs = collect_layer_inputs(model, to_fit, data, self.executor, teacher if number > 1 else None)
+                for key in fed_within(model, [w for w, _ in stage], to_fit):
+                    inputs[key] = replace(inputs[key], cross=None)
+            entries = _quantize(model, stage, inputs, fallbacks, encoded)
+            for report in entries:
+                if len(stages) > 1 and report.action == "compressed":
+                    report.stage = number
+            reports += entries
+        return model, reports
 
-    def _layer_inputs(
-        self, model: Model, chosen: list[tuple[Weight, TensorOptions]]
-    ) -> tuple[dict[int, LayerInputs], dict[int, str]]:
-        """What the layers of the weights to fit read, and why the others among them get nearest rounding."""
-        fitted = [(w, o) for w, o in chosen if o.rounding != "nearest"]
-        if not fitted:
-            return {}, {}
-        if self.calibration is None:
-            raise EngineError(f"--rounding {fitted[0][1].rounding} needs calibration data (--calibration DATA)")
-        from engine.runtime.calibrate import load_calibration
-        from engine.runtime.layer_inputs import collect_layer_inputs, unsupported_reason
 
-        fallbacks = {id(w.value): reason for w, _ in fitted if (reason := unsupported_reason(w)) is not None}
-        supported = [w for w, _ in fitted if id(w.value) not in fallbacks]
-        data = load_calibration(self.calibration, model)
-        return collect_layer_inputs(model, supported, data, self.executor) if supported else {}, fallbacks
+def _stages(
+    model: Model, chosen: list[tuple[Weight, TensorOptions]], fitted: set[int], count: int
+) -> list[list[tuple[Weight, TensorOptions]]]:
+    """The weights in at most ``count`` stages in graph order, each with an equal share of the fitted weights
+    (one stage: all at once, every layer input read from the model as the earlier passes left it).
+
+    A weight not fitted joins the stage of the last fitted weight before it in the main subgraph (the first
+    stage if none is), so that the layers after it see its error; weights of other subgraphs, whose place in
+    the run is not known, go first for the same reason."""
+    if count == 1 or len(fitted) < 2:
+        return [chosen]
+    operators = {id(op): i for i, op in enumerate(model.main.operators)}
+
+    def position(weight: Weight) -> int:
+        return min(operators[id(op)] for op, _ in weight.uses) if weight.subgraph_index == 0 else -1
+
+    places = sorted(position(w) for w, _ in chosen if id(w.value) in fitted)
+    starts = [group[0] for group in np.array_split(np.array(places), min(count, len(places)))[1:]]
+    stages: list[list[tuple[Weight, TensorOptions]]] = [[] for _ in range(len(starts) + 1)]
+    for weight, options in chosen:
+        stages[bisect.bisect_right(starts, position(weight))].append((weight, options))
+    return [stage for stage in stages if stage]
 
 
 def _quantize(
-    model: Model, chosen: list[tuple[Weight, TensorOptions]], inputs: dict[int, LayerInputs], fallbacks: dict[int, str]
+    model: Model,
+    chosen: list[tuple[Weight, TensorOptions]],
+    inputs: dict[int, LayerInputs],
+    fallbacks: dict[int, str],
+    encoded: dict[tuple, _Encoding],
 ) -> list[TensorReport]:
+    """Quantize and install ``chosen``; ``encoded`` holds the encodings by shared buffer, across stages."""
     reports = []
-    encoded: dict[tuple, _Encoding] = {}
     for weight, options in track(chosen, "quantizing weights"):
         granularity = _granularity(weight, options)
         container, direct = _placement(weight, options, granularity)

@@ -19,7 +19,7 @@ import numpy as np
 from engine.errors import EngineError
 from engine.quant import kernels
 from engine.quant.metrics import power_ratio_db
-from engine.quant.rounding import LayerInputs, RoundingProblem, times_hessian
+from engine.quant.rounding import LayerInputs, RoundingProblem, compensation_target, times_hessian
 from engine.registry import ROUNDING_METHODS, SCALE_METHODS
 
 
@@ -74,8 +74,14 @@ def quantize_weight(
     (integer kernels need positive scales); ``float16_scales``: scales rounded to float16 (blockwise storage keeps
     them so, and the codes are computed against what is stored).  ``rounding``: a method registered in
     ``engine.registry.ROUNDING_METHODS``, fitted to what the layer read (``inputs``); per-channel scales are then
-    refit to the codes (the scale minimizing the layer's output error for them), unless a floor binds them."""
-    rows, restore = as_rows(values, granularity, axis)
+    refit to the codes (the scale minimizing the layer's output error for them), unless a floor binds them.
+    Inputs with a ``cross`` moment (``--gradual``) make the fit aim at ``compensation_target`` rather than at
+    ``values``; the weight SQNR is against ``values`` either way."""
+    target = values
+    if rounding != "nearest" and inputs is not None and inputs.cross is not None:
+        channels, back = as_rows(values, "channel", inputs.axis)
+        target = back(compensation_target(channels, inputs)).astype(np.float32)
+    rows, restore = as_rows(target, granularity, axis)
     scales = np.asarray(SCALE_METHODS.call(method, np.ascontiguousarray(rows, np.float32), bits), np.float32)
     if scales.shape != (rows.shape[0],) or not np.all(np.isfinite(scales) & (scales >= 0)):
         raise EngineError(
@@ -91,10 +97,11 @@ def quantize_weight(
     if rounding == "nearest" or inputs is None:
         code_rows = kernels.quantize(rows, scales, bits)
     else:
-        code_rows = _fitted_codes(values, rows, restore, scales, bits, (granularity, axis), rounding, inputs)
+        code_rows = _fitted_codes(target, rows, restore, scales, bits, (granularity, axis), rounding, inputs)
         if granularity == "channel" and axis is not None and axis % values.ndim == inputs.axis and floor is None:
             scales = _refit_scales(rows, code_rows, scales, inputs.hessian)
-    signal, noise = kernels.signal_and_noise(rows, code_rows, scales)
+    reference = rows if target is values else as_rows(values, granularity, axis)[0]
+    signal, noise = kernels.signal_and_noise(reference, code_rows, scales)
     return QuantizedWeight(restore(code_rows), scales, power_ratio_db(signal, noise), restore, code_rows)
 
 
