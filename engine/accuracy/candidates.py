@@ -315,7 +315,7 @@ class Builder:
         self._data = None
         if self.calibration is not None:
             self._data = load_calibration(self.calibration, read_model(self.source))
-            self._data.observed = {}
+            self._data.remembered = {}
 
     def entry(self, rung: Rung) -> dict[str, Any]:
         """The per-tensor options that put a unit on ``rung``."""

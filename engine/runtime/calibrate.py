@@ -22,7 +22,7 @@ import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
@@ -84,9 +84,10 @@ class CalibrationData:
     arrays: dict[str, np.ndarray]
     count: int
     inputs: list[InputSpec]
-    # With a dict: observers already fed every sample, by (float model's sha256, tensor name, observer spec), so
-    # that building many full-integer candidates from one float model (the accuracy search) runs the samples once.
-    observed: dict[tuple[str, str, str], Observer] | None = None
+    # With a dict: what the samples gave on a model, kept for the next build from the same model (the accuracy
+    # search builds many candidates from one float model): observers fed every sample, by ("observer", model
+    # fingerprint, tensor name, observer spec), and layer inputs, by ("layer inputs", fingerprint, weight name).
+    remembered: dict[tuple[str, ...], Any] | None = None
 
     def sample(self, i: int) -> list[np.ndarray]:
         """Sample ``i`` of every input, in input order, as the input takes it (float data for a quantized input
@@ -243,12 +244,12 @@ def calibrate(
 
     ``observers`` maps ``id(tensor)`` of main-subgraph tensors to (tensor, observer).  Tensor indices are the
     writer's, so the model is written once and the values are read back by index.  The model is not changed.
-    Where ``data`` remembers observers (``observed``), those already fed every sample on this same float model
+    Where ``data`` remembers (``remembered``), observers already fed every sample on this same float model
     replace the fresh ones (copies), only the others run, and they are remembered in turn.
     """
     sg = model.main
-    observed = data.observed if data.observed is not None else {}
-    memo = _memo_keys(model, observers) if data.observed is not None else {}
+    observed = data.remembered if data.remembered is not None else {}
+    memo = _memo_keys(model, observers) if data.remembered is not None else {}
     for key, memo_key in memo.items():
         if memo_key in observed:
             observers[key] = (observers[key][0], copy.deepcopy(observed[memo_key]))
@@ -270,20 +271,26 @@ def calibrate(
             observed[memo[key]] = copy.deepcopy(obs)
 
 
-def _memo_keys(model: Model, observers: dict[int, tuple[Tensor, Observer]]) -> dict[int, tuple[str, str, str]]:
+def _memo_keys(model: Model, observers: dict[int, tuple[Tensor, Observer]]) -> dict[int, tuple[str, ...]]:
     """The memo key of each observer whose tensor's name is unique in the main subgraph."""
-    fingerprint = _fingerprint(model)
-    names: dict[str, int] = {}
-    for t in model.main.tensors:
-        names[t.name] = names.get(t.name, 0) + 1
+    digest = fingerprint(model)
+    names = unique_names(model)
     return {
-        key: (fingerprint, t.name, obs.spec)
+        key: ("observer", digest, t.name, obs.spec)
         for key, (t, obs) in observers.items()
-        if t.name and names[t.name] == 1 and obs.spec
+        if t.name in names and obs.spec
     }
 
 
-def _fingerprint(model: Model) -> str:
+def unique_names(model: Model) -> set[str]:
+    """The tensor names that occur once in the main subgraph (a memo can key by them)."""
+    counts: dict[str, int] = {}
+    for t in model.main.tensors:
+        counts[t.name or ""] = counts.get(t.name or "", 0) + 1
+    return {name for name, n in counts.items() if name and n == 1}
+
+
+def fingerprint(model: Model) -> str:
     """A digest of what the float model computes: every subgraph's wiring, op codes and options, and every
     tensor's name, shape, type, quantization and constant bytes.  Walking the IR costs milliseconds where
     serializing the model (a Python flatbuffer encoder) cost 0.1 s a candidate."""

@@ -24,7 +24,14 @@ from engine.graph.weights import Weight
 from engine.progress import track
 from engine.quant.patches import conv_patches, sample_rows, transposed_conv_patches
 from engine.quant.rounding import LayerInputs
-from engine.runtime.calibrate import CalibrationData, Executor, LiteRTExecutor, runner_for
+from engine.runtime.calibrate import (
+    CalibrationData,
+    Executor,
+    LiteRTExecutor,
+    fingerprint,
+    runner_for,
+    unique_names,
+)
 
 # Input vectors per layer, in all, per element of a weight row (GPTQ's own setting reads about 20 K), and at
 # least this many per sample.
@@ -76,7 +83,33 @@ def collect_layer_inputs(
     """``LayerInputs`` for each weight (keyed by ``id(weight.value)``; every one must pass ``unsupported_reason``),
     from running every calibration sample through ``model`` as it is now.  With a ``teacher`` (the float model
     run by ``teacher_for`` before any of these weights' earlier layers were quantized) the same input vectors of
-    the float model are read too, for the cross moment that lets the fit aim at the float layer's outputs."""
+    the float model are read too, for the cross moment that lets the fit aim at the float layer's outputs.
+
+    Where ``data`` remembers (the accuracy search's candidates), each weight's inputs read without a teacher are
+    kept by model fingerprint and weight name and reused for the next build from the same model: which input
+    vectors were drawn then depended on the weights read together, so a candidate's fit can differ from a fresh
+    build's by that sampling (the search re-measures its final model, built fresh)."""
+    memo = data.remembered if teacher is None else None
+    keys: dict[int, tuple[str, ...]] = {}
+    if memo is not None:
+        digest, names = fingerprint(model), unique_names(model)
+        keys = {id(w.value): ("layer inputs", digest, w.value.name) for w in weights if w.value.name in names}
+    known = {key: memo[k] for key, k in keys.items() if memo is not None and k in memo}
+    result = _read_layer_inputs(model, [w for w in weights if id(w.value) not in known], data, executor, teacher)
+    if memo is not None:
+        memo.update({keys[key]: value for key, value in result.items() if key in keys})
+    return {**known, **result}
+
+
+def _read_layer_inputs(
+    model: Model,
+    weights: list[Weight],
+    data: CalibrationData,
+    executor: type[LiteRTExecutor],
+    teacher: Teacher | None,
+) -> dict[int, LayerInputs]:
+    if not weights:
+        return {}
     runner, index = runner_for(model, _activations(weights), executor)
     inputs = [index[id(t)] for t in model.main.inputs]
     rng = np.random.default_rng(0)

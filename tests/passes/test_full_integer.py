@@ -407,7 +407,7 @@ def test_loaded_data_remembers_statistics_so_candidates_calibrate_once(runnable:
     source = runnable["hand_recrop"]
     samples = model_calibration("hand_recrop")[:6]
     data = load_calibration(samples, read_model(source))
-    data.observed = {}
+    data.remembered = {}
     island = {"tensors": {"^" + read_model(source).main.operators[3].outputs[0].name + "$": {"quantize": None}}}
     for build, recipe in enumerate(({}, island, {})):
         runs.clear()

@@ -292,3 +292,32 @@ def test_gptq_on_the_digits_classifier(tmp_path: Path) -> None:
             reference, outputs(paths["nearest"], runtime)
         )
         assert gain > 6, (runtime, gain)  # measured 12 dB
+
+
+def test_remembered_layer_inputs_are_read_once_per_model(tmp_path: Path) -> None:
+    """Data that remembers (the accuracy search's) reads each weight's layer inputs once per model: a second
+    build from the same model, with fewer weights fitted, runs no sample; a model with other weights (pruned)
+    reads them anew.  Without memory every build reads them."""
+    from engine.runtime.calibrate import LiteRTExecutor
+    from engine.zoo import mediapipe_model, model_calibration
+
+    runs: list[int] = []
+
+    class Counting(LiteRTExecutor):
+        def run(self, feeds: dict) -> None:
+            runs.append(1)
+            super().run(feeds)
+
+    source = mediapipe_model("hand_recrop")
+    samples = model_calibration("hand_recrop")[:4]
+    data = load_calibration(samples, engine.read_model(source))
+    data.remembered = {}
+    first = find_weights(engine.read_model(source))[-1].name
+    options = {"quantize": "weight-int4", "rounding": "gptq", "calibration": data, "executor": Counting}
+    for exclude, fresh in (([], True), ([f"^{first}$"], False), ([], False)):
+        runs.clear()
+        engine.compress(source, exclude=exclude, **options)
+        assert bool(runs) == fresh, exclude
+    runs.clear()
+    engine.compress(source, prune=0.3, **options)
+    assert runs
