@@ -3,21 +3,22 @@ recipe, on the real models.
 
 Usage::
 
-    python benchmarks/mixed_precision.py [--json PATH] [--models a,b] [--targets 25,30,35] [--families weight-int4,int8]
+    python benchmarks/mixed_precision.py [--json PATH] [--models a,b] [--targets 25,30,35] [--families F,...]
                                          [--samples N] [--quick] [--plot PNG]
 
 For each model (the MediaPipe models LiteRT runs, and ``mobilenet_v1_224`` from benchmarks/full_integer.py),
 ``--samples`` crops (``engine.zoo.calibration_photos``, default 32) are the data.  Every form is judged as the
 search judges (engine.accuracy.candidates.Judge: worst output SQNR pooled over the held-out samples, default
 runtime, 1 thread): the full-integer forms calibrate on the same 75% the search calibrates on and are judged on the
-held-out 25%; the weight forms are judged on every sample.  Rows:
+held-out 25%, and so are the searches with data-aware rounding (``weight-int4+gptq``); the other weight forms are
+judged on every sample.  Rows:
 
 * the uniform modes int8, int16x8, weight-int8, weight-int4, and int8 calibrated gradually (``gradual=4``, against
   one-shot int8);
 * the hand recipe "first and last layer float": weight-int4 (and int8) with the first and the last weighted op left
   float;
-* ``--target-sqnr`` searches for each target and family: size, default-runtime latency, the re-measured SQNR,
-  search time and candidates judged.
+* ``--target-sqnr`` searches for each target and family (weight-int4, weight-int4 with ``--rounding gptq``, int8):
+  size, default-runtime latency, the re-measured SQNR, search time and candidates judged.
 
 Latency: every form of a model timed together with the float model (engine.runtime.latency.measure_latency: 1
 thread, interleaved, median of 20), as a ratio to float.  Writes benchmarks/results/mixed_precision.json and .md;
@@ -102,12 +103,14 @@ def bench_model(name: str, path: Path, value_range: tuple[float, float], args: a
         except engine.EngineError as exc:
             rows.append({"form": f"{family}, first+last float", "error": str(exc)})
     for family in args.families:
-        fi = family == "int8"
+        mode, _, rounding = family.partition("+")  # weight-int4+gptq: the family with data-aware rounding
+        fi = mode == "int8" or bool(rounding)  # fitted to the calibration part: judged on the held-out one
+        options = {"quantize": mode, **({"rounding": rounding} if rounding else {})}
         for target in args.targets:
             out = tmp / f"{name}.{family}.{target:g}.tflite"
             t = time.perf_counter()
             try:
-                _, report = engine.compress(path, quantize=family, calibration=crops, target_sqnr=target, output=out)
+                _, report = engine.compress(path, **options, calibration=crops, target_sqnr=target, output=out)
             except engine.EngineError as exc:
                 rows.append({"form": f"{family} -> {target:g} dB", "error": str(exc)})
                 continue
@@ -168,7 +171,11 @@ def main() -> None:
     results_argument(parser, "mixed_precision")
     parser.add_argument("--models", help="comma-separated model names (default: all)")
     parser.add_argument("--targets", default="25,30,35", help="target SQNRs in dB (default 25,30,35)")
-    parser.add_argument("--families", default="weight-int4,int8", help="modes to search from (default: both)")
+    parser.add_argument(
+        "--families",
+        default="weight-int4,weight-int4+gptq,int8",
+        help="modes to search from, MODE or MODE+ROUNDING (default weight-int4,weight-int4+gptq,int8)",
+    )
     parser.add_argument("--samples", type=int, default=32, help="crops per model (default 32)")
     parser.add_argument("--quick", action="store_true", help="2 models, target 30, weight-int4 only")
     parser.add_argument("--plot", type=Path, metavar="PNG", help="draw every model's size/SQNR Pareto plot here")
