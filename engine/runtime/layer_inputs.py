@@ -14,6 +14,7 @@ more per layer).
 from __future__ import annotations
 
 import copy
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -86,9 +87,8 @@ def collect_layer_inputs(
     the float model are read too, for the cross moment that lets the fit aim at the float layer's outputs.
 
     Where ``data`` remembers (the accuracy search's candidates), each weight's inputs read without a teacher are
-    kept by model fingerprint and weight name and reused for the next build from the same model: which input
-    vectors were drawn then depended on the weights read together, so a candidate's fit can differ from a fresh
-    build's by that sampling (the search re-measures its final model, built fresh)."""
+    kept by model fingerprint and weight name and reused for the next build from the same model (each weight's
+    vectors are drawn from its own seeded stream, so that is what a fresh read gives)."""
     memo = data.remembered if teacher is None else None
     keys: dict[int, tuple[str, ...]] = {}
     if memo is not None:
@@ -112,7 +112,9 @@ def _read_layer_inputs(
         return {}
     runner, index = runner_for(model, _activations(weights), executor)
     inputs = [index[id(t)] for t in model.main.inputs]
-    rng = np.random.default_rng(0)
+    # One stream of draws per weight, seeded by its name: the vectors a weight's inputs are sampled from do not
+    # depend on which other weights are read in the same run (a remembered read equals a fresh one).
+    rngs = {id(w.value): np.random.default_rng(zlib.crc32((w.value.name or "").encode())) for w in weights}
     moments: dict[int, list] = {id(w.value): [None, 0, None] for w in weights}
     limits = {id(w.value): _per_sample(w, data.count) for w in weights}
     for sample in track(range(data.count), "reading layer inputs"):
@@ -122,6 +124,7 @@ def _read_layer_inputs(
             teacher.run(values)
         for weight in weights:
             state = moments[id(weight.value)]
+            rng = rngs[id(weight.value)]
             for op, _ in weight.uses:
                 x = np.asarray(runner.tensor(index[id(activation(op))]), np.float64)
                 replay = copy.deepcopy(rng)  # to draw the same positions again in the teacher's input
