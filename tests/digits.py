@@ -184,8 +184,9 @@ def digits_model_path(directory: str | Path) -> Path:
     return path
 
 
-def litert_predictions(model: str | Path | bytes, x: np.ndarray, runtime: str) -> np.ndarray:
-    """Top-1 classes [N] of a ``.tflite`` run in LiteRT one image at a time, in ``runtime`` (``tests/runtimes.py``).
+def litert_outputs(model: str | Path | bytes, x: np.ndarray, runtime: str) -> np.ndarray:
+    """The class scores [N, classes] of a ``.tflite`` run in LiteRT one image at a time, in ``runtime``
+    (``tests/runtimes.py``).
 
     An int8/uint8 input is fed ``x`` quantized with its (scale, zero point), a quantized output dequantized.
     """
@@ -195,8 +196,8 @@ def litert_predictions(model: str | Path | bytes, x: np.ndarray, runtime: str) -
     dtype = np.dtype(inp["dtype"])
     in_scale, in_zero = inp["quantization"]
     out_scale, out_zero = out["quantization"]
-    predictions = np.empty(len(x), np.int64)
-    for i, image in enumerate(np.asarray(x, np.float32)):
+    results = []
+    for image in np.asarray(x, np.float32):
         feed = image[None]
         if dtype in (np.int8, np.uint8):
             info = np.iinfo(dtype)
@@ -206,8 +207,13 @@ def litert_predictions(model: str | Path | bytes, x: np.ndarray, runtime: str) -
         result = interp.get_tensor(out["index"]).astype(np.float64)
         if np.dtype(out["dtype"]) in (np.int8, np.uint8) and out_scale:
             result = (result - out_zero) * out_scale
-        predictions[i] = int(np.argmax(result.reshape(-1)))
-    return predictions
+        results.append(result.reshape(-1))
+    return np.stack(results)
+
+
+def litert_predictions(model: str | Path | bytes, x: np.ndarray, runtime: str) -> np.ndarray:
+    """Top-1 classes [N] of a ``.tflite`` run in LiteRT (see `litert_outputs`)."""
+    return np.argmax(litert_outputs(model, x, runtime), axis=1).astype(np.int64)
 
 
 def accuracy(model: str | Path | bytes, x: np.ndarray, y: np.ndarray, runtime: str) -> float:

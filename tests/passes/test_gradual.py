@@ -146,22 +146,13 @@ def test_gradual_on_the_digits_classifier(tmp_path: Path) -> None:
     one-shot's (measured, both runtimes: one-shot 34.2 dB, gradual 40.0 dB, 2 stages 39.2 dB; accuracy 98.3% for
     all three, float 98.5%)."""
     from engine.quant.metrics import sqnr_db
-    from tests.digits import accuracy, digits_data, digits_model_path
-    from tests.runtimes import make_interpreter
+    from tests.digits import accuracy, digits_data, digits_model_path, litert_outputs
 
     source = digits_model_path(tmp_path)
     x_train, _, x_test, y_test = digits_data()
 
     def outputs(path: Path, runtime: str) -> np.ndarray:
-        interp = make_interpreter(path, runtime)
-        interp.allocate_tensors()
-        (inp,), (out,) = interp.get_input_details(), interp.get_output_details()
-        results = []
-        for image in x_test[:300]:
-            interp.set_tensor(inp["index"], image[None])
-            interp.invoke()
-            results.append(interp.get_tensor(out["index"]).copy())
-        return np.concatenate(results)
+        return litert_outputs(path, x_test[:300], runtime)
 
     paths = {}
     for stages in (None, 4):
