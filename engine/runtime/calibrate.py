@@ -248,16 +248,16 @@ def calibrate(
     replace the fresh ones (copies), only the others run, and they are remembered in turn.
     """
     sg = model.main
-    observed = data.remembered if data.remembered is not None else {}
+    remembered = data.remembered if data.remembered is not None else {}
     memo = _memo_keys(model, observers) if data.remembered is not None else {}
     for key, memo_key in memo.items():
-        if memo_key in observed:
-            observers[key] = (observers[key][0], copy.deepcopy(observed[memo_key]))
-    observers = {k: v for k, v in observers.items() if memo.get(k) not in observed}
-    if not observers:
+        if memo_key in remembered:
+            observers[key] = (observers[key][0], copy.deepcopy(remembered[memo_key]))
+    to_run = {k: v for k, v in observers.items() if memo.get(k) not in remembered}
+    if not to_run:
         return
-    runner, index = runner_for(model, [t for t, _ in observers.values()], executor)
-    watched = [(index[key], t, obs) for key, (t, obs) in observers.items()]
+    runner, index = runner_for(model, [t for t, _ in to_run.values()], executor)
+    watched = [(index[key], t, obs) for key, (t, obs) in to_run.items()]
     inputs = [index[id(t)] for t in sg.inputs]
     for sample in track(range(data.count), "calibrating"):
         runner.run(dict(zip(inputs, data.sample(sample), strict=True)))
@@ -266,9 +266,9 @@ def calibrate(
                 obs.update(runner.tensor(i))
             except EngineError as exc:
                 raise EngineError(f"calibration: tensor {t.name!r}: {exc}") from None
-    for key, (_, obs) in observers.items():
+    for key, (_, obs) in to_run.items():
         if key in memo:
-            observed[memo[key]] = copy.deepcopy(obs)
+            remembered[memo[key]] = copy.deepcopy(obs)
 
 
 def _memo_keys(model: Model, observers: dict[int, tuple[Tensor, Observer]]) -> dict[int, tuple[str, ...]]:
