@@ -35,8 +35,9 @@ Measured per model and tool:
   with its defaults, ``quantize(result).export_model(OUT)``);
 * CPU time (user + system, every thread) and peak RSS (``ru_maxrss``) of the child, read by a bare launcher
   process (a child of this process would inherit this process's high-water mark), medians over the runs;
-* SQNR: each output of the int8 model against the float32 model in LiteRT (builtin kernels,
-  ``engine.runtime.validate.validate(ref, cand, photo, intermediates=False, runtime="builtin")``) on ``--photos`` photos
+* SQNR: each output of the int8 model against the float32 model in LiteRT, the worse of the default runtime and the
+  builtin kernels (``engine.runtime.validate.validate(ref, cand, photo, intermediates=False, runtime="both")``; a
+  model either runtime cannot run is an error) on ``--photos`` photos
   (``engine.zoo.photo_input`` indices 0.., in the model's range): per photo the worst output, then the minimum
   and mean of that over the photos; also the median output (each output's mean over the photos), as the worst
   is often a presence score near 0 on a photo without a hand or body, whose SQNR says little.  Only photo 0
@@ -242,9 +243,9 @@ def eval_photos(model: Path, value_range: tuple[float, float], count: int) -> li
 
 
 def score(reference: Path, candidate: Path, photos: list[np.ndarray], classifier: bool = False) -> dict[str, Any]:
-    """Per photo the worst output's SQNR (builtin kernels), then the minimum and mean over photos, per-output
-    values for the JSON, and for a ``classifier`` top-1 agreement (the landmark models' [1, N] outputs are
-    coordinates, which have no top-1)."""
+    """Per photo the worst output's SQNR (the worse of the default runtime and the builtin kernels), then the
+    minimum and mean over photos, per-output values for the JSON, and for a ``classifier`` top-1 agreement (the
+    landmark models' [1, N] outputs are coordinates, which have no top-1)."""
     from engine.errors import EngineError
     from engine.runtime.validate import validate
 
@@ -253,7 +254,9 @@ def score(reference: Path, candidate: Path, photos: list[np.ndarray], classifier
     top1: list[float] = []
     try:
         for photo in photos:
-            report = validate(reference, candidate, photo, intermediates=False, runtime="builtin")
+            report = validate(reference, candidate, photo, intermediates=False, runtime="both")
+            if report.failures:
+                return {"sqnr_error": "; ".join(report.failures)}
             worst.append(min(o.sqnr_db for o in report.outputs))
             for o in report.outputs:
                 per_output.setdefault(o.name, []).append(o.sqnr_db)
@@ -273,13 +276,13 @@ def score(reference: Path, candidate: Path, photos: list[np.ndarray], classifier
 
 
 def top1_agreement(reference: Path, candidate: Path, inputs: np.ndarray) -> float:
-    """Fraction of ``inputs`` whose argmax class the candidate keeps (single-output classifier)."""
+    """Fraction of ``inputs`` whose argmax class the candidate keeps (single-output classifier, default runtime)."""
     from engine.runtime.litert import run
 
     agree = 0
     for x in inputs:
-        (ref,) = run(reference, x[None]).values()
-        (cand,) = run(candidate, x[None]).values()
+        (ref,) = run(reference, x[None], xnnpack=True).values()
+        (cand,) = run(candidate, x[None], xnnpack=True).values()
         agree += int(np.argmax(ref) == np.argmax(cand))
     return agree / len(inputs)
 

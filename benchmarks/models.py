@@ -79,7 +79,7 @@ def float32_copy(source: Path, output: Path, signature: str | None = None) -> di
         model.signature_defs = [SignatureDef(sg, inputs, outputs, signature)]
     write_model(model, output)
     return {
-        "folded_decoders": folded,
+        "folded_decoders": len(folded),
         "opcodes_builtin_code_filled": unset,
         "original_signature_defs": original_signatures,
         "ops": len(sg.operators),

@@ -21,11 +21,13 @@ Three parts, each printed as a markdown table (sizes in MB/KB = 10^6/10^3 bytes)
 * ``defaults``: ours only, ``--scale mse|minmax`` x ``--min-elements 0|1024|4096`` on the real models, for
   choosing the defaults (run in this process: the figures are sizes and SQNR, the times are indicative).
 
-Every output is checked in LiteRT (builtin kernels, ``engine.runtime.litert.run``) against the input model: real
-models on 3 photos (``engine.zoo.photo_input`` in each model's input range), the synthetic one on 3 seeded
-standard-normal inputs.  The tables show "worst / median": each output's SQNR is its worst over the inputs,
-then the worst output and the median output (MediaPipe models have small score outputs, e.g. a hand-presence
-score near 0 on photos without a hand, whose SQNR is far below the landmarks').  Peak RSS is the child's
+Every output is checked in LiteRT against the input model, in the default runtime (XNNPACK applied, as users load
+models: the SQNR shown) and with the builtin kernels (a file either cannot run is an error; their worst SQNR is in
+the JSON), ``engine.runtime.litert.run``: real models on 3 photos (``engine.zoo.photo_input`` in each model's
+input range), the synthetic one on 3 seeded standard-normal inputs.  The tables show "worst / median": each
+output's SQNR is its worst over the inputs, then the worst output and the median output (MediaPipe models have
+small score outputs, e.g. a hand-presence score near 0 on photos without a hand, whose SQNR is far below the
+landmarks').  Peak RSS is the child's
 ``ru_maxrss``, read by a small launcher process (``harness.LAUNCHER``): the whole process, the touched pages of the
 memory-mapped input included.  Times are measured by the launcher around the child, and they and peak RSS
 are medians over ``--runs`` fresh processes (default 1 for the real models, 3 for the synthetic
@@ -53,6 +55,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import db, environment, markdown_table, results_argument, run_process, save  # worktree's engine first
 from models import PHOTOS, float32_copy, photo_inputs, real_models
 
+# The runtimes outputs are scored in (``engine.runtime.litert.run``'s xnnpack flag): the default one is the judge.
+RUNTIMES = {"default": True, "builtin": False}
 # (our mode, our extra options, quantizer recipe): the pairs of the real and synthetic parts.
 PAIRS: list[tuple[str, dict[str, str], str]] = [
     ("float16", {}, "fp16_float_casting"),
@@ -132,7 +136,7 @@ def timed(command: list[str], output: Path, logs: Path, runs: int) -> dict[str, 
 
 
 class Reference:
-    """A model's outputs on fixed inputs, run once, to score candidates against (worst SQNR)."""
+    """A model's outputs on fixed inputs, run once in each runtime, to score candidates against (worst SQNR)."""
 
     def __init__(self, path: Path, inputs: list[np.ndarray]):
         from engine.runtime.litert import run
@@ -140,11 +144,15 @@ class Reference:
         self.path = path
         self.bytes = path.stat().st_size
         self.inputs = inputs
-        self.outputs = [list(run(path, x).items()) for x in inputs]
+        self.outputs = {
+            runtime: [list(run(path, x, xnnpack=xnnpack).items()) for x in inputs]
+            for runtime, xnnpack in RUNTIMES.items()
+        }
         self.summary = file_summary(path)
 
     def score(self, candidate: Path) -> dict[str, Any]:
-        """SQNR of each output (its worst over the inputs), the worst and the median of those, or why none.
+        """SQNR of each output (its worst over the inputs) in the default runtime, the worst and the median of
+        those, the worst in the builtin kernels, or why none (a candidate either runtime cannot run has none).
 
         Outputs are matched by name when both models have the same names, else by position.
         """
@@ -152,23 +160,30 @@ class Reference:
         from engine.quant.metrics import sqnr_db
         from engine.runtime.litert import run
 
-        per_output = {name: math.inf for name, _ in self.outputs[0]}
-        for x, reference in zip(self.inputs, self.outputs, strict=True):
-            try:
-                got = list(run(candidate, x).items())
-            except EngineError as exc:
-                return {"worst_sqnr_db": None, "median_sqnr_db": None, "sqnr_error": f"LiteRT: {exc}"}
-            if len(got) != len(reference):
-                error = f"{len(got)} outputs instead of {len(reference)}"
-                return {"worst_sqnr_db": None, "median_sqnr_db": None, "sqnr_error": error}
-            by_name = dict(got) if {n for n, _ in reference} == {n for n, _ in got} else None
-            for (name, ref), (_, cand) in zip(reference, got, strict=True):
-                value = by_name[name] if by_name is not None else cand
-                per_output[name] = min(per_output[name], sqnr_db(ref.astype(np.float64), value.astype(np.float64)))
+        per_runtime = {}
+        for runtime, xnnpack in RUNTIMES.items():
+            outputs = self.outputs[runtime]
+            per_output = {name: math.inf for name, _ in outputs[0]}
+            for x, reference in zip(self.inputs, outputs, strict=True):
+                try:
+                    got = list(run(candidate, x, xnnpack=xnnpack).items())
+                except EngineError as exc:
+                    return {"worst_sqnr_db": None, "median_sqnr_db": None, "sqnr_error": f"LiteRT {runtime}: {exc}"}
+                if len(got) != len(reference):
+                    error = f"{len(got)} outputs instead of {len(reference)}"
+                    return {"worst_sqnr_db": None, "median_sqnr_db": None, "sqnr_error": error}
+                by_name = dict(got) if {n for n, _ in reference} == {n for n, _ in got} else None
+                for (name, ref), (_, cand) in zip(reference, got, strict=True):
+                    value = by_name[name] if by_name is not None else cand
+                    sqnr = sqnr_db(ref.astype(np.float64), value.astype(np.float64))
+                    per_output[name] = min(per_output[name], sqnr)
+            per_runtime[runtime] = per_output
+        default = per_runtime["default"]
         return {
-            "worst_sqnr_db": min(per_output.values()),
-            "median_sqnr_db": statistics.median(per_output.values()),
-            "output_sqnr_db": per_output,
+            "worst_sqnr_db": min(default.values()),
+            "median_sqnr_db": statistics.median(default.values()),
+            "output_sqnr_db": default,
+            "builtin_worst_sqnr_db": min(per_runtime["builtin"].values()),
             "sqnr_error": None,
         }
 
