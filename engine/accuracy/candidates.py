@@ -9,7 +9,8 @@ building one candidate model from a per-unit assignment.
   the error power summed over the samples relative to the float output's power summed over them
   (``10 ** (-SQNR / 10)``: one SQNR per output over the held-out set, so that an output that is near zero on one
   sample, a presence score, does not decide alone), the worst output's SQNR, and with labels the top-1 accuracy
-  of the first output.
+  of the first output.  A candidate may be judged on some of the held-out samples only (the search's ranking):
+  its noise is then pooled over those.
 * **Units and ladders.**  A unit is what gets its own precision: a weight (by its tensor name, as
   ``engine.graph.weights.find_weights`` and the report name it) in the weight modes, an op with an integer kernel
   (by its output tensor name) in the full-integer modes.  Its ladder starts at the requested mode and ends at
@@ -242,18 +243,21 @@ class Judge:
                 f"{list(shape)} is not one row of class scores"
             )
 
-    def measure(self, candidate: bytes) -> Measurement:
-        """Run ``candidate`` on every held-out sample (default runtime, one thread)."""
+    def measure(self, candidate: bytes, samples: Sequence[int] | None = None) -> Measurement:
+        """Run ``candidate`` on every held-out sample (default runtime, one thread), or only on the held-out samples
+        at the positions ``samples`` (the noise then pooled over those; no accuracy)."""
         start = time.perf_counter()
         self.runs += 1
         outputs = len(self._outputs)
+        chosen = range(len(self.reference)) if samples is None else list(samples)
         try:
             cand = interpreter(candidate, "candidate", preserve_all=False, num_threads=1, xnnpack=True)
             in_pairs = match_tensors(self._inputs, cand.get_input_details(), "input")
             out_pairs = match_tensors(self._outputs, cand.get_output_details(), "output")
-            power = np.zeros((outputs, len(self.reference)))
+            power = np.zeros((outputs, len(chosen)))
             firsts = []
-            for s, sample in enumerate(self.data.held_out):
+            for j, s in enumerate(chosen):
+                sample = self.data.held_out[s]
                 feeds = [(c, cast_input(arr, r, c)) for (r, c), arr in zip(in_pairs, sample, strict=True)]
                 invoke(cand, feeds, "candidate")
                 for k, (_, c) in enumerate(out_pairs):
@@ -262,15 +266,15 @@ class Judge:
                     if value.shape != ref.shape:
                         raise EngineError(f"output {c['name']!r} has shape {list(value.shape)}, not {list(ref.shape)}")
                     with np.errstate(over="ignore", invalid="ignore"):
-                        power[k, s] = float(np.sum(np.square(ref - value)))
+                        power[k, j] = float(np.sum(np.square(ref - value)))
                     if k == 0:
                         firsts.append(value)
         except InterpreterError as exc:
             self.seconds += time.perf_counter() - start
             return Measurement(np.full(outputs, np.inf), float("-inf"), dict.fromkeys(self.output_names, float("-inf")),
                                0.0, len(candidate), str(exc))  # fmt: skip
-        noise = _relative(power.sum(axis=1), self.signal.sum(axis=1))
-        accuracy = self._accuracy(firsts) if self.data.labels is not None else None
+        noise = _relative(power.sum(axis=1), self.signal[:, list(chosen)].sum(axis=1))
+        accuracy = self._accuracy(firsts) if self.data.labels is not None and samples is None else None
         self.seconds += time.perf_counter() - start
         per_output = {name: noise_db(noise[k]) for k, name in enumerate(self.output_names)}
         return Measurement(noise, noise_db(noise), per_output, accuracy, len(candidate))

@@ -6,12 +6,24 @@ on held-out samples in the default runtime, stay within the budget of the float 
 
 1. **Uniform.**  Every unit on the requested rung, judged (engine.accuracy.candidates: split, judge, units,
    ladders).  If it meets the budget, it is the answer.
-2. **Ranking.**  Each unit alone on the first rung, every other one float: its output noise in isolation
-   (one run per unit).  Noise powers from independent rounding errors add, so the noise of any assignment is
-   predicted as the sum of its units' noises, scaled by how far the uniform model's measured noise is from the
-   sum of the isolated ones (interactions).  Higher rungs of the weight ladders are extrapolated from the isolated
-   noise by the ratio of the weight's own quantization noise on each rung, which the passes report for every
-   weight (one uniform run per rung), float being noise-free.
+2. **Ranking.**  Each unit's output noise in isolation: only it on the first rung, every other one float.
+   Noise powers from independent rounding errors add, so the noise of any assignment is predicted as the sum of
+   its units' noises, scaled by how far the uniform model's measured noise is from the sum of the isolated ones
+   (interactions).  Higher rungs of the weight ladders are extrapolated from the isolated noise by the ratio of
+   the weight's own quantization noise on each rung, which the passes report for every weight (one uniform run
+   per rung), float being noise-free.  With several integer rungs (weight-int4, weight-int8, dynamic-int4) each
+   unit is measured alone, one run per unit: its own figure decides its rung.  With two (int8: integer or a
+   float island; float16; ...) only the units the answer leaves on the first rung decide it, and the isolated
+   noises come by group testing (engine.accuracy.ranking): groups of up to 16 neighbouring units (ops in graph
+   order) are judged together and a group's noise is shared among its members (by the weight's own quantization
+   noise where there is one, else equally); then the units the answer hangs on are measured alone: the units
+   holding three quarters of the bytes at stake (float against first rung), and those the predicted answer (step
+   4's first prefix) leaves on the first rung or promotes last (4), of the units whose rung changes the bytes, 8
+   at a time, most bytes first, the prediction redone after each batch until it leaves no such unit estimated.
+   The rest keep estimates: a group's noise minus its members measured alone, shared (never below their share of
+   the last candidate measured with them, for the units whose rung changes no bytes: over-estimated they are
+   promoted early at no cost, under-estimated their noise would be missing from the prediction).  Ranking
+   candidates are judged on at most 8 of the held-out samples (evenly spaced); every other step judges on all.
 3. **Promotion path.**  Greedy: at each step the promotion (one unit, one rung up) that removes the most predicted
    noise from the worst output and sample per byte it adds, until every unit is float.  This orders all
    promotions; the answer is a prefix.
@@ -58,6 +70,7 @@ from engine.accuracy.candidates import (
     rung_name,
     weight_units,
 )
+from engine.accuracy.ranking import GROUP, GroupTesting
 from engine.errors import EngineError
 from engine.format.ir import Model
 from engine.format.reader import read_model
@@ -71,6 +84,11 @@ DEFAULT_MAX_RUNS = 600
 _DEMOTIONS = 4
 _MIN_COST = 16  # bytes: a promotion that adds none (an op without constants) still costs boundaries
 _LATENCY_RUNS = 20
+_ACCURACY_TARGET_DB = 30.0  # an accuracy budget's stand-in SQNR where predictions need one
+_BAND = 4  # the units promoted last before the predicted answer, measured alone by the ranking
+_BATCH = 8  # units the ranking measures alone before it predicts again
+_STAKE_SHARE = 0.75  # the units holding this share of the bytes at stake, measured alone by the ranking
+_RANKING_SAMPLES = 8  # held-out samples judging each ranking candidate, at most
 
 
 @dataclass(frozen=True)
@@ -123,6 +141,8 @@ class SearchReport:
     steps: list[Step] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     runs: int = 0
+    ranking_runs: int = 0
+    ranking_samples: int = 0
     compress_runs: int = 0
     seconds: float = 0.0
     build_seconds: float = 0.0
@@ -147,14 +167,23 @@ class SearchReport:
             f"{self.judge_seconds:.1f} s judging)"
         )
         if self.ranking:
-            worst = ", ".join(f"{r['unit']} {r['isolated_sqnr_db']:.1f} dB" for r in self.ranking[:5])
+            alone = sum(1 for r in self.ranking if r["measured_alone"])
+            lines.append(
+                f"  ranking: {self.ranking_runs} candidates x {self.ranking_samples} samples for {self.units} "
+                f"{self.unit_kind}s ({alone} measured alone, {self.units - alone} estimated from their group's noise)"
+            )
+            worst = ", ".join(
+                f"{r['unit']} {r['isolated_sqnr_db']:.1f} dB" + ("" if r["measured_alone"] else " (estimated)")
+                for r in self.ranking[:5]
+            )
             lines.append(f"  most harmful alone (output SQNR with only it on {self.ladder[0]}): {worst}")
         lines.append(f"  chosen: {self.chosen}")
         if self.decisions:
             lines.append(f"  decisions ({len(self.decisions)}):")
             for d in self.decisions[:20]:
                 alone = d.get("isolated_sqnr_db")
-                alone_text = "" if alone is None else f"; alone on {d['from']} it gave {_db(alone)} dB"
+                estimated = "" if d.get("isolated_measured_alone", True) else " (estimated)"
+                alone_text = "" if alone is None else f"; alone on {d['from']} it gave {_db(alone)} dB{estimated}"
                 lines.append(
                     f"    {d['unit']} ({d['op']}): {d['from']} -> {d['to']}, {d['bytes_delta']:+,} bytes"
                     f"{alone_text}; measured with it: {_db(d['measured_sqnr_db'])} dB"
@@ -206,7 +235,14 @@ class _Search:
         self.steps: list[Step] = []
         self.cache: dict[tuple[int, ...], tuple[Measurement, bool]] = {}
         self.best: tuple[tuple[int, ...], Measurement] | None = None
-        self.isolated: list[tuple[Unit, Measurement]] = []
+        self.target_db = _ACCURACY_TARGET_DB if budget.target_sqnr_db is None else budget.target_sqnr_db
+        self.uniform: Measurement | None = None  # the uniform model, judged (step 1)
+        self.testing: GroupTesting | None = None  # the ranking's group testing (step 2)
+        self.isolated: np.ndarray | None = None  # [units, outputs] isolated noise, measured or estimated
+        held = len(judge.data.held_out)
+        self.ranking_samples = (
+            None if held <= _RANKING_SAMPLES else sorted({round(x) for x in np.linspace(0, held - 1, _RANKING_SAMPLES)})
+        )
 
     def passes(self, m: Measurement) -> bool:
         if m.error is not None:
@@ -243,16 +279,42 @@ class _Search:
 
     # ------------------------------------------------------------------ noise model
 
-    def rank(self) -> np.ndarray:
-        """[units, rungs, outputs, samples] predicted relative noise of each unit on each rung, the first rung
-        measured with only that unit quantized."""
-        rho = np.zeros((len(self.units), self.levels, len(self.judge.output_names)))
-        for i, unit in enumerate(track(self.units, f"ranking {len(self.units)} units")):
-            if self.judge.runs >= self.max_runs:
-                raise _OutOfRuns
-            recipe = self.builder.recipe_for({}, exclude=[f"^(?!{anchored(unit.name)[1:-1]}$)"])
-            m = self.judge.measure(self.builder.candidate(recipe))
-            rho[i, 0] = np.where(np.isfinite(m.noise), m.noise, 1e6)
+    def rank(self) -> tuple[np.ndarray, np.ndarray]:
+        """(rho, scale): [units, rungs, outputs] predicted relative noise of each unit on each rung, the first rung
+        the unit's noise with only it quantized (by group testing: engine.accuracy.ranking), and the per-output
+        factor from the sum of the isolated noises to the uniform model's measured noise."""
+        group = GROUP if self.levels == 2 else 1  # several integer rungs: each unit's own figure decides its rung
+        # Units whose rung changes no bytes are never measured alone (no decision hangs on them): over-estimating
+        # them only promotes them early, at no cost, where under-estimating them hides noise from the prediction.
+        cautious = [u.bytes[-1] == u.bytes[0] for u in self.units]
+        proxy = [_proxy(u) for u in self.units]
+        testing = GroupTesting(len(self.units), self._group_noise, proxy, group=group, cautious=cautious)
+        self.testing = testing
+        testing.start(lambda groups: track(groups, f"ranking {len(self.units)} units in {len(groups)} candidates"))
+        while True:
+            self.isolated = testing.noise()
+            rho = self._rho(self.isolated)
+            scale = self.interaction_scale(rho)
+            deciding = [i for i in self._deciding(self.path(rho, scale), rho, scale) if not testing.alone(i)]
+            if not deciding:
+                return rho, scale
+            # A batch at a time, the most bytes at stake first: the prediction redone after each.
+            deciding.sort(key=lambda i: abs(self.units[i].bytes[-1] - self.units[i].bytes[0]), reverse=True)
+            testing.isolate(deciding[:_BATCH])
+
+    def _group_noise(self, members: list[int]) -> np.ndarray:
+        """The noise of the candidate with only ``members`` on the first rung, on the ranking's samples."""
+        if self.judge.runs >= self.max_runs:
+            raise _OutOfRuns
+        names = "|".join(anchored(self.units[i].name)[1:-1] for i in members)
+        recipe = self.builder.recipe_for({}, exclude=[f"^(?!(?:{names})$)"])
+        return self.judge.measure(self.builder.candidate(recipe), self.ranking_samples).noise
+
+    def _rho(self, isolated: np.ndarray) -> np.ndarray:
+        """Every rung's predicted noise from the first rung's (a refused candidate's infinite noise counts as 1e6)."""
+        rho = np.zeros((len(self.units), self.levels, isolated.shape[1]))
+        rho[:, 0] = np.where(np.isfinite(isolated), isolated, 1e6)
+        for i, unit in enumerate(self.units):
             for level in range(1, self.levels):
                 if self.builder.ladder[level] is None:
                     continue
@@ -261,8 +323,38 @@ class _Search:
                     rho[i, level] = rho[i, 0] * 10 ** (-2.4 * level)  # no weight figures: ~24 dB a rung
                 else:
                     rho[i, level] = rho[i, 0] * 10 ** ((w0 - wl) / 10)
-            self.isolated.append((unit, m))
         return rho
+
+    def interaction_scale(self, rho: np.ndarray) -> np.ndarray:
+        """Per output: the uniform model's measured noise over the sum of the isolated noises (clipped)."""
+        assert self.uniform is not None
+        predicted_uniform = rho[:, 0].sum(axis=0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = np.where(predicted_uniform > 0, self.uniform.noise / predicted_uniform, 1.0)
+        return np.clip(np.nan_to_num(ratio, nan=1.0, posinf=100.0), 0.01, 100.0)
+
+    def _deciding(self, order: list[tuple[int, int]], rho: np.ndarray, scale: np.ndarray) -> list[int]:
+        """The units the answer hangs on, of those whose rung changes the bytes: the ones the predicted answer
+        leaves on the first rung, the last ``_BAND`` it promotes, and those holding ``_STAKE_SHARE`` of all the
+        bytes at stake."""
+        k = self.predicted_prefix(order, rho, scale)
+        levels = self.levels_after(order, k)
+        stakes = [abs(u.bytes[-1] - u.bytes[0]) for u in self.units]
+        kept = [i for i, level in enumerate(levels) if level == 0 and stakes[i]]
+        last: list[int] = []
+        for i, _ in reversed(order[:k]):
+            if len(last) == _BAND:
+                break
+            if stakes[i] and i not in last:
+                last.append(i)
+        heavy: list[int] = []
+        total, covered = sum(stakes), 0
+        for i in sorted(range(len(stakes)), key=lambda i: stakes[i], reverse=True):
+            if covered >= _STAKE_SHARE * total:
+                break
+            heavy.append(i)
+            covered += stakes[i]
+        return list(dict.fromkeys(kept + last + heavy))
 
     def path(self, rho: np.ndarray, scale: np.ndarray) -> list[tuple[int, int]]:
         """Every promotion (unit index, new rung), greedily by predicted worst-cell noise removed per byte added."""
@@ -300,6 +392,25 @@ class _Search:
     def predicted_db(self, rho: np.ndarray, scale: np.ndarray, levels: tuple[int, ...]) -> float:
         total = scale * rho[np.arange(len(self.units)), list(levels)].sum(axis=0)
         return noise_db(total)
+
+    def predicted_prefix(self, order: list[tuple[int, int]], rho: np.ndarray, scale: np.ndarray) -> int:
+        """The shortest prefix of ``order`` predicted to reach the target SQNR (for an accuracy budget, 30 dB);
+        the whole path when none is."""
+        levels = [0] * len(self.units)
+        for k in range(len(order) + 1):
+            if k:
+                i, level = order[k - 1]
+                levels[i] = max(levels[i], level)
+            if self.predicted_db(rho, scale, tuple(levels)) >= self.target_db:
+                return k
+        return len(order)
+
+
+def _proxy(unit: Unit) -> float:
+    """The ranking's split of a group's noise: the weight's own relative quantization noise on the first rung
+    (NaN, unknown, for an op or a weight without the figure: equal shares)."""
+    w0 = unit.weight_sqnr_db[0] if unit.weight_sqnr_db else None
+    return math.nan if w0 is None or math.isnan(w0) else 10 ** (-w0 / 10)
 
 
 class _OutOfRuns(Exception):
@@ -367,6 +478,7 @@ def budgeted_compress(
     ok0 = search.passes(m0)
     search.cache[zero] = (m0, ok0)
     search.best = (zero, m0)
+    search.uniform = m0
     search.steps.append(Step(f"uniform {mode}", 0, m0.sqnr_db, judge.drop_points(m0), m0.bytes, ok0))
     report = SearchReport(
         budget={
@@ -391,30 +503,16 @@ def budgeted_compress(
     out_of_runs = False
     if not ok0 and units:
         try:
-            rho = search.rank()
+            rho, scale = search.rank()
             predicted_uniform = rho[:, 0].sum(axis=0)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                ratio = np.where(predicted_uniform > 0, m0.noise / predicted_uniform, 1.0)
-            scale = np.clip(np.nan_to_num(ratio, nan=1.0, posinf=100.0), 0.01, 100.0)
             report.notes.append(
                 f"additivity: the {len(units)} isolated noises add up to {noise_db(predicted_uniform):.1f} dB, "
                 f"the uniform model measures {m0.sqnr_db:.1f} dB (predictions are scaled by the difference, per "
-                "output and sample)"
+                "output)"
             )
-            report.ranking = sorted(
-                (
-                    {
-                        "unit": u.name,
-                        "op": u.op,
-                        "isolated_sqnr_db": m.sqnr_db,
-                        "isolated_noise": float(np.max(m.noise)),
-                    }
-                    for u, m in search.isolated
-                ),
-                key=lambda r: r["isolated_sqnr_db"],
-            )
+            report.ranking = _ranking(search)
             order = search.path(rho, scale)
-            chosen, first_with = _prefix_search(search, order, rho, scale, budget)
+            chosen, first_with = _prefix_search(search, order, rho, scale)
             if search.cache[chosen][1]:
                 chosen = _demote(search, chosen, rho, scale)
         except _OutOfRuns:
@@ -473,6 +571,9 @@ def budgeted_compress(
             )
     report.steps = search.steps
     report.runs = judge.runs
+    if search.testing is not None:
+        report.ranking_runs = search.testing.runs
+        report.ranking_samples = len(data.held_out) if search.ranking_samples is None else len(search.ranking_samples)
     report.compress_runs = builder.builds
     report.build_seconds = builder.seconds
     report.judge_seconds = judge.seconds
@@ -529,23 +630,13 @@ def _check_budget(target_sqnr: Any, max_accuracy_drop: Any, labels: Any, optimiz
 
 
 def _prefix_search(
-    search: _Search, order: list[tuple[int, int]], rho: np.ndarray, scale: np.ndarray, budget: Budget
+    search: _Search, order: list[tuple[int, int]], rho: np.ndarray, scale: np.ndarray
 ) -> tuple[tuple[int, ...], dict[int, int]]:
     """The shortest passing prefix of the promotion path found by galloping and bisection; also, per path step,
     the prefix length whose measurement first included it."""
     total = len(order)
     measured: dict[int, bool] = {0: False}
-    predicted = total
-    if budget.target_sqnr_db is not None:
-        for k in range(total + 1):
-            if search.predicted_db(rho, scale, search.levels_after(order, k)) >= budget.target_sqnr_db:
-                predicted = k
-                break
-    else:  # accuracy: start where the predicted SQNR reaches that of the first noise-free-enough prefix, 30 dB
-        for k in range(total + 1):
-            if search.predicted_db(rho, scale, search.levels_after(order, k)) >= 30.0:
-                predicted = k
-                break
+    predicted = search.predicted_prefix(order, rho, scale)  # an accuracy budget: where it reaches 30 dB
 
     def check(k: int, what: str) -> bool:
         _, ok = search.judge_assignment(search.levels_after(order, k), what, k)
@@ -577,6 +668,25 @@ def _prefix_search(
     return search.levels_after(order, best_k), first_with
 
 
+def _ranking(search: _Search) -> list[dict[str, Any]]:
+    """The report's ranking: every unit's isolated noise, most harmful first, and how it is known."""
+    assert search.isolated is not None and search.testing is not None
+    rows = []
+    for i, unit in enumerate(search.units):
+        estimate = search.testing.estimate(i)
+        rows.append(
+            {
+                "unit": unit.name,
+                "op": unit.op,
+                "isolated_sqnr_db": noise_db(search.isolated[i]),
+                "isolated_noise": float(np.max(search.isolated[i])) if search.isolated.shape[1] else 0.0,
+                "measured_alone": estimate.alone,
+                "how": estimate.describe(),
+            }
+        )
+    return sorted(rows, key=lambda r: r["isolated_sqnr_db"])
+
+
 def _demote(search: _Search, levels: tuple[int, ...], rho: np.ndarray, scale: np.ndarray) -> tuple[int, ...]:
     """Try moving promoted units one rung back down, those saving the most bytes per predicted noise first,
     keeping each that still passes (at most ``_DEMOTIONS`` tries)."""
@@ -605,7 +715,8 @@ def _decisions(
     """One entry per unit above its first rung: what it cost in bytes, how much harm it did alone, and the
     measured figures of the first judged candidate that included it."""
     ladder = search.builder.ladder
-    isolated = {u.name: m for u, m in search.isolated}
+    isolated = search.isolated
+    testing = search.testing
     decisions = []
     for i, level in enumerate(chosen):
         if not level:
@@ -626,7 +737,8 @@ def _decisions(
                 "to": rung_name(ladder[level]),
                 "bytes_delta": unit.bytes[level] - unit.bytes[0],
                 "path_step": step,
-                "isolated_sqnr_db": isolated[unit.name].sqnr_db if unit.name in isolated else None,
+                "isolated_sqnr_db": None if isolated is None else noise_db(isolated[i]),
+                "isolated_measured_alone": None if testing is None else testing.alone(i),
                 "measured_sqnr_db": None if m is None else m.sqnr_db,
                 "measured_drop": None if m is None else search.judge.drop_points(m),
             }

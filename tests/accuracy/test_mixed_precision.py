@@ -114,6 +114,38 @@ def test_full_integer_budget_reproduces_bytes_with_its_calibration_part(
     assert again.read_bytes() == out.read_bytes()
 
 
+def test_ranking_says_which_isolated_noises_were_measured_alone(small: tuple[Path, np.ndarray]) -> None:
+    """int8 (integer or float island: two rungs) group-tests the ranking: the ops are judged together, then the
+    ones the predicted answer hangs on alone; every ranking row and decision says which its figure is, and the
+    ranking's candidates are counted in the runs.  Weight-int4 (several integer rungs) measures each alone."""
+    path, x = small
+    _, report = engine.compress(path, quantize="int8", calibration=x, target_sqnr=36)
+    search = report.search
+    assert search.units == len(search.ranking) == 6
+    assert search.ranking_samples == 8 < search.held_out_samples == 12  # ranking candidates: 8 held-out samples
+    alone = [r for r in search.ranking if r["measured_alone"]]
+    assert all(r["how"] == "measured alone" for r in alone)
+    assert all(r["how"].startswith("estimated") for r in search.ranking if not r["measured_alone"])
+    # One candidate for the group of all six, one per unit measured alone (the remainder is a difference).
+    assert search.ranking_runs == 1 + len(alone) < search.units
+    assert search.runs == search.ranking_runs + len(search.steps) + 1  # and the final re-measure
+    # The ops whose rung changes the bytes are what the answer hangs on: here all four are measured alone.
+    how = {r["unit"]: r["measured_alone"] for r in search.ranking}
+    weighted = {"conv2d_1/output", "conv2d_2/output", "fully_connected_1/output", "fully_connected_2/output"}
+    assert all(how[name] for name in weighted)
+    text = search.format_text()
+    assert f"ranking: {search.ranking_runs} candidates x 8 samples for 6 ops ({len(alone)} measured alone" in text
+    for d in search.decisions:
+        assert d["isolated_measured_alone"] is how[d["unit"]]
+        estimated = "(estimated)" if not how[d["unit"]] else ""
+        assert f"alone on int8 it gave {d['isolated_sqnr_db']:.2f} dB{' ' + estimated if estimated else ';'}" in text
+
+    _, report = engine.compress(path, quantize="weight-int4", min_elements=0, calibration=x, target_sqnr=30)
+    search = report.search
+    assert search.ranking_runs == search.units == 4
+    assert all(r["measured_alone"] for r in search.ranking)
+
+
 def test_impossible_budget_says_so_and_writes_the_best_model(
     small: tuple[Path, np.ndarray], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
