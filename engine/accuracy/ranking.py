@@ -129,9 +129,9 @@ class GroupTesting:
         """Measure each of ``units`` alone unless it already is; returns how many candidates that took."""
         before = self.runs
         for i in units:
-            leaf = self._leaf_of(i)
-            if leaf.measured and len(leaf.members) == 1:
+            if self.alone(i):
                 continue
+            leaf = self._leaf_of(i)
             self._leaves.remove(leaf)
             alone = self.run([i])
             self._leaves.append(_Leaf([i], alone, True))
@@ -177,8 +177,7 @@ class GroupTesting:
         return leaf.measured and len(leaf.members) == 1
 
     def estimate(self, unit: int) -> Estimate:
-        leaf = self._leaf_of(unit)
-        return Estimate(leaf.measured and len(leaf.members) == 1, len(leaf.members))
+        return Estimate(self.alone(unit), len(self._leaf_of(unit).members))
 
     def noise(self) -> np.ndarray:
         """[units, outputs]: each unit's isolated noise, measured or estimated (a group's shared by the proxy; a

@@ -286,7 +286,7 @@ class _Search:
         group = GROUP if self.levels == 2 else 1  # several integer rungs: each unit's own figure decides its rung
         # Units whose rung changes no bytes are never measured alone (no decision hangs on them): over-estimating
         # them only promotes them early, at no cost, where under-estimating them hides noise from the prediction.
-        cautious = [u.bytes[-1] == u.bytes[0] for u in self.units]
+        cautious = [_stake(u) == 0 for u in self.units]
         proxy = [_proxy(u) for u in self.units]
         testing = GroupTesting(len(self.units), self._group_noise, proxy, group=group, cautious=cautious)
         self.testing = testing
@@ -299,7 +299,7 @@ class _Search:
             if not deciding:
                 return rho, scale
             # A batch at a time, the most bytes at stake first: the prediction redone after each.
-            deciding.sort(key=lambda i: abs(self.units[i].bytes[-1] - self.units[i].bytes[0]), reverse=True)
+            deciding.sort(key=lambda i: _stake(self.units[i]), reverse=True)
             testing.isolate(deciding[:_BATCH])
 
     def _group_noise(self, members: list[int]) -> np.ndarray:
@@ -339,7 +339,7 @@ class _Search:
         bytes at stake."""
         k = self.predicted_prefix(order, rho, scale)
         levels = self.levels_after(order, k)
-        stakes = [abs(u.bytes[-1] - u.bytes[0]) for u in self.units]
+        stakes = [_stake(u) for u in self.units]
         kept = [i for i, level in enumerate(levels) if level == 0 and stakes[i]]
         last: list[int] = []
         for i, _ in reversed(order[:k]):
@@ -404,6 +404,11 @@ class _Search:
             if self.predicted_db(rho, scale, tuple(levels)) >= self.target_db:
                 return k
         return len(order)
+
+
+def _stake(unit: Unit) -> int:
+    """The bytes at stake in a unit's rung: float against the first rung."""
+    return abs(unit.bytes[-1] - unit.bytes[0])
 
 
 def _proxy(unit: Unit) -> float:
