@@ -94,6 +94,17 @@ ROUNDING_FLAGS = {"nearest": [], "gptq": ["--rounding", "gptq"], "gptq+gradual":
 SIGNATURE = "serving_default"
 
 
+def judged(command: list[str], out: Path, logs: Path, judge: Judge) -> dict[str, Any]:
+    """Run one compress command in a fresh process: whole-process time and peak RSS, and, when it wrote ``out``,
+    its held-out SQNR and size."""
+    run = run_process(command, out, logs, require_output=True)
+    row = {"wall_s": run["wall_s"], "peak_rss_bytes": run["peak_rss_bytes"], "error": run["error"]}
+    if run["error"] is None:
+        measured = judge.measure(out.read_bytes())
+        row.update(sqnr_db=measured.sqnr_db, bytes=out.stat().st_size, error=measured.error)
+    return row
+
+
 def measure(
     name: str, path: Path, value_range: tuple[float, float], samples: int, tmp: Path, quantizer: bool
 ) -> dict[str, Any]:
@@ -112,18 +123,13 @@ def measure(
         needs_data = "int8" in flags or "--rounding" in flags
         command = [sys.executable, "-m", "engine", "compress", str(path), "-o", str(out), *flags]
         command += ["--calibration", str(fit)] if needs_data else []
-        run = run_process(command, out, logs, require_output=True)
-        row = {"wall_s": run["wall_s"], "peak_rss_bytes": run["peak_rss_bytes"], "error": run["error"]}
-        if run["error"] is None:
-            measured = judge.measure(out.read_bytes())
-            row.update(sqnr_db=measured.sqnr_db, bytes=out.stat().st_size, error=measured.error)
-        rows[form] = row
-        print(f"{name} {form}: {db(row.get('sqnr_db'))} dB, {run['wall_s']:.1f} s", file=sys.stderr)
+        rows[form] = row = judged(command, out, logs, judge)
+        print(f"{name} {form}: {db(row.get('sqnr_db'))} dB, {row['wall_s']:.1f} s", file=sys.stderr)
     return {
         "fit_samples": data.calibration_count,
         "held_out": len(data.held_out),
         "forms": rows,
-        "against_quantizer": against_quantizer(name, path, data, judge, tmp) if quantizer else None,
+        "against_quantizer": against_quantizer(name, path, data, judge, fit, tmp) if quantizer else None,
     }
 
 
@@ -154,32 +160,23 @@ def quantizer_child(model: str, data: str, output: str, recipe_name: str) -> int
     return 0
 
 
-def against_quantizer(name: str, path: Path, data: Any, judge: Judge, tmp: Path) -> dict[str, Any]:
-    """Each ``EQUAL_SIZE`` comparison on the float32 copy: the quantizer's form and ours, held-out SQNR, bytes,
-    whole-process time."""
+def against_quantizer(name: str, path: Path, data: Any, judge: Judge, npy: Path, tmp: Path) -> dict[str, Any]:
+    """Each ``EQUAL_SIZE`` comparison on the float32 copy: the quantizer's form and ours (fitted on ``npy``, the
+    fitting samples ``measure`` saved), held-out SQNR, bytes, whole-process time."""
     copy = tmp / f"{name}.float32.tflite"
     float32_copy(path, copy, SIGNATURE)
     fit = next(iter(data.calibration.values()))
-    npz, npy = tmp / f"{name}.fit.npz", tmp / f"{name}.fit.npy"
+    npz = tmp / f"{name}.fit.npz"
     np.savez(npz, **{read_model(copy).main.inputs[0].name: fit})
-    np.save(npy, fit)
     logs = tmp / "logs"
     logs.mkdir(exist_ok=True)
-
-    def judged(command: list[str], out: Path) -> dict[str, Any]:
-        run = run_process(command, out, logs, require_output=True)
-        row = {"wall_s": run["wall_s"], "peak_rss_bytes": run["peak_rss_bytes"], "error": run["error"]}
-        if run["error"] is None:
-            measured = judge.measure(out.read_bytes())
-            row.update(sqnr_db=measured.sqnr_db, bytes=out.stat().st_size, error=measured.error)
-        return row
 
     results: dict[str, Any] = {}
     for comparison, (quantizer_recipe, ours, roundings, _) in EQUAL_SIZE.items():
         slug = comparison.replace(" ", "_")
         out = tmp / f"{name}.quantizer.{slug}.tflite"
         child = [sys.executable, str(Path(__file__).resolve()), "--child-quantizer", str(copy), str(npz), str(out)]
-        rows = {"quantizer": judged([*child, quantizer_recipe], out)}
+        rows = {"quantizer": judged([*child, quantizer_recipe], out, logs, judge)}
         recipe_file = tmp / f"{slug}.json"
         recipe_file.write_text(json.dumps(ours))
         for rounding in roundings:
@@ -187,7 +184,7 @@ def against_quantizer(name: str, path: Path, data: Any, judge: Judge, tmp: Path)
             command = [sys.executable, "-m", "engine", "compress", str(copy), "-o", str(out)]
             command += ["--recipe", str(recipe_file), *ROUNDING_FLAGS[rounding]]
             command += ["--calibration", str(npy)] if rounding != "nearest" else []
-            rows[rounding] = judged(command, out)
+            rows[rounding] = judged(command, out, logs, judge)
         results[comparison] = rows
         print(f"{name} {comparison}: " + ", ".join(f"{k} {db(r.get('sqnr_db'))}" for k, r in rows.items()),
               file=sys.stderr)  # fmt: skip
