@@ -4,10 +4,11 @@ Usage::
 
     python benchmarks/kernels.py [--json PATH] [--repeat N] [--threads N]
 
-* first use: a fresh interpreter with an empty ``NUMBA_CACHE_DIR`` imports ``engine.quant.kernels`` (which imports
-  Numba) and calls each public kernel once on a tiny input, in the table's order, so each time is that
-  kernel's compilation (Numba helpers compile with the first kernel that uses them) and writing it to the
-  cache; the first kernel's time also holds Numba's own start-up. Cached load: a second fresh interpreter
+* first use: a fresh interpreter with an empty ``NUMBA_CACHE_DIR`` imports ``engine.quant.kernels`` (which does
+  not import Numba) and calls each compiled kernel once (``.compiled``: not the numpy twin a small call would
+  run at start-up) on a tiny input, in the table's order, so each time is that kernel's compilation (Numba
+  helpers compile with the first kernel that uses them) and writing it to the cache; the first kernel's time
+  also holds importing Numba and its start-up. Cached load: a second fresh interpreter
   with the same cache directory does the same, loading the compiled kernels instead.
 * throughput: each kernel on a 4096x4096 float32 matrix quantized per channel (4096 rows of 4096) and on
   262144 blocks of 32 (8.4 M weights, blockwise), the median of ``--repeat`` runs after a warm-up run, and
@@ -58,16 +59,16 @@ def _first_use() -> dict[str, float]:
     codes4 = np.arange(-8, 8, dtype=np.int8)
     codes2 = np.array([-2, -1, 0, 1, 1], np.int8)
     calls: dict[str, Callable[[], Any]] = {
-        "absmax_scales": lambda: k.absmax_scales(g, 8),
-        "mse_scales": lambda: k.mse_scales(g, 8),
-        "quantize": lambda: k.quantize(g, s, 8),
-        "dequantize": lambda: k.dequantize(k.quantize_numpy(g, s, 8), s),
-        "signal_and_noise": lambda: k.signal_and_noise(g, k.quantize_numpy(g, s, 8), s),
-        "pack_int4": lambda: k.pack_int4(codes4),
-        "unpack_int4": lambda: k.unpack_int4(k.pack_int4_numpy(codes4), codes4.size),
-        "pack_int2": lambda: k.pack_int2(codes2),
-        "unpack_int2": lambda: k.unpack_int2(k.pack_int2_numpy(codes2), codes2.size),
-        "histogram_add": lambda: k.histogram_add(g.reshape(-1), 0, -8, np.zeros(16, np.int64)),
+        "absmax_scales": lambda: k.absmax_scales.compiled(g, 8),
+        "mse_scales": lambda: k.mse_scales.compiled(g, 8),
+        "quantize": lambda: k.quantize.compiled(g, s, 8),
+        "dequantize": lambda: k.dequantize.compiled(k.quantize_numpy(g, s, 8), s),
+        "signal_and_noise": lambda: k.signal_and_noise.compiled(g, k.quantize_numpy(g, s, 8), s),
+        "pack_int4": lambda: k.pack_int4.compiled(codes4),
+        "unpack_int4": lambda: k.unpack_int4.compiled(k.pack_int4_numpy(codes4), codes4.size),
+        "pack_int2": lambda: k.pack_int2.compiled(codes2),
+        "unpack_int2": lambda: k.unpack_int2.compiled(k.pack_int2_numpy(codes2), codes2.size),
+        "histogram_add": lambda: k.histogram_add.compiled(g.reshape(-1), 0, -8, np.zeros(16, np.int64)),
     }
     assert list(calls) == KERNELS
     for name, call in calls.items():
@@ -109,15 +110,15 @@ def _throughput(repeat: int) -> list[dict[str, Any]]:
             codes4 = k.quantize(g, s, 4) if bits != 4 else codes
             packed = k.pack_int4(codes4)
             jobs: dict[str, tuple[Callable[..., Any], tuple]] = {
-                "absmax_scales": (k.absmax_scales, (g, bits)),
-                "mse_scales": (k.mse_scales, (g, bits)),
-                "quantize": (k.quantize, (g, s, bits)),
-                "dequantize": (k.dequantize, (codes, s)),
-                "signal_and_noise": (k.signal_and_noise, (g, codes, s)),
+                "absmax_scales": (k.absmax_scales.compiled, (g, bits)),
+                "mse_scales": (k.mse_scales.compiled, (g, bits)),
+                "quantize": (k.quantize.compiled, (g, s, bits)),
+                "dequantize": (k.dequantize.compiled, (codes, s)),
+                "signal_and_noise": (k.signal_and_noise.compiled, (g, codes, s)),
             }
             if bits == 4:
-                jobs["pack_int4"] = (k.pack_int4, (codes4,))
-                jobs["unpack_int4"] = (k.unpack_int4, (packed, codes4.size))
+                jobs["pack_int4"] = (k.pack_int4.compiled, (codes4,))
+                jobs["unpack_int4"] = (k.unpack_int4.compiled, (packed, codes4.size))
             for name, (kernel, args) in jobs.items():
                 fast = _median_seconds(lambda kernel=kernel, args=args: kernel(*args), repeat)
                 twin = _once(lambda name=name, args=args: getattr(k, f"{name}_numpy")(*args))

@@ -6,23 +6,32 @@ zero point 0 and narrow range: ``bits`` b gives integer codes in [-qmax, qmax], 
 half away from zero and saturated at ±qmax. Scales are positive float32; a row whose scale would be zero or
 subnormal (all zeros, or values too tiny to matter) gets scale 1.0, since the runtime needs positive scales.
 
-Why two implementations: the Numba kernels are what the engine runs (one pass over 67 M weights instead of
-numpy's temporaries); the numpy twins (``<name>_numpy``) state the same arithmetic plainly and are what the
-tests compare the kernels against. Each public function checks its arguments once, cheaply, with numpy, and
-raises ``EngineError`` for bad input (NaN, infinity or |w| > 1e38, wrong shapes, codes out of range); the
-kernels then trust them. Importing this module imports Numba; the kernels compile on first use and are cached
-on disk, and ``import engine`` never imports this module.
+Why two implementations: the Numba kernels (engine.quant.jit) are what the engine runs on large tensors (one
+pass over 67 M weights instead of numpy's temporaries); the numpy twins (``<name>_numpy``) state the same
+arithmetic plainly and are what the tests compare the kernels against. Each public function checks its
+arguments once, cheaply, with numpy, and raises ``EngineError`` for bad input (NaN, infinity or |w| > 1e38,
+wrong shapes, codes out of range); the kernels then trust them.
+
+Start-up: importing this module does not import Numba.  The first compiled call imports it and loads the cached
+kernels, about 0.8 s of a process (0.3 s import, 0.5 s for its CPU target and the kernels; benchmarks/kernels.py
+measures it), more than quantizing a MediaPipe model's 3 M weights in numpy takes.  So the one-pass kernels whose
+twins give the same codes and scales (``numpy_first``) run as their twins until ``NUMPY_FIRST`` elements in all
+have been processed that way in the process (7-12 ns an element: at most 0.2 s of numpy; weight-int8 makes three
+passes over a weight, so a model of up to 5 M weights), then compiled: a small model never loads
+Numba, a large one pays it once.  The output bytes are the same either way (the tests prove the twins equal);
+``signal_and_noise`` sums in another order and agrees to 1e-9, which only the reported weight SQNR sees.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
 import inspect
 import math
+import sys
 from collections.abc import Callable
 from typing import Any, Generic, NamedTuple, ParamSpec
 
-import numba
 import numpy as np
 
 from engine.errors import EngineError
@@ -57,26 +66,60 @@ def _lowest_ratio(bits: int) -> float:
     return max(0.05, 0.5 - 0.1 * (8 - bits))
 
 
+# Elements the numpy-first kernels may process as their twins before the process loads Numba (module docstring).
+NUMPY_FIRST = 16_000_000
+
+
+class _StartUp:
+    """How many elements the numpy twins may still take before the compiled kernels are loaded."""
+
+    left = NUMPY_FIRST
+
+    @classmethod
+    def take(cls, size: int) -> bool:
+        """True (and counted) when ``size`` elements still fit the budget and Numba is not loaded yet."""
+        if size > cls.left or "engine.quant.jit" in sys.modules:
+            cls.left = 0
+            return False
+        cls.left -= size
+        return True
+
+
 class _Twins(Generic[_P]):
     """A public kernel and its numpy twin behind one argument check.
 
     ``prepare`` (the decorated function, which gives the public signature and docstring) checks and converts the
-    arguments and returns the kernel's arguments. Calling the object runs the Numba kernel on them; ``.numpy``
-    runs the numpy twin on the same prepared arguments, so the tests compare the two implementations, not checks.
+    arguments and returns the kernel's arguments. Calling the object runs the Numba kernel on them (or, for a
+    ``numpy_first`` kernel before Numba is loaded, the twin: module docstring); ``.compiled`` always runs the
+    kernel and ``.numpy`` the twin on the same prepared arguments, so the tests compare the two implementations,
+    not checks.  The kernel is named (``fast``, in engine.quant.jit), so Numba is imported on its first call.
     """
 
     def __init__(
         self,
         prepare: Callable[_P, tuple[Any, ...]],
-        fast: Callable[..., Any],
+        fast: str,
         reference: Callable[..., Any],
         returns: str,
+        numpy_first: bool,
     ):
         functools.update_wrapper(self, prepare)
         self.__signature__ = inspect.signature(prepare).replace(return_annotation=returns)
-        self._prepare, self._fast, self._reference = prepare, fast, reference
+        self._prepare, self._fast_name, self._reference = prepare, fast, reference
+        self._numpy_first = numpy_first
+
+    @property
+    def _fast(self) -> Callable[..., Any]:
+        return getattr(importlib.import_module("engine.quant.jit"), self._fast_name)
 
     def __call__(self, *args: _P.args, **kwargs: _P.kwargs) -> Any:
+        prepared = self._prepare(*args, **kwargs)
+        if self._numpy_first and _StartUp.take(prepared[0].size):
+            return self._reference(*prepared)
+        return self._fast(*prepared)
+
+    def compiled(self, *args: _P.args, **kwargs: _P.kwargs) -> Any:
+        """The Numba kernel, whatever the start-up budget says."""
         return self._fast(*self._prepare(*args, **kwargs))
 
     def numpy(self, *args: _P.args, **kwargs: _P.kwargs) -> Any:
@@ -85,11 +128,12 @@ class _Twins(Generic[_P]):
 
 
 def _twins(
-    fast: Callable[..., Any], reference: Callable[..., Any], returns: str = "np.ndarray"
+    fast: str, reference: Callable[..., Any], returns: str = "np.ndarray", numpy_first: bool = False
 ) -> Callable[[Callable[_P, tuple]], _Twins[_P]]:
-    """Decorator: turn an argument-checking function into a public kernel with a numpy twin; ``returns`` is the
-    public signature's return annotation (what the kernels return)."""
-    return lambda prepare: _Twins(prepare, fast, reference, returns)
+    """Decorator: turn an argument-checking function into a public kernel (engine.quant.jit's ``fast``) with a
+    numpy twin; ``returns`` is the public signature's return annotation (what the kernels return);
+    ``numpy_first``: a one-pass kernel whose twin gives the same result, run as the twin at start-up."""
+    return lambda prepare: _Twins(prepare, fast, reference, returns, numpy_first)
 
 
 # ---------------------------------------------------------------------------------------------------- checks
@@ -154,166 +198,6 @@ def _unpack_arguments(packed: np.ndarray, count: int, bits: int) -> tuple[np.nda
     if p.size != needed:
         raise EngineError(f"{count} int{bits} values take {needed} packed bytes, got {p.size}")
     return _frozen(np.ascontiguousarray(p)), bits, np.empty(count, np.int8)
-
-
-# ----------------------------------------------------------------------------------- numba: scalar helpers
-
-
-@numba.njit(cache=True)
-def _code(w, s, q):
-    """Code of one weight as float32: w/s rounded half away from zero, saturated at ±q.
-
-    floor plus a test of the exact remainder, not floor(a + 0.5), which rounds 0.49999997 up in float32.
-    """
-    x = w / s
-    a = min(abs(x), q)
-    r = np.floor(a)
-    r += np.float32(a - r >= 0.5)
-    return np.copysign(r, x)
-
-
-@numba.njit(cache=True)
-def _squared_error(w, s, q):
-    d = np.float64(w) - np.float64(s) * np.float64(_code(w, s, q))
-    return d * d
-
-
-@numba.njit(cache=True, fastmath={"reassoc"})
-def _row_error(row, s, q):
-    """Sum of squared errors in float64; reassociating this one sum lets it vectorize (the terms stay exact)."""
-    total = 0.0
-    for j in range(row.size):
-        total += _squared_error(row[j], s, q)
-    return total
-
-
-@numba.njit(cache=True)
-def _row_absmax(row):
-    m = np.float32(0.0)
-    for j in range(row.size):
-        m = max(m, abs(row[j]))
-    return m
-
-
-@numba.njit(cache=True)
-def _scale(amax, ratio, qmax):
-    """float32(ratio * amax / qmax), rounded once from float64: for ratio 1 the float32 quotient amax / qmax."""
-    return np.float32(ratio * np.float64(amax) / qmax)
-
-
-@numba.njit(cache=True)
-def _row_mse_scale(row, qmax, lowest):
-    """The scale of the clipping ratio with the least squared error: coarse grid, then refinement stages."""
-    q = np.float32(qmax)
-    amax = _row_absmax(row)
-    best_s = _scale(amax, 1.0, qmax)
-    if best_s < _TINY:
-        return np.float32(1.0)
-    best_r = 1.0
-    best_e = _row_error(row, best_s, q)
-    step = (1.0 - lowest) / (_COARSE - 1)
-    for k in range(1, _COARSE):
-        r = 1.0 - k * step
-        s = _scale(amax, r, qmax)
-        if s >= _TINY:
-            e = _row_error(row, s, q)
-            if e < best_e:
-                best_s, best_r, best_e = s, r, e
-    for _ in range(_REFINE_STAGES):
-        step /= _REFINE_POINTS + 1
-        center = best_r
-        for j in range(-_REFINE_POINTS, _REFINE_POINTS + 1):
-            r = center + j * step
-            s = _scale(amax, r, qmax)
-            if j != 0 and r <= 1.0 and s >= _TINY:
-                e = _row_error(row, s, q)
-                if e < best_e:
-                    best_s, best_r, best_e = s, r, e
-    return best_s
-
-
-# ------------------------------------------------------------------------------------ numba: array kernels
-
-
-# Each kernel fills ``out``, which the public function allocates with numpy: numpy maps large arrays in huge
-# pages, so a 67 MB result costs ~4 ms of page faults instead of ~30 ms through Numba's allocator.
-# Only the MSE search runs rows in parallel: it is compute-bound (28 passes per row) and gains 1.6-2x on two
-# free cores, while the one-pass kernels are near memory speed already and a parallel loop costs ~0.3 s more
-# to compile.
-
-
-@numba.njit(cache=True)
-def _absmax_numba(groups, qmax, out):
-    for i in range(groups.shape[0]):
-        s = _scale(_row_absmax(groups[i]), 1.0, qmax)
-        out[i] = s if s >= _TINY else np.float32(1.0)
-    return out
-
-
-@numba.njit(cache=True, parallel=True)
-def _mse_numba(groups, qmax, lowest, out):
-    for i in numba.prange(groups.shape[0]):
-        out[i] = _row_mse_scale(groups[i], qmax, lowest)
-    return out
-
-
-@numba.njit(cache=True)
-def _quantize_numba(groups, scales, qmax, out):
-    q = np.float32(qmax)
-    for i in range(groups.shape[0]):
-        row, s, codes = groups[i], scales[i], out[i]
-        for j in range(row.size):
-            codes[j] = np.int8(_code(row[j], s, q))
-    return out
-
-
-@numba.njit(cache=True, fastmath={"reassoc"})
-def _noise_numba(groups, codes, scales):
-    """One memory-bound pass, so sequential like the other one-pass kernels; reassociating the float64 sums
-    lets them vectorize (each term is exact in float64)."""
-    signal = 0.0
-    noise = 0.0
-    for i in range(groups.shape[0]):
-        s = np.float64(scales[i])
-        for j in range(groups.shape[1]):
-            w = np.float64(groups[i, j])
-            d = w - s * np.float64(codes[i, j])
-            signal += w * w
-            noise += d * d
-    return np.array([signal, noise])
-
-
-@numba.njit(cache=True)
-def _dequantize_numba(codes, scales, out):
-    for i in range(codes.shape[0]):
-        row, s, values = codes[i], scales[i], out[i]
-        for j in range(row.size):
-            values[j] = np.float32(row[j]) * s
-    return out
-
-
-@numba.njit(cache=True)
-def _pack_numba(codes, bits, out):
-    per_byte = 8 // bits
-    mask = (1 << bits) - 1
-    for b in range(out.size):
-        byte = 0
-        for f in range(min(per_byte, codes.size - b * per_byte)):
-            byte |= (np.int32(codes[b * per_byte + f]) & mask) << (f * bits)
-        out[b] = byte
-    return out
-
-
-@numba.njit(cache=True)
-def _unpack_numba(packed, bits, out):
-    per_byte = 8 // bits
-    mask, sign = (1 << bits) - 1, 1 << (bits - 1)
-    for b in range(packed.size):
-        byte = np.int32(packed[b])
-        for f in range(min(per_byte, out.size - b * per_byte)):
-            v = (byte >> (f * bits)) & mask
-            out[b * per_byte + f] = v - 2 * (v & sign)  # sign extension
-    return out
 
 
 # ------------------------------------------------------------------------------------------- numpy twins
@@ -410,14 +294,14 @@ def _unpack_numpy(packed: np.ndarray, bits: int, out: np.ndarray) -> np.ndarray:
 # function (returning the kernel's result) with the numpy twin as ``.numpy``.
 
 
-@_twins(_absmax_numba, _absmax_numpy)
+@_twins("_absmax_numba", _absmax_numpy, numpy_first=True)
 def absmax_scales(groups: np.ndarray, bits: int) -> tuple:
     """Per-row scale max|w| / qmax ("minmax"): no weight is clipped. Returns float32[rows]."""
     g = _checked_groups(groups)
     return g, qmax(bits), np.empty(g.shape[0], np.float32)
 
 
-@_twins(_mse_numba, _mse_numpy)
+@_twins("_mse_numba", _mse_numpy)
 def mse_scales(groups: np.ndarray, bits: int) -> tuple:
     """Per-row scale whose clipping range r * max|w| minimizes the squared reconstruction error.
 
@@ -431,14 +315,14 @@ def mse_scales(groups: np.ndarray, bits: int) -> tuple:
     return g, qmax(bits), _lowest_ratio(bits), np.empty(g.shape[0], np.float32)
 
 
-@_twins(_quantize_numba, _quantize_numpy)
+@_twins("_quantize_numba", _quantize_numpy, numpy_first=True)
 def quantize(groups: np.ndarray, scales: np.ndarray, bits: int) -> tuple:
     """int8 codes round(w / scale) (half away from zero) saturated to ±qmax, one scale per row."""
     g = _checked_groups(groups)
     return g, _checked_scales(scales, g.shape[0]), qmax(bits), np.empty(g.shape, np.int8)
 
 
-@_twins(_dequantize_numba, _dequantize_numpy)
+@_twins("_dequantize_numba", _dequantize_numpy, numpy_first=True)
 def dequantize(codes: np.ndarray, scales: np.ndarray) -> tuple:
     """float32 codes * scale, one scale per row of the int8 codes (rows, n): what the runtime computes."""
     c = _checked_int8(codes)
@@ -447,7 +331,7 @@ def dequantize(codes: np.ndarray, scales: np.ndarray) -> tuple:
     return c, _checked_scales(scales, c.shape[0]), np.empty(c.shape, np.float32)
 
 
-@_twins(_noise_numba, _noise_numpy)
+@_twins("_noise_numba", _noise_numpy, numpy_first=True)
 def signal_and_noise(groups: np.ndarray, codes: np.ndarray, scales: np.ndarray) -> tuple:
     """[sum of w², sum of (w - scale * code)²] in float64 over all rows: the weight SQNR's two terms, without
     the float64 copies of the weight a plain numpy SQNR makes (hundreds of MB on a large layer)."""
@@ -457,27 +341,27 @@ def signal_and_noise(groups: np.ndarray, codes: np.ndarray, scales: np.ndarray) 
     return g, c, _checked_scales(scales, g.shape[0])
 
 
-@_twins(_pack_numba, _pack_numpy)
+@_twins("_pack_numba", _pack_numpy, numpy_first=True)
 def pack_int4(codes: np.ndarray) -> tuple:
     """TFLite INT4 bytes of int8 codes in [-8, 7] (flattened in C order): two's-complement nibbles, element 2i in
     the low nibble of byte i and 2i+1 in the high one; an odd count leaves the last high nibble 0."""
     return _pack_arguments(codes, 4)
 
 
-@_twins(_unpack_numba, _unpack_numpy)
+@_twins("_unpack_numba", _unpack_numpy, numpy_first=True)
 def unpack_int4(packed: np.ndarray, count: int) -> tuple:
     """The ``count`` sign-extended int8 codes stored in TFLite INT4 bytes (the inverse of ``pack_int4``)."""
     return _unpack_arguments(packed, count, 4)
 
 
-@_twins(_pack_numba, _pack_numpy)
+@_twins("_pack_numba", _pack_numpy, numpy_first=True)
 def pack_int2(codes: np.ndarray) -> tuple:
     """TFLite INT2 bytes of int8 codes in [-2, 1] (flattened in C order): four two's-complement 2-bit fields
     per byte, element 4i+j in bits 2j..2j+1 (lowest first); unused fields of the last byte are 0."""
     return _pack_arguments(codes, 2)
 
 
-@_twins(_unpack_numba, _unpack_numpy)
+@_twins("_unpack_numba", _unpack_numpy, numpy_first=True)
 def unpack_int2(packed: np.ndarray, count: int) -> tuple:
     """The ``count`` sign-extended int8 codes stored in TFLite INT2 bytes (the inverse of ``pack_int2``)."""
     return _unpack_arguments(packed, count, 2)
@@ -533,324 +417,6 @@ class _KMeansArguments(NamedTuple):
     zero_code: bool
     history: np.ndarray
     shape: tuple[int, ...]
-
-
-# ----------------------------------------------------------------------------------------- numba: k-means
-
-
-@numba.njit(cache=True)
-def _lower_numba(ordered, lo, hi, x):
-    """First position in [lo, hi) whose value is >= x (float64 comparison), else hi."""
-    while lo < hi:
-        mid = (lo + hi) >> 1
-        if np.float64(ordered[mid]) < x:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo
-
-
-@numba.njit(cache=True)
-def _upper_numba(ordered, lo, hi, x):
-    """First position in [lo, hi) whose value is > x (float64 comparison), else hi."""
-    while lo < hi:
-        mid = (lo + hi) >> 1
-        if np.float64(ordered[mid]) <= x:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo
-
-
-@numba.njit(cache=True)
-def _checkpoints_numba(ordered, shift):
-    """One pass over the sorted values: the number of distinct values, and for every t the first run start
-    ``at[t]`` at or after position t * 2**shift (n past the last) with the prefix sums of count * value and
-    count * value² before it."""
-    n = ordered.size
-    at = np.empty((n >> shift) + 1, np.int64)
-    s1, s2 = np.empty(at.size), np.empty(at.size)
-    t, distinct, i = 0, 0, 0
-    run1, run2 = 0.0, 0.0
-    while i < n:
-        while t < at.size and (t << shift) <= i:
-            at[t] = i
-            s1[t] = run1
-            s2[t] = run2
-            t += 1
-        end = i + 1
-        while end < n and ordered[end] == ordered[i]:
-            end += 1
-        w, d = np.float64(end - i), np.float64(ordered[i])
-        run1 = run1 + w * d
-        run2 = run2 + w * d * d
-        distinct += 1
-        i = end
-    at[t:] = n
-    s1[t:] = run1
-    s2[t:] = run2
-    return distinct, at, s1, s2
-
-
-@numba.njit(cache=True)
-def _prefix_at_numba(ordered, at, s1, s2, shift, x):
-    """The prefix sums of count * value and count * value² before run start ``x`` (or n), continued from the
-    checkpoint at or before it."""
-    t = x >> shift  # a shift: a division here made every lookup 40x slower
-    i, run1, run2 = at[t], s1[t], s2[t]
-    while i < x:
-        end = i + 1
-        while end < x and ordered[end] == ordered[i]:
-            end += 1
-        w, d = np.float64(end - i), np.float64(ordered[i])
-        run1 = run1 + w * d
-        run2 = run2 + w * d * d
-        i = end
-    return run1, run2
-
-
-@numba.njit(cache=True)
-def _sums_numba(ordered, at, s1, s2, shift, splits):
-    """The two prefix sums at every split."""
-    out1, out2 = np.empty(splits.size), np.empty(splits.size)
-    for j in range(splits.size):
-        out1[j], out2[j] = _prefix_at_numba(ordered, at, s1, s2, shift, splits[j])
-    return out1, out2
-
-
-@numba.njit(cache=True)
-def _linear_numba(ordered, at, s1, s2, shift, k, uniforms):
-    lo, hi = np.float64(ordered[0]), np.float64(ordered[-1])
-    return np.array([lo + (hi - lo) * ((i + 0.5) / k) for i in range(k)])
-
-
-@numba.njit(cache=True)
-def _density_numba(ordered, at, s1, s2, shift, k, uniforms):
-    """The values at the k mid-quantiles: the one at position floor(q) is the first whose run ends past q."""
-    n = ordered.size
-    out = np.empty(k)
-    for i in range(k):
-        out[i] = ordered[min(np.int64((i + 0.5) / k * n), n - 1)]
-    return out
-
-
-@numba.njit(cache=True)
-def _cell_mass_numba(ordered, at, s1, s2, shift, a, b, c):
-    """D² mass of the values in [a, b) around centroid c: sum of count * (value - c)², from the prefix sums."""
-    a1, a2 = _prefix_at_numba(ordered, at, s1, s2, shift, a)
-    b1, b2 = _prefix_at_numba(ordered, at, s1, s2, shift, b)
-    return max((b2 - a2) - 2.0 * c * (b1 - a1) + c * c * np.float64(b - a), 0.0)
-
-
-@numba.njit(cache=True)
-def _kmeanspp_numba(ordered, at, s1, s2, shift, k, uniforms):
-    """D² sampling: each next centroid is a distinct value drawn with probability count * (distance to the
-    nearest centroid so far)², the first with probability count; ``uniforms`` are the k draws in [0, 1).
-    The values nearest to each centroid are a range (between the midpoints of the sorted centroids), whose D²
-    mass comes from the prefix sums in O(1); a new centroid changes only its own range and its neighbours'.  The
-    draw picks a range, then a run in it by binary search: O(k + log n) per centroid, not a pass over the
-    values."""
-    n = ordered.size
-    out = np.empty(k)
-    out[0] = ordered[min(np.int64(uniforms[0] * n), n - 1)]
-    centres, starts, masses = np.empty(k), np.empty(k + 1, np.int64), np.empty(k)
-    centres[0], starts[0], starts[1] = out[0], 0, n
-    masses[0] = _cell_mass_numba(ordered, at, s1, s2, shift, 0, n, out[0])
-    for i in range(1, k):
-        total = 0.0
-        for j in range(i):
-            total += masses[j]
-        target = uniforms[i] * total
-        running, cell = 0.0, -1
-        for j in range(i):
-            if running + masses[j] > target:
-                cell = j
-                break
-            running += masses[j]
-        if cell < 0:  # no mass left (every distinct value is a centroid): the last value, as a scan would
-            out[i] = ordered[n - 1]
-        else:
-            a, b, c = starts[cell], starts[cell + 1], centres[cell]
-            rest = target - running
-            a1, a2 = _prefix_at_numba(ordered, at, s1, s2, shift, a)
-            lo, hi = a, b
-            while hi - lo > 1:
-                mid = (lo + hi) >> 1
-                x = _lower_numba(ordered, a, mid, np.float64(ordered[mid]))  # the start of mid's run
-                x1, x2 = _prefix_at_numba(ordered, at, s1, s2, shift, x)
-                if (x2 - a2) - 2.0 * c * (x1 - a1) + c * c * np.float64(x - a) <= rest:
-                    lo = mid
-                else:
-                    hi = mid
-            out[i] = ordered[lo]
-        if i == k - 1:
-            break
-        # Insert the new centroid into the sorted ones; its range and its neighbours' change.
-        p = i
-        while p > 0 and centres[p - 1] > out[i]:
-            centres[p], masses[p], starts[p + 1] = centres[p - 1], masses[p - 1], starts[p]
-            p -= 1
-        centres[p] = out[i]
-        starts[i + 1] = n
-        for j in (p, p + 1):
-            if 0 < j <= i:
-                starts[j] = _lower_numba(ordered, 0, n, 0.5 * (centres[j - 1] + centres[j]))
-        for j in range(max(p - 1, 0), min(p + 2, i + 1)):
-            masses[j] = _cell_mass_numba(ordered, at, s1, s2, shift, starts[j], starts[j + 1], centres[j])
-    return out
-
-
-@numba.njit(cache=True)
-def _means_numba(splits, sums1):
-    out = np.empty(splits.size - 1)
-    for j in range(out.size):
-        out[j] = (sums1[j + 1] - sums1[j]) / np.float64(splits[j + 1] - splits[j])
-    return out
-
-
-@numba.njit(cache=True)
-def _assign_numba(ordered, centroids):
-    """Splits of the nearest-centroid partition of sorted centroids: a value at a midpoint goes up. Ranges
-    of centroids no value is nearest to are dropped."""
-    n = ordered.size
-    splits = np.empty(centroids.size + 1, np.int64)
-    splits[0] = 0
-    kept = 1
-    for j in range(1, centroids.size):
-        split = _lower_numba(ordered, 0, n, 0.5 * (centroids[j - 1] + centroids[j]))
-        if split > splits[kept - 1]:
-            splits[kept] = split
-            kept += 1
-    if splits[kept - 1] == n:
-        kept -= 1
-    splits[kept] = n
-    return splits[: kept + 1].copy()
-
-
-@numba.njit(cache=True)
-def _split_largest_numba(ordered, splits, sums1, sums2):
-    """Splits with the largest-error range of at least two distinct values cut in two at its mean."""
-    best, best_error = -1, -np.inf
-    for j in range(splits.size - 1):
-        a, b = splits[j], splits[j + 1]
-        if ordered[a] != ordered[b - 1]:
-            d = sums1[j + 1] - sums1[j]
-            error = (sums2[j + 1] - sums2[j]) - d * d / np.float64(b - a)
-            if error > best_error:
-                best, best_error = j, error
-    a, b = splits[best], splits[best + 1]
-    mean = (sums1[best + 1] - sums1[best]) / np.float64(b - a)
-    second = _upper_numba(ordered, a, b, np.float64(ordered[a]))
-    last = _lower_numba(ordered, a, b, np.float64(ordered[b - 1]))
-    cut = min(max(_lower_numba(ordered, a, b, mean), second), last)
-    out = np.empty(splits.size + 1, np.int64)
-    out[: best + 1] = splits[: best + 1]
-    out[best + 1] = cut
-    out[best + 2 :] = splits[best + 1 :]
-    return out
-
-
-@numba.njit(cache=True)
-def _partition_numba(ordered, at, s1, s2, shift, centroids, target):
-    """The nearest-centroid partition of sorted centroids, its largest ranges cut until it has ``target``."""
-    splits = _assign_numba(ordered, centroids)
-    while splits.size - 1 < target:
-        sums1, sums2 = _sums_numba(ordered, at, s1, s2, shift, splits)
-        splits = _split_largest_numba(ordered, splits, sums1, sums2)
-    return splits
-
-
-@numba.njit(cache=True)
-def _lloyd_numba(ordered, at, s1, s2, shift, distinct, start, clusters, iterations, history):
-    """Lloyd from the nearest-centroid partition of ``start``; returns the final splits."""
-    target = min(clusters, distinct)
-    splits = _partition_numba(ordered, at, s1, s2, shift, np.sort(start), target)
-    history[0, : splits.size] = splits
-    for t in range(iterations):
-        sums1, _ = _sums_numba(ordered, at, s1, s2, shift, splits)
-        moved = _partition_numba(ordered, at, s1, s2, shift, _means_numba(splits, sums1), target)
-        history[t + 1, : moved.size] = moved
-        if moved.size == splits.size and (moved == splits).all():
-            break
-        splits = moved
-    return splits
-
-
-@numba.njit(cache=True)
-def _search_numba(edges, top, v):
-    """The number of ``edges`` <= v: ``edges`` are padded with +inf to 2**p - 1 entries, so the binary search is
-    p fixed halvings (which compile to branch-free code: twice as fast as a branching search)."""
-    position, step = 0, top
-    while step:
-        position += step * (edges[position + step - 1] <= v)
-        step >>= 1
-    return position
-
-
-@numba.njit(cache=True)
-def _labels_numba(values, edges, zero_code, out):
-    """Label of each value: the number of cluster lower edges <= it, after the zero code.  Labels grow with the
-    value, so every float32 whose top 16 bits (sign, exponent, 7 mantissa bits) fall in a range without an edge
-    has that range's label: a table of the 2**16 ranges answers most values with one lookup, and the values in
-    ranges holding an edge or a zero are searched one by one.  Below ``_TABLE_FROM`` values, building the table
-    would cost more than it saves, and every value is searched."""
-    offset = 1 if zero_code else 0
-    top = (edges.size + 1) >> 1
-    if values.size < _TABLE_FROM:
-        for i in range(values.size):
-            v = np.float64(values[i])
-            out[i] = 0 if zero_code and v == 0 else _search_numba(edges, top, v) + offset
-        return out
-    table = np.empty(1 << 16, np.uint16)
-    ends = np.empty(2, np.uint32)
-    ends_value = ends.view(np.float32)
-    for b in range(1 << 16):
-        ends[0], ends[1] = b << 16, (b << 16) | 0xFFFF
-        first = _search_numba(edges, top, np.float64(ends_value[0]))
-        inf_nan, zero = (b & 0x7F80) == 0x7F80, (b & 0x7FFF) == 0
-        same = first == _search_numba(edges, top, np.float64(ends_value[1]))
-        table[b] = first + offset if same and not (inf_nan or zero) else 0xFFFF
-    bits = values.view(np.uint32)
-    for i in range(values.size):
-        code = table[bits[i] >> 16]
-        if code == 0xFFFF:
-            v = np.float64(values[i])
-            code = 0 if zero_code and v == 0 else _search_numba(edges, top, v) + offset
-        out[i] = code
-    return out
-
-
-@numba.njit(cache=True, fastmath={"reassoc"})
-def _cluster_error_numba(values, centroids, labels):
-    total = 0.0
-    for i in range(values.size):
-        d = np.float64(values[i]) - np.float64(centroids[labels[i]])
-        total += d * d
-    return total
-
-
-@numba.njit(cache=True)
-def _fit_kernel(ordered, shift, init, start, clusters, uniforms, iterations, history):
-    """Centroids and the lower edges of all clusters but the first (float64); ``init`` indexes _KMEANS_INITS, or
-    is -1 for the ``start`` centroids.  One kernel, so that a run loads one compiled function from the cache."""
-    distinct, at, s1, s2 = _checkpoints_numba(ordered, shift)
-    if distinct == 0:
-        return np.zeros(0), np.zeros(0)
-    if init == 0:
-        start = _linear_numba(ordered, at, s1, s2, shift, clusters, uniforms)
-    elif init == 1:
-        start = _density_numba(ordered, at, s1, s2, shift, clusters, uniforms)
-    elif init == 2:
-        start = _kmeanspp_numba(ordered, at, s1, s2, shift, clusters, uniforms)
-    splits = _lloyd_numba(ordered, at, s1, s2, shift, distinct, start, clusters, iterations, history)
-    sums1, _ = _sums_numba(ordered, at, s1, s2, shift, splits)
-    return _means_numba(splits, sums1), ordered[splits[1:-1]].astype(np.float64)
-
-
-def _fit_numba(a: _KMeansArguments) -> tuple[np.ndarray, np.ndarray]:
-    """`_fit_kernel` on prepared arguments."""
-    init, start = (-1, a.init) if isinstance(a.init, np.ndarray) else (_KMEANS_INITS.index(a.init), np.zeros(0))
-    return _fit_kernel(a.ordered, a.shift, init, start, a.clusters, a.uniforms, a.iterations, a.history)
 
 
 # ----------------------------------------------------------------------------------------- numpy: k-means
@@ -1004,8 +570,8 @@ def _kmeans_with(fit: Callable[[_KMeansArguments], tuple[np.ndarray, np.ndarray]
 # ----------------------------------------------------------------------------------------- public: k-means
 
 
-@_twins(functools.partial(_kmeans_with, _fit_numba, _labels_numba), functools.partial(_kmeans_with, _fit_numpy,
-        _labels_numpy), returns="tuple[np.ndarray, np.ndarray]")  # fmt: skip
+@_twins("_kmeans_numba", functools.partial(_kmeans_with, _fit_numpy, _labels_numpy),
+        returns="tuple[np.ndarray, np.ndarray]")  # fmt: skip
 def kmeans_1d(
     values: np.ndarray,
     k: int,
@@ -1069,7 +635,7 @@ def kmeans_1d(
                             history, shape)  # fmt: skip
 
 
-@_twins(_cluster_error_numba, _cluster_error_numpy, returns="float")
+@_twins("_cluster_error_numba", _cluster_error_numpy, returns="float")
 def cluster_error(values: np.ndarray, centroids: np.ndarray, labels: np.ndarray) -> tuple:
     """Sum of squared errors (float64) of replacing each value by ``centroids[label]``: what k-means lowers."""
     v = np.ascontiguousarray(values, dtype=np.float32).reshape(-1)
@@ -1102,13 +668,6 @@ def _lloyd_history(values: np.ndarray, k: int, *, twin: bool = False, **options:
 # mid-sized conv net); numpy needs five passes and two temporaries for it, the kernel one pass and none.
 
 
-@numba.njit(cache=True)
-def _histogram_add_numba(values, inverse_width, first, counts):
-    for i in range(values.size):
-        counts[np.int64(np.floor(np.float64(values[i]) * inverse_width)) - first] += 1
-    return counts
-
-
 def _histogram_add_numpy(values: np.ndarray, inverse_width: float, first: int, counts: np.ndarray) -> np.ndarray:
     k = np.multiply(values, inverse_width, dtype=np.float64)
     np.floor(k, out=k)
@@ -1117,7 +676,7 @@ def _histogram_add_numpy(values: np.ndarray, inverse_width: float, first: int, c
     return counts
 
 
-@_twins(_histogram_add_numba, _histogram_add_numpy)
+@_twins("_histogram_add_numba", _histogram_add_numpy)
 def histogram_add(values: np.ndarray, exponent: int, first: int, counts: np.ndarray) -> tuple:
     """Add flat float32 ``values`` to ``counts`` (int64, in place; returned), bin floor(x / 2**exponent) - first.
 

@@ -24,6 +24,13 @@ LIMIT = float(np.float32(1e38))  # the largest |weight| the kernels accept
 FAST = settings(deadline=None)  # the first example of each test compiles (or loads) its kernels
 
 
+@pytest.fixture(autouse=True, scope="module")
+def compiled_kernels() -> None:
+    """Load the Numba kernels, so that every public call here runs them (not their twins at start-up: kernels'
+    docstring): the tests compare them with the twins.  The start-up tests below run in fresh processes."""
+    import engine.quant.jit  # noqa: F401
+
+
 @st.composite
 def weights(draw: st.DrawFn, max_rows: int = 6, max_n: int = 40) -> np.ndarray:
     """Weight groups: heavy- or light-tailed rows at any magnitude, some all zero, or any float32 up to ±1e38."""
@@ -250,6 +257,57 @@ def test_histogram_add_twins_agree(values: np.ndarray, exponent: int) -> None:
     fast = k.histogram_add(values, exponent, first, start.copy())
     twin = k.histogram_add_numpy(values, exponent, first, start.copy())
     assert np.array_equal(fast, twin) and fast.sum() == start.sum() + values.size
+
+
+def test_numpy_first_kernels_run_as_twins_until_the_budget() -> None:
+    """In a fresh process the one-pass kernels run as their numpy twins (no Numba import) until NUMPY_FIRST
+    elements, then compiled, and stay compiled; the kernels without an exact twin (mse) load Numba at once."""
+    code = """
+import sys
+import numpy as np
+from engine.quant import kernels as k
+g = np.random.default_rng(0).standard_normal((64, 1000)).astype(np.float32)
+s = k.absmax_scales(g, 8)
+codes = k.quantize(g, s, 8)
+k.signal_and_noise(g, codes, s)
+k.pack_int4(np.clip(codes, -8, 7))
+assert 'numba' not in sys.modules, 'numba imported by small calls'
+assert k._StartUp.left == k.NUMPY_FIRST - 4 * g.size, k._StartUp.left
+big = np.ones((1, k._StartUp.left + 1), np.float32)
+assert np.array_equal(k.quantize(big, np.ones(1, np.float32), 8), k.quantize.numpy(big, np.ones(1, np.float32), 8))
+assert 'engine.quant.jit' in sys.modules, 'the call over the budget did not run compiled'
+assert k._StartUp.left == 0
+k.mse_scales(g, 4)
+"""
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+    code = "import sys, numpy as np; from engine.quant import kernels as k; "
+    code += "k.mse_scales(np.ones((1, 4), np.float32), 4); assert 'numba' in sys.modules"
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+
+
+def test_a_small_model_compresses_without_numba_to_the_same_bytes(tmp_path: Path) -> None:
+    """weight-int8 and dynamic-int8 of a small model in a fresh process import no Numba and write the bytes the
+    compiled kernels write (this process has them loaded)."""
+    import engine
+
+    rng = np.random.default_rng(5)
+    b = GraphBuilder()
+    x = b.input("x", (1, 96))
+    h = b.fully_connected(x, b.constant(rng.normal(0, 1, (128, 96)).astype(np.float32), "w1"))
+    b.output(b.fully_connected(h, b.constant(rng.normal(0, 1, (10, 128)).astype(np.float32), "w2")), "y")
+    source = tmp_path / "mlp.tflite"
+    engine.write_model(b.build(), source)
+    for mode in ("weight-int8", "dynamic-int8"):
+        fresh = tmp_path / f"fresh-{mode}.tflite"
+        code = (
+            "import sys, engine; "
+            f"engine.compress({str(source)!r}, output={str(fresh)!r}, quantize={mode!r}, min_elements=0); "
+            "assert 'numba' not in sys.modules, 'numba imported'"
+        )
+        subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+        compiled = tmp_path / f"compiled-{mode}.tflite"
+        engine.compress(source, output=compiled, quantize=mode, min_elements=0)
+        assert fresh.read_bytes() == compiled.read_bytes()
 
 
 def test_import_engine_does_not_import_numba() -> None:

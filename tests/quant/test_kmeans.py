@@ -14,6 +14,12 @@ INITS = st.sampled_from(["linear", "density", "kmeans++"])
 FAST = settings(deadline=None, max_examples=60)  # the first example compiles (or loads) the kernels
 
 
+@pytest.fixture(autouse=True, scope="module")
+def compiled_kernels() -> None:
+    """Load the Numba kernels, so that every public call here runs them (not a twin at start-up)."""
+    import engine.quant.jit  # noqa: F401
+
+
 @st.composite
 def weights(draw: st.DrawFn, max_n: int = 60) -> np.ndarray:
     """Weights at one magnitude: normal, heavy-tailed or few-valued (many duplicates), some exact zeros."""
