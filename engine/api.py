@@ -25,7 +25,7 @@ from engine.passes.full_integer import FullInteger
 from engine.passes.prune import prune_weights
 from engine.passes.quantize_weights import QuantizeWeights
 from engine.recipe import Recipe
-from engine.report import GZIP_LIMIT_BYTES, Report, TensorReport, gzip_size
+from engine.report import Report, TensorReport
 from engine.runtime.calibrate import CalibrationSource, LiteRTExecutor
 from engine.summary import summarize
 
@@ -66,11 +66,12 @@ def compress(
     need ``calibration``, and only they take it: an
     .npz or .npy path (keyed by input name, or one array for a single-input model), a dict of arrays or one
     array, the leading axis being the sample.  With ``output`` the result is written there (atomically;
-    ``share_identical_buffers`` stores identical constant buffers once) and the report gets the file and gzip
-    sizes.  ``passes`` is the pipeline, run in order (each ``(Model, Recipe) -> (Model, [TensorReport])``;
-    default ``pipeline(calibration, executor)``), so a research pass joins the run and its report; the
-    full-integer step follows it, running the float model for calibration and bias correction with ``executor``
-    (``engine.runtime.calibrate.Executor``; default LiteRT).
+    ``share_identical_buffers`` stores identical constant buffers once) and the report gets the file sizes, and
+    the gzip sizes when the recipe clusters or prunes (elsewhere ``Report.add_gzip_sizes`` adds them: zlib costs
+    about 0.1 s per MB of float32).  ``passes`` is the pipeline, run in order (each ``(Model, Recipe) -> (Model,
+    [TensorReport])``; default ``pipeline(calibration, executor)``), so a research pass joins the run and its
+    report; the full-integer step follows it, running the float model for calibration and bias correction with
+    ``executor`` (``engine.runtime.calibrate.Executor``; default LiteRT).
 
     With ``target_sqnr`` or ``max_accuracy_drop`` (and ``labels``, ``optimize``, ``save_recipe``, ``holdout``,
     ``max_runs``) it searches the mixed precision that keeps that budget instead: ``engine.accuracy.search``.
@@ -106,8 +107,8 @@ def compress(
         report.file_bytes_after = write_model(model, output, share_identical_buffers=share_identical_buffers)
         if source is not None:
             report.file_bytes_before = source.stat().st_size
-            if max(report.file_bytes_before, report.file_bytes_after) <= GZIP_LIMIT_BYTES:
-                report.gzip_bytes_before, report.gzip_bytes_after = gzip_size(source), gzip_size(output)
+            if recipe.sets("cluster") or recipe.sets("prune"):  # their gain is partly what a compressor makes of it
+                report.add_gzip_sizes(source, output)
     return model, report
 
 

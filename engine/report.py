@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-# gzip sizes are computed when input and output are at most this big; above, they would cost seconds (zlib
-# compresses about 25 MB/s here) and are left out (None).
+# gzip sizes are computed when input and output are at most this big; above, they would cost seconds (zlib level 6
+# compresses float32 weights at about 9 MB/s, int8 at 20 MB/s) and are left out (None).
 GZIP_LIMIT_BYTES = 32 * 1024 * 1024
 # What the forms XNNPACK leaves to the builtin kernels cost, measured by benchmarks/latency.py (docs/benchmarks.md).
 SLOW_FORM_COST = "on MediaPipe's models weight-int4 measured 1.1-3.4x the input's latency, gather storage 1.2-4.7x"
@@ -124,6 +124,11 @@ class Report:
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
+    def add_gzip_sizes(self, source: str | Path, output: str | Path) -> None:
+        """Fill ``gzip_bytes_before``/``after`` when both files are at most ``GZIP_LIMIT_BYTES``."""
+        if max(Path(source).stat().st_size, Path(output).stat().st_size) <= GZIP_LIMIT_BYTES:
+            self.gzip_bytes_before, self.gzip_bytes_after = gzip_size(source), gzip_size(output)
+
     def format_text(self) -> str:
         """The summary ``compress`` prints: counts, skip reasons, bytes by dtype, file and gzip sizes."""
         lines = []
@@ -170,7 +175,7 @@ class Report:
         if self.search is not None:
             lines.append(self.search.format_text())
         lines.append("file: " + _ratio(self.file_bytes_before, self.file_bytes_after))
-        lines.append("gzip: " + _ratio(self.gzip_bytes_before, self.gzip_bytes_after))
+        lines.append("gzip: " + self._gzip_text())
         shared = [t for t in done if t.clusters and t.form == "values" and t.bytes_after >= t.bytes_before]
         if shared:
             lines.append(
@@ -187,8 +192,17 @@ class Report:
             lines.extend(f"  {n} x {why}" for why, n in slow.most_common())
         return "\n".join(lines)
 
+    def _gzip_text(self) -> str:
+        if self.gzip_bytes_before is not None and self.gzip_bytes_after is not None:
+            return _ratio(self.gzip_bytes_before, self.gzip_bytes_after)
+        if self.file_bytes_before is None or self.file_bytes_after is None:
+            return "not computed (no input file or no output file)"
+        if max(self.file_bytes_before, self.file_bytes_after) > GZIP_LIMIT_BYTES:
+            return f"not computed (a file over {GZIP_LIMIT_BYTES >> 20} MiB)"
+        return "not computed (--gzip computes it: zlib takes about 0.1 s per MB of float32 weights)"
+
 
 def _ratio(before: int | None, after: int | None) -> str:
     if before is None or after is None:
-        return f"not computed (no input file, no output file, or one over {GZIP_LIMIT_BYTES >> 20} MiB)"
+        return "not computed (no input file or no output file)"
     return f"{before:,} -> {after:,} bytes ({after / before:.1%} of the input, {before / max(after, 1):.2f}x smaller)"

@@ -158,6 +158,30 @@ def test_compress_validate_on_data_samples_and_min_sqnr(runnable: dict[str, Path
     assert "--data for input 'input_1' contains NaN or infinite values" in capsys.readouterr().err
 
 
+def test_gzip_sizes_where_they_inform_or_asked(tmp_path: Path, capsys) -> None:
+    """gzip sizes cost ~0.1 s a MB: computed with --cluster or --prune (their gain is partly a compressor's) or
+    --gzip, else the summary says how to get them; --gzip without compression options is refused."""
+    from engine.format.builder import GraphBuilder
+
+    rng = np.random.default_rng(1)
+    b = GraphBuilder()
+    b.output(b.fully_connected(b.input("x", (1, 64)), rng.normal(0, 1, (64, 64)).astype(np.float32)), "y")
+    source, out = tmp_path / "fc.tflite", tmp_path / "out.tflite"
+    engine.write_model(b.build(), source)
+
+    def gzip_line(*flags: str) -> str:
+        assert main(["compress", str(source), "-o", str(out), *flags]) == 0
+        return next(line for line in capsys.readouterr().out.splitlines() if line.startswith("gzip: "))
+
+    assert "not computed (--gzip computes it" in gzip_line("--quantize", "weight-int8")
+    for flags in (["--quantize", "weight-int8", "--gzip"], ["--cluster", "4"], ["--prune", "0.5"]):
+        line = gzip_line(*flags)
+        assert line.startswith("gzip: ") and "of the input" in line, (flags, line)
+    out.unlink()
+    assert main(["compress", str(source), "-o", str(out), "--gzip"]) == 1
+    assert "error: --gzip does nothing in a lossless rewrite" in capsys.readouterr().err and not out.exists()
+
+
 def test_compress_validate_blockwise_is_right_in_both_runtimes(tmp_path: Path, capsys) -> None:
     import engine
     from engine.format.builder import GraphBuilder
