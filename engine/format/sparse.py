@@ -30,10 +30,15 @@ INDEX_VECTORS = (("Uint8Vector", np.uint8), ("Uint16Vector", np.uint16), ("Int32
 
 def index_vector(values: np.ndarray) -> Table:
     """The smallest SparseIndexVector holding ``values`` (non-negative), as the reader produces it."""
-    top = int(values.max()) if values.size else 0
+    name, dtype = _index_type(int(values.max()) if values.size else 0)
+    return Table(name, {"values": values.astype(dtype)})
+
+
+def _index_type(top: int) -> tuple[str, type]:
+    """The smallest SparseIndexVector member (name, element dtype) holding indices up to ``top``."""
     for name, dtype in INDEX_VECTORS:
         if top <= np.iinfo(dtype).max:
-            return Table(name, {"values": values.astype(dtype)})
+            return name, dtype
     raise EngineError(f"sparse index {top} does not fit the format's int32 index vectors")
 
 
@@ -51,7 +56,21 @@ def _stored(dense: np.ndarray) -> np.ndarray:
 def _csr(mask: np.ndarray) -> DimensionMetadata:
     """A CSR level over the columns of 2-D ``mask``: one segment per row, the kept columns' indices."""
     segments = np.concatenate([[0], np.cumsum(mask.sum(axis=1), dtype=np.int64)])
-    return DimensionMetadata(SPARSE_CSR, 0, index_vector(segments), index_vector(np.nonzero(mask)[1]))
+    return DimensionMetadata(SPARSE_CSR, 0, index_vector(segments), _column_indices(mask))
+
+
+def _column_indices(mask: np.ndarray) -> Table:
+    """``index_vector(np.nonzero(mask)[1])``, a block of rows at a time: np.nonzero's row indices and int64
+    column indices took 16 bytes per kept value (128 MB on a half-pruned 4096x4096 weight)."""
+    used = np.flatnonzero(mask.any(axis=0))
+    name, dtype = _index_type(int(used[-1]) if used.size else 0)
+    columns = np.empty(int(np.count_nonzero(mask)), dtype)
+    step, at = max(1, (1 << 20) // max(1, mask.shape[1])), 0
+    for start in range(0, mask.shape[0], step):
+        kept = np.nonzero(mask[start : start + step])[1]
+        columns[at : at + kept.size] = kept
+        at += kept.size
+    return Table(name, {"values": columns})
 
 
 def encode_sparse(dense: np.ndarray, block: tuple[int, int] | None = None) -> tuple[np.ndarray, SparsityParams]:

@@ -124,8 +124,12 @@ def global_masks(
     scores = [v.scores() for v in views]
     if len(views) > 1:
         scores = [_normalize(s, normalization) for s in scores]
-    flat = np.concatenate([s.ravel() for s in scores])
-    sizes = np.concatenate([np.full(s.size, v.group_size) for s, v in zip(scores, views, strict=True)])
+    # One tensor's scores are used as they are, and the group sizes only spelled out when they differ: on a
+    # 4096x4096 weight the copy and an int64 size per weight took 3x the weight's bytes.
+    flat = scores[0].ravel() if len(scores) == 1 else np.concatenate([s.ravel() for s in scores])
+    sizes = None
+    if len({v.group_size for v in views}) > 1:
+        sizes = np.concatenate([np.full(s.size, v.group_size) for s, v in zip(scores, views, strict=True)])
     keep = _prune_lowest(flat, sizes, sparsity)
     masks, start = [], 0
     for s, v in zip(scores, views, strict=True):
@@ -159,7 +163,7 @@ class _View:
         channel, inner = axes
         if channel == inner:
             raise EngineError(f"channel and input axis are both {channel} for weight shape {shape}")
-        if not np.isfinite(weight).all():
+        if not (np.isfinite(weight.min()) and np.isfinite(weight.max())):  # NaN wins both; no temporary
             raise EngineError(f"weight of shape {shape} holds NaN or infinity")
         self.order = [channel, *(a for a in range(weight.ndim) if a not in axes), inner]
         moved = np.transpose(weight, self.order)
@@ -235,10 +239,11 @@ def _normalize(scores: np.ndarray, normalization: str) -> np.ndarray:
     return out.reshape(scores.shape)
 
 
-def _prune_lowest(scores: np.ndarray, sizes: np.ndarray, sparsity: float) -> np.ndarray:
-    """Keep-flags for groups pruned lowest score first (ties: lower index first) up to ``sparsity`` of elements."""
+def _prune_lowest(scores: np.ndarray, sizes: np.ndarray | None, sparsity: float) -> np.ndarray:
+    """Keep-flags for groups pruned lowest score first (ties: lower index first) up to ``sparsity`` of elements;
+    ``sizes``: each group's element count, None when they are all equal."""
     keep = np.ones(scores.size, dtype=bool)
-    if not (sizes == sizes[0]).all():
+    if sizes is not None:
         target = math.floor(sparsity * int(sizes.sum()) + 0.5)
         order = np.argsort(scores, kind="stable")
         count = int(np.searchsorted(np.cumsum(sizes[order]), target, side="right"))
