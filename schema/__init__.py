@@ -17,9 +17,18 @@ UNIONS: dict[str, dict[str, str]] = SCHEMA["unions"]
 FILE_IDENTIFIER: bytes = SCHEMA["file_identifier"].encode()
 
 
+# Per enum, value -> member name (the first member listed with that value), built on first use: op and type names
+# are looked up hundreds of thousands of times while a model is compressed.
+_NAMES: dict[str, dict[int, str]] = {}
+
+
 def enum_name(enum: str, value: int) -> str:
     """The member name of an enum value, or the number itself when the schema does not know it."""
-    for name, member in ENUMS[enum].items():
-        if member == value:
-            return name
-    return str(value)
+    names = _NAMES.get(enum)
+    if names is None:
+        names = {}
+        for name, member in ENUMS[enum].items():
+            names.setdefault(member, name)
+        _NAMES[enum] = names
+    name = names.get(value)
+    return str(value) if name is None else name
