@@ -50,14 +50,22 @@ def restore_decoders(folded: list[Folded]) -> int:
     left float: those keep the input model's storage (float16, sparse) instead of float32, exactly as before.
     Returns how many came back."""
     restored = 0
+    readers: dict[int, dict[int, list[Operator]]] = {}  # per subgraph: id(tensor) -> the ops reading it
     for f in reversed(folded):  # DENSIFY -> DEQUANTIZE chains come back from the reader's end
         out = f.op.outputs[0]
         if out is None or out.buffer is not f.folded:
             continue  # quantized, or replaced, since
-        readers = [i for i, op in enumerate(f.subgraph.operators) if any(t is out for t in op.inputs)]
-        if not readers:
+        if id(f.subgraph) not in readers:
+            readers[id(f.subgraph)] = f.subgraph.consumers()
+        by_tensor = readers[id(f.subgraph)]
+        if not by_tensor.get(id(out)):
             continue
+        ops = f.subgraph.operators
+        first = min(ops.index(op) for op in by_tensor[id(out)])
         out.buffer, out.quantization = f.buffer, f.quantization
-        f.subgraph.insert_operator(readers[0], f.op)
+        f.subgraph.insert_operator(first, f.op)
+        for t in f.op.inputs:
+            if t is not None:
+                by_tensor.setdefault(id(t), []).append(f.op)
         restored += 1
     return restored
