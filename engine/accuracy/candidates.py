@@ -23,6 +23,7 @@ building one candidate model from a per-unit assignment.
 from __future__ import annotations
 
 import os
+import pickle
 import re
 import time
 from collections.abc import Mapping, Sequence
@@ -36,6 +37,7 @@ from engine.errors import EngineError
 from engine.format.ir import Model
 from engine.format.reader import read_model
 from engine.format.writer import model_to_bytes
+from engine.quant.uniform import remembering_scales
 from engine.recipe import LEVEL_OPTIONS, WEIGHT_MODES, Recipe, is_full_integer
 from engine.runtime.calibrate import CalibrationData, CalibrationSource, input_specs, load_calibration, load_samples
 from engine.runtime.litert import (
@@ -314,12 +316,21 @@ class Builder:
     seconds: float = 0.0
 
     def __post_init__(self) -> None:
-        # The samples loaded once and remembering their activation statistics: every candidate is the same float
-        # model calibrated on the same samples, so each activation is observed once for the whole search.
+        # Every candidate is the same float model compressed another way, so what does not depend on the way is
+        # done once for the whole search: the model parsed once (each build gets its own copy, since compress
+        # edits the model it is given), the samples loaded once and remembering their activation statistics (each
+        # activation observed once), and each weight's scale search remembered (``remembering_scales``).
+        float_model = read_model(self.source)
+        self._parsed = pickle.dumps(float_model, protocol=pickle.HIGHEST_PROTOCOL)
+        self._scales: dict[tuple, np.ndarray] = {}
         self._data = None
         if self.calibration is not None:
-            self._data = load_calibration(self.calibration, read_model(self.source))
+            self._data = load_calibration(self.calibration, float_model)
             self._data.remembered = {}
+
+    def float_model(self) -> Model:
+        """A fresh copy of the input model, as ``read_model(self.source)`` gives it."""
+        return pickle.loads(self._parsed)
 
     def entry(self, rung: Rung) -> dict[str, Any]:
         """The per-tensor options that put a unit on ``rung``."""
@@ -364,7 +375,8 @@ class Builder:
         if self._data is not None and (recipe.fits_to_data() or is_full_integer(recipe.options.get("quantize"))):
             options.setdefault("calibration", self._data)
         try:
-            return compress(read_model(self.source), recipe, **options)
+            with remembering_scales(self._scales):
+                return compress(self.float_model(), recipe, **options)
         finally:
             self.seconds += time.perf_counter() - start
 
@@ -398,7 +410,7 @@ def integer_units(builder: Builder, uniform: Model) -> list[Unit]:
     """The ops the uniform full-integer model runs with integer kernels, by output name, in graph order, with
     the bytes of their constants as integers and as float (estimates: weights 1 byte an element, other
     constants 4)."""
-    float_model = read_model(builder.source)
+    float_model = builder.float_model()
     from engine.graph.weights import find_weights
 
     weight_bytes: dict[int, tuple[int, int]] = {}

@@ -11,7 +11,10 @@ modes), full_integer (int8 / 16x8 weights) and cluster (rows of a channel) share
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import hashlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,6 +24,34 @@ from engine.quant import kernels
 from engine.quant.metrics import power_ratio_db
 from engine.quant.rounding import LayerInputs, RoundingProblem, compensation_target, times_hessian
 from engine.registry import ROUNDING_METHODS, SCALE_METHODS
+
+# Scale searches remembered while `remembering_scales` is active: a caller that quantizes the same weights many
+# times (the accuracy search builds every candidate from one model) finds each weight's scales once.  Keyed by
+# (method, bits, rows' shape, sha256 of the rows), for the built-in methods only: a plugin's may not be pure.
+_REMEMBERED_SCALES: ContextVar[dict[tuple, np.ndarray] | None] = ContextVar("remembered_scales", default=None)
+_PURE_SCALE_METHODS = frozenset({"minmax", "mse"})
+
+
+@contextmanager
+def remembering_scales(memo: dict[tuple, np.ndarray]) -> Iterator[None]:
+    """Within the block, ``quantize_weight`` keeps the scales its built-in scale searches find in ``memo`` and
+    takes them from there for the same rows (the caller owns ``memo``, and with it how long they are kept)."""
+    token = _REMEMBERED_SCALES.set(memo)
+    try:
+        yield
+    finally:
+        _REMEMBERED_SCALES.reset(token)
+
+
+def _scales(method: str, rows: np.ndarray, bits: int) -> np.ndarray:
+    """The rows' scales by ``method`` (``rows`` contiguous float32), remembered where `remembering_scales` asks."""
+    memo = _REMEMBERED_SCALES.get()
+    if memo is None or method not in _PURE_SCALE_METHODS:
+        return np.asarray(SCALE_METHODS.call(method, rows, bits), np.float32)
+    key = (method, bits, rows.shape, hashlib.sha256(rows).digest())
+    if key not in memo:
+        memo[key] = np.asarray(SCALE_METHODS.call(method, rows, bits), np.float32)
+    return memo[key].copy()
 
 
 def as_rows(
@@ -82,7 +113,7 @@ def quantize_weight(
         channels, back = as_rows(values, "channel", inputs.axis)
         target = back(compensation_target(channels, inputs)).astype(np.float32)
     rows, restore = as_rows(target, granularity, axis)
-    scales = np.asarray(SCALE_METHODS.call(method, np.ascontiguousarray(rows, np.float32), bits), np.float32)
+    scales = _scales(method, np.ascontiguousarray(rows, np.float32), bits)
     if scales.shape != (rows.shape[0],) or not np.all(np.isfinite(scales) & (scales >= 0)):
         raise EngineError(
             f"scale method {method!r} returned {scales.shape} scales for {rows.shape[0]} rows, or a "
