@@ -51,8 +51,8 @@ Measured per model and tool:
   model and each int8 model; the ratio is int8 / float.  With XNNPACK the number of partitions it made is shown
   when above 1: the ops it does not take then run on builtin kernels in between.
 
-Goals (measured here, not tuned here): engine time <= 0.5x the quantizer's at 100 samples; higher SQNR than the
-quantizer; int8 latency <= 0.5x float on ``mobilenet_v1_224``.
+Goals (measured here, not tuned here): engine time <= 0.4x the quantizer's at 100 samples (issue 17); higher SQNR
+than the quantizer; int8 latency <= 0.5x float on ``mobilenet_v1_224``.
 
 About 8 minutes on the 2-core CI machine (12 models), ``--quick`` (3 models, 1 run) about 1.  Writes
 benchmarks/results/full_integer.json and .md (``--json``: elsewhere).
@@ -407,10 +407,14 @@ def bench_model(name: str, model: Path, value_range: tuple[float, float], tmp: P
     return row
 
 
+TIME_GOAL = 0.4  # the engine's whole-process time at most this fraction of the quantizer's
+
+
 def goals(row: dict[str, Any]) -> dict[str, bool | None]:
     """The goals of the module docstring for this model (None where they cannot be judged)."""
     engine, theirs = row["engine"], row["quantizer"]
-    result: dict[str, bool | None] = {"time_le_half": None if row["time_ratio"] is None else row["time_ratio"] <= 0.5}
+    ratio = row["time_ratio"]
+    result: dict[str, bool | None] = {"time": None if ratio is None else ratio <= TIME_GOAL}
     if "worst_sqnr_db" in engine and "worst_sqnr_db" in theirs:
         result["sqnr_higher_min"] = engine["worst_sqnr_db"] > theirs["worst_sqnr_db"]
         result["sqnr_higher_mean"] = engine["mean_worst_sqnr_db"] > theirs["mean_worst_sqnr_db"]
@@ -508,7 +512,8 @@ def markdown_goals(rows: list[dict[str, Any]]) -> str:
         return "n/a" if value is None else "yes" if value else "no"
 
     header = (
-        "| model | engine time <= 0.5x quantizer | SQNR higher (min / mean) | int8 <= 0.5x float (XNNPACK / builtin) |"
+        f"| model | engine time <= {TIME_GOAL}x quantizer | SQNR higher (min / mean) | int8 <= 0.5x float (XNNPACK / "
+        "builtin) |"
     )
     lines = [header, "|---|---|---|---|"]
     for row in rows:
@@ -517,7 +522,7 @@ def markdown_goals(rows: list[dict[str, Any]]) -> str:
         if "latency_le_half_xnnpack" in g:
             latency = f"{mark(g['latency_le_half_xnnpack'])} / {mark(g['latency_le_half_builtin'])}"
         sqnr = f"{mark(g.get('sqnr_higher_min'))} / {mark(g.get('sqnr_higher_mean'))}"
-        lines.append(f"| {row['model']} | {mark(g['time_le_half'])} | {sqnr} | {latency} |")
+        lines.append(f"| {row['model']} | {mark(g['time'])} | {sqnr} | {latency} |")
     return "\n".join(lines)
 
 
@@ -579,16 +584,20 @@ def main(argv: list[str] | None = None) -> int:
             model.unlink()
     results["total_s"] = time.perf_counter() - started
     results["inputs"], results["rows"] = inputs, rows
+    save(results, markdown(results), args.json)
+    return 0
 
-    env = results["environment"]
+
+def markdown(results: dict[str, Any]) -> str:
+    """The tables of one run's results."""
+    env, rows = results["environment"], results["rows"]
     versions = env["versions"]
     title = (f"# Full-integer int8: engine vs ai-edge-quantizer static_wi8_ai8 ({env['date']}, {env['cpus']} CPUs, "
              f"litert-quantizer {versions['litert-quantizer']}, ai-edge-litert {versions['ai-edge-litert']}, "
-             f"{args.samples} samples, {args.runs} runs, {results['total_s']:.0f} s)")  # fmt: skip
-    parts = [title, "## Float32 models both tools get", markdown_inputs(inputs), "## Results", markdown_results(rows),
-             "## Goals", markdown_goals(rows)]  # fmt: skip
-    save(results, "\n\n".join(parts), args.json)
-    return 0
+             f"{results['samples']} samples, {results['runs']} runs, {results['total_s']:.0f} s)")  # fmt: skip
+    parts = [title, "## Float32 models both tools get", markdown_inputs(results["inputs"]), "## Results",
+             markdown_results(rows), "## Goals", markdown_goals(rows)]  # fmt: skip
+    return "\n\n".join(parts)
 
 
 if __name__ == "__main__":
