@@ -13,13 +13,15 @@ arguments once, cheaply, with numpy, and raises ``EngineError`` for bad input (N
 wrong shapes, codes out of range); the kernels then trust them.
 
 Start-up: importing this module does not import Numba.  The first compiled call imports it and loads the cached
-kernels, about 0.8 s of a process (0.3 s import, 0.5 s for its CPU target and the kernels; benchmarks/kernels.py
-measures it), more than quantizing a MediaPipe model's 3 M weights in numpy takes.  So the one-pass kernels whose
-twins give the same codes and scales (``numpy_first``) run as their twins until ``NUMPY_FIRST`` elements in all
-have been processed that way in the process (7-12 ns an element: at most 0.2 s of numpy; weight-int8 makes three
-passes over a weight, so a model of up to 5 M weights), then compiled: a small model never loads
-Numba, a large one pays it once.  The output bytes are the same either way (the tests prove the twins equal);
-``signal_and_noise`` sums in another order and agrees to 1e-9, which only the reported weight SQNR sees.
+kernels, about 0.65 s of a process (0.3 s import, the rest for its CPU target and the kernels; benchmarks/kernels.py
+measures it).  The one-pass kernels whose twins give the same codes and scales (``numpy_first``) therefore run as
+their twins, a tile at a time (``_tiles``: about 3 ns an element a pass, against the compiled 0.6), until
+``NUMPY_FIRST`` elements in all have been processed that way in the process, then compiled: by then numpy has lost
+about what loading Numba costs (0.65 s / (3 - 0.6) ns, ~270 M; the rent-or-buy rule, never worse than twice the
+better choice).  weight-int8 makes three passes over a weight, so a model of up to ~85 M weights (the 268 MB
+benchmark MLP: 0.8 s whole process instead of 1.0-1.3) never loads Numba, a larger one pays it once.  The output
+bytes are the same either way (the tests prove the twins equal); ``signal_and_noise`` sums in another order and
+agrees to 1e-9, which only the reported weight SQNR sees.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import importlib
 import inspect
 import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Generic, NamedTuple, ParamSpec
 
 import numpy as np
@@ -49,6 +51,9 @@ _COARSE = 16
 _REFINE_STAGES = 3
 _REFINE_POINTS = 2
 
+# Elements of one step of the one-pass numpy twins (see _tiles): 64 KB of float32, below malloc's mmap threshold.
+_TILE = 16_384
+
 
 def _is_integer(value: object) -> bool:
     return isinstance(value, int | np.integer) and not isinstance(value, bool)
@@ -67,7 +72,7 @@ def _lowest_ratio(bits: int) -> float:
 
 
 # Elements the numpy-first kernels may process as their twins before the process loads Numba (module docstring).
-NUMPY_FIRST = 16_000_000
+NUMPY_FIRST = 256_000_000
 
 
 class _StartUp:
@@ -223,8 +228,26 @@ def _scales_numpy(amax: np.ndarray, ratio: np.ndarray | float, qmax: int) -> np.
         return (ratio * amax.astype(np.float64) / qmax).astype(np.float32)
 
 
+def _tiles(shape: tuple[int, int]) -> Iterator[tuple[slice, slice]]:
+    """(rows, columns) slices covering a (rows, n) array in tiles of about ``_TILE`` elements: the one-pass
+    twins work tile by tile, so their temporaries stay small and in cache (4x faster than whole-array numpy on a
+    16 M-weight layer, and no float64 copy of it)."""
+    rows, n = shape
+    if n >= _TILE:
+        for i in range(rows):
+            for j in range(0, n, _TILE):
+                yield slice(i, i + 1), slice(j, j + _TILE)
+    else:
+        step = _TILE // max(n, 1)
+        for i in range(0, rows, step):
+            yield slice(i, i + step), slice(None)
+
+
 def _absmax_numpy(groups: np.ndarray, qmax: int, out: np.ndarray) -> np.ndarray:
-    s = _scales_numpy(np.abs(groups).max(axis=1, initial=0.0), 1.0, qmax)
+    amax = np.zeros(groups.shape[0], np.float32)
+    for r, c in _tiles(groups.shape):
+        np.maximum(amax[r], np.abs(groups[r, c]).max(axis=1, initial=0.0), out=amax[r])
+    s = _scales_numpy(amax, 1.0, qmax)
     out[:] = np.where(s >= _TINY, s, np.float32(1.0))
     return out
 
@@ -259,18 +282,24 @@ def _mse_numpy(groups: np.ndarray, qmax: int, lowest: float, out: np.ndarray) ->
 
 
 def _quantize_numpy(groups: np.ndarray, scales: np.ndarray, qmax: int, out: np.ndarray) -> np.ndarray:
-    out[:] = _codes_numpy(groups, scales, qmax)
+    for r, c in _tiles(groups.shape):
+        out[r, c] = _codes_numpy(groups[r, c], scales[r], qmax)
     return out
 
 
 def _dequantize_numpy(codes: np.ndarray, scales: np.ndarray, out: np.ndarray) -> np.ndarray:
-    return np.multiply(codes, scales[:, None], out=out)
+    for r, c in _tiles(codes.shape):
+        np.multiply(codes[r, c], scales[r, None], out=out[r, c])
+    return out
 
 
 def _noise_numpy(groups: np.ndarray, codes: np.ndarray, scales: np.ndarray) -> np.ndarray:
-    w = groups.astype(np.float64)
-    d = w - scales.astype(np.float64)[:, None] * codes
-    return np.array([np.sum(w * w), np.sum(d * d)])
+    total = np.zeros(2)
+    for r, c in _tiles(groups.shape):
+        w = groups[r, c].astype(np.float64)
+        d = w - scales[r].astype(np.float64)[:, None] * codes[r, c]
+        total += [np.sum(w * w), np.sum(d * d)]
+    return total
 
 
 def _shifts(bits: int) -> np.ndarray:

@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -25,10 +26,16 @@ FAST = settings(deadline=None)  # the first example of each test compiles (or lo
 
 
 @pytest.fixture(autouse=True, scope="module")
-def compiled_kernels() -> None:
+def compiled_kernels() -> Iterator[None]:
     """Load the Numba kernels, so that every public call here runs them (not their twins at start-up: kernels'
-    docstring): the tests compare them with the twins.  The start-up tests below run in fresh processes."""
+    docstring): the tests compare them with the twins.  The start-up tests below run in fresh processes.  The
+    twins' tiles shrink to 7 elements, so the small examples here cross tile borders both ways (several rows to
+    a tile, several tiles to a row)."""
     import engine.quant.jit  # noqa: F401
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(k, "_TILE", 7)
+        yield
 
 
 @st.composite
@@ -273,6 +280,7 @@ k.signal_and_noise(g, codes, s)
 k.pack_int4(np.clip(codes, -8, 7))
 assert 'numba' not in sys.modules, 'numba imported by small calls'
 assert k._StartUp.left == k.NUMPY_FIRST - 4 * g.size, k._StartUp.left
+k._StartUp.left = 1000  # as if the budget were nearly spent
 big = np.ones((1, k._StartUp.left + 1), np.float32)
 assert np.array_equal(k.quantize(big, np.ones(1, np.float32), 8), k.quantize.numpy(big, np.ones(1, np.float32), 8))
 assert 'engine.quant.jit' in sys.modules, 'the call over the budget did not run compiled'
