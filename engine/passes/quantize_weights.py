@@ -31,7 +31,7 @@ from engine.passes.fuse import unfuse_activation
 from engine.progress import track
 from engine.quant import kernels
 from engine.quant.rounding import LayerInputs
-from engine.quant.uniform import quantize_weight
+from engine.quant.uniform import expect_weights, quantize_weight
 from engine.recipe import WEIGHT_MODES, Recipe, TensorOptions
 from engine.report import TensorReport
 from engine.runtime.calibrate import CalibrationSource, LiteRTExecutor, load_calibration
@@ -72,6 +72,7 @@ class QuantizeWeights:
         and a correction for inputs it will not get made low-SQNR models worse: hand_landmark_lite 3.6 -> -3.4
         dB, pose_detection 11.8 -> 2.0 dB held out at 4 stages)."""
         chosen, reports = select(model, recipe, lambda options: options.quantize in INTEGER_MODES)
+        expect_weights((o.scale_method, w.elements) for w, o in chosen)
         asked = [(w, o) for w, o in chosen if o.rounding != "nearest"]
         if asked and self.calibration is None:
             raise EngineError(f"--rounding {asked[0][1].rounding} needs calibration data (--calibration DATA)")

@@ -14,8 +14,10 @@ import numba
 import numpy as np
 
 from engine.quant.kernels import (
+    _BLOCK,
     _COARSE,
     _KMEANS_INITS,
+    _LANES,
     _REFINE_POINTS,
     _REFINE_STAGES,
     _TABLE_FROM,
@@ -46,12 +48,29 @@ def _squared_error(w, s, q):
     return d * d
 
 
-@numba.njit(cache=True, fastmath={"reassoc"})
-def _row_error(row, s, q):
-    """Sum of squared errors in float64; reassociating this one sum lets it vectorize (the terms stay exact)."""
+@numba.njit(cache=True)
+def _row_error(row, s, q, lanes, terms):
+    """Sum of squared errors in float64, in the order kernels._errors_numpy states (``_LANES`` lanes, each summed
+    in order, then the lanes, then the tail), so that the numpy twin finds the same sums and the same scale.  A
+    block of terms is computed into ``terms`` (a vectorized loop), then added lane by lane: independent lanes need
+    no reassociation (about twice the time of a free-order sum).  ``lanes`` (``_LANES``) and ``terms``
+    (``_BLOCK``) are the caller's scratch."""
+    n = row.size
+    body = n - n % _LANES
+    lanes[:] = 0.0
+    start = 0
+    for start in range(0, n, _BLOCK):
+        m = min(_BLOCK, n - start)
+        for i in range(m):
+            terms[i] = _squared_error(row[start + i], s, q)
+        for c in range(0, min(m, body - start), _LANES):
+            for lane in range(_LANES):
+                lanes[lane] += terms[c + lane]
     total = 0.0
-    for j in range(row.size):
-        total += _squared_error(row[j], s, q)
+    for lane in range(_LANES):
+        total += lanes[lane]
+    for i in range(body - start, n - start):  # the tail, in the last block
+        total += terms[i]
     return total
 
 
@@ -73,18 +92,19 @@ def _scale(amax, ratio, qmax):
 def _row_mse_scale(row, qmax, lowest):
     """The scale of the clipping ratio with the least squared error: coarse grid, then refinement stages."""
     q = np.float32(qmax)
+    lanes, terms = np.empty(_LANES), np.empty(_BLOCK)
     amax = _row_absmax(row)
     best_s = _scale(amax, 1.0, qmax)
     if best_s < _TINY:
         return np.float32(1.0)
     best_r = 1.0
-    best_e = _row_error(row, best_s, q)
+    best_e = _row_error(row, best_s, q, lanes, terms)
     step = (1.0 - lowest) / (_COARSE - 1)
     for k in range(1, _COARSE):
         r = 1.0 - k * step
         s = _scale(amax, r, qmax)
         if s >= _TINY:
-            e = _row_error(row, s, q)
+            e = _row_error(row, s, q, lanes, terms)
             if e < best_e:
                 best_s, best_r, best_e = s, r, e
     for _ in range(_REFINE_STAGES):
@@ -94,7 +114,7 @@ def _row_mse_scale(row, qmax, lowest):
             r = center + j * step
             s = _scale(amax, r, qmax)
             if j != 0 and r <= 1.0 and s >= _TINY:
-                e = _row_error(row, s, q)
+                e = _row_error(row, s, q, lanes, terms)
                 if e < best_e:
                     best_s, best_r, best_e = s, r, e
     return best_s

@@ -13,15 +13,18 @@ arguments once, cheaply, with numpy, and raises ``EngineError`` for bad input (N
 wrong shapes, codes out of range); the kernels then trust them.
 
 Start-up: importing this module does not import Numba.  The first compiled call imports it and loads the cached
-kernels, about 0.65 s of a process (0.3 s import, the rest for its CPU target and the kernels; benchmarks/kernels.py
-measures it).  The one-pass kernels whose twins give the same codes and scales (``numpy_first``) therefore run as
-their twins, a tile at a time (``_tiles``: about 3 ns an element a pass, against the compiled 0.6), until
-``NUMPY_FIRST`` elements in all have been processed that way in the process, then compiled: by then numpy has lost
-about what loading Numba costs (0.65 s / (3 - 0.6) ns, ~270 M; the rent-or-buy rule, never worse than twice the
-better choice).  weight-int8 makes three passes over a weight, so a model of up to ~85 M weights (the 268 MB
-benchmark MLP: 0.8 s whole process instead of 1.0-1.3) never loads Numba, a larger one pays it once.  The output
-bytes are the same either way (the tests prove the twins equal); ``signal_and_noise`` sums in another order and
-agrees to 1e-9, which only the reported weight SQNR sees.
+kernels, about 0.65-0.8 s of a process (0.3 s import, the rest for its CPU target and the kernels;
+benchmarks/kernels.py measures it), more than a small model's whole quantization takes in numpy.  So the kernels
+whose twins give exactly their codes and scales (``numpy_ns``: absmax and MSE scales, quantize, dequantize,
+signal_and_noise, int4/int2 packing) run as their twins, a tile at a time (``_tiles``: 0.6-3 ns an element for
+the one-pass ones, ~300 for the 28-candidate MSE search), until their estimated cost in the process reaches
+``NUMPY_FIRST_NS`` (about Numba's start-up: the rent-or-buy rule, never worse than twice the better choice), then
+compiled.  A pass that knows its weights announces the work first (``expect``), and beyond the budget gets the
+compiled kernels from the start.  So weight-int8 of a model of up to ~100 M weights (the 268 MB benchmark MLP:
+0.7 s whole process) and full int8 or weight-int4 of a model of up to ~2 M weights (a MediaPipe hand model: 0.5 s)
+never load Numba.  The output bytes are the same either way (the tests prove the twins equal; the MSE search sums
+each row's errors in one stated order, ``_errors_numpy``, in both); ``signal_and_noise`` sums in another order
+and agrees to 1e-9, which only the reported weight SQNR sees.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import importlib
 import inspect
 import math
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic, NamedTuple, ParamSpec
 
 import numpy as np
@@ -51,8 +54,12 @@ _COARSE = 16
 _REFINE_STAGES = 3
 _REFINE_POINTS = 2
 
-# Elements of one step of the one-pass numpy twins (see _tiles): 64 KB of float32, below malloc's mmap threshold.
+# Elements of one step of the numpy twins (see _tiles): 64 KB of float32, below malloc's mmap threshold; a multiple
+# of _LANES.
 _TILE = 16_384
+# The order of a row's error sum (_errors_numpy): _LANES interleaved lanes; the kernel computes _BLOCK terms at once.
+_LANES = 8
+_BLOCK = 64
 
 
 def _is_integer(value: object) -> bool:
@@ -71,23 +78,30 @@ def _lowest_ratio(bits: int) -> float:
     return max(0.05, 0.5 - 0.1 * (8 - bits))
 
 
-# Elements the numpy-first kernels may process as their twins before the process loads Numba (module docstring).
-NUMPY_FIRST = 256_000_000
+# Nanoseconds of numpy-twin work a process may do before it loads Numba instead: about what loading it costs
+# (module docstring).  Each numpy-first kernel states its twin's cost per element (``numpy_ns``).
+NUMPY_FIRST_NS = 700_000_000
 
 
 class _StartUp:
-    """How many elements the numpy twins may still take before the compiled kernels are loaded."""
+    """How much numpy-twin work (ns, estimated) the process may still do before the compiled kernels are loaded."""
 
-    left = NUMPY_FIRST
+    left: float = NUMPY_FIRST_NS
 
     @classmethod
-    def take(cls, size: int) -> bool:
-        """True (and counted) when ``size`` elements still fit the budget and Numba is not loaded yet."""
-        if size > cls.left or "engine.quant.jit" in sys.modules:
+    def take(cls, cost: float) -> bool:
+        """True (and counted) when work of ``cost`` ns still fits the budget and Numba is not loaded yet."""
+        if cost > cls.left or "engine.quant.jit" in sys.modules:
             cls.left = 0
             return False
-        cls.left -= size
+        cls.left -= cost
         return True
+
+    @classmethod
+    def expect(cls, cost: float) -> None:
+        """Work of ``cost`` ns is coming: beyond the budget, run compiled from now on (loading Numba costs less)."""
+        if cost > cls.left:
+            cls.left = 0
 
 
 class _Twins(Generic[_P]):
@@ -95,7 +109,8 @@ class _Twins(Generic[_P]):
 
     ``prepare`` (the decorated function, which gives the public signature and docstring) checks and converts the
     arguments and returns the kernel's arguments. Calling the object runs the Numba kernel on them (or, for a
-    ``numpy_first`` kernel before Numba is loaded, the twin: module docstring); ``.compiled`` always runs the
+    numpy-first kernel, one with an exact twin costing ``numpy_ns`` an element, before Numba is loaded, the twin:
+    module docstring); ``.compiled`` always runs the
     kernel and ``.numpy`` the twin on the same prepared arguments, so the tests compare the two implementations,
     not checks.  The kernel is named (``fast``, in engine.quant.jit), so Numba is imported on its first call.
     """
@@ -106,12 +121,12 @@ class _Twins(Generic[_P]):
         fast: str,
         reference: Callable[..., Any],
         returns: str,
-        numpy_first: bool,
+        numpy_ns: float | None,
     ):
         functools.update_wrapper(self, prepare)
         self.__signature__ = inspect.signature(prepare).replace(return_annotation=returns)
         self._prepare, self._fast_name, self._reference = prepare, fast, reference
-        self._numpy_first = numpy_first
+        self.numpy_ns = numpy_ns
 
     @property
     def _fast(self) -> Callable[..., Any]:
@@ -119,7 +134,7 @@ class _Twins(Generic[_P]):
 
     def __call__(self, *args: _P.args, **kwargs: _P.kwargs) -> Any:
         prepared = self._prepare(*args, **kwargs)
-        if self._numpy_first and _StartUp.take(prepared[0].size):
+        if self.numpy_ns is not None and _StartUp.take(self.numpy_ns * prepared[0].size):
             return self._reference(*prepared)
         return self._fast(*prepared)
 
@@ -133,12 +148,19 @@ class _Twins(Generic[_P]):
 
 
 def _twins(
-    fast: str, reference: Callable[..., Any], returns: str = "np.ndarray", numpy_first: bool = False
+    fast: str, reference: Callable[..., Any], returns: str = "np.ndarray", numpy_ns: float | None = None
 ) -> Callable[[Callable[_P, tuple]], _Twins[_P]]:
     """Decorator: turn an argument-checking function into a public kernel (engine.quant.jit's ``fast``) with a
     numpy twin; ``returns`` is the public signature's return annotation (what the kernels return);
-    ``numpy_first``: a one-pass kernel whose twin gives the same result, run as the twin at start-up."""
-    return lambda prepare: _Twins(prepare, fast, reference, returns, numpy_first)
+    ``numpy_ns``: the twin gives exactly the kernel's result, at about this many ns an element, and runs first."""
+    return lambda prepare: _Twins(prepare, fast, reference, returns, numpy_ns)
+
+
+def expect(work: Iterable[tuple[_Twins[Any], int]]) -> None:
+    """Announce the kernel work a pass is about to do, (kernel, elements) pairs (a pass knows its weights before it
+    starts): when the numpy twins would take longer than loading Numba, the compiled kernels run from the start
+    rather than after the twins have spent the budget.  Results are the same either way."""
+    _StartUp.expect(sum(kernel.numpy_ns * elements for kernel, elements in work if kernel.numpy_ns is not None))
 
 
 # ---------------------------------------------------------------------------------------------------- checks
@@ -218,9 +240,29 @@ def _codes_numpy(groups: np.ndarray, scales: np.ndarray, qmax: int) -> np.ndarra
     return np.copysign(r, x)
 
 
-def _errors_numpy(groups: np.ndarray, scales: np.ndarray, qmax: int) -> np.ndarray:
+def _squared_errors_numpy(groups: np.ndarray, scales: np.ndarray, qmax: int) -> np.ndarray:
     d = groups.astype(np.float64) - scales.astype(np.float64)[:, None] * _codes_numpy(groups, scales, qmax)
-    return (d * d).sum(axis=1)
+    return d * d
+
+
+def _errors_numpy(groups: np.ndarray, scales: np.ndarray, qmax: int) -> np.ndarray:
+    """Each row's sum of squared errors in float64, in one fixed order that the Numba kernel follows too (so the
+    MSE search picks the same scale in both, near-ties included): element j goes to lane j mod ``_LANES`` while
+    j < n - n mod ``_LANES``, each lane summed in element order; then the lanes, first to last; then the
+    remaining elements in order.  ``np.add.accumulate`` states the in-order sums; a row spanning several tiles
+    carries its lanes from tile to tile (tile widths are multiples of ``_LANES``)."""
+    rows, n = groups.shape
+    body = n - n % _LANES
+    lanes = np.zeros((rows, _LANES))
+    for r, c in _tiles((rows, body)) if body else ():
+        blocks = _squared_errors_numpy(groups[r, c], scales[r], qmax).reshape(len(lanes[r]), -1, _LANES)
+        lanes[r] = np.add.accumulate(np.concatenate((lanes[r, None], blocks), axis=1), axis=1)[:, -1]
+    total = lanes[:, 0].copy()
+    for lane in range(1, _LANES):
+        total += lanes[:, lane]
+    for term in _squared_errors_numpy(groups[:, body:], scales, qmax).T:
+        total += term
+    return total
 
 
 def _scales_numpy(amax: np.ndarray, ratio: np.ndarray | float, qmax: int) -> np.ndarray:
@@ -236,25 +278,29 @@ def _tiles(shape: tuple[int, int]) -> Iterator[tuple[slice, slice]]:
     if n >= _TILE:
         for i in range(rows):
             for j in range(0, n, _TILE):
-                yield slice(i, i + 1), slice(j, j + _TILE)
+                yield slice(i, i + 1), slice(j, min(j + _TILE, n))
     else:
         step = _TILE // max(n, 1)
         for i in range(0, rows, step):
-            yield slice(i, i + step), slice(None)
+            yield slice(i, i + step), slice(0, n)
 
 
-def _absmax_numpy(groups: np.ndarray, qmax: int, out: np.ndarray) -> np.ndarray:
+def _row_absmax_numpy(groups: np.ndarray) -> np.ndarray:
     amax = np.zeros(groups.shape[0], np.float32)
     for r, c in _tiles(groups.shape):
         np.maximum(amax[r], np.abs(groups[r, c]).max(axis=1, initial=0.0), out=amax[r])
-    s = _scales_numpy(amax, 1.0, qmax)
+    return amax
+
+
+def _absmax_numpy(groups: np.ndarray, qmax: int, out: np.ndarray) -> np.ndarray:
+    s = _scales_numpy(_row_absmax_numpy(groups), 1.0, qmax)
     out[:] = np.where(s >= _TINY, s, np.float32(1.0))
     return out
 
 
 def _mse_numpy(groups: np.ndarray, qmax: int, lowest: float, out: np.ndarray) -> np.ndarray:
     """The search of ``_row_mse_scale``, one candidate at a time for all rows at once."""
-    amax = np.abs(groups).max(axis=1, initial=0.0)
+    amax = _row_absmax_numpy(groups)
     best_s = _scales_numpy(amax, 1.0, qmax)
     live = best_s >= _TINY
     best_s[~live] = 1.0
@@ -323,14 +369,14 @@ def _unpack_numpy(packed: np.ndarray, bits: int, out: np.ndarray) -> np.ndarray:
 # function (returning the kernel's result) with the numpy twin as ``.numpy``.
 
 
-@_twins("_absmax_numba", _absmax_numpy, numpy_first=True)
+@_twins("_absmax_numba", _absmax_numpy, numpy_ns=1)
 def absmax_scales(groups: np.ndarray, bits: int) -> tuple:
     """Per-row scale max|w| / qmax ("minmax"): no weight is clipped. Returns float32[rows]."""
     g = _checked_groups(groups)
     return g, qmax(bits), np.empty(g.shape[0], np.float32)
 
 
-@_twins("_mse_numba", _mse_numpy)
+@_twins("_mse_numba", _mse_numpy, numpy_ns=300)
 def mse_scales(groups: np.ndarray, bits: int) -> tuple:
     """Per-row scale whose clipping range r * max|w| minimizes the squared reconstruction error.
 
@@ -344,14 +390,14 @@ def mse_scales(groups: np.ndarray, bits: int) -> tuple:
     return g, qmax(bits), _lowest_ratio(bits), np.empty(g.shape[0], np.float32)
 
 
-@_twins("_quantize_numba", _quantize_numpy, numpy_first=True)
+@_twins("_quantize_numba", _quantize_numpy, numpy_ns=4)
 def quantize(groups: np.ndarray, scales: np.ndarray, bits: int) -> tuple:
     """int8 codes round(w / scale) (half away from zero) saturated to ±qmax, one scale per row."""
     g = _checked_groups(groups)
     return g, _checked_scales(scales, g.shape[0]), qmax(bits), np.empty(g.shape, np.int8)
 
 
-@_twins("_dequantize_numba", _dequantize_numpy, numpy_first=True)
+@_twins("_dequantize_numba", _dequantize_numpy, numpy_ns=1)
 def dequantize(codes: np.ndarray, scales: np.ndarray) -> tuple:
     """float32 codes * scale, one scale per row of the int8 codes (rows, n): what the runtime computes."""
     c = _checked_int8(codes)
@@ -360,7 +406,7 @@ def dequantize(codes: np.ndarray, scales: np.ndarray) -> tuple:
     return c, _checked_scales(scales, c.shape[0]), np.empty(c.shape, np.float32)
 
 
-@_twins("_noise_numba", _noise_numpy, numpy_first=True)
+@_twins("_noise_numba", _noise_numpy, numpy_ns=4)
 def signal_and_noise(groups: np.ndarray, codes: np.ndarray, scales: np.ndarray) -> tuple:
     """[sum of w², sum of (w - scale * code)²] in float64 over all rows: the weight SQNR's two terms, without
     the float64 copies of the weight a plain numpy SQNR makes (hundreds of MB on a large layer)."""
@@ -370,27 +416,27 @@ def signal_and_noise(groups: np.ndarray, codes: np.ndarray, scales: np.ndarray) 
     return g, c, _checked_scales(scales, g.shape[0])
 
 
-@_twins("_pack_numba", _pack_numpy, numpy_first=True)
+@_twins("_pack_numba", _pack_numpy, numpy_ns=2)
 def pack_int4(codes: np.ndarray) -> tuple:
     """TFLite INT4 bytes of int8 codes in [-8, 7] (flattened in C order): two's-complement nibbles, element 2i in
     the low nibble of byte i and 2i+1 in the high one; an odd count leaves the last high nibble 0."""
     return _pack_arguments(codes, 4)
 
 
-@_twins("_unpack_numba", _unpack_numpy, numpy_first=True)
+@_twins("_unpack_numba", _unpack_numpy, numpy_ns=2)
 def unpack_int4(packed: np.ndarray, count: int) -> tuple:
     """The ``count`` sign-extended int8 codes stored in TFLite INT4 bytes (the inverse of ``pack_int4``)."""
     return _unpack_arguments(packed, count, 4)
 
 
-@_twins("_pack_numba", _pack_numpy, numpy_first=True)
+@_twins("_pack_numba", _pack_numpy, numpy_ns=2)
 def pack_int2(codes: np.ndarray) -> tuple:
     """TFLite INT2 bytes of int8 codes in [-2, 1] (flattened in C order): four two's-complement 2-bit fields
     per byte, element 4i+j in bits 2j..2j+1 (lowest first); unused fields of the last byte are 0."""
     return _pack_arguments(codes, 2)
 
 
-@_twins("_unpack_numba", _unpack_numpy, numpy_first=True)
+@_twins("_unpack_numba", _unpack_numpy, numpy_ns=2)
 def unpack_int2(packed: np.ndarray, count: int) -> tuple:
     """The ``count`` sign-extended int8 codes stored in TFLite INT2 bytes (the inverse of ``pack_int2``)."""
     return _unpack_arguments(packed, count, 2)

@@ -12,10 +12,11 @@ modes), full_integer (int8 / 16x8 weights) and cluster (rows of a channel) share
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -84,6 +85,19 @@ class QuantizedWeight:
     def dequantized(self) -> np.ndarray:
         """The float64 values the codes stand for, in the weight's shape."""
         return self._restore(self._code_rows.astype(np.float64) * self.scales.astype(np.float64)[:, None])
+
+
+def expect_weights(work: Iterable[tuple[str, int]]) -> None:
+    """Tell the kernels what ``quantize_weight`` is about to do, (scale method, elements) per weight, so they pick
+    numpy or compiled once (``kernels.expect``): a built-in scale search, then ``quantize`` and the weight SQNR's
+    ``signal_and_noise`` over each weight (a plugin's scale method is its own business)."""
+    search = {"minmax": kernels.absmax_scales, "mse": kernels.mse_scales}
+    plan: list[tuple[Any, int]] = []
+    for method, elements in work:
+        plan += [(kernels.quantize, elements), (kernels.signal_and_noise, elements)]
+        if method in search:
+            plan.append((search[method], elements))
+    kernels.expect(plan)
 
 
 def quantize_weight(

@@ -29,12 +29,12 @@ FAST = settings(deadline=None)  # the first example of each test compiles (or lo
 def compiled_kernels() -> Iterator[None]:
     """Load the Numba kernels, so that every public call here runs them (not their twins at start-up: kernels'
     docstring): the tests compare them with the twins.  The start-up tests below run in fresh processes.  The
-    twins' tiles shrink to 7 elements, so the small examples here cross tile borders both ways (several rows to
-    a tile, several tiles to a row)."""
+    twins' tiles shrink to 8 elements (one lane group), so the small examples here cross tile borders both ways
+    (several rows to a tile, several tiles to a row)."""
     import engine.quant.jit  # noqa: F401
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(k, "_TILE", 7)
+        patch.setattr(k, "_TILE", k._LANES)
         yield
 
 
@@ -87,15 +87,43 @@ def test_absmax_scales(g: np.ndarray, bits: int) -> None:
 @given(weights(), BITS)
 def test_mse_scales(g: np.ndarray, bits: int) -> None:
     s = k.mse_scales(g, bits)
-    twin = k.mse_scales_numpy(g, bits)
     assert s.dtype == np.float32 and s.shape == (g.shape[0],) and (s > 0).all()
-    # The twins sum in different orders, so a near-tie may go either way, but never to a worse error.
-    differ = s != twin
-    np.testing.assert_allclose(squared_errors(g, s, bits)[differ], squared_errors(g, twin, bits)[differ], rtol=1e-9)
+    assert np.array_equal(s, k.mse_scales_numpy(g, bits))  # the errors are summed in one order: near-ties too
     minmax = k.absmax_scales(g, bits)
     assert (squared_errors(g, s, bits) <= squared_errors(g, minmax, bits) * (1 + 1e-12)).all()
     assert (s <= minmax).all()  # clipping ratios are at most 1
     assert (s[(g == 0).all(axis=1)] == 1.0).all()
+
+
+@FAST
+@given(weights(max_rows=3, max_n=300), BITS)
+def test_mse_scales_of_long_rows(g: np.ndarray, bits: int) -> None:
+    """Rows of several of the kernel's blocks (64 terms) and the twin's tiles: still the same scales."""
+    assert np.array_equal(k.mse_scales(g, bits), k.mse_scales_numpy(g, bits))
+
+
+def test_error_sum_order() -> None:
+    """The order both implementations sum a row's squared errors in, stated as a plain loop: lane j mod 8 while
+    j < n - n mod 8, the lanes in order, then the tail.  Magnitudes 1e-8..1e8 make any other order differ."""
+    rng = np.random.default_rng(3)
+    g = (rng.standard_normal((4, 203)) * 10.0 ** rng.integers(-8, 9, (4, 203))).astype(np.float32)
+    s = k.absmax_scales(g, 4) * np.float32(0.3)  # clip hard: large and tiny errors mixed
+    terms = (g.astype(np.float64) - s.astype(np.float64)[:, None] * k.quantize_numpy(g, s, 4)) ** 2
+    for row, row_terms, total in zip(g, terms, k._errors_numpy(g, s, 7), strict=True):
+        body = row.size - row.size % 8
+        lanes = [0.0] * 8
+        for j in range(body):
+            lanes[j % 8] += row_terms[j]
+        expected = 0.0
+        for lane in lanes:
+            expected += lane
+        for j in range(body, row.size):
+            expected += row_terms[j]
+        assert total == expected
+    different = 0.0
+    for term in terms[0]:
+        different += term
+    assert different != k._errors_numpy(g, s, 7)[0]  # the example does tell orders apart
 
 
 def test_mse_scales_clip_heavy_tails() -> None:
@@ -267,8 +295,9 @@ def test_histogram_add_twins_agree(values: np.ndarray, exponent: int) -> None:
 
 
 def test_numpy_first_kernels_run_as_twins_until_the_budget() -> None:
-    """In a fresh process the one-pass kernels run as their numpy twins (no Numba import) until NUMPY_FIRST
-    elements, then compiled, and stay compiled; the kernels without an exact twin (mse) load Numba at once."""
+    """In a fresh process the kernels with exact twins run as the twins (no Numba import) until their estimated
+    cost reaches the budget, then compiled, and stay compiled; the kernels without one (k-means) load Numba at
+    once."""
     code = """
 import sys
 import numpy as np
@@ -278,18 +307,37 @@ s = k.absmax_scales(g, 8)
 codes = k.quantize(g, s, 8)
 k.signal_and_noise(g, codes, s)
 k.pack_int4(np.clip(codes, -8, 7))
+k.mse_scales(g, 4)
 assert 'numba' not in sys.modules, 'numba imported by small calls'
-assert k._StartUp.left == k.NUMPY_FIRST - 4 * g.size, k._StartUp.left
+spent = sum(f.numpy_ns for f in (k.absmax_scales, k.quantize, k.signal_and_noise, k.pack_int4, k.mse_scales))
+assert k._StartUp.left == k.NUMPY_FIRST_NS - spent * g.size, k._StartUp.left
 k._StartUp.left = 1000  # as if the budget were nearly spent
-big = np.ones((1, k._StartUp.left + 1), np.float32)
+big = np.ones((1, 1000 // k.quantize.numpy_ns + 1), np.float32)
 assert np.array_equal(k.quantize(big, np.ones(1, np.float32), 8), k.quantize.numpy(big, np.ones(1, np.float32), 8))
 assert 'engine.quant.jit' in sys.modules, 'the call over the budget did not run compiled'
 assert k._StartUp.left == 0
-k.mse_scales(g, 4)
 """
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
     code = "import sys, numpy as np; from engine.quant import kernels as k; "
-    code += "k.mse_scales(np.ones((1, 4), np.float32), 4); assert 'numba' in sys.modules"
+    code += "k.kmeans_1d(np.arange(4, dtype=np.float32), 2); assert 'numba' in sys.modules"
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+
+
+def test_expected_work_beyond_the_budget_runs_compiled_from_the_start() -> None:
+    """A pass that announces more twin work than loading Numba costs gets the compiled kernels at once; a small
+    announcement changes nothing."""
+    code = """
+import sys
+import numpy as np
+from engine.quant import kernels as k
+g = np.ones((4, 16), np.float32)
+k.expect([(k.mse_scales, 1000), (k.quantize, 1000)])
+k.mse_scales(g, 4)
+assert 'numba' not in sys.modules
+k.expect([(k.mse_scales, k.NUMPY_FIRST_NS // k.mse_scales.numpy_ns + 1)])
+k.mse_scales(g, 4)
+assert 'engine.quant.jit' in sys.modules
+"""
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
 
 

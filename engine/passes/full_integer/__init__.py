@@ -17,6 +17,8 @@ With ``gradual`` the calibration runs stage by stage on the partly integer model
 
 from __future__ import annotations
 
+import numpy as np
+
 from engine.errors import EngineError
 from engine.format.ir import Model, Operator
 from engine.graph.ops import RULES
@@ -29,6 +31,7 @@ from engine.passes.full_integer.plan import check_quantizable, multiplies_weight
 from engine.passes.full_integer.report import IntegerReport
 from engine.passes.full_integer.rewrite import rewrite
 from engine.passes.fuse import fuse_activations
+from engine.quant.uniform import expect_weights
 from engine.recipe import Recipe, TensorOptions, is_full_integer
 from engine.registry import ACTIVATION_SCHEMES
 from engine.report import TensorReport
@@ -63,6 +66,7 @@ def quantize_model(
     check_quantizable(model, integer)
     observers = observe(sg, integer, recipe, options.io != "float")
     fitted = _fitted_weights(model, recipe, integer)
+    expect_weights(_weight_work(recipe, integer))
     stages = 1
     if options.gradual:
         layer_inputs, stages = calibrate_in_stages(
@@ -128,6 +132,17 @@ def _fitted_weights(model: Model, recipe: Recipe, integer: list[Operator]) -> li
         and recipe.resolve(weight.op_name, weight.name).rounding != "nearest"
         and unsupported_reason(weight) is None
     ]
+
+
+def _weight_work(recipe: Recipe, integer: list[Operator]) -> list[tuple[str, int]]:
+    """(scale method, elements) of each weight the integer ops will quantize (see ``_Rewriter.weight``)."""
+    work = []
+    for op in integer:
+        rule = RULES[op.name]
+        w = op.optional_input(rule.weight_input) if multiplies_weight(rule) else None
+        if w is not None and w.is_constant:
+            work.append((recipe.resolve(op.name, w.name or "").scale_method, int(np.asarray(w.data).size)))
+    return work
 
 
 def _biased(integer: list[Operator]) -> list[Operator]:
