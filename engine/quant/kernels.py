@@ -12,18 +12,18 @@ arithmetic plainly and are what the tests compare the kernels against. Each publ
 arguments once, cheaply, with numpy, and raises ``EngineError`` for bad input (NaN, infinity or |w| > 1e38,
 wrong shapes, codes out of range); the kernels then trust them.
 
-Start-up: importing this module does not import Numba.  The first compiled call imports it and loads the cached
+Start-up: importing this module does not import Numba. The first compiled call imports it and loads the cached
 kernels, about 0.65-0.8 s of a process (0.3 s import, the rest for its CPU target and the kernels;
-benchmarks/kernels.py measures it), more than a small model's whole quantization takes in numpy.  So the kernels
+benchmarks/kernels.py measures it), more than a small model's whole quantization takes in numpy. So the kernels
 whose twins give exactly their codes and scales (``numpy_ns``: absmax and MSE scales, quantize, dequantize,
-signal_and_noise, int4/int2 packing) run as their twins, a tile at a time (``_tiles``: 0.6-3 ns an element for
-the one-pass ones, ~300 for the 28-candidate MSE search), until their estimated cost in the process reaches
-``NUMPY_FIRST_NS`` (about Numba's start-up: the rent-or-buy rule, never worse than twice the better choice), then
-compiled.  A pass that knows its weights announces the work first (``expect``), and beyond the budget gets the
-compiled kernels from the start.  So weight-int8 of a model of up to ~100 M weights (the 268 MB benchmark MLP:
-0.7 s whole process) and full int8 or weight-int4 of a model of up to ~2 M weights (a MediaPipe hand model: 0.5 s)
-never load Numba.  The output bytes are the same either way (the tests prove the twins equal; the MSE search sums
-each row's errors in one stated order, ``_errors_numpy``, in both); ``signal_and_noise`` sums in another order
+signal_and_noise, int4/int2 packing) run as their twins, a tile at a time (``_tiles``: 0.6-3 ns an element for the
+one-pass ones, 10-12 for packing, ~300 for the 28-candidate MSE search), until their estimated cost in the process
+reaches ``NUMPY_FIRST_NS`` (about Numba's start-up: the rent-or-buy rule, never worse than twice the better
+choice), then compiled. A pass that knows its weights announces the work first (``expect``), and beyond the budget
+gets the compiled kernels from the start. So weight-int8 of a model of up to ~100 M weights (the 268 MB benchmark
+MLP: 0.7 s whole process) and full int8 or weight-int4 of a model of up to ~2 M weights (a MediaPipe hand model:
+0.5 s) never load Numba. The output bytes are the same either way (the tests prove the twins equal; the MSE search
+sums each row's errors in one stated order, ``_errors_numpy``, in both); ``signal_and_noise`` sums in another order
 and agrees to 1e-9, which only the reported weight SQNR sees.
 """
 
@@ -110,9 +110,9 @@ class _Twins(Generic[_P]):
     ``prepare`` (the decorated function, which gives the public signature and docstring) checks and converts the
     arguments and returns the kernel's arguments. Calling the object runs the Numba kernel on them (or, for a
     numpy-first kernel, one with an exact twin costing ``numpy_ns`` an element, before Numba is loaded, the twin:
-    module docstring); ``.compiled`` always runs the
-    kernel and ``.numpy`` the twin on the same prepared arguments, so the tests compare the two implementations,
-    not checks.  The kernel is named (``fast``, in engine.quant.jit), so Numba is imported on its first call.
+    module docstring); ``.compiled`` always runs the kernel and ``.numpy`` the twin on the same prepared arguments,
+    so the tests compare the two implementations, not checks. The kernel is named (``fast``, in engine.quant.jit),
+    so Numba is imported on its first call.
     """
 
     def __init__(
@@ -271,9 +271,9 @@ def _scales_numpy(amax: np.ndarray, ratio: np.ndarray | float, qmax: int) -> np.
 
 
 def _tiles(shape: tuple[int, int]) -> Iterator[tuple[slice, slice]]:
-    """(rows, columns) slices covering a (rows, n) array in tiles of about ``_TILE`` elements: the one-pass
-    twins work tile by tile, so their temporaries stay small and in cache (4x faster than whole-array numpy on a
-    16 M-weight layer, and no float64 copy of it)."""
+    """(rows, columns) slices covering a (rows, n) array in tiles of about ``_TILE`` elements: the twins of the
+    one-pass kernels and the MSE search's error sums work tile by tile, so their temporaries stay small and in
+    cache (4x faster than whole-array numpy on a 16 M-weight layer, and no float64 copy of it)."""
     rows, n = shape
     if n >= _TILE:
         for i in range(rows):
@@ -416,27 +416,27 @@ def signal_and_noise(groups: np.ndarray, codes: np.ndarray, scales: np.ndarray) 
     return g, c, _checked_scales(scales, g.shape[0])
 
 
-@_twins("_pack_numba", _pack_numpy, numpy_ns=2)
+@_twins("_pack_numba", _pack_numpy, numpy_ns=12)
 def pack_int4(codes: np.ndarray) -> tuple:
     """TFLite INT4 bytes of int8 codes in [-8, 7] (flattened in C order): two's-complement nibbles, element 2i in
     the low nibble of byte i and 2i+1 in the high one; an odd count leaves the last high nibble 0."""
     return _pack_arguments(codes, 4)
 
 
-@_twins("_unpack_numba", _unpack_numpy, numpy_ns=2)
+@_twins("_unpack_numba", _unpack_numpy, numpy_ns=10)
 def unpack_int4(packed: np.ndarray, count: int) -> tuple:
     """The ``count`` sign-extended int8 codes stored in TFLite INT4 bytes (the inverse of ``pack_int4``)."""
     return _unpack_arguments(packed, count, 4)
 
 
-@_twins("_pack_numba", _pack_numpy, numpy_ns=2)
+@_twins("_pack_numba", _pack_numpy, numpy_ns=12)
 def pack_int2(codes: np.ndarray) -> tuple:
     """TFLite INT2 bytes of int8 codes in [-2, 1] (flattened in C order): four two's-complement 2-bit fields
     per byte, element 4i+j in bits 2j..2j+1 (lowest first); unused fields of the last byte are 0."""
     return _pack_arguments(codes, 2)
 
 
-@_twins("_unpack_numba", _unpack_numpy, numpy_ns=2)
+@_twins("_unpack_numba", _unpack_numpy, numpy_ns=10)
 def unpack_int2(packed: np.ndarray, count: int) -> tuple:
     """The ``count`` sign-extended int8 codes stored in TFLite INT2 bytes (the inverse of ``pack_int2``)."""
     return _unpack_arguments(packed, count, 2)
