@@ -10,8 +10,8 @@ photo crops (``engine.zoo.calibration_photos``, default 32) are split once as th
 calibrated) on the first part, and every form is judged on the held-out part, pooled over its samples, worst
 output, in the default runtime (engine.accuracy.candidates.Judge).  Rows: weight-int4 and full int8, each with
 nearest, gptq and adaround rounding (weight-int4 gptq also sequential, --gradual in its default 4 stages; int8
-also with --bias-correction), and weight-int8 per tensor with and without cross-layer equalization (--equalize;
-refused with per-channel weights and in int8, docs/cli.md).
+also with --bias-correction, and with activation equalization, --equalize, alone and with gptq), and weight-int8
+per tensor with and without cross-layer equalization (--equalize; refused with per-channel weights, docs/cli.md).
 Each compress runs as ``python -m engine compress`` in a fresh process: whole-process wall time and peak RSS.
 
 Against ai-edge-quantizer (PyPI ``litert-quantizer``) at equal size: both tools quantize the same float32 copy of
@@ -29,9 +29,9 @@ The quantizer runs as its documented Python API in a child of this script (``--c
 
 Full int8 against TensorFlow's converter's method (minmax activation ranges, per-channel weights, nearest rounding:
 the engine's defaults, row "int8 nearest") with compensation (``--rounding gptq``, with percentile activation
-ranges as well): on the MobileNet-sized net (rows above) and on the two numpy-trained digits classifiers of the
-tests (``tests/digits.py``, ``tests/digits_attention.py``: calibrated on 128 training digits, judged on the 540
-test digits: output SQNR against float and accuracy, default runtime).
+ranges as well; activation equalization, ``--equalize``): on the MobileNet-sized net (rows above) and on the
+two numpy-trained digits classifiers of the tests (``tests/digits.py``, ``tests/digits_attention.py``: calibrated
+on 128 training digits, judged on the 540 test digits: output SQNR against float and accuracy, default runtime).
 
 Writes benchmarks/results/compensation.json and .md.
 """
@@ -67,6 +67,8 @@ FORMS: dict[str, list[str]] = {
     "int8 gptq": ["--quantize", "int8", "--rounding", "gptq"],
     "int8 adaround": ["--quantize", "int8", "--rounding", "adaround"],
     "int8 percentile+gptq": ["--quantize", "int8", "--observer", "percentile", "--rounding", "gptq"],
+    "int8 equalize": ["--quantize", "int8", "--equalize"],
+    "int8 equalize+gptq": ["--quantize", "int8", "--equalize", "--rounding", "gptq"],
     "weight-int8 per-tensor": ["--quantize", "weight-int8", "--granularity", "tensor"],
     "weight-int8 per-tensor + equalize": ["--quantize", "weight-int8", "--granularity", "tensor", "--equalize"],
 }
@@ -76,6 +78,8 @@ DIGITS_FORMS: dict[str, dict[str, Any]] = {
     "int8 gptq": {"rounding": "gptq"},
     "int8 percentile+gptq": {"observer": "percentile", "rounding": "gptq"},
     "int8 adaround": {"rounding": "adaround"},
+    "int8 equalize": {"equalize": True},
+    "int8 equalize+gptq": {"equalize": True, "rounding": "gptq"},
 }
 
 # ai-edge-quantizer's int4 recipe leaves DEPTHWISE_CONV_2D filters float32: this recipe quantizes the same weights.

@@ -361,8 +361,9 @@ def _parser() -> argparse.ArgumentParser:
         "--equalize",
         action="store_true",
         default=None,
-        help="cross-layer equalization: rescale channels between consecutive layers (exact in float) so that "
-        "weights with one scale per tensor use their levels",
+        help="rescale channels between layers (exact in float) so that what has one scale per tensor uses its "
+        "levels: weights with --granularity tensor in weight modes (cross-layer equalization); in int8/int16x8 the "
+        "activations, from the calibration data's channel ranges, where that lowers the predicted noise",
     )
     p.add_argument(
         "--gradual",

@@ -371,11 +371,11 @@ class Recipe:
                     raise origin.error(f"{n(name)} does nothing without {n('prune_pattern')} channel")
                 if name in LEVEL_OPTIONS and not anywhere("quantize", lambda v: v not in (None, "float16")):
                     raise origin.error(f"{n(name)} does nothing without an integer {n('quantize')} mode")
-                if name == "equalize" and (is_full_integer(mode) or not anywhere("granularity", _per_tensor)):
+                if name == "equalize" and not (is_full_integer(mode) or anywhere("granularity", _per_tensor)):
                     raise origin.error(
-                        f"{n(name)} balances channel ranges for weights with one scale per tensor: it does nothing "
-                        f"without {n('granularity')} tensor in a weight mode (per-channel scales, full-integer ones "
-                        "too, fit each channel already; docs/cli.md)"
+                        f"{n(name)} balances channel ranges for what has one scale per tensor: weights with "
+                        f"{n('granularity')} tensor in a weight mode, or the activations of a full-integer mode; it "
+                        "does nothing otherwise (per-channel scales fit each channel already; docs/cli.md)"
                     )
                 if (
                     name == "gradual"

@@ -79,9 +79,15 @@ class OpRule:
 
     Cross-layer equalization (``--equalize``, engine/passes/equalize.py) rescales channels through the ops that
     keep them apart (``channel_flow`` "pass") and are ``homogeneous``: positively homogeneous channel by channel,
-    op(s * x) = s * op(x) for every s > 0 (RELU, PRELU whatever its alphas, PAD with zeros, pooling), with a fused
-    activation in ``HOMOGENEOUS_ACTIVATIONS``.  RELU6, RELU_N1_TO_1, HARD_SWISH, LOGISTIC and TANH clip or bend at
-    fixed values, so scaling through them would change what the model computes.
+    op(s * x) = s * op(x) for every s > 0 (RELU, PRELU whatever its alphas, PAD with zeros, pooling; BATCH_MATMUL
+    in its right-hand side, whose last axis it keeps; ADD, a "merge", when all its inputs are scaled alike), with a
+    fused activation in ``HOMOGENEOUS_ACTIVATIONS``.  RELU6, RELU_N1_TO_1, HARD_SWISH, LOGISTIC and TANH clip or
+    bend at fixed values, so scaling through them would change what the model computes.  ``reshapes``: the op
+    copies its input's elements in order into another shape (RESHAPE, SQUEEZE), so element j of the output's last
+    axis holds the input's channel j mod C for every C dividing both last axes; ``concatenates``: the output holds
+    every input's elements unchanged, on the last axis at offsets that are sums of whole inputs' channels (the same
+    mod C when C divides each).  Activation equalization (engine/passes/full_integer/smooth.py) follows channels
+    through both.
     """
 
     options: str | None = None
@@ -110,6 +116,8 @@ class OpRule:
     integer_options: tuple[tuple[str, str, object], ...] = ()
     xnnpack_integer: bool = True
     homogeneous: bool = False
+    reshapes: bool = False
+    concatenates: bool = False
 
     def integer_version(self, family: str) -> int | None:
         """The op version a full-integer model declares for the kernel ``family`` ("int8"/"int16"); None: no
@@ -229,8 +237,8 @@ RULES: dict[str, OpRule] = {
     "BATCH_MATMUL": OpRule(
         "BatchMatMulOptions", weight_input=1, weight_channel_axis=-1, weight_input_axis=-2,
         hybrid=((8, _BOTH),), xnnpack_hybrid=((8, _BOTH),), xnnpack_computed_weight=True, max_version=4,
-        adjoint_option="adj_y",
-        integer=((I8, 2), (I16, 3)),
+        adjoint_option="adj_y", channel_flow="pass", channel_inputs=(1,), channel_options=(("adj_y", False),),
+        homogeneous=True, integer=((I8, 2), (I16, 3)),
         integer_weights="tensor",
     ),
     "EMBEDDING_LOOKUP": OpRule(
@@ -256,7 +264,7 @@ RULES: dict[str, OpRule] = {
     # shift-only path that refuses unequal input shifts; false always rescales, and gives op_version.cc's 3/5.
     "ADD": OpRule(
         "AddOptions", max_version=6, channel_flow="merge", channel_inputs=(0, 1), integer=((I8, 2), (I16, 3)),
-        integer_options=((I16, "pot_scale_int16", False),),
+        integer_options=((I16, "pot_scale_int16", False),), homogeneous=True,
     ),
     "SUB": OpRule(
         "SubOptions", max_version=5, integer=((I8, 2), (I16, 5)), integer_options=((I16, "pot_scale_int16", False),),
@@ -308,16 +316,21 @@ RULES: dict[str, OpRule] = {
     # Data movement: the integer kernels copy codes, so input and output share their parameters (CONCATENATION
     # int8 refuses others at prepare, int16 reads them wrong).  Versions: op_version.cc has no int16 case for
     # STRIDED_SLICE (1; 4 for rank > 4); int8 RESIZE_BILINEAR with half_pixel_centers is 3.
-    "RESHAPE": OpRule("ReshapeOptions", integer=((I8, 1), (I16, 1)), scales="same"),
-    "CONCATENATION": OpRule("ConcatenationOptions", max_version=7, integer=((I8, 2), (I16, 3)), scales="same"),
+    "RESHAPE": OpRule("ReshapeOptions", integer=((I8, 1), (I16, 1)), scales="same", reshapes=True),
+    "CONCATENATION": OpRule(
+        "ConcatenationOptions", max_version=7, integer=((I8, 2), (I16, 3)), scales="same", concatenates=True
+    ),
     "PAD": OpRule(
         "PadOptions", max_version=6, channel_flow="pass", channel_paddings_input=1, integer=((I8, 2), (I16, 3)),
         scales="same", homogeneous=True,
     ),
-    "RESIZE_BILINEAR": OpRule("ResizeBilinearOptions", max_version=4, integer=((I8, 2), (I16, 4)), scales="same"),
+    "RESIZE_BILINEAR": OpRule(  # each output value a convex combination of one channel's input values
+        "ResizeBilinearOptions", max_version=4, integer=((I8, 2), (I16, 4)), scales="same", channel_flow="pass",
+        homogeneous=True,
+    ),
     "STRIDED_SLICE": OpRule("StridedSliceOptions", max_version=8, integer=((I8, 2), (I16, 1)), scales="same"),
     "TRANSPOSE": OpRule("TransposeOptions", max_version=9, integer=((I8, 2), (I16, 5)), scales="same"),
-    "SQUEEZE": OpRule("SqueezeOptions", max_version=2, integer=((I8, 1), (I16, 1)), scales="same"),
+    "SQUEEZE": OpRule("SqueezeOptions", max_version=2, integer=((I8, 1), (I16, 1)), scales="same", reshapes=True),
     "SLICE": OpRule("SliceOptions", max_version=8, integer=((I8, 2), (I16, 4)), scales="same"),
     "DEPTH_TO_SPACE": OpRule("DepthToSpaceOptions", max_version=2, integer=((I8, 2),), scales="same"),  # no int16
     "SPLIT": OpRule("SplitOptions", max_version=5, integer=((I8, 2), (I16, 4)), scales="same"),

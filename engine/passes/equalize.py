@@ -109,12 +109,12 @@ def _equalize(pairs: list[_Pair]) -> list[TensorReport]:
         if moved_channels == 0:
             continue
         if pair.bias is not None:
-            _write(_own_bias(pair) if pair.bias_shared else pair.bias, biases[id(pair)])
+            write_constant(_own_bias(pair) if pair.bias_shared else pair.bias, biases[id(pair)])
         for w in (pair.weight, *(r for r, _ in pair.readers)):
             changed[id(w)] = (w, changed.get(id(w), (w, 0))[1] + moved_channels)
     reports = []
     for weight, channels in changed.values():
-        _store(weight, values[id(weight)])
+        store_weight(weight, values[id(weight)])
         report = entry(weight, None)
         report.equalized, report.dtype_after, report.bytes_after = channels, weight.stored_type, weight.stored_bytes
         reports.append(report)
@@ -139,7 +139,7 @@ def _pairs(sg: Subgraph, weights: dict[int, Weight], recipe: Recipe, grids: dict
     pairs = []
     for op in sg.operators:
         op_rule = rule(op.name) if op.name in _AFFINE else None
-        weight = _own_weight(op, op_rule, weights, recipe) if op_rule is not None else None
+        weight = own_weight(op, op_rule, weights, recipe) if op_rule is not None else None
         if weight is None or _activation(op) not in HOMOGENEOUS_ACTIVATIONS:
             continue
         bias = op.optional_input(op_rule.bias_input)
@@ -177,7 +177,7 @@ def _grid_kind(options: TensorOptions | None, along_channels: bool) -> str:
     return "tensor" if options.granularity == "tensor" and options.scale_method == "minmax" else "across"
 
 
-def _own_weight(op: Operator, op_rule: OpRule, weights: dict[int, Weight], recipe: Recipe) -> Weight | None:
+def own_weight(op: Operator, op_rule: OpRule, weights: dict[int, Weight], recipe: Recipe) -> Weight | None:
     """``op``'s filter when it can be rescaled: float, read by ``op`` alone, its buffer its own, not excluded."""
     value = op.optional_input(op_rule.weight_input)
     weight = weights.get(id(value)) if value is not None else None
@@ -214,18 +214,27 @@ def _readers(
                 return []
             user_rule = rule(user.name)
             if _affine(user_rule):
-                weight = _own_weight(user, user_rule, weights, recipe)
+                weight = own_weight(user, user_rule, weights, recipe)
                 contract = user_rule.channel_flow == "contract"
                 axis = user_rule.input_axis(user.builtin_options) if contract else -1  # a channel constant's last
                 axis = channel_axis_of(axis, weight.value) if weight is not None else None
                 if weight is None or axis is None or weight.shape[axis] != n:
                     return []
                 readers.append((weight, axis))
-            elif user_rule.homogeneous and _activation(user) in HOMOGENEOUS_ACTIVATIONS:
+            elif (
+                user_rule.channel_flow == "pass"
+                and user_rule.homogeneous
+                and _activation(user) in HOMOGENEOUS_ACTIVATIONS
+            ):
                 frontier.append(user.outputs[0])
             else:
                 return []
     return readers
+
+
+def _passes(op_rule: OpRule, op: Operator) -> bool:
+    """Whether channels go through ``op`` scaled as they came (one input: an ADD scales its other input too)."""
+    return op_rule.channel_flow == "pass" and op_rule.homogeneous and _activation(op) in HOMOGENEOUS_ACTIVATIONS
 
 
 def _plain_float(source: Tensor) -> bool:
@@ -246,7 +255,7 @@ def _ranges(values: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
     return flat.max(axis=1, initial=0.0), np.where(flat > 0, flat, np.inf).min(axis=1, initial=np.inf)
 
 
-def _exact_steps(values: np.ndarray, axis: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+def exact_steps(values: np.ndarray, axis: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
     """Per channel, the lowest and highest k for which every value times 2**k is exact in ``dtype``: no value may
     overflow or fall below the smallest normal number (one already subnormal may only grow)."""
     largest, smallest = _ranges(values, axis)
@@ -284,10 +293,10 @@ def _exact(pair: _Pair, wanted: np.ndarray, values: dict[int, np.ndarray], bias:
     bias_type = pair.bias.dtype if pair.bias is not None else np.dtype(np.float32)
     divided = [(values[id(pair.weight)], axis, pair.weight.source.dtype), (bias[:, None], 0, bias_type)]
     for array, a, dtype in divided:  # divided by 2**e: -e within their exact steps
-        lo, hi = _exact_steps(array, a, dtype)
+        lo, hi = exact_steps(array, a, dtype)
         low, high = np.maximum(low, -hi), np.minimum(high, -lo)
     for reader, a in pair.readers:
-        lo, hi = _exact_steps(values[id(reader)], a, reader.source.dtype)
+        lo, hi = exact_steps(values[id(reader)], a, reader.source.dtype)
         low, high = np.maximum(low, lo), np.minimum(high, hi)
     return np.clip(wanted, low, high).astype(np.int64)
 
@@ -298,12 +307,12 @@ def _scale(values: dict[int, np.ndarray], weight: Weight, axis: int, exponents: 
     values[id(weight)] = values[id(weight)] * np.exp2(exponents.astype(np.float64)).reshape(shape)
 
 
-def _store(weight: Weight, values: np.ndarray) -> None:
+def store_weight(weight: Weight, values: np.ndarray) -> None:
     """Write a weight's rescaled dense ``values`` back in its stored encoding (dense or sparse)."""
     source = weight.source
     if source.sparsity is not None:
         values = values.reshape(-1)[sparse_positions(source, weight.shape, np.asarray(source.data).size)]
-    _write(source, values)
+    write_constant(source, values)
 
 
 def _own_bias(pair: _Pair) -> Tensor:
@@ -327,7 +336,7 @@ def _own_bias(pair: _Pair) -> Tensor:
     return copy
 
 
-def _write(source: Tensor, values: np.ndarray) -> None:
+def write_constant(source: Tensor, values: np.ndarray) -> None:
     """Give ``source`` a buffer of its own holding ``values`` (its stored values, in order) in its stored type;
     exact, as the steps were bounded so."""
     stored = np.asarray(source.data)

@@ -61,6 +61,12 @@ def _single(name: str) -> Model:
         y = b.op("PAD", [x, np.array([[0, 0], [1, 0], [0, 2], [0, 0]], np.int32)], [(1, 5, 6, 3)])[0]
     elif name in ("MAX_POOL_2D", "AVERAGE_POOL_2D"):
         y = (b.max_pool2d if name == "MAX_POOL_2D" else b.average_pool2d)(x, 2, 1, "SAME")
+    elif name == "ADD":  # a merge: homogeneous when every input is scaled alike
+        y = b.add(x, b.relu(x))
+    elif name == "BATCH_MATMUL":  # in its right-hand side, whose last axis it keeps
+        y = b.batch_matmul(b.constant(np.random.default_rng(2).normal(size=(1, 4, 4, 4)).astype(np.float32)), x)
+    elif name == "RESIZE_BILINEAR":
+        y = b.op("RESIZE_BILINEAR", [x, np.array([7, 5], np.int32)], [(1, 7, 5, 3)])[0]
     else:
         y = b.op(name, [x], [x.shape])[0]
     b.output(y, "y")
@@ -233,12 +239,11 @@ def test_left_alone_where_not_exact_or_no_gain(case: str) -> None:
 
 
 def test_cli_and_recipe() -> None:
-    """``--equalize`` is a model option that needs weights with one scale per tensor; the report names what it
-    rescaled."""
+    """``--equalize`` is a model option that needs something with one scale per tensor (weights with granularity
+    tensor, or a full-integer mode's activations); the report names what it rescaled."""
     with pytest.raises(EngineError, match="granularity"):
         Recipe({"quantize": "weight-int8", "equalize": True})
-    with pytest.raises(EngineError, match="granularity"):
-        Recipe({"quantize": "int8", "equalize": True})
+    Recipe({"quantize": "int8", "equalize": True})  # full integer: the activations (passes/full_integer/smooth.py)
     with pytest.raises(EngineError, match="whole model"):
         Recipe.from_dict({"quantize": "weight-int8", "granularity": "tensor", "ops": {"CONV_2D": {"equalize": True}}})
     with pytest.raises(EngineError, match="true or false"):

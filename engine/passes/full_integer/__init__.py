@@ -30,6 +30,7 @@ from engine.passes.full_integer.params import assign_params, check_multipliers, 
 from engine.passes.full_integer.plan import check_quantizable, multiplies_weight, plan_ops, scheme_of
 from engine.passes.full_integer.report import IntegerReport
 from engine.passes.full_integer.rewrite import rewrite
+from engine.passes.full_integer.smooth import smooth_activations
 from engine.passes.fuse import fuse_activations
 from engine.quant.uniform import expect_weights
 from engine.recipe import Recipe, TensorOptions, is_full_integer
@@ -58,6 +59,7 @@ def quantize_model(
     model, folded = fold_constant_decoders(model)
     model, fused = fuse_activations(model)
     data = load_calibration(calibration, model)
+    smoothed = smooth_activations(model, recipe, data, scheme, executor) if options.equalize else []
     sg = model.main
     integer, float_ops = plan_ops(model, recipe, options)
     if options.strict and float_ops:
@@ -87,6 +89,7 @@ def quantize_model(
         fused_activations=fused,
     )
     report.float_ops = float_ops
+    report.equalized = smoothed if options.equalize else None
     report.stages = stages
     tensors = {key: t for key, (t, _) in observers.items()}
     reference = float_reference(model, _biased(integer), data, executor) if options.bias_correction else None

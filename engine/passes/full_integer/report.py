@@ -10,6 +10,7 @@ from engine.graph.ops import (
     I16,
     RULES,
 )
+from engine.passes.full_integer.smooth import Smoothed
 
 
 @dataclass
@@ -29,6 +30,7 @@ class IntegerReport:
     quantize_ops: int = 0
     dequantize_ops: int = 0
     bias_correction: dict[str, Any] | None = None
+    equalized: list[Smoothed] | None = None  # --equalize: the activation groups rescaled (smooth.py)
     stages: int = (
         1  # gradual: calibrated stage by stage on the partly integer model (engine/passes/full_integer/gradual.py)
     )
@@ -48,6 +50,18 @@ class IntegerReport:
             f"{self.folded_decoders} constant decoders folded ({self.restored_decoders} kept for float ops), "
             f"{self.fused_activations} activations fused"
         )
+        if self.equalized is not None:
+            groups = self.equalized
+            if groups:
+                before = max(g.spread[0] for g in groups)
+                after = max(g.spread[1] for g in groups)
+                lines.append(
+                    f"  activation equalization: {len(groups)} group(s) of {sum(g.tensors for g in groups)} tensors, "
+                    f"{sum(g.channels for g in groups)} channels rescaled (exact in float); widest channel range "
+                    f"over the median {before:.1f}x -> {after:.1f}x"
+                )
+            else:
+                lines.append("  activation equalization: no group of activations the graph lets it rescale")
         if self.bias_correction:
             bc = self.bias_correction
             before, after = bc["worst_sqnr_db"]
