@@ -349,13 +349,16 @@ def _noise(
 def _exact(group: _Group, wanted: np.ndarray, values: dict, period: int) -> np.ndarray:
     """``wanted`` clipped so that every divided and multiplied value stays exact in float32."""
     low, high = np.full(period, -np.inf), np.full(period, np.inf)
-    divided = [(values[id(w.value)], w.channel_axis or 0) for w in group.producers.values()]
-    divided += [(np.asarray(op.inputs[i].data, np.float64).reshape(-1, 1), 0) for op, i in group.biases.values()]
-    for array, axis in divided:  # multiplied by 2**-e: -e within their exact steps
-        lo, hi = exact_steps(array, axis, np.dtype(np.float32))
+    float32 = np.dtype(np.float32)
+    divided = [(values[id(w.value)], w.channel_axis or 0, w.source.dtype) for w in group.producers.values()]
+    divided += [
+        (np.asarray(op.inputs[i].data, np.float64).reshape(-1, 1), 0, float32) for op, i in group.biases.values()
+    ]
+    for array, axis, dtype in divided:  # multiplied by 2**-e: -e within their exact steps
+        lo, hi = exact_steps(array, axis, dtype)
         low, high = np.maximum(low, -_fold(hi, period, np.min)), np.minimum(high, -_fold(lo, period))
     for w, axis, _ in group.readers.values():
-        lo, hi = exact_steps(values[id(w.value)], axis, np.dtype(np.float32))
+        lo, hi = exact_steps(values[id(w.value)], axis, w.source.dtype)
         low, high = np.maximum(low, _fold(lo, period)), np.minimum(high, _fold(hi, period, np.min))
     return np.clip(wanted, low, high).astype(np.int64)
 
