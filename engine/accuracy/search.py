@@ -5,7 +5,10 @@ The smallest model (or, with ``optimize="latency"``, the fastest of the search's
 on held-out samples in the default runtime, stay within the budget of the float model's.  The steps:
 
 1. **Uniform.**  Every unit on the requested rung, judged (engine.accuracy.candidates: split, judge, units,
-   ladders).  If it meets the budget, it is the answer.
+   ladders).  If it meets the budget, it is the answer.  In a full-integer mode where the user left ``equalize``
+   unset, the uniform model with activation equalization (engine/passes/full_integer/smooth.py) is judged too,
+   and when it scores better the whole search runs with it (the digits attention classifier: int8 then meets a
+   0.5-point budget as it is, where the plain search ends at int16x8).
 2. **Ranking.**  Each unit's output noise in isolation: only it on the first rung, every other one float.
    Noise powers from independent rounding errors add, so the noise of any assignment is predicted as the sum of
    its units' noises, scaled by how far the uniform model's measured noise is from the sum of the isolated ones
@@ -479,12 +482,17 @@ def budgeted_compress(
         uniform_bytes = builder.candidate(base)
     search = _Search(builder, judge, budget, units, max_runs)
     zero = tuple(0 for _ in units)
-    m0 = judge.measure(uniform_bytes)
+    plain = m0 = judge.measure(uniform_bytes)
     ok0 = search.passes(m0)
+    search.steps.append(Step(f"uniform {mode}", 0, m0.sqnr_db, judge.drop_points(m0), m0.bytes, ok0))
+    equalization = None
+    if full_integer and base.options.get("equalize") is None and not ok0:
+        equalization = _equalization(builder, search, m0)
+        if equalization.taken:
+            base, m0, ok0 = builder.recipe, equalization.measured, search.passes(equalization.measured)
+    search.uniform = m0
     search.cache[zero] = (m0, ok0)
     search.best = (zero, m0)
-    search.uniform = m0
-    search.steps.append(Step(f"uniform {mode}", 0, m0.sqnr_db, judge.drop_points(m0), m0.bytes, ok0))
     report = SearchReport(
         budget={
             "target_sqnr_db": budget.target_sqnr_db,
@@ -500,8 +508,10 @@ def budgeted_compress(
         calibration_samples=data.calibration_count,
         held_out_samples=len(data.held_out),
         float_accuracy=judge.float_accuracy,
-        uniform=_measured(judge, m0),
+        uniform=_measured(judge, plain),
     )
+    if equalization is not None:
+        report.notes.append(equalization.note(judge))
     chosen = zero
     order: list[tuple[int, int]] = []
     first_with: dict[int, int] = {}
@@ -548,7 +558,8 @@ def budgeted_compress(
     else:
         promoted = sum(1 for level in chosen if level)
         report.chosen = (
-            f"uniform {mode} (meets the budget as it is)"
+            f"uniform {mode}{' with activation equalization' if equalization and equalization.taken else ''} "
+            "(meets the budget as it is)"
             if not promoted
             else f"{promoted} of {len(units)} {report.unit_kind}s above {mode}: "
             + ", ".join(f"{n} x {rung_name(ladder[lv])}" for lv, n in _counts(chosen).items() if lv)
@@ -750,6 +761,38 @@ def _decisions(
         )
     decisions.sort(key=lambda d: (d["path_step"] is None, d["path_step"]))
     return decisions
+
+
+@dataclass
+class _Equalization:
+    """The uniform full-integer model with activation equalization (``equalize``), measured beside the plain one:
+    ``taken`` when it scores better, and the search then runs on it."""
+
+    measured: Measurement
+    taken: bool
+    plain_sqnr_db: float
+
+    def note(self, judge: Judge) -> str:
+        return (
+            "with activation equalization (--equalize) the uniform model measures "
+            f"{_figures(_measured(judge, self.measured))}, against {_db(self.plain_sqnr_db)} dB without: "
+            + ("taken, the search runs on it" if self.taken else "not taken")
+        )
+
+
+def _equalization(builder: Builder, search: _Search, plain: Measurement) -> _Equalization:
+    """Measure the uniform model with activation equalization (engine/passes/full_integer/smooth.py, chosen by
+    predicted noise, so it may change nothing) and make it the search's base when it scores better: judged,
+    never assumed."""
+    equalized = builder.recipe.with_options(equalize=True)
+    model, _ = builder.build(equalized)
+    m = search.judge.measure(bytes(model_to_bytes(model)))
+    taken = search.score(m) > search.score(plain)
+    search.steps.append(Step("uniform, activations equalized", 0, m.sqnr_db, search.judge.drop_points(m), m.bytes,
+                             search.passes(m)))  # fmt: skip
+    if taken:
+        builder.recipe = equalized
+    return _Equalization(m, taken, plain.sqnr_db)
 
 
 def _int16x8(

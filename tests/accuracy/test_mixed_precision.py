@@ -228,7 +228,8 @@ def test_python_api_refuses_unknown_optimize(small: tuple[Path, np.ndarray]) -> 
 @pytest.mark.parametrize("net", ["conv", "attention"])
 def test_digits_within_half_a_point_of_float(net: str, tmp_path: Path) -> None:
     """``--max-accuracy-drop 0.5`` on int8: within 0.5 point of the float model on the held-out digits, recomputed
-    here with tests/digits.py's own LiteRT accuracy; on the attention net the uniform int8 model is not."""
+    here with tests/digits.py's own LiteRT accuracy, at int8 size +10% at most (issue 13's goal); on the attention
+    net the uniform int8 model is not within the budget, and the search meets it by equalizing the activations."""
     path = digits_model_path(tmp_path) if net == "conv" else attention_model_path(tmp_path)
     _, _, x, y = digits_data()
     out = tmp_path / "out.tflite"
@@ -240,9 +241,10 @@ def test_digits_within_half_a_point_of_float(net: str, tmp_path: Path) -> None:
     float_acc, final_acc = (accuracy(p, x[held], y[held], "default") for p in (path, out))
     assert 100 * (float_acc - final_acc) <= 0.5
     assert search.met and abs(search.final["accuracy_drop"] - 100 * (float_acc - final_acc)) < 1e-6
+    assert search.final["bytes"] <= 1.1 * search.uniform["bytes"]
     if net == "attention":
         assert search.uniform["accuracy_drop"] > 0.5  # uniform int8 loses more: the search did the work
-        assert search.chosen != "uniform int8 (meets the budget as it is)"
+        assert search.chosen == "uniform int8 with activation equalization (meets the budget as it is)"
 
 
 # Weight-int4 fails 30 dB on each (pooled over 32 held-out crops: 11.8, 17.0 and 7.0 dB).
