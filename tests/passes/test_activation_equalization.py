@@ -144,22 +144,36 @@ def test_groups_follow_depthwise_pad_and_concatenation_exactly() -> None:
     _assert_same_outputs(before, after, model)
 
 
-@pytest.mark.parametrize("ending", ["softmax", "output", "relu6"])
+@pytest.mark.parametrize("ending", ["softmax", "output", "relu6", "adjoint", "reader"])
 def test_groups_stop_where_the_scaling_would_change_the_model(ending: str) -> None:
-    """A channel that reaches SOFTMAX, a graph output or RELU6 (which clips at a fixed value) is left alone."""
+    """A channel that reaches SOFTMAX, a graph output, RELU6 (which clips at a fixed value) or the right-hand side
+    of a BATCH_MATMUL that contracts it (adj_y) is left alone; read by a FULLY_CONNECTED only, it is rescaled."""
     rng = np.random.default_rng(4)
     b = GraphBuilder()
-    x = b.input("x", (1, 8))
-    h = b.fully_connected(x, rng.normal(size=(6, 8)).astype(np.float32) * np.arange(1, 7, dtype=np.float32)[:, None])
-    if ending == "softmax":
+    x = b.input("x", (1, 4, 8))
+    weights = rng.normal(size=(6, 8)).astype(np.float32) * np.arange(1, 7, dtype=np.float32)[:, None]
+    h = b.fully_connected(x, weights, keep_num_dims=True)
+    if ending == "adjoint":
+        left = b.constant(rng.normal(size=(1, 3, 6)).astype(np.float32))
+        b.output(
+            b.fully_connected(b.batch_matmul(left, h, adj_y=True), rng.normal(size=(2, 4)).astype(np.float32)), "y"
+        )
+    elif ending == "reader":
+        b.output(b.fully_connected(h, rng.normal(size=(3, 6)).astype(np.float32)), "y")
+    elif ending == "softmax":
         b.output(b.fully_connected(b.softmax(h), rng.normal(size=(3, 6)).astype(np.float32)), "y")
     elif ending == "output":
         b.output(b.fully_connected(h, rng.normal(size=(3, 6)).astype(np.float32)), "y")
         b.output(h, "h")
     else:
         b.output(b.fully_connected(b.relu6(h), rng.normal(size=(3, 6)).astype(np.float32)), "y")
-    before, after, smoothed = _equalized(b.build(), 1.0)
-    assert smoothed == [] and before == after
+    model = b.build()
+    before, after, smoothed = _equalized(model, 1.0)
+    if ending == "reader":
+        assert [g.tensors for g in smoothed] == [1]
+        _assert_same_outputs(before, after, model)
+    else:
+        assert smoothed == [] and before == after
 
 
 def test_channel_statistics_match_numpy() -> None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -113,9 +114,11 @@ def smooth_activations(
     groups = _groups(sg, weights, recipe)
     if not groups:
         return []
-    observers = {key: (t, ChannelStatistics()) for g in groups for key, t in g.members.items()}
-    calibrate(model, data, observers, executor)  # type: ignore[arg-type]
-    stats = {key: obs for key, (_, obs) in observers.items()}
+    observers: dict[int, tuple[Tensor, Observer]] = {
+        key: (t, ChannelStatistics()) for g in groups for key, t in g.members.items()
+    }
+    calibrate(model, data, observers, executor)
+    stats = {key: obs for key, (_, obs) in observers.items() if isinstance(obs, ChannelStatistics)}
     values = {id(w.value): w.decode().astype(np.float64) for g in groups for w in _weights_of(g)}
     smoothed = []
     for group in groups:
@@ -144,14 +147,22 @@ def _groups(sg: Subgraph, weights: dict[int, Weight], recipe: Recipe) -> list[_G
         if op.name not in _AFFINE or not op.outputs or id(op.outputs[0]) in seen:
             continue
         group = _Group()
-        complete = _collect(group, op.outputs[0], (producers, consumers, outputs, weights, recipe))
+        complete = _collect(group, op.outputs[0], _Graph(producers, consumers, outputs, weights, recipe))
         seen.update(group.members)
         if complete and group.readers:
             groups.append(group)
     return groups
 
 
-def _collect(group: _Group, start: Tensor, graph: tuple) -> bool:
+class _Graph(NamedTuple):
+    producers: dict[int, Operator]
+    consumers: dict[int, list[Operator]]
+    outputs: set[int]
+    weights: dict[int, Weight]
+    recipe: Recipe
+
+
+def _collect(group: _Group, start: Tensor, graph: _Graph) -> bool:
     """Grow ``group`` from ``start`` over every op its tensors meet; False when one cannot take the scaling."""
     producers, consumers, outputs, weights, recipe = graph
     frontier = [start]
@@ -238,9 +249,11 @@ def _through(group: _Group, op: Operator, t: Tensor) -> list[Tensor] | None:
         return [op.inputs[0], op.outputs[0]]
     if op_rule.channel_flow not in ("pass", "merge") or not (op_rule.homogeneous or op_rule.bias_input is not None):
         return None
-    inputs = [op.inputs[i] for i in op_rule.channel_inputs if i < len(op.inputs)]
-    if op.outputs[0] is not t and keeps_channels(op, t) is not None:
-        return None
+    inputs = [op.inputs[i] if i < len(op.inputs) else None for i in op_rule.channel_inputs]
+    if op.outputs[0] is not t and all(x is not t for x in inputs):
+        return None  # ``t`` is another input (BATCH_MATMUL's left-hand side, a shape)
+    if any(x is None or keeps_channels(op, x) is not None for x in inputs):
+        return None  # options that mix channels (a depth multiplier, an adjoint right-hand side)
     if any(x is None or x.shape != op.outputs[0].shape for x in inputs) and op_rule.channel_flow == "merge":
         return None
     # Per-channel factors (a depthwise filter, PRELU's alphas) stay; a bias is divided with its channel.
