@@ -21,7 +21,8 @@ does):
 
 * weight-int8, every weight (``weight_only_wi8_afp32``; ours ``--min-elements 0``): nearest and gptq;
 * weight-int4, every weight but the depthwise filters, which the quantizer's int4 recipe leaves float32
-  (``weight_only_wi4_afp32``; ours the recipe ``W4_AS_QUANTIZER``): nearest, gptq and gptq+gradual;
+  (``weight_only_wi4_afp32``; ours the recipe ``W4_AS_QUANTIZER``): nearest, gptq and gptq+gradual (the default
+  4 stages, and 8);
 * its GPTQ (the same recipes with ``AlgorithmName.GPTQ``, calibrated on the same fitting samples), which quantizes
   FULLY_CONNECTED weights only and fails on a model without one: ours with gptq on the FULLY_CONNECTED weights.
 
@@ -90,11 +91,16 @@ FC_ONLY = {bits: {"min_elements": 0, "ops": {"FULLY_CONNECTED": {"quantize": f"w
 # best rounding is to reach: issue 14's goals).
 EQUAL_SIZE: dict[str, tuple[str, dict[str, Any], tuple[str, ...], float]] = {
     "weight-int8": ("wi8", {"quantize": "weight-int8", "min_elements": 0}, ("nearest", "gptq"), 3.0),
-    "weight-int4": ("wi4", W4_AS_QUANTIZER, ("nearest", "gptq", "gptq+gradual"), 6.0),
+    "weight-int4": ("wi4", W4_AS_QUANTIZER, ("nearest", "gptq", "gptq+gradual", "gptq+gradual 8"), 6.0),
     "FULLY_CONNECTED int4": ("wi4 GPTQ", FC_ONLY[4], ("gptq",), 3.0),
     "FULLY_CONNECTED int8": ("wi8 GPTQ", FC_ONLY[8], ("gptq",), 3.0),
 }
-ROUNDING_FLAGS = {"nearest": [], "gptq": ["--rounding", "gptq"], "gptq+gradual": ["--rounding", "gptq", "--gradual"]}
+ROUNDING_FLAGS = {
+    "nearest": [],
+    "gptq": ["--rounding", "gptq"],
+    "gptq+gradual": ["--rounding", "gptq", "--gradual"],
+    "gptq+gradual 8": ["--rounding", "gptq", "--gradual", "8"],
+}
 SIGNATURE = "serving_default"
 
 
