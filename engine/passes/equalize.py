@@ -221,11 +221,7 @@ def _readers(
                 if weight is None or axis is None or weight.shape[axis] != n:
                     return []
                 readers.append((weight, axis))
-            elif (
-                user_rule.channel_flow == "pass"
-                and user_rule.homogeneous
-                and _activation(user) in HOMOGENEOUS_ACTIVATIONS
-            ):
+            elif _passes(user_rule, user):
                 frontier.append(user.outputs[0])
             else:
                 return []
