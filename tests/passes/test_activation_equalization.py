@@ -22,6 +22,7 @@ from engine.passes.fuse import fuse_activations
 from engine.quant.metrics import sqnr_db
 from engine.recipe import Recipe, TensorOptions
 from engine.runtime.calibrate import load_calibration
+from engine.zoo import model_calibration, model_photo
 from tests.digits import accuracy, digits_data, litert_outputs
 from tests.digits_attention import attention_model_path
 from tests.runtimes import RUNTIMES, run_model
@@ -174,6 +175,27 @@ def test_groups_stop_where_the_scaling_would_change_the_model(ending: str) -> No
         _assert_same_outputs(before, after, model)
     else:
         assert smoothed == [] and before == after
+
+
+@pytest.mark.slow
+def test_mediapipe_models_equalized_exactly(runnable: dict[str, Path]) -> None:
+    """Every runnable MediaPipe model, its groups forced to the strongest migration, computes what it did on a
+    real photo, bit for bit in both runtimes; on most of them some group is rescaled."""
+    rescaled = []
+    for name, path in sorted(runnable.items()):
+        model = read_model(path)
+        model, _ = fold_constant_decoders(model)
+        model, _ = fuse_activations(model)
+        before = model_to_bytes(model)
+        data = load_calibration(model_calibration(name, 4), model)
+        smoothed = smooth_activations(model, INT8, data, scheme_of(TensorOptions(**INT8.options)), strength=1.0)
+        rescaled += [name] if smoothed else []
+        photo = {model.main.inputs[0].name: model_photo(name)}
+        for runtime in RUNTIMES:
+            expected, got = run_model(before, photo, runtime), run_model(model_to_bytes(model), photo, runtime)
+            for output, value in expected.items():
+                assert np.array_equal(value, got[output]), (name, runtime, output)
+    assert len(rescaled) >= 8, rescaled
 
 
 def test_channel_statistics_match_numpy() -> None:
