@@ -121,9 +121,10 @@ def _equalize(pairs: list[_Pair]) -> list[TensorReport]:
     return reports
 
 
-def _activation(op: Operator) -> str:
+def homogeneous_activation(op: Operator) -> bool:
+    """Whether ``op``'s fused activation (NONE if it has none) commutes with positive per-channel scaling."""
     fields = op.builtin_options.fields if op.builtin_options is not None else {}
-    return enum_name("ActivationFunctionType", fields.get("fused_activation_function", 0))
+    return enum_name("ActivationFunctionType", fields.get("fused_activation_function", 0)) in HOMOGENEOUS_ACTIVATIONS
 
 
 def _grids(model: Model, recipe: Recipe) -> dict[int, TensorOptions]:
@@ -140,7 +141,7 @@ def _pairs(sg: Subgraph, weights: dict[int, Weight], recipe: Recipe, grids: dict
     for op in sg.operators:
         op_rule = rule(op.name) if op.name in _AFFINE else None
         weight = own_weight(op, op_rule, weights, recipe) if op_rule is not None else None
-        if weight is None or _activation(op) not in HOMOGENEOUS_ACTIVATIONS:
+        if weight is None or not homogeneous_activation(op):
             continue
         bias = op.optional_input(op_rule.bias_input)
         traced = trace_constant(bias, producers) if bias is not None else None
@@ -230,7 +231,7 @@ def _readers(
 
 def _passes(op_rule: OpRule, op: Operator) -> bool:
     """Whether channels go through ``op`` scaled as they came (one input: an ADD scales its other input too)."""
-    return op_rule.channel_flow == "pass" and op_rule.homogeneous and _activation(op) in HOMOGENEOUS_ACTIVATIONS
+    return op_rule.channel_flow == "pass" and op_rule.homogeneous and homogeneous_activation(op)
 
 
 def _plain_float(source: Tensor) -> bool:
@@ -243,6 +244,11 @@ def _bias_values(pair: _Pair) -> np.ndarray:
     if pair.bias is None:
         return np.zeros(pair.exponents.size)
     return np.asarray(pair.bias.data, np.float64).reshape(-1)
+
+
+def largest_magnitudes(values: np.ndarray, axis: int) -> np.ndarray:
+    """Per channel along ``axis``: the largest magnitude (0 for an all-zero channel)."""
+    return np.abs(np.moveaxis(values, axis, 0)).reshape(values.shape[axis], -1).max(axis=1, initial=0.0)
 
 
 def _ranges(values: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
@@ -267,9 +273,9 @@ def _balance(pair: _Pair, values: dict[int, np.ndarray]) -> np.ndarray:
     when both have one scale per tensor, else only the side that has, its channels raised towards its largest
     (which stays), the other side taking the inverse free."""
     axis = pair.weight.channel_axis or 0
-    r1 = _ranges(values[id(pair.weight)], axis)[0]
+    r1 = largest_magnitudes(values[id(pair.weight)], axis)
     readers = zip(pair.readers, pair.reader_kinds, strict=True)
-    gridded = [_ranges(values[id(w)], a)[0] for (w, a), kind in readers if kind == "tensor"]
+    gridded = [largest_magnitudes(values[id(w)], a) for (w, a), kind in readers if kind == "tensor"]
     with np.errstate(divide="ignore", invalid="ignore"):
         if pair.producer_kind == "tensor" and gridded:
             r2 = np.max(gridded, axis=0)

@@ -35,11 +35,17 @@ from typing import NamedTuple
 import numpy as np
 
 from engine.format.ir import Buffer, Model, Operator, Subgraph, Tensor
-from engine.format.schema import enum_name
-from engine.graph.ops import HOMOGENEOUS_ACTIVATIONS, RULES, rule
+from engine.graph.ops import RULES, rule
 from engine.graph.weights import Weight, channel_axis_of, find_weights
 from engine.passes.channels import keeps_channels
-from engine.passes.equalize import exact_steps, own_weight, store_weight, write_constant
+from engine.passes.equalize import (
+    exact_steps,
+    homogeneous_activation,
+    largest_magnitudes,
+    own_weight,
+    store_weight,
+    write_constant,
+)
 from engine.quant.activations import ActivationScheme
 from engine.quant.observers import Observer
 from engine.recipe import Recipe
@@ -126,19 +132,20 @@ def smooth_activations(
     stats = {key: obs for key, (_, obs) in observers.items() if isinstance(obs, ChannelStatistics)}
     values = {id(w.value): w.decode().astype(np.float64) for g in groups for w in _weights_of(g)}
     smoothed = []
+    rescaled: dict[int, Weight] = {}
     for group in groups:
         period = _period(group)
         if period < 2 or any(stats[key].vectors == 0 for key in group.members):
             continue
+        active = np.max([_fold(np.maximum(stats[k].high, -stats[k].low), period) for k in group.members], axis=0)
         strengths = ALPHAS if strength is None else (strength,)
-        exponents = _choose(group, stats, values, period, scheme, strengths, strength is None)
+        exponents = _choose(group, stats, values, active, period, scheme, strengths, strength is None)
         if exponents.any():
-            active = np.max([_fold(np.maximum(stats[k].high, -stats[k].low), period) for k in group.members], axis=0)
             _apply(sg, group, exponents, values)
             smoothed.append(_summary(group, active, exponents, period))
-    for w in {id(w.value): w for g in groups for w in _weights_of(g)}.values():
-        if not np.array_equal(values[id(w.value)], w.decode()):
-            store_weight(w, values[id(w.value)])
+            rescaled.update({id(w.value): w for w in _weights_of(group)})
+    for key, w in rescaled.items():
+        store_weight(w, values[key])
     return smoothed
 
 
@@ -199,15 +206,10 @@ def _collect(group: _Group, start: Tensor, graph: _Graph) -> bool:
     return True
 
 
-def _activation_ok(op: Operator) -> bool:
-    fields = op.builtin_options.fields if op.builtin_options is not None else {}
-    return enum_name("ActivationFunctionType", fields.get("fused_activation_function", 0)) in HOMOGENEOUS_ACTIVATIONS
-
-
 def _add_producer(group: _Group, op: Operator, weights: dict, recipe: Recipe) -> bool:
     op_rule = rule(op.name)
     weight = own_weight(op, op_rule, weights, recipe)
-    if weight is None or not _activation_ok(op) or not _add_bias(group, op, op_rule.bias_input):
+    if weight is None or not homogeneous_activation(op) or not _add_bias(group, op, op_rule.bias_input):
         return False
     group.producers[id(op)] = weight
     return True
@@ -240,7 +242,7 @@ def _through(group: _Group, op: Operator, t: Tensor) -> list[Tensor] | None:
     """The tensors that join the group when ``op`` reads or writes ``t`` and keeps its channels apart (scaled
     alike), or None when it cannot."""
     op_rule = RULES.get(op.name)
-    if op_rule is None or not _activation_ok(op) or len(op.outputs) != 1:
+    if op_rule is None or not homogeneous_activation(op) or len(op.outputs) != 1:
         return None
     if op_rule.reshapes:
         return [op.inputs[0], op.outputs[0]] if op.inputs[0] is t or op.outputs[0] is t else None
@@ -287,24 +289,21 @@ def _fold(per_channel: np.ndarray, period: int, reduce=np.max) -> np.ndarray:
     return reduce(np.asarray(per_channel, np.float64).reshape(-1, period), axis=0)
 
 
-def _axis_ranges(values: np.ndarray, axis: int, period: int) -> np.ndarray:
-    flat = np.abs(np.moveaxis(values, axis, 0)).reshape(values.shape[axis], -1)
-    return _fold(flat.max(axis=1, initial=0.0), period)
-
-
 def _choose(
     group: _Group,
     stats: dict[int, ChannelStatistics],
     values: dict,
+    active: np.ndarray,
     period: int,
     scheme: ActivationScheme,
     strengths: tuple[float, ...],
     keep_unscaled: bool,
 ) -> np.ndarray:
     """The exponents, among those of ``strengths`` (and no scaling, with ``keep_unscaled``), with the least
-    predicted noise."""
-    active = np.max([_fold(np.maximum(stats[k].high, -stats[k].low), period) for k in group.members], axis=0)
-    reading = np.max([_axis_ranges(values[id(w.value)], a, period) for w, a, _ in group.readers.values()], axis=0)
+    predicted noise; ``active``: each channel's largest |value| over the group's tensors."""
+    reading = np.max(
+        [_fold(largest_magnitudes(values[id(w.value)], a), period) for w, a, _ in group.readers.values()], axis=0
+    )
     readers = [_reader_terms(values[id(w.value)], w.channel_axis or 0, a, period) for w, a, _ in group.readers.values()]
     candidates = [np.zeros(period, np.int64)] if keep_unscaled else []
     candidates += [_exact(group, _wanted(active, reading, alpha), values, period) for alpha in strengths]
