@@ -785,8 +785,7 @@ def _equalization(builder: Builder, search: _Search, plain: Measurement) -> _Equ
     predicted noise, so it may change nothing) and make it the answer when it meets the budget: judged, never
     assumed."""
     equalized = builder.recipe.with_options(equalize=True)
-    model, _ = builder.build(equalized)
-    m = search.judge.measure(bytes(model_to_bytes(model)))
+    m = search.judge.measure(builder.candidate(equalized))
     # Taken only when it meets the budget as it is: the float islands of a search on the equalized model keep
     # rescaled float32 weights rather than the input's storage (face_detection_full_range_sparse int8 -> 30 dB:
     # 2.41x the input's bytes against 0.99x).
