@@ -214,6 +214,23 @@ def densify(values: np.ndarray, shape: tuple[int, ...], tensor: Tensor) -> np.nd
     return out
 
 
+def stored_form(source: Tensor, dense: np.ndarray) -> np.ndarray | None:
+    """``dense`` (the value ``source`` decodes to) in ``source``'s own encoding: its stored positions when it is
+    sparse, its element type; None when that encoding cannot hold it exactly (a nonzero where the sparse
+    structure has none, a value its type rounds, or an integer type whose scales would have to change)."""
+    stored = np.asarray(source.data)
+    if stored.dtype.kind != "f":
+        return None
+    values = dense.reshape(-1)
+    if source.sparsity is not None:
+        picked = values[sparse_positions(source, tuple(dense.shape), stored.size)]
+        if np.count_nonzero(picked) != np.count_nonzero(values):
+            return None
+        values = picked
+    array = values.reshape(stored.shape).astype(stored.dtype)
+    return array if np.array_equal(array.astype(np.float64), values.reshape(stored.shape)) else None
+
+
 def sparse_positions(tensor: Tensor, shape: tuple[int, ...], count: int) -> np.ndarray:
     """Flat (C-order) positions in the dense ``shape`` of a sparse constant's ``count`` stored values.
 

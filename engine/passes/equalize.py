@@ -37,7 +37,7 @@ import numpy as np
 from engine.format.ir import Buffer, Model, Operator, Subgraph, Tensor
 from engine.format.schema import enum_name
 from engine.graph.ops import HOMOGENEOUS_ACTIVATIONS, RULES, OpRule, rule
-from engine.graph.weights import Weight, channel_axis_of, find_weights, sparse_positions, trace_constant
+from engine.graph.weights import Weight, channel_axis_of, find_weights, stored_form, trace_constant
 from engine.passes.channels import keeps_channels
 from engine.passes.common import entry, select
 from engine.recipe import Recipe, TensorOptions
@@ -310,11 +310,11 @@ def _scale(values: dict[int, np.ndarray], weight: Weight, axis: int, exponents: 
 
 
 def store_weight(weight: Weight, values: np.ndarray) -> None:
-    """Write a weight's rescaled dense ``values`` back in its stored encoding (dense or sparse)."""
-    source = weight.source
-    if source.sparsity is not None:
-        values = values.reshape(-1)[sparse_positions(source, weight.shape, np.asarray(source.data).size)]
-    write_constant(source, values)
+    """Write a weight's rescaled dense ``values`` back in its stored encoding (dense or sparse); exact, as the
+    steps were bounded so."""
+    array = stored_form(weight.source, values.reshape(weight.shape))
+    assert array is not None, weight.source.name
+    weight.source.buffer = Buffer.of(array)
 
 
 def _own_bias(pair: _Pair) -> Tensor:

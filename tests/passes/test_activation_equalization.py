@@ -4,6 +4,7 @@ does not allow the scaling, and the integer model gets closer to float where act
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -143,6 +144,47 @@ def test_groups_follow_depthwise_pad_and_concatenation_exactly() -> None:
     assert group.period == 4 and group.readers == 1 and len(group.producers) == 2
     assert group.tensors == 5 and group.channels > 0 and group.spread[1] < group.spread[0]
     _assert_same_outputs(before, after, model)
+
+
+def _weight_decoders(path: Path) -> list[str]:
+    """The decoders from the op writing ``y`` back to its stored weight, and that constant's type."""
+    sg = read_model(path).main
+    producers = sg.producers()
+    (op,) = [op for op in sg.operators if op.outputs[0].name == "y"]
+    chain, t = [], op.inputs[1]
+    while id(t) in producers:
+        chain.append(producers[id(t)].name)
+        t = producers[id(t)].inputs[0]
+    return [*chain, t.type_name]
+
+
+@pytest.mark.parametrize("storage", ["float16", "sparse", "sparse float16"])
+def test_float_island_weights_keep_the_input_storage_after_equalization(storage: str, tmp_path: Path) -> None:
+    """A rescaled weight read only by an op left float goes back behind its input's decoders (float16 behind
+    DEQUANTIZE, sparse behind DENSIFY), holding the rescaled values, rather than as float32: the same bytes as
+    without equalization, and the model still computes the float one's outputs in both runtimes."""
+    source = tmp_path / "source.tflite"
+    (tmp_path / "float32.tflite").write_bytes(model_to_bytes(_uneven_chain()))
+    stored = {"float16": {"quantize": "float16"}, "sparse": {"prune": 0.5}}
+    options = {k: v for part in storage.split() for k, v in stored[part].items()}
+    engine.compress(tmp_path / "float32.tflite", output=source, min_elements=0, **options)
+    calibration = np.random.default_rng(0).uniform(-1, 1, (8, 6, 6, 3)).astype(np.float32)
+    held_out = {"x": np.random.default_rng(1).uniform(-1, 1, (1, 6, 6, 3)).astype(np.float32)}
+    recipe = {"quantize": "int8", "tensors": {"^y$": {"quantize": None}}}  # the last conv stays float
+    outs, reports = {}, {}
+    for equalize in (False, True):
+        outs[equalize] = tmp_path / f"equalize-{equalize}.tflite"
+        (tmp_path / "recipe.json").write_text(json.dumps({**recipe, "equalize": equalize}))
+        _, reports[equalize] = engine.compress(
+            source, output=outs[equalize], recipe=tmp_path / "recipe.json", calibration=calibration
+        )
+    assert reports[True].integer.equalized and reports[True].integer.float_ops[0]["output"] == "y"
+    assert reports[True].integer.restored_decoders == reports[False].integer.restored_decoders > 0
+    assert outs[True].stat().st_size == outs[False].stat().st_size
+    assert _weight_decoders(outs[True]) == _weight_decoders(source) != ["FLOAT32"]
+    for runtime in RUNTIMES:
+        expected, got = run_model(source, held_out, runtime)["y"], run_model(outs[True], held_out, runtime)["y"]
+        assert sqnr_db(expected, got) > 25, runtime
 
 
 @pytest.mark.parametrize("ending", ["softmax", "output", "relu6", "adjoint", "reader"])
