@@ -1,6 +1,7 @@
 """Bias correction (``--bias-correction``, engine/passes/full_integer/bias_correction.py): corrections estimated on
 some calibration samples are kept only where they help on the others, so a shift the data does not agree on is
-undone; on the runnable MediaPipe models it is never worse than without on the held-out photo."""
+undone; on eight runnable MediaPipe models (one of each family) it is never worse than without on the held-out
+photo."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import engine
 from engine.format.builder import GraphBuilder
 from engine.format.writer import write_model
 from engine.zoo import CUSTOM_OP_MODELS, MODEL_SHA256, mediapipe_model, model_calibration, model_photo
+from tests.conftest import Compressed
 from tests.runtimes import RUNTIMES, run_model, worst_sqnr
 
 
@@ -78,18 +80,24 @@ def test_a_shift_the_samples_agree_on_is_kept(tmp_path: Path) -> None:
 # Worst-output SQNR (dB) on the photo, default runtime, int8 calibrated on model_calibration(name) (16 crops of
 # other pictures), measured 2026-12 without / with --bias-correction: face_detection_full_range_sparse
 # 16.21 / 16.59; on the other ten models no depth's correction passed its judgement and the model is unchanged.
-# (The analytic correction it replaces measured -7.7 dB on face_landmark's face score here.)
-RUNNABLE = sorted(name for name in MODEL_SHA256 if name not in CUSTOM_OP_MODELS)
+# (The analytic correction it replaces measured -7.7 dB on face_landmark's face score here.)  The test runs eight
+# of the eleven runnable models, one of each family: the three left out (pose_landmark_full, pose_detection,
+# palm_detection_full: 45, 24 and 23 s of the suite) have a smaller sibling here, and benchmarks/compensation.py
+# measures all eleven on held-out photos ("int8 bias correction").
+TESTED = sorted(
+    name
+    for name in MODEL_SHA256
+    if name not in CUSTOM_OP_MODELS and name not in ("pose_landmark_full", "pose_detection", "palm_detection_full")
+)
 
 
 @pytest.mark.slow  # reads MediaPipe models (engine.zoo)
-@pytest.mark.parametrize("name", RUNNABLE)
-def test_never_worse_on_mediapipe(name: str, tmp_path: Path) -> None:
-    path, photo, calibration = mediapipe_model(name), model_photo(name), model_calibration(name)
-    sqnr = {}
-    for corrected in (False, True):
-        out = tmp_path / f"{corrected}.tflite"
-        engine.compress(path, output=out, quantize="int8", calibration=calibration, bias_correction=corrected)
-        sqnr[corrected] = {runtime: worst_sqnr(path, out, photo, runtime) for runtime in RUNTIMES}
-    assert sqnr[True]["default"] >= sqnr[False]["default"] - 0.1, sqnr
-    assert sqnr[True]["builtin"] >= sqnr[False]["builtin"] - 0.5, sqnr
+@pytest.mark.parametrize("name", TESTED)
+def test_never_worse_on_mediapipe(name: str, compressed: Compressed, tmp_path: Path) -> None:
+    path, photo = mediapipe_model(name), model_photo(name)
+    plain, _ = compressed(name, "int8")  # the same calibration: model_calibration(name)
+    corrected = tmp_path / "corrected.tflite"
+    engine.compress(path, output=corrected, quantize="int8", calibration=model_calibration(name), bias_correction=True)
+    sqnr = {out: {runtime: worst_sqnr(path, out, photo, runtime) for runtime in RUNTIMES} for out in (plain, corrected)}
+    assert sqnr[corrected]["default"] >= sqnr[plain]["default"] - 0.1, sqnr
+    assert sqnr[corrected]["builtin"] >= sqnr[plain]["builtin"] - 0.5, sqnr
