@@ -18,6 +18,7 @@ import numpy as np
 
 from engine.errors import EngineError
 from engine.format.ir import TENSOR_TYPES, Model, Operator, Table, Tensor
+from engine.format.reader import release_pages
 from engine.format.sparse import constant_bytes
 from engine.graph.weights import Weight, check_finite
 from engine.passes.common import entry, float_constant, install, replace_chain, select
@@ -43,8 +44,10 @@ def cluster_weights(model: Model, recipe: Recipe) -> tuple[Model, list[TensorRep
         check_finite(weight.name, values, "clustered")
         rows, restore = as_rows(values, _granularity(weight.channel_axis, options), weight.channel_axis)
         centroids, labels = _cluster(rows, options)
-        clustered = restore(_shared_values(centroids, labels))
         report = entry(weight, options)
+        report.weight_sqnr_db = _weight_sqnr(rows, centroids, labels)  # before the shared values are made: a
+        # large weight read from the file is then resident beside its labels only, never beside its new values
+        clustered = restore(_shared_values(centroids, labels))
         if options.cluster_storage == "gather":
             report.bytes_after = _install_gather(model, weight, centroids, labels)
             report.dtype_after, report.form = "UINT8", "gather"
@@ -54,7 +57,6 @@ def cluster_weights(model: Model, recipe: Recipe) -> tuple[Model, list[TensorRep
             install(model, weight, stored, direct=[])
             report.bytes_after, report.dtype_after, report.form = constant_bytes(stored), stored.type_name, "values"
         report.clusters = int(centroids.shape[1])
-        report.weight_sqnr_db = _weight_sqnr(rows, centroids, labels)
         reports.append(report)
     return model, reports
 
@@ -64,9 +66,13 @@ def _cluster(rows: np.ndarray, options: TensorOptions) -> tuple[np.ndarray, np.n
     output channels with channel granularity, else one row).  A channel with fewer distinct values than the
     others gets its codebook padded by repeating its last entry, which no label points at."""
     assert options.cluster is not None
-    books, labels = [], np.empty(rows.shape, np.uint8)
+    books, labels = [], np.empty(rows.shape, np.uint8) if len(rows) > 1 else None
     for i, row in enumerate(rows):
-        book, labels[i] = CODEBOOK_METHODS.call(options.cluster_init, np.ascontiguousarray(row), options.cluster)
+        book, row_labels = CODEBOOK_METHODS.call(options.cluster_init, np.ascontiguousarray(row), options.cluster)
+        if labels is None:  # one row: its labels as they are, no second copy
+            labels = np.asarray(row_labels, np.uint8).reshape(rows.shape)
+        else:
+            labels[i] = row_labels
         book = np.asarray(book, np.float32)
         if not 0 < book.size <= options.cluster or int(labels[i].max(initial=0)) >= book.size:
             raise EngineError(
@@ -89,13 +95,17 @@ def _shared_values(codebooks: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 
 def _weight_sqnr(rows: np.ndarray, codebooks: np.ndarray, labels: np.ndarray) -> float:
-    """The clustered weight's SQNR, its two powers summed row by row in float64 by the Numba kernel: no float64
-    copy of the weight (a 25 M-weight layer's took a second and 400 MB)."""
+    """The clustered weight's SQNR, its two powers summed a chunk at a time in float64 by the Numba kernel: no
+    float64 copy of the weight (a 25 M-weight layer's took a second and 400 MB), and the file pages behind each
+    chunk of a weight read from the file are released once summed."""
     zero = np.zeros(1, np.float32)
     signal = noise = 0.0
     for row, book, row_labels in zip(rows, codebooks, labels, strict=True):
-        noise += kernels.cluster_error(row, book, row_labels)
-        signal += kernels.cluster_error(row, zero, np.zeros(row.size, np.uint8))
+        for start in range(0, row.size, _CHUNK):
+            part, part_labels = row[start : start + _CHUNK], row_labels[start : start + _CHUNK]
+            noise += kernels.cluster_error(part, book, part_labels)
+            signal += kernels.cluster_error(part, zero, np.zeros(part.size, np.uint8))
+            release_pages(part)
     return power_ratio_db(signal, noise)
 
 

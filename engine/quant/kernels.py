@@ -40,6 +40,7 @@ from typing import Any, Generic, NamedTuple, ParamSpec
 import numpy as np
 
 from engine.errors import EngineError
+from engine.format.reader import release_pages
 
 _P = ParamSpec("_P")
 
@@ -473,6 +474,7 @@ unpack_int2_numpy = unpack_int2.numpy
 
 _KMEANS_INITS = ("linear", "density", "kmeans++")
 _MAX_CODES = 256  # labels are uint8
+_CHUNK = 1 << 20  # values a large k-means copies or labels at a time (4 MB of float32)
 _TABLE_FROM = 1 << 18  # values from which labelling builds its table of 2**16 ranges (it takes about 1 ms)
 _EVERY_RUN_BELOW = 1 << 16  # fewer values keep the prefix sums at every run (24 bytes a value): lookups in O(1)
 
@@ -638,8 +640,37 @@ def _kmeans_with(fit: Callable[[_KMeansArguments], tuple[np.ndarray, np.ndarray]
     edges = np.concatenate((edges, np.full((1 << edges.size.bit_length()) - 1 - edges.size, np.inf)))
     if a.zero_code:
         centroids = np.concatenate(([0.0], centroids))
-    labels = label(a.values, edges, a.zero_code, np.empty(a.values.size, np.uint8))
+    labels = np.empty(a.values.size, np.uint8)
+    for part, start in _releasing_chunks(a.values):
+        label(part, edges, a.zero_code, labels[start : start + part.size])
     return centroids.astype(np.float32), labels.reshape(a.shape)
+
+
+def _releasing_chunks(values: np.ndarray) -> Iterator[tuple[np.ndarray, int]]:
+    """``values`` (flat) a chunk at a time with its start; once the caller is done with a chunk, the model file's
+    pages behind it are released (engine.format.reader.release_pages; nothing happens to other arrays), so a weight
+    read from the file is not resident beside the copies made of it."""
+    for start in range(0, values.size, _CHUNK):
+        part = values[start : start + _CHUNK]
+        yield part, start
+        release_pages(part)
+
+
+def _cut(values: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    """``values`` without ``values[lo:hi]``: the rest moved down in place a chunk at a time; a view of it."""
+    for start in range(hi, values.size, _CHUNK):
+        part = values[start : start + _CHUNK]
+        values[start - (hi - lo) : start - (hi - lo) + part.size] = part
+    return values[: values.size - (hi - lo)]
+
+
+def _sorted_copy(values: np.ndarray) -> np.ndarray:
+    """``np.sort(values)`` (flat), copied a chunk at a time with the file pages behind each chunk released."""
+    ordered = np.empty_like(values)
+    for part, start in _releasing_chunks(values):
+        ordered[start : start + part.size] = part
+    ordered.sort()
+    return ordered
 
 
 # ----------------------------------------------------------------------------------------- public: k-means
@@ -685,16 +716,14 @@ def kmeans_1d(
         raise EngineError(f"iterations must be a non-negative integer, got {iterations!r}")
     if not _is_integer(seed):
         raise EngineError(f"seed must be an integer, got {seed!r}")
-    clustered = v
-    zero_code = False
-    if keep_zero:
-        zero_code = np.count_nonzero(v) < v.size
-        if zero_code:
-            clustered = v[v != 0]
-            clustered.sort()  # in place: the one copy of the values
-    ordered = clustered if zero_code else np.sort(v)
+    ordered = _sorted_copy(v)
+    zero = np.float32(0)  # a float64 key would make searchsorted copy the values to float64
+    zeros = int(np.searchsorted(ordered, zero, "left")), int(np.searchsorted(ordered, zero, "right"))  # and -0.0
+    zero_code = keep_zero and zeros[1] > zeros[0]
+    if zero_code:
+        ordered = _cut(ordered, *zeros)
     clusters = int(k) - zero_code
-    if clusters == 0 and clustered.size:
+    if clusters == 0 and ordered.size:
         raise EngineError("keep_zero spends one code on zero, so k must be at least 2 for values with non-zeros")
     if isinstance(init, str):
         if init not in _KMEANS_INITS:

@@ -158,6 +158,23 @@ def test_labelling_by_table_matches_the_search(clusters: int) -> None:
         assert np.array_equal(labels, k.kmeans_1d_numpy(v, clusters, keep_zero=keep_zero)[1])
 
 
+def test_large_inputs_are_sorted_and_labelled_in_chunks_exactly(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Beyond one chunk (k._CHUNK values), the sorted copy, the removal of the zeros (both signs) and the
+    labelling go a chunk at a time, so a weight read from the file is not resident beside its copies: the same
+    values to cluster as whole-array numpy, the same result as in one chunk."""
+    rng = np.random.default_rng(5)
+    v = rng.standard_normal(2 * k._CHUNK + 12345).astype(np.float32)
+    v[rng.integers(0, v.size, 4000)] = 0.0
+    v[rng.integers(0, v.size, 1000)] = -0.0
+    prepared = k.kmeans_1d._prepare(v, 16, keep_zero=True)
+    assert prepared.zero_code and np.array_equal(prepared.ordered, np.sort(v[v != 0]))
+    chunked = k.kmeans_1d(v, 16, keep_zero=True)
+    monkeypatch.setattr(k, "_CHUNK", v.size)
+    whole = k.kmeans_1d(v, 16, keep_zero=True)
+    assert all(np.array_equal(a, b) for a, b in zip(chunked, whole, strict=True))
+    assert (chunked[1][v == 0] == 0).all() and (chunked[1][v != 0] > 0).all()
+
+
 def test_two_clusters_of_distinct_groups_are_found() -> None:
     v = np.array([-5.0, -5.0, -4.0, 0.0, 0.0, 10.0, 11.0, 12.0], np.float32)
     for init in ("linear", "density", "kmeans++"):
