@@ -30,7 +30,7 @@ from engine.recipe import Recipe, TensorOptions
 from engine.registry import CODEBOOK_METHODS
 from engine.report import TensorReport
 
-_CHUNK = 1 << 20  # labels turned into values at a time
+_CHUNK = 1 << 20  # weights summed, or labels turned into values, at a time
 
 
 def cluster_weights(model: Model, recipe: Recipe) -> tuple[Model, list[TensorReport]]:

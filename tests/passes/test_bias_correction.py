@@ -1,7 +1,6 @@
 """Bias correction (``--bias-correction``, engine/passes/full_integer/bias_correction.py): corrections estimated on
 some calibration samples are kept only where they help on the others, so a shift the data does not agree on is
-undone; on eight runnable MediaPipe models (one of each family) it is never worse than without on the held-out
-photo."""
+undone; on eight of the runnable MediaPipe models it is never worse than without on the held-out photo."""
 
 from __future__ import annotations
 
@@ -81,9 +80,10 @@ def test_a_shift_the_samples_agree_on_is_kept(tmp_path: Path) -> None:
 # other pictures), measured 2026-12 without / with --bias-correction: face_detection_full_range_sparse
 # 16.21 / 16.59; on the other ten models no depth's correction passed its judgement and the model is unchanged.
 # (The analytic correction it replaces measured -7.7 dB on face_landmark's face score here.)  The test runs eight
-# of the eleven runnable models, one of each family: the three left out (pose_landmark_full, pose_detection,
-# palm_detection_full: 45, 24 and 23 s of the suite) have a smaller sibling here, and benchmarks/compensation.py
-# measures all eleven on held-out photos ("int8 bias correction").
+# of the eleven runnable models: the three slowest (pose_landmark_full, pose_detection, palm_detection_full: 45,
+# 24 and 23 s of the suite) are left out, their kinds tested here through palm_detection_lite, the face detectors
+# and the hand landmark nets; benchmarks/compensation.py measures all eleven on held-out crops ("int8 bias
+# correction").
 TESTED = sorted(
     name
     for name in MODEL_SHA256
