@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import mmap
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +78,16 @@ def release_pages(array: np.ndarray) -> None:
     stop = (offset + array.nbytes) // mmap.PAGESIZE * mmap.PAGESIZE
     if 0 <= start < stop <= len(mapped):
         mapped.madvise(mmap.MADV_DONTNEED, start, stop - start)
+
+
+def released_chunks(values: np.ndarray, size: int) -> Iterator[tuple[np.ndarray, int]]:
+    """Flat ``values`` ``size`` elements at a time, with each chunk's start; once the caller is done with a chunk,
+    the file pages behind it are released (``release_pages``), so a large weight read from the file is not
+    resident beside the copies a pass makes of it."""
+    for start in range(0, values.size, size):
+        part = values[start : start + size]
+        yield part, start
+        release_pages(part)
 
 
 def _table(value: tuple[str, dict[str, Any]] | None) -> Table | None:

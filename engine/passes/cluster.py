@@ -18,7 +18,7 @@ import numpy as np
 
 from engine.errors import EngineError
 from engine.format.ir import TENSOR_TYPES, Model, Operator, Table, Tensor
-from engine.format.reader import release_pages
+from engine.format.reader import released_chunks
 from engine.format.sparse import constant_bytes
 from engine.graph.weights import Weight, check_finite
 from engine.passes.common import entry, float_constant, install, replace_chain, select
@@ -101,11 +101,9 @@ def _weight_sqnr(rows: np.ndarray, codebooks: np.ndarray, labels: np.ndarray) ->
     zero = np.zeros(1, np.float32)
     signal = noise = 0.0
     for row, book, row_labels in zip(rows, codebooks, labels, strict=True):
-        for start in range(0, row.size, _CHUNK):
-            part, part_labels = row[start : start + _CHUNK], row_labels[start : start + _CHUNK]
-            noise += kernels.cluster_error(part, book, part_labels)
+        for part, start in released_chunks(row, _CHUNK):
+            noise += kernels.cluster_error(part, book, row_labels[start : start + part.size])
             signal += kernels.cluster_error(part, zero, np.zeros(part.size, np.uint8))
-            release_pages(part)
     return power_ratio_db(signal, noise)
 
 

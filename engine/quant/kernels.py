@@ -40,7 +40,7 @@ from typing import Any, Generic, NamedTuple, ParamSpec
 import numpy as np
 
 from engine.errors import EngineError
-from engine.format.reader import release_pages
+from engine.format.reader import released_chunks
 
 _P = ParamSpec("_P")
 
@@ -641,19 +641,9 @@ def _kmeans_with(fit: Callable[[_KMeansArguments], tuple[np.ndarray, np.ndarray]
     if a.zero_code:
         centroids = np.concatenate(([0.0], centroids))
     labels = np.empty(a.values.size, np.uint8)
-    for part, start in _releasing_chunks(a.values):
+    for part, start in released_chunks(a.values, _CHUNK):
         label(part, edges, a.zero_code, labels[start : start + part.size])
     return centroids.astype(np.float32), labels.reshape(a.shape)
-
-
-def _releasing_chunks(values: np.ndarray) -> Iterator[tuple[np.ndarray, int]]:
-    """``values`` (flat) a chunk at a time with its start; once the caller is done with a chunk, the model file's
-    pages behind it are released (engine.format.reader.release_pages; nothing happens to other arrays), so a weight
-    read from the file is not resident beside the copies made of it."""
-    for start in range(0, values.size, _CHUNK):
-        part = values[start : start + _CHUNK]
-        yield part, start
-        release_pages(part)
 
 
 def _cut(values: np.ndarray, lo: int, hi: int) -> np.ndarray:
@@ -667,7 +657,7 @@ def _cut(values: np.ndarray, lo: int, hi: int) -> np.ndarray:
 def _sorted_copy(values: np.ndarray) -> np.ndarray:
     """``np.sort(values)`` (flat), copied a chunk at a time with the file pages behind each chunk released."""
     ordered = np.empty_like(values)
-    for part, start in _releasing_chunks(values):
+    for part, start in released_chunks(values, _CHUNK):
         ordered[start : start + part.size] = part
     ordered.sort()
     return ordered
