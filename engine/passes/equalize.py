@@ -310,11 +310,8 @@ def _scale(values: dict[int, np.ndarray], weight: Weight, axis: int, exponents: 
 
 
 def store_weight(weight: Weight, values: np.ndarray) -> None:
-    """Write a weight's rescaled dense ``values`` back in its stored encoding (dense or sparse); exact, as the
-    steps were bounded so."""
-    array = stored_form(weight.source, values.reshape(weight.shape))
-    assert array is not None, weight.source.name
-    weight.source.buffer = Buffer.of(array)
+    """Write a weight's rescaled dense ``values`` back in its stored encoding (dense or sparse)."""
+    write_constant(weight.source, values.reshape(weight.shape))
 
 
 def _own_bias(pair: _Pair) -> Tensor:
@@ -339,9 +336,8 @@ def _own_bias(pair: _Pair) -> Tensor:
 
 
 def write_constant(source: Tensor, values: np.ndarray) -> None:
-    """Give ``source`` a buffer of its own holding ``values`` (its stored values, in order) in its stored type;
-    exact, as the steps were bounded so."""
-    stored = np.asarray(source.data)
-    array = values.reshape(stored.shape).astype(stored.dtype)
-    assert np.array_equal(array.astype(np.float64), values.reshape(stored.shape)), source.name
+    """Give ``source`` a buffer of its own holding ``values`` (the dense value it decodes to) in its stored
+    encoding (``stored_form``); exact, as the steps were bounded so."""
+    array = stored_form(source, values)
+    assert array is not None, source.name
     source.buffer = Buffer.of(array)
