@@ -76,6 +76,12 @@ class OpRule:
     XNNPACK (LiteRT's CPU delegate) does not take the op's int8 form, so an int8 model splits into many
     partitions around it and runs slower than the float model; with a float interface (a CPU model) such an op
     stays float between a DEQUANTIZE and a QUANTIZE, which XNNPACK runs in one partition.
+    ``integer_computed_weight``: the integer kernels also take the weight input computed at run time, an
+    activation with its own calibrated (scale, zero point) (BATCH_MATMUL of two activations: attention's scores
+    and values).  XNNPACK takes that int8 product only with a right-hand side of zero point 0, which a calibrated
+    asymmetric range rarely has (and forcing one cost the digits attention classifier 1.7 points), so in a CPU
+    model it stays float between conversions; integer-interface and ``--strict`` models get it integer, on the
+    builtin kernel.
 
     Cross-layer equalization (``--equalize``, engine/passes/equalize.py) rescales channels through the ops that
     keep them apart (``channel_flow`` "pass") and are ``homogeneous``: positively homogeneous channel by channel,
@@ -115,6 +121,7 @@ class OpRule:
     integer_weights: str = "channel"
     integer_options: tuple[tuple[str, str, object], ...] = ()
     xnnpack_integer: bool = True
+    integer_computed_weight: bool = False
     homogeneous: bool = False
     reshapes: bool = False
     concatenates: bool = False
@@ -239,7 +246,7 @@ RULES: dict[str, OpRule] = {
         hybrid=((8, _BOTH),), xnnpack_hybrid=((8, _BOTH),), xnnpack_computed_weight=True, max_version=4,
         adjoint_option="adj_y", channel_flow="pass", channel_inputs=(1,), channel_options=(("adj_y", False),),
         homogeneous=True, integer=((I8, 2), (I16, 3)),
-        integer_weights="tensor",
+        integer_weights="tensor", integer_computed_weight=True,
     ),
     "EMBEDDING_LOOKUP": OpRule(
         weight_input=1, weight_channel_axis=0, hybrid=((8, _BOTH), (4, _BOTH), (2, _BOTH)), max_version=5,

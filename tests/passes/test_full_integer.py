@@ -14,7 +14,7 @@ import pytest
 import engine
 from engine.errors import EngineError
 from engine.format.builder import GraphBuilder
-from engine.format.ir import Model, Operator, OperatorCode, Subgraph, Table, Tensor, tensor_type
+from engine.format.ir import Model, Operator, OperatorCode, QuantizationParams, Subgraph, Table, Tensor, tensor_type
 from engine.format.reader import read_model
 from engine.format.writer import write_model
 from engine.graph.ops import RULES
@@ -416,6 +416,83 @@ def test_prelu_is_a_float_island_in_cpu_models_because_xnnpack_has_no_int8_prelu
     assert _delegated_partitions(cpu) == 1
     assert _delegated_partitions(accelerator) == 2  # the int8 PRELU runs on the builtin kernel between two
     assert all(worst_sqnr(source, accelerator, data[0], runtime) > 25 for runtime in RUNTIMES)  # and is right there
+
+
+def _attention_products(tmp_path: Path) -> tuple[Path, np.ndarray]:
+    """x -> query, key and value projections -> BATCH_MATMUL(q, k^T) -> SOFTMAX -> BATCH_MATMUL(., v): the two
+    products of attention, each of two activations; and v^T times the attention weights, a right-hand side with
+    the fixed parameters of SOFTMAX (zero point -128); 16 samples."""
+    rng = np.random.default_rng(11)
+    b = GraphBuilder()
+    x = b.input("x", (1, 6, 8))
+    q, k, v = (b.fully_connected(x, rng.normal(size=(8, 8)).astype(np.float32), keep_num_dims=True) for _ in "qkv")
+    weights = b.softmax(b.batch_matmul(q, k, adj_y=True))
+    b.output(b.batch_matmul(weights, v), "y")
+    b.output(b.batch_matmul(v, weights, adj_x=True), "z")
+    source = tmp_path / "attention.tflite"
+    write_model(b.build(), source)
+    return source, rng.normal(size=(16, 1, 6, 8)).astype(np.float32)
+
+
+def test_products_of_two_activations_are_integer_with_an_integer_interface(tmp_path: Path) -> None:
+    """BATCH_MATMUL of two activations (``integer_computed_weight``): float between conversions in a CPU model,
+    saying why; int8 with an integer interface (SOFTMAX's output, fixed parameters, as a right-hand side too);
+    right in both runtimes either way."""
+    source, data = _attention_products(tmp_path)
+    cpu, accelerator = tmp_path / "cpu.tflite", tmp_path / "accelerator.tflite"
+    _, report = engine.compress(source, output=cpu, quantize="int8", calibration=data)
+    assert [f["op"] for f in report.integer.float_ops] == ["BATCH_MATMUL"] * 3
+    assert all("zero-point-0 right-hand side" in f["reason"] for f in report.integer.float_ops)
+    _, report = engine.compress(source, output=accelerator, quantize="int8", calibration=data, io="int8")
+    assert report.integer.float_ops == [] and report.integer.integer_ops["BATCH_MATMUL"] == 3
+    for op in (op for op in read_model(accelerator).main.operators if op.name == "BATCH_MATMUL"):
+        assert [t.type_name for t in op.inputs] == ["INT8", "INT8"] and not op.inputs[1].is_constant
+    for path in (cpu, accelerator):
+        assert all(worst_sqnr(source, path, data[0], runtime) > 25 for runtime in RUNTIMES)
+
+
+def test_xnnpack_takes_an_int8_product_of_two_activations_only_with_a_centred_right_hand_side(
+    tmp_path: Path,
+) -> None:
+    """The fact behind keeping such products float in CPU models: with their calibrated right-hand sides (zero
+    points other than 0) the default runtime runs them on the builtin kernel; requantized to zero point 0 (a
+    QUANTIZE in front of each), XNNPACK takes them.  Right in both runtimes both ways."""
+    source, data = _attention_products(tmp_path)
+    calibrated, centred = tmp_path / "int8.tflite", tmp_path / "centred.tflite"
+    engine.compress(source, output=calibrated, quantize="int8", calibration=data, io="int8")
+    model = read_model(calibrated)
+    sg = model.main
+    for op in [op for op in sg.operators if op.name == "BATCH_MATMUL"]:
+        rhs = op.inputs[1]
+        (scale,), (zero_point,) = rhs.quantization.scale, rhs.quantization.zero_point
+        assert zero_point != 0
+        peak = max(128 + zero_point, 127 - zero_point) * scale
+        op.inputs[1] = sg.add_tensor(Tensor(f"{rhs.name}/centred", rhs.shape, rhs.type))
+        op.inputs[1].quantization = QuantizationParams(np.array([peak / 127], np.float32), np.zeros(1, np.int64))
+        sg.operators.insert(sg.operators.index(op), Operator(model.opcode("QUANTIZE"), [rhs], [op.inputs[1]]))
+    write_model(model, centred)
+    assert _builtin_ops(calibrated) == ["BATCH_MATMUL", "SOFTMAX", "BATCH_MATMUL", "BATCH_MATMUL"]
+    assert _builtin_ops(centred) == ["SOFTMAX"]  # XNNPACK has no int8 SOFTMAX either
+    for path in (calibrated, centred):
+        assert all(worst_sqnr(source, path, data[0], runtime) > 25 for runtime in RUNTIMES)
+
+
+def _builtin_ops(path: Path) -> list[str]:
+    """The ops the default runtime runs on the builtin kernels: every node but those an XNNPACK partition replaced,
+    which are the nodes between a DELEGATE node's inputs and its outputs (the interpreter lists them too)."""
+    interp = make_interpreter(path, "default")
+    interp.allocate_tensors()
+    nodes = interp._get_ops_details()
+    writer = {int(t): d["index"] for d in nodes if d["op_name"] != "DELEGATE" for t in d["outputs"]}
+    replaced = set()
+    for delegate in (d for d in nodes if d["op_name"] == "DELEGATE"):
+        stop, tensors = {int(t) for t in delegate["inputs"]}, [int(t) for t in delegate["outputs"]]
+        while tensors:
+            node = writer.get(tensors.pop())
+            if node is not None and node not in replaced:
+                replaced.add(node)
+                tensors += [int(t) for t in nodes[node]["inputs"] if int(t) >= 0 and int(t) not in stop]
+    return [d["op_name"] for d in nodes if d["op_name"] != "DELEGATE" and d["index"] not in replaced]
 
 
 def test_loaded_data_remembers_statistics_so_candidates_calibrate_once(runnable: dict[str, Path]) -> None:

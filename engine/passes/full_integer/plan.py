@@ -65,8 +65,14 @@ def _float_reason(op: Operator, rule: OpRule | None, family: str, recipe: Recipe
             return f"input {i} is {t.type_name}"
     if multiplies_weight(rule):
         weight = op.optional_input(rule.weight_input)
-        if weight is None or not weight.is_constant:
+        computed = rule.integer_computed_weight and is_activation(weight)
+        if weight is None or not (weight.is_constant or computed):
             return "its weight is computed, not a constant"
+        if computed and family == I8 and cpu:
+            return (
+                "faster float on CPU: XNNPACK takes an int8 product of two activations only with a zero-point-0 "
+                "right-hand side (--io int8|uint8 or --strict: integer)"
+            )
         bias = op.optional_input(rule.bias_input)
         if bias is not None and not bias.is_constant:
             return "its bias is computed, not a constant"

@@ -294,8 +294,12 @@ def _quantize_op(
     if multiplies_weight(rule):
         w = op.inputs[rule.weight_input]
         assert w is not None
-        floor = _scale_floor(rule, op, x, out_params, rw.kernels)
-        op.inputs[rule.weight_input], weight_scales = rw.weight(op, rule, w, floor)
+        if w.is_constant:
+            floor = _scale_floor(rule, op, x, out_params, rw.kernels)
+            op.inputs[rule.weight_input], weight_scales = rw.weight(op, rule, w, floor)
+        else:  # an activation (``integer_computed_weight``), integer by now
+            assert w.quantization is not None and w.quantization.scale is not None
+            weight_scales = np.asarray(w.quantization.scale, np.float64)
         _check_requantization(op, w, x, weight_scales, out_params, rw.kernels)
     for i, t in enumerate(op.inputs):
         if t is None or t.type != _FLOAT32 or not t.is_constant:
