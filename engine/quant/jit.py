@@ -207,6 +207,48 @@ def _unpack_numba(packed, bits, out):
 # ----------------------------------------------------------------------------------------- numba: k-means
 
 
+# The k-means kernels copy, sort and compare their few split positions and centroids in plain loops: numpy's
+# array expressions (slices, np.sort, ==/.all()) inside them took most of the 16 s their first compile cost.
+
+
+@numba.njit(cache=True)
+def _head_numba(a, m):
+    """A copy of the first ``m`` entries of ``a``."""
+    out = np.empty(m, a.dtype)
+    for i in range(m):
+        out[i] = a[i]
+    return out
+
+
+@numba.njit(cache=True)
+def _sorted_numba(a):
+    """A sorted copy of the (at most 256) start centroids: insertion sort."""
+    out = _head_numba(a, a.size)
+    for i in range(1, out.size):
+        x, j = out[i], i
+        while j > 0 and out[j - 1] > x:
+            out[j] = out[j - 1]
+            j -= 1
+        out[j] = x
+    return out
+
+
+@numba.njit(cache=True)
+def _same_numba(a, b):
+    if a.size != b.size:
+        return False
+    for i in range(a.size):  # noqa: SIM110 (all() of a generator is not Numba)
+        if a[i] != b[i]:
+            return False
+    return True
+
+
+@numba.njit(cache=True)
+def _record_numba(history, row, splits):
+    for j in range(splits.size):
+        history[row, j] = splits[j]
+
+
 @numba.njit(cache=True)
 def _lower_numba(ordered, lo, hi, x):
     """First position in [lo, hi) whose value is >= x (float64 comparison), else hi."""
@@ -255,9 +297,8 @@ def _checkpoints_numba(ordered, shift):
         run2 = run2 + w * d * d
         distinct += 1
         i = end
-    at[t:] = n
-    s1[t:] = run1
-    s2[t:] = run2
+    for u in range(t, at.size):
+        at[u], s1[u], s2[u] = n, run1, run2
     return distinct, at, s1, s2
 
 
@@ -290,7 +331,10 @@ def _sums_numba(ordered, at, s1, s2, shift, splits):
 @numba.njit(cache=True)
 def _linear_numba(ordered, at, s1, s2, shift, k, uniforms):
     lo, hi = np.float64(ordered[0]), np.float64(ordered[-1])
-    return np.array([lo + (hi - lo) * ((i + 0.5) / k) for i in range(k)])
+    out = np.empty(k)
+    for i in range(k):
+        out[i] = lo + (hi - lo) * ((i + 0.5) / k)
+    return out
 
 
 @numba.njit(cache=True)
@@ -393,7 +437,7 @@ def _assign_numba(ordered, centroids):
     if splits[kept - 1] == n:
         kept -= 1
     splits[kept] = n
-    return splits[: kept + 1].copy()
+    return _head_numba(splits, kept + 1)
 
 
 @numba.njit(cache=True)
@@ -413,9 +457,9 @@ def _split_largest_numba(ordered, splits, sums1, sums2):
     last = _lower_numba(ordered, a, b, np.float64(ordered[b - 1]))
     cut = min(max(_lower_numba(ordered, a, b, mean), second), last)
     out = np.empty(splits.size + 1, np.int64)
-    out[: best + 1] = splits[: best + 1]
+    for j in range(splits.size):
+        out[j + (j > best)] = splits[j]
     out[best + 1] = cut
-    out[best + 2 :] = splits[best + 1 :]
     return out
 
 
@@ -433,13 +477,13 @@ def _partition_numba(ordered, at, s1, s2, shift, centroids, target):
 def _lloyd_numba(ordered, at, s1, s2, shift, distinct, start, clusters, iterations, history):
     """Lloyd from the nearest-centroid partition of ``start``; returns the final splits."""
     target = min(clusters, distinct)
-    splits = _partition_numba(ordered, at, s1, s2, shift, np.sort(start), target)
-    history[0, : splits.size] = splits
+    splits = _partition_numba(ordered, at, s1, s2, shift, _sorted_numba(start), target)
+    _record_numba(history, 0, splits)
     for t in range(iterations):
         sums1, _ = _sums_numba(ordered, at, s1, s2, shift, splits)
         moved = _partition_numba(ordered, at, s1, s2, shift, _means_numba(splits, sums1), target)
-        history[t + 1, : moved.size] = moved
-        if moved.size == splits.size and (moved == splits).all():
+        _record_numba(history, t + 1, moved)
+        if _same_numba(moved, splits):
             break
         splits = moved
     return splits
@@ -513,7 +557,10 @@ def _fit_kernel(ordered, shift, init, start, clusters, uniforms, iterations, his
         start = _kmeanspp_numba(ordered, at, s1, s2, shift, clusters, uniforms)
     splits = _lloyd_numba(ordered, at, s1, s2, shift, distinct, start, clusters, iterations, history)
     sums1, _ = _sums_numba(ordered, at, s1, s2, shift, splits)
-    return _means_numba(splits, sums1), ordered[splits[1:-1]].astype(np.float64)
+    edges = np.empty(splits.size - 2)
+    for j in range(edges.size):
+        edges[j] = ordered[splits[j + 1]]
+    return _means_numba(splits, sums1), edges
 
 
 def _fit_numba(a: _KMeansArguments) -> tuple[np.ndarray, np.ndarray]:
