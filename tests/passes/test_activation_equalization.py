@@ -187,6 +187,28 @@ def test_float_island_weights_keep_the_input_storage_after_equalization(storage:
         assert sqnr_db(expected, got) > 25, runtime
 
 
+def test_steps_stay_exact_in_the_type_a_float_weight_is_stored_in() -> None:
+    """``stored`` (a float island's weight kept as float16 behind DEQUANTIZE): the power-of-two steps keep its
+    rescaled values exact in float16, so it can go back there; bounded by float32 alone (the folded constant's
+    type) they are not.  The reader's weights are float16 subnormals, which no step down leaves exact in
+    float16, and migration strength 1 asks for steps down."""
+    rng = np.random.default_rng(2)
+    steps = np.float32(2.0**-24)  # float16's smallest subnormal: odd multiples of it lose a bit when halved
+    exact = {}
+    for stored in (False, True):
+        model, _ = fuse_activations(fold_constant_decoders(_uneven_chain())[0])
+        (reader,) = [op.inputs[1] for op in model.main.operators if op.outputs[0].name == "y"]
+        reader.data = (2 * rng.integers(1, 200, reader.shape) + 1).astype(np.float32) * steps
+        data = load_calibration(_samples(model, 4, 0), model)
+        smooth_activations(
+            model, INT8, data, scheme_of(TensorOptions(**INT8.options)), strength=1.0,
+            stored={id(reader): np.dtype(np.float16)} if stored else None,
+        )  # fmt: skip
+        values = np.asarray(reader.data)
+        exact[stored] = np.array_equal(values.astype(np.float16).astype(np.float32), values)
+    assert exact == {False: False, True: True}
+
+
 @pytest.mark.parametrize("ending", ["softmax", "output", "relu6", "adjoint", "reader"])
 def test_groups_stop_where_the_scaling_would_change_the_model(ending: str) -> None:
     """A channel that reaches SOFTMAX, a graph output, RELU6 (which clips at a fixed value) or the right-hand side

@@ -23,7 +23,7 @@ from engine.errors import EngineError
 from engine.format.ir import Model, Operator
 from engine.graph.ops import RULES
 from engine.graph.weights import Weight, find_weights
-from engine.passes.fold import fold_constant_decoders, restore_decoders
+from engine.passes.fold import Folded, fold_constant_decoders, restore_decoders
 from engine.passes.full_integer.bias_correction import correct_biases, float_reference
 from engine.passes.full_integer.gradual import calibrate_in_stages
 from engine.passes.full_integer.params import assign_params, check_multipliers, observe
@@ -59,9 +59,13 @@ def quantize_model(
     model, folded = fold_constant_decoders(model)
     model, fused = fuse_activations(model)
     data = load_calibration(calibration, model)
-    smoothed = smooth_activations(model, recipe, data, scheme, executor) if options.equalize else []
     sg = model.main
     integer, float_ops = plan_ops(model, recipe, options)
+    smoothed = (
+        smooth_activations(model, recipe, data, scheme, executor, stored=_island_storage(folded, integer))
+        if options.equalize
+        else []
+    )
     if options.strict and float_ops:
         listed = "; ".join(f"{f['op']} {f['output']!r}: {f['reason']}" for f in float_ops[:10])
         raise EngineError(f"--strict: {len(float_ops)} op(s) would stay float: {listed}")
@@ -119,6 +123,19 @@ class FullInteger:
             return model, []
         model, entries, self.report = quantize_model(model, recipe, self.calibration, self.executor)
         return model, entries
+
+
+def _island_storage(folded: list[Folded], integer: list[Operator]) -> dict[int, np.dtype]:
+    """The floating type each folded weight that no integer op reads is stored in behind its decoder (FLOAT16
+    behind DEQUANTIZE), by ``id`` of its tensor: a float island's weight goes back there after equalization."""
+    read_by_integer = {id(t) for op in integer for t in op.inputs if t is not None}
+    return {
+        id(f.op.outputs[0]): dtype
+        for f in folded
+        if (dtype := f.op.inputs[0].dtype) is not None
+        and dtype.kind == "f"
+        and id(f.op.outputs[0]) not in read_by_integer
+    }
 
 
 def _fitted_weights(model: Model, recipe: Recipe, integer: list[Operator]) -> list[Weight]:

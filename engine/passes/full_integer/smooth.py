@@ -116,12 +116,17 @@ def smooth_activations(
     scheme: ActivationScheme,
     executor: type[LiteRTExecutor] = LiteRTExecutor,
     strength: float | None = None,
+    stored: dict[int, np.dtype] | None = None,
 ) -> list[Smoothed]:
     """Rescale every group of the main subgraph the graph allows where that lowers the predicted noise (module
     doc), from the channel statistics of one calibration run over ``data``; the model is edited in place and
-    computes what it did.  ``strength``: one migration strength for every group instead of the choice."""
+    computes what it did.  ``strength``: one migration strength for every group instead of the choice.
+    ``stored``: by ``id`` of a weight's tensor, the floating type it is stored in behind decoders the pipeline
+    folded, for weights that will stay float: their rescaled values stay exact in it, so they go back there
+    (``restore_decoders``) rather than as float32."""
     sg = model.main
     weights = {id(w.value): w for w in find_weights(model) if w.subgraph is sg}
+    dtypes = {key: (stored or {}).get(key, w.source.dtype) for key, w in weights.items()}
     groups = _groups(sg, weights, recipe)
     if not groups:
         return []
@@ -139,7 +144,7 @@ def smooth_activations(
             continue
         active = np.max([_fold(np.maximum(stats[k].high, -stats[k].low), period) for k in group.members], axis=0)
         strengths = ALPHAS if strength is None else (strength,)
-        exponents = _choose(group, stats, values, active, period, scheme, strengths, strength is None)
+        exponents = _choose(group, stats, values, dtypes, active, period, scheme, strengths, strength is None)
         if exponents.any():
             _apply(sg, group, exponents, values)
             smoothed.append(_summary(group, active, exponents, period))
@@ -293,6 +298,7 @@ def _choose(
     group: _Group,
     stats: dict[int, ChannelStatistics],
     values: dict,
+    dtypes: dict[int, np.dtype],
     active: np.ndarray,
     period: int,
     scheme: ActivationScheme,
@@ -306,7 +312,7 @@ def _choose(
     )
     readers = [_reader_terms(values[id(w.value)], w.channel_axis or 0, a, period) for w, a, _ in group.readers.values()]
     candidates = [np.zeros(period, np.int64)] if keep_unscaled else []
-    candidates += [_exact(group, _wanted(active, reading, alpha), values, period) for alpha in strengths]
+    candidates += [_exact(group, _wanted(active, reading, alpha), values, dtypes, period) for alpha in strengths]
     noise = [_noise(group, stats, readers, e, period, scheme.bits, scheme.symmetric) for e in candidates]
     return candidates[int(np.argmin(noise))]  # ties: the first, no scaling
 
@@ -363,11 +369,12 @@ def _noise(
     return total
 
 
-def _exact(group: _Group, wanted: np.ndarray, values: dict, period: int) -> np.ndarray:
-    """``wanted`` clipped so that every divided and multiplied value stays exact in float32."""
+def _exact(group: _Group, wanted: np.ndarray, values: dict, dtypes: dict[int, np.dtype], period: int) -> np.ndarray:
+    """``wanted`` clipped so that every divided and multiplied value stays exact in its type (``dtypes``; the
+    biases float32)."""
     low, high = np.full(period, -np.inf), np.full(period, np.inf)
     float32 = np.dtype(np.float32)
-    divided = [(values[id(w.value)], w.channel_axis or 0, w.source.dtype) for w in group.producers.values()]
+    divided = [(values[id(w.value)], w.channel_axis or 0, dtypes[id(w.value)]) for w in group.producers.values()]
     divided += [
         (np.asarray(op.inputs[i].data, np.float64).reshape(-1, 1), 0, float32) for op, i in group.biases.values()
     ]
@@ -375,7 +382,7 @@ def _exact(group: _Group, wanted: np.ndarray, values: dict, period: int) -> np.n
         lo, hi = exact_steps(array, axis, dtype)
         low, high = np.maximum(low, -_fold(hi, period, np.min)), np.minimum(high, -_fold(lo, period))
     for w, axis, _ in group.readers.values():
-        lo, hi = exact_steps(values[id(w.value)], axis, w.source.dtype)
+        lo, hi = exact_steps(values[id(w.value)], axis, dtypes[id(w.value)])
         low, high = np.maximum(low, _fold(lo, period)), np.minimum(high, _fold(hi, period, np.min))
     return np.clip(wanted, low, high).astype(np.int64)
 
