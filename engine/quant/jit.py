@@ -208,7 +208,7 @@ def _unpack_numba(packed, bits, out):
 
 
 # The k-means kernels copy, sort and compare their few split positions and centroids in plain loops: numpy's
-# array expressions (slices, np.sort, ==/.all()) inside them took most of the 16 s their first compile cost.
+# array expressions (slices, np.sort, ==/.all()) inside them took a third of the 16 s their first compile cost.
 
 
 @numba.njit(cache=True)
