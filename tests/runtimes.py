@@ -112,6 +112,24 @@ def delegate_partitions(interp: Interpreter) -> int:
     return [op["op_name"] for op in interp._get_ops_details()].count("DELEGATE")
 
 
+def builtin_ops(model: Model) -> list[str]:
+    """The ops the default runtime runs on the builtin kernels: every node but those an XNNPACK partition replaced,
+    which are the nodes between a DELEGATE node's inputs and its outputs (the interpreter lists them too)."""
+    interp = make_interpreter(model, "default")
+    interp.allocate_tensors()
+    nodes = interp._get_ops_details()
+    writer = {int(t): d["index"] for d in nodes if d["op_name"] != "DELEGATE" for t in d["outputs"]}
+    replaced = set()
+    for delegate in (d for d in nodes if d["op_name"] == "DELEGATE"):
+        stop, tensors = {int(t) for t in delegate["inputs"]}, [int(t) for t in delegate["outputs"]]
+        while tensors:
+            node = writer.get(tensors.pop())
+            if node is not None and node not in replaced:
+                replaced.add(node)
+                tensors += [int(t) for t in nodes[node]["inputs"] if int(t) >= 0 and int(t) not in stop]
+    return [d["op_name"] for d in nodes if d["op_name"] != "DELEGATE" and d["index"] not in replaced]
+
+
 def output_sqnr(reference: Model, candidate: Model, inputs: Inputs, runtime: str) -> dict[str, float]:
     """The SQNR of each output of ``candidate`` against ``reference``, both run in ``runtime`` (outputs matched by
     name, quantized ones dequantized)."""

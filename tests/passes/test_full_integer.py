@@ -21,7 +21,15 @@ from engine.graph.ops import RULES
 from engine.zoo import CUSTOM_OP_MODELS, MODEL_SHA256, mediapipe_model, model_calibration, model_photo
 from tests.conftest import Compressed
 from tests.digits import accuracy, digits_data, digits_model_path
-from tests.runtimes import RUNTIMES, delegate_partitions, make_interpreter, output_sqnr, run_model, worst_sqnr
+from tests.runtimes import (
+    RUNTIMES,
+    builtin_ops,
+    delegate_partitions,
+    make_interpreter,
+    output_sqnr,
+    run_model,
+    worst_sqnr,
+)
 
 RUNNABLE = sorted(set(MODEL_SHA256) - CUSTOM_OP_MODELS)
 SAMPLES = 16
@@ -471,28 +479,10 @@ def test_xnnpack_takes_an_int8_product_of_two_activations_only_with_a_centred_ri
         op.inputs[1].quantization = QuantizationParams(np.array([peak / 127], np.float32), np.zeros(1, np.int64))
         sg.operators.insert(sg.operators.index(op), Operator(model.opcode("QUANTIZE"), [rhs], [op.inputs[1]]))
     write_model(model, centred)
-    assert _builtin_ops(calibrated) == ["BATCH_MATMUL", "SOFTMAX", "BATCH_MATMUL", "BATCH_MATMUL"]
-    assert _builtin_ops(centred) == ["SOFTMAX"]  # XNNPACK has no int8 SOFTMAX either
+    assert builtin_ops(calibrated) == ["BATCH_MATMUL", "SOFTMAX", "BATCH_MATMUL", "BATCH_MATMUL"]
+    assert builtin_ops(centred) == ["SOFTMAX"]  # XNNPACK has no int8 SOFTMAX either
     for path in (calibrated, centred):
         assert all(worst_sqnr(source, path, data[0], runtime) > 25 for runtime in RUNTIMES)
-
-
-def _builtin_ops(path: Path) -> list[str]:
-    """The ops the default runtime runs on the builtin kernels: every node but those an XNNPACK partition replaced,
-    which are the nodes between a DELEGATE node's inputs and its outputs (the interpreter lists them too)."""
-    interp = make_interpreter(path, "default")
-    interp.allocate_tensors()
-    nodes = interp._get_ops_details()
-    writer = {int(t): d["index"] for d in nodes if d["op_name"] != "DELEGATE" for t in d["outputs"]}
-    replaced = set()
-    for delegate in (d for d in nodes if d["op_name"] == "DELEGATE"):
-        stop, tensors = {int(t) for t in delegate["inputs"]}, [int(t) for t in delegate["outputs"]]
-        while tensors:
-            node = writer.get(tensors.pop())
-            if node is not None and node not in replaced:
-                replaced.add(node)
-                tensors += [int(t) for t in nodes[node]["inputs"] if int(t) >= 0 and int(t) not in stop]
-    return [d["op_name"] for d in nodes if d["op_name"] != "DELEGATE" and d["index"] not in replaced]
 
 
 def test_loaded_data_remembers_statistics_so_candidates_calibrate_once(runnable: dict[str, Path]) -> None:
