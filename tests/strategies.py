@@ -217,9 +217,10 @@ def _dense_weight(draw: Draw, rng: np.random.Generator, shape: tuple[int, ...]) 
 @st.composite
 def hostile_graphs(draw: Draw) -> tuple[Model, list[str]]:
     """A small float model of the weighted ops every pass handles (CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED,
-    BATCH_MATMUL, GATHER) with ADD and CONCATENATION around them, shapes down to one element, weights shared
-    between two weighted ops or with an ADD, an optional bias left out, some weights float16 behind
-    DEQUANTIZE, and then ``mutate``'d weights.  Returns the model and the labels of what was done to it."""
+    BATCH_MATMUL of a weight or of two activations, GATHER) with ADD and CONCATENATION around them, shapes down
+    to one element, weights shared between two weighted ops or with an ADD, an optional bias left out, some
+    weights float16 behind DEQUANTIZE, and then ``mutate``'d weights.  Returns the model and the labels of what
+    was done to it."""
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     labels: list[str] = []
     b = GraphBuilder()
@@ -243,7 +244,8 @@ def hostile_graphs(draw: Draw) -> tuple[Model, list[str]]:
             y = b.add(y, rng.uniform(-1, 1, (y.shape[3],)).astype(np.float32))
         else:
             y = b.concatenation([y, x], 3)
-    head = draw(st.sampled_from(["none", "fully_connected", "shared-fc", "fc-and-add", "batch_matmul", "gather"]))
+    heads = ["none", "fully_connected", "shared-fc", "fc-and-add", "batch_matmul", "activation-product", "gather"]
+    head = draw(st.sampled_from(heads))
     labels.append(head)
     if head in ("fully_connected", "shared-fc", "fc-and-add"):
         flat = b.reshape(y, (1, -1))
@@ -260,6 +262,9 @@ def hostile_graphs(draw: Draw) -> tuple[Model, list[str]]:
     elif head == "batch_matmul":
         rows = b.reshape(y, (1, y.shape[1] * y.shape[2], y.shape[3]))
         y = b.batch_matmul(rows, _dense_weight(draw, rng, (y.shape[3], draw(st.integers(1, 4)))))
+    elif head == "activation-product":  # attention's scores: both operands computed
+        rows = b.reshape(y, (1, y.shape[1] * y.shape[2], y.shape[3]))
+        y = b.batch_matmul(rows, rows, adj_y=True)
     elif head == "gather":
         table = _dense_weight(draw, rng, (draw(st.integers(1, 4)), y.shape[3]))
         index = b.constant(np.array([rng.integers(table.shape[0])], np.int32))

@@ -51,6 +51,7 @@ PASSES: dict[str, dict[str, Any]] = {
     "cluster-values": {"cluster": 16},
     "cluster-gather": {"cluster": 16, "cluster_storage": "gather"},
     "int8": {"quantize": "int8"},
+    "int8-integer-io": {"quantize": "int8", "io": "int8"},
 }
 REAL_MODELS = ("hand_recrop", "iris_landmark", "face_detection_short_range")
 OUTPUT, REFUSED = "output", "refused"
