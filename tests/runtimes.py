@@ -112,11 +112,10 @@ def delegate_partitions(interp: Interpreter) -> int:
     return [op["op_name"] for op in interp._get_ops_details()].count("DELEGATE")
 
 
-def builtin_ops(model: Model) -> list[str]:
-    """The ops the default runtime runs on the builtin kernels: every node but those an XNNPACK partition replaced,
-    which are the nodes between a DELEGATE node's inputs and its outputs (the interpreter lists them too)."""
-    interp = make_interpreter(model, "default")
-    interp.allocate_tensors()
+def builtin_ops(interp: Interpreter) -> list[str]:
+    """The ops an allocated interpreter runs on the builtin kernels: every node but those a delegate (XNNPACK in the
+    default runtime) replaced, which are the nodes between a DELEGATE node's inputs and its outputs (the interpreter
+    lists them too)."""
     nodes = interp._get_ops_details()
     writer = {int(t): d["index"] for d in nodes if d["op_name"] != "DELEGATE" for t in d["outputs"]}
     replaced = set()

@@ -17,7 +17,7 @@ from engine.format.builder import GraphBuilder
 from engine.format.ir import TENSOR_TYPES, QuantizationParams, Tensor
 from engine.graph.ops import RULES, XNNPACK_BIAS_TYPES
 from engine.quant.metrics import sqnr_db
-from tests.runtimes import Refused, invoked, outputs_of
+from tests.runtimes import Refused, builtin_ops, invoked, outputs_of
 
 RIGHT_DB = 30.0
 OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
@@ -67,13 +67,6 @@ def _model(op: str, filter_form: str, bias_form: str) -> tuple[bytes, np.ndarray
     return model_to_bytes(b.build()), data
 
 
-def _delegated(interp: object, op: str) -> bool:
-    """Whether a delegate partition computes ``op``'s output (the interpreter lists the replaced nodes too)."""
-    nodes = interp._get_ops_details()  # type: ignore[attr-defined]
-    written = {int(t) for d in nodes if d["op_name"] == "DELEGATE" for t in d["outputs"]}
-    return any(int(t) in written for d in nodes if d["op_name"] == op for t in d["outputs"])
-
-
 def _cases() -> list[tuple[str, str, str]]:
     # DEPTHWISE_CONV_2D has no hybrid kernel XNNPACK takes (engine.graph.ops), so no hybrid case for it.
     return [
@@ -97,7 +90,7 @@ def test_xnnpack_takes_the_op_exactly_when_the_bias_type_goes_with_the_filter(
     except Refused:
         assert not taken, "a pair the table says XNNPACK takes failed to load"
         return
-    assert _delegated(interp, op) == taken
+    assert (op not in builtin_ops(interp)) == taken
     (got,) = outputs_of(interp).values()
     (expected,) = reference.values()
     assert sqnr_db(expected, got) > RIGHT_DB
