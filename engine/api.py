@@ -13,9 +13,10 @@ from typing import Any
 
 from engine.accuracy import BUDGET_KEYWORDS
 from engine.errors import EngineError
+from engine.files import same_file
 from engine.format.ir import Model
 from engine.format.reader import read_model
-from engine.format.writer import same_file, write_model
+from engine.format.writer import write_model
 from engine.graph.weights import find_weights
 from engine.passes.cluster import cluster_weights
 from engine.passes.common import entry

@@ -294,7 +294,7 @@ def _quality_lines(quality: dict[str, Any]) -> list[str]:
 # ---------------------------------------------------------------------------------------------- command line
 
 
-def add_parser(commands: Any) -> None:
+def add_parsers(commands: Any) -> None:
     """``python -m engine evaluate``."""
     p = commands.add_parser("evaluate", help="size, latency, load time, memory and quality of a model in LiteRT")
     p.add_argument("model")

@@ -30,12 +30,8 @@ from typing import Any, NamedTuple
 
 from engine.errors import EngineError
 from engine.format.ir import BUILTIN_OPS
-from engine.quant import activations as _builtin_schemes  # noqa: F401  (registers int8, int16x8)
-from engine.quant import rounding as _builtin_rounding  # noqa: F401  (registers nearest)
 from engine.quant.observers import make_observer
 from engine.quant.pruning import parse_pattern
-from engine.quant.rounding import adaround as _adaround  # noqa: F401  (registers adaround)
-from engine.quant.rounding import gptq as _gptq  # noqa: F401  (registers gptq)
 from engine.registry import ACTIVATION_SCHEMES, CODEBOOK_METHODS, ROUNDING_METHODS, SCALE_METHODS
 
 # Weight modes: mode -> (how ops read the weight, bits of its levels by default); None stores float16.  The

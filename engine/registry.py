@@ -61,25 +61,37 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-import numpy as np
-
 from engine.errors import EngineError
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from engine.quant.activations import ActivationScheme
 
 T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    """Named implementations of one kind (``kind`` names it in errors: "scale method")."""
+    """Named implementations of one kind (``kind`` names it in errors: "scale method").
 
-    def __init__(self, kind: str) -> None:
+    ``builtins``: the module registering the built-in entries, imported the first time the registry is used (a
+    lookup, or a plugin registering: a built-in's name stays refused), so that ``import engine`` and the commands
+    that need no quantization method start without importing every method (and numpy).
+    """
+
+    def __init__(self, kind: str, builtins: str | None = None) -> None:
         self.kind = kind
         self._entries: dict[str, T] = {}
+        self._builtins = builtins
+
+    def _load_builtins(self) -> None:
+        module, self._builtins = self._builtins, None  # cleared first: that module registers through this registry
+        if module is not None:
+            importlib.import_module(module)
 
     def register(self, name: str) -> Callable[[T], T]:
         """Decorator registering its target under ``name``; a name already taken is refused (no silent override)."""
+        self._load_builtins()
 
         def add(entry: T) -> T:
             if not name or any(c.isspace() or c in ":,=" for c in name):
@@ -93,6 +105,7 @@ class Registry(Generic[T]):
 
     def get(self, name: str) -> T:
         """The implementation registered as ``name``; an unknown name is an error listing the known ones."""
+        self._load_builtins()
         if name not in self._entries:
             raise EngineError(f"unknown {self.kind} {name!r} (known: {', '.join(self.names())})")
         return self._entries[name]
@@ -109,28 +122,30 @@ class Registry(Generic[T]):
             raise EngineError(f"{self.kind} {name!r} failed: {type(exc).__name__}: {exc}") from exc
 
     def names(self) -> tuple[str, ...]:
+        self._load_builtins()
         return tuple(self._entries)
 
     def __contains__(self, name: object) -> bool:
+        self._load_builtins()
         return name in self._entries
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
 
 
-ScaleMethod = Callable[[np.ndarray, int], np.ndarray]
+ScaleMethod = Callable[["np.ndarray", int], "np.ndarray"]
 SCALE_METHODS: Registry[ScaleMethod] = Registry("scale method")
 # How a row of weights gets a codebook: (row float32 [n], k) -> (codebook float32 [<= k], labels uint8 [n]), the
 # shared values and each weight's index into them; the built-ins are 1-D k-means with three initializations.
-CodebookMethod = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
+CodebookMethod = Callable[["np.ndarray", int], tuple["np.ndarray", "np.ndarray"]]
 CODEBOOK_METHODS: Registry[CodebookMethod] = Registry("codebook method")
 # Factories of calibration observers (engine.quant.observers.Observer subclasses), called with the text after "NAME:" in
 # an observer spec ("percentile:99.9"), or None; the built-ins register in engine.quant.observers.
-OBSERVERS: Registry[Callable[[str | None], Any]] = Registry("calibration observer")
+OBSERVERS: Registry[Callable[[str | None], Any]] = Registry("calibration observer", "engine.quant.observers")
 # Full-integer modes by name; the built-ins register in engine.quant.activations.
-ACTIVATION_SCHEMES: Registry[ActivationScheme] = Registry("full-integer mode")
+ACTIVATION_SCHEMES: Registry[ActivationScheme] = Registry("full-integer mode", "engine.quant.activations")
 # Rounding methods, (RoundingProblem) -> codes; the built-ins register in engine.quant.rounding.
-ROUNDING_METHODS: Registry[Callable[[Any], np.ndarray]] = Registry("rounding method")
+ROUNDING_METHODS: Registry[Callable[[Any], np.ndarray]] = Registry("rounding method", "engine.quant.rounding")
 
 
 @SCALE_METHODS.register("minmax")

@@ -1,13 +1,19 @@
-"""What a model holds, for ``python -m engine inspect`` and for showing what a compression run changed."""
+"""What a model holds: ``python -m engine inspect`` (here, so that it imports only the reader and this), and what a
+compression run changed."""
 
 from __future__ import annotations
 
+import argparse
+import json
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from engine.format.ir import Model, Tensor, all_tensors
+from engine.format.reader import read_model
+from engine.secure import cli as secure_cli
 
 
 def _tensor_brief(t: Tensor) -> dict[str, Any]:
@@ -130,3 +136,21 @@ def format_summary(summary: dict[str, Any]) -> str:
     if not summary["signatures"]:
         lines.append("signatures: none")
     return "\n".join(lines)
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    model = read_model(args.model)
+    summary = summarize(model, Path(args.model).stat().st_size)
+    signature = secure_cli.signature_summary(args.model, model)
+    if signature is not None:
+        summary["embedded_signature"] = signature
+    print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
+    return 0
+
+
+def add_parsers(commands: Any) -> None:
+    """Add inspect to the ``python -m engine`` subcommands."""
+    p = commands.add_parser("inspect", help="describe a .tflite model")
+    p.add_argument("model")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(run=_inspect)

@@ -76,7 +76,7 @@ def budget_verdict(report: Any, output: str) -> str | None:
         ) + ")"  # fmt: skip
 
 
-def add_analyze_parser(commands: Any) -> None:
+def add_parsers(commands: Any) -> None:
     p = commands.add_parser(
         "analyze", help="per-weight/op sensitivity to a quantization mode, measured at the model outputs in LiteRT"
     )

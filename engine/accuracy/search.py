@@ -75,9 +75,10 @@ from engine.accuracy.candidates import (
 )
 from engine.accuracy.ranking import GROUP, GroupTesting
 from engine.errors import EngineError
+from engine.files import same_file
 from engine.format.ir import Model
 from engine.format.reader import read_model
-from engine.format.writer import model_to_bytes, same_file
+from engine.format.writer import model_to_bytes
 from engine.progress import track
 from engine.recipe import DEFAULT_GRADUAL_STAGES, Recipe, is_full_integer
 from engine.report import json_safe

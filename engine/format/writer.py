@@ -59,14 +59,6 @@ class _Layout:
         return 0 if buffer is None else self.index[id(buffer)]
 
 
-def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
-    """Whether two paths name one file: equal once resolved, or one file under two names (a link).  Writing a
-    model over its own input would modify the input, which the engine never does."""
-    if Path(a).resolve() == Path(b).resolve():
-        return True
-    return os.path.exists(a) and os.path.exists(b) and os.path.samefile(a, b)
-
-
 def _plan(model: Model, share_identical_buffers: bool, external: bool | None) -> _Layout:
     buffers: list[Buffer] = []
     index: dict[int, int] = {}

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from engine.errors import EngineError
-from engine.format.writer import same_file
+from engine.files import same_file
 
 
 def refuse_overwriting_input(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:

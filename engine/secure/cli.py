@@ -1,15 +1,19 @@
 """The security commands of ``python -m engine``: keygen, sign, verify, encrypt, decrypt; ``compress --sign``;
-the signature line of ``inspect``.  Importing this module does not import ``cryptography``."""
+the signature line of ``inspect``.  Importing this module imports neither ``cryptography`` nor numpy: the commands
+stream bytes, and start-up is much of their time on small models (benchmarks/secure.py)."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine import secure
-from engine.format.ir import Model
-from engine.secure.embedded import SIGNATURE_ENTRY, describe
+
+if TYPE_CHECKING:
+    from engine.format.ir import Model
+
+COMMANDS = ("keygen", "sign", "verify", "encrypt", "decrypt")
 
 _KEY_SOURCES = "the 32-byte key: --key-file FILE (32 raw bytes or 64 hex digits) or --key-env VARIABLE (64 hex digits)"
 
@@ -30,6 +34,8 @@ def _keygen(args: argparse.Namespace) -> int:
 
 def _sign(args: argparse.Namespace) -> int:
     if args.embed:
+        from engine.secure.embedded import SIGNATURE_ENTRY
+
         path = secure.sign_embedded(args.model, args.key, args.out)
         print(f"wrote {path}: {args.model} with its signature embedded (metadata {SIGNATURE_ENTRY!r})")
     else:
@@ -73,7 +79,7 @@ def _key_flags(p: argparse.ArgumentParser) -> None:
 
 
 def add_parsers(commands: Any) -> None:
-    """Add keygen, sign, verify, encrypt and decrypt to the ``python -m engine`` subcommands."""
+    """Add the ``COMMANDS`` to the ``python -m engine`` subcommands."""
     p = commands.add_parser("keygen", help="make an ECDSA P-256 key pair for signing (or an encryption key)")
     p.add_argument(
         "--out",
@@ -143,6 +149,8 @@ def sign_output(output: str | Path, key: Any) -> None:
 
 def signature_summary(path: str | Path, model: Model) -> dict[str, Any] | None:
     """What ``inspect`` shows of an embedded signature (None when there is none)."""
+    from engine.secure.embedded import SIGNATURE_ENTRY, describe
+
     if not any(entry.name == SIGNATURE_ENTRY for entry in model.metadata or ()):
         return None
     return describe(path)

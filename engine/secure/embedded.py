@@ -22,27 +22,13 @@ from typing import Any
 import numpy as np
 
 from engine.errors import EngineError
+from engine.files import file_digest
 from engine.format.ir import Buffer, Metadata, Model
 from engine.format.reader import read_model
-from engine.format.writer import model_pieces
+from engine.format.writer import model_pieces, write_model
 from engine.secure.bundle import Statement, VerificationError, parse_bundle, parse_statement
 
 SIGNATURE_ENTRY = "litert_engine.signature.v1"
-_READ_CHUNK = 1 << 20
-
-
-def file_digest(path: str | os.PathLike[str]) -> str:
-    """SHA-256 (hex) of a file, read in 1 MiB pieces so that memory stays bounded whatever its size."""
-    digest = hashlib.sha256()
-    chunk = bytearray(_READ_CHUNK)
-    view = memoryview(chunk)
-    try:
-        with open(path, "rb") as f:
-            while n := f.readinto(chunk):
-                digest.update(view[:n])
-    except OSError as exc:
-        raise EngineError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    return digest.hexdigest()
 
 
 def content_digest(model: Model) -> str:
@@ -69,10 +55,18 @@ def take_signature(model: Model, *, strict: bool) -> bytes | None:
     return b"" if buffer is None else buffer.data.tobytes()
 
 
-def add_signature(model: Model, bundle: bytes) -> None:
-    """Append the signature entry to ``model`` (its canonical content), making it the signed model."""
+def canonical_content(path: str | os.PathLike[str]) -> Model:
+    """The model at ``path`` without a signature entry it may hold: what an embedded signature signs."""
+    model = read_model(path)
+    take_signature(model, strict=False)
+    return model
+
+
+def write_signed(content: Model, bundle: bytes, target: str | os.PathLike[str]) -> None:
+    """Write ``content`` (a canonical content) with ``bundle`` as its signature entry to ``target``."""
     entry = Metadata(SIGNATURE_ENTRY, Buffer(np.frombuffer(bundle, np.uint8).copy()))
-    model.metadata = [*(model.metadata or []), entry]
+    content.metadata = [*(content.metadata or []), entry]
+    write_model(content, target)
 
 
 def read_signed(path: str | os.PathLike[str]) -> tuple[Model, bytes]:

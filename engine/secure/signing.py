@@ -2,7 +2,9 @@
 
 A detached signature (``MODEL.sig``) signs the file's bytes exactly as ``model_signing``'s private-key signer
 does, so either tool verifies what the other signed.  An embedded one signs the model's canonical content
-(engine.secure.embedded).  The primitives are the ``cryptography`` package's; this module only arranges them.
+(engine.secure.embedded, imported where used: it reads and writes models, which needs numpy and the format layer,
+so detached signatures start without them).  The primitives are the ``cryptography`` package's; this module only
+arranges them.
 """
 
 from __future__ import annotations
@@ -13,8 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.errors import EngineError
-from engine.format.reader import read_model
-from engine.format.writer import write_model
+from engine.files import file_digest
 from engine.secure.atomic import atomic_output, refuse_overwriting_input
 from engine.secure.bundle import (
     MAX_BUNDLE_BYTES,
@@ -24,15 +25,6 @@ from engine.secure.bundle import (
     parse_bundle,
     parse_statement,
     statement_payload,
-)
-from engine.secure.embedded import (
-    SIGNATURE_ENTRY,
-    add_signature,
-    check_content,
-    content_digest,
-    file_digest,
-    read_signed,
-    take_signature,
 )
 
 try:
@@ -194,10 +186,10 @@ def sign_embedded(
     target = Path(output) if output is not None else signed_model_path(model)
     refuse_overwriting_input(model, target)
     signing_key = _signing_key(key)
-    content = read_model(model)
-    take_signature(content, strict=False)
-    add_signature(content, _bundle(signing_key, target.name, content_digest(content)))
-    write_model(content, target)
+    from engine.secure import embedded
+
+    content = embedded.canonical_content(model)
+    embedded.write_signed(content, _bundle(signing_key, target.name, embedded.content_digest(content)), target)
     return target
 
 
@@ -260,11 +252,15 @@ def verify_embedded(model: str | os.PathLike[str], public_key: str | os.PathLike
     """Check the signature embedded in ``model`` with ``public_key`` (a PEM path); raise VerificationError naming
     what failed."""
     key = load_public_key(public_key)
-    content, raw = read_signed(model)
-    bundle = _authenticate(raw, f"the {SIGNATURE_ENTRY!r} entry", key, str(public_key))
+    from engine.secure import embedded
+
+    content, raw = embedded.read_signed(model)
+    bundle = _authenticate(raw, f"the {embedded.SIGNATURE_ENTRY!r} entry", key, str(public_key))
     statement = parse_statement(bundle.payload)
-    check_content(content, statement, model)
-    return Verified(Path(model), f"embedded ({SIGNATURE_ENTRY})", bundle.key_hint, statement.digest, statement.name)
+    embedded.check_content(content, statement, model)
+    return Verified(
+        Path(model), f"embedded ({embedded.SIGNATURE_ENTRY})", bundle.key_hint, statement.digest, statement.name
+    )
 
 
 def verify(

@@ -10,7 +10,7 @@ from engine.evaluation import RUNS
 from engine.sweep.inputs import PRESETS, load_configs, load_models
 
 
-def add_parser(commands: Any) -> None:
+def add_parsers(commands: Any) -> None:
     p = commands.add_parser(
         "sweep", help="compress and evaluate models x configurations; results, Pareto report and plots in a folder"
     )

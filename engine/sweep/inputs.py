@@ -18,7 +18,6 @@ form, or a file relative to the grid's folder) under the options::
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -180,12 +179,3 @@ def _config(name: str, options: Any, where: str, folder: Path | None = None) -> 
     except EngineError as exc:
         raise EngineError(f"{where}: {exc}") from None
     return Config(_name(name, "configuration"), options)
-
-
-def file_digest(path: str | os.PathLike[str]) -> str:
-    """sha256 of a file: a run is redone when a file it read changed."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

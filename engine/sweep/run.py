@@ -34,8 +34,9 @@ from typing import Any
 
 from engine.accuracy import BUDGET_KEYWORDS
 from engine.errors import EngineError
+from engine.files import file_digest
 from engine.progress import track
-from engine.sweep.inputs import Config, ModelEntry, file_digest
+from engine.sweep.inputs import Config, ModelEntry
 from engine.sweep.jobs import Job, Settings, limit_threads, make_job, make_row, run_job
 from engine.sweep.report import write_reports
 

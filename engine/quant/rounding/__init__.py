@@ -102,3 +102,8 @@ def nearest_codes(values: np.ndarray, scales: np.ndarray, qmax: int) -> np.ndarr
 def nearest(problem: RoundingProblem) -> np.ndarray:
     """Each weight to its nearest level (the default; needs no data)."""
     return problem.nearest()
+
+
+# The data-aware methods register on import; importing them here makes this package the one module that registers
+# every built-in rounding method (engine.registry loads it on first use).
+from engine.quant.rounding import adaround, gptq  # noqa: E402, F401
