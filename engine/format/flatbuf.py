@@ -13,6 +13,7 @@ string, table or vector is ``None``.  Encoding takes the same form back.
 
 from __future__ import annotations
 
+import functools
 import mmap
 import struct
 from typing import Any
@@ -78,10 +79,12 @@ class _Decoder:
         self.tables_left = self.size // 4 + 64
 
     def check(self, where: str, pos: int, length: int) -> None:
-        check_range(where, pos, length, self.size)
+        if pos < 0 or length < 0 or pos + length > self.size:  # the test inline: this runs for every field read
+            check_range(where, pos, length, self.size)
 
     def u32(self, where: str, pos: int) -> int:
-        self.check(where, pos, 4)
+        if pos < 0 or pos + 4 > self.size:
+            check_range(where, pos, 4, self.size)
         return _U32.unpack_from(self.data, pos)[0]
 
     def follow(self, where: str, pos: int) -> int:
@@ -96,17 +99,17 @@ class _Decoder:
             raise corrupt(where, "more tables than the file could hold (shared or cyclic offsets)")
         if depth > _MAX_DEPTH:
             raise corrupt(where, f"tables nested deeper than {_MAX_DEPTH}")
+        data, size = self.data, self.size
         self.check(where, pos, 4)
-        vtable = pos - _I32.unpack_from(self.data, pos)[0]
+        vtable = pos - _I32.unpack_from(data, pos)[0]
         self.check(where, vtable, 4)
-        vt_size, table_size = _U16.unpack_from(self.data, vtable)[0], _U16.unpack_from(self.data, vtable + 2)[0]
+        vt_size, table_size = _U16.unpack_from(data, vtable)[0], _U16.unpack_from(data, vtable + 2)[0]
         if vt_size < 4 or vt_size % 2:
             raise corrupt(where, f"vtable size {vt_size} is not a valid vtable size")
         self.check(where, vtable, vt_size)
         self.check(where, pos, table_size)
-        schema = TABLES[name]
-        slots = [_U16.unpack_from(self.data, vtable + 4 + 2 * i)[0] for i in range((vt_size - 4) // 2)]
-        known = {f["id"] for f in schema["fields"]}
+        known, fields = _layout(name)
+        slots = _u16s((vt_size - 4) // 2).unpack_from(data, vtable + 4)
         for slot, field_offset in enumerate(slots):
             if field_offset and slot not in known:
                 raise EngineError(
@@ -116,22 +119,22 @@ class _Decoder:
             if field_offset and field_offset >= table_size:
                 raise corrupt(where, f"{name} field #{slot} lies outside its table")
         out: dict[str, Any] = {}
-        for field in schema["fields"]:
-            field_offset = slots[field["id"]] if field["id"] < len(slots) else 0
-            kind = field["kind"]
-            if kind == "union_type":
-                continue
-            at = f"{where}.{field['name']}"
-            if kind == "scalar":
-                out[field["name"]] = (
-                    self.scalar(field["type"], pos + field_offset, at) if field_offset else field["default"]
-                )
+        for field_name, slot, kind, codec, default, field in fields:
+            field_offset = slots[slot] if slot < len(slots) else 0
+            if kind == "scalar":  # inside the table, which lies inside the file: only its end can run past it
+                if not field_offset:
+                    out[field_name] = default
+                elif pos + field_offset + codec.size <= size:
+                    out[field_name] = codec.unpack_from(data, pos + field_offset)[0]
+                else:
+                    out[field_name] = self.scalar(field["type"], pos + field_offset, f"{where}.{field_name}")
             elif not field_offset:
-                out[field["name"]] = None
+                out[field_name] = None
             elif kind == "union":
-                out[field["name"]] = self.union(schema, field, pos, slots, at, depth)
+                out[field_name] = self.union(TABLES[name], field, pos, slots, f"{where}.{field_name}", depth)
             else:
-                out[field["name"]] = self.reference(field, self.follow(at, pos + field_offset), at, depth)
+                at = f"{where}.{field_name}"
+                out[field_name] = self.reference(field, self.follow(at, pos + field_offset), at, depth)
         return out
 
     def scalar(self, type_name: str, pos: int, where: str) -> Any:
@@ -180,6 +183,24 @@ class _Decoder:
             else:
                 items.append(self.reference({"kind": "string"}, item, at, depth))
         return items
+
+
+@functools.cache
+def _layout(name: str) -> tuple[frozenset[int], tuple[tuple[str, int, str, Any, Any, dict[str, Any]], ...]]:
+    """A table's field ids, and for each field it decodes (not union types, read with their union): name, id,
+    kind, struct codec (scalars), default, and the schema entry."""
+    fields = TABLES[name]["fields"]
+    decoded = tuple(
+        (f["name"], f["id"], f["kind"], _STRUCT.get(f.get("type", "")), f.get("default"), f)
+        for f in fields
+        if f["kind"] != "union_type"
+    )
+    return frozenset(f["id"] for f in fields), decoded
+
+
+@functools.cache
+def _u16s(count: int) -> struct.Struct:
+    return struct.Struct(f"<{count}H")
 
 
 def decode(data: BytesLike, root: str = "Model") -> dict[str, Any]:
