@@ -21,6 +21,9 @@ from typing import Any
 
 from engine.errors import EngineError
 
+# The metadata entry that holds a bundle inside a .tflite (engine.secure.embedded).
+SIGNATURE_ENTRY = "litert_engine.signature.v1"
+
 MEDIA_TYPE = "application/vnd.dev.sigstore.bundle.v0.3+json"
 PAYLOAD_TYPE = "application/vnd.in-toto+json"
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from engine import secure
+from engine.secure.bundle import SIGNATURE_ENTRY
 
 if TYPE_CHECKING:
     from engine.format.ir import Model
@@ -34,8 +35,6 @@ def _keygen(args: argparse.Namespace) -> int:
 
 def _sign(args: argparse.Namespace) -> int:
     if args.embed:
-        from engine.secure.embedded import SIGNATURE_ENTRY
-
         path = secure.sign_embedded(args.model, args.key, args.out)
         print(f"wrote {path}: {args.model} with its signature embedded (metadata {SIGNATURE_ENTRY!r})")
     else:
@@ -149,8 +148,8 @@ def sign_output(output: str | Path, key: Any) -> None:
 
 def signature_summary(path: str | Path, model: Model) -> dict[str, Any] | None:
     """What ``inspect`` shows of an embedded signature (None when there is none)."""
-    from engine.secure.embedded import SIGNATURE_ENTRY, describe
-
     if not any(entry.name == SIGNATURE_ENTRY for entry in model.metadata or ()):
         return None
+    from engine.secure.embedded import describe  # reads and re-serializes the model: only for signed ones
+
     return describe(path)

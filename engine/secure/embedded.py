@@ -26,9 +26,7 @@ from engine.files import file_digest
 from engine.format.ir import Buffer, Metadata, Model
 from engine.format.reader import read_model
 from engine.format.writer import model_pieces, write_model
-from engine.secure.bundle import Statement, VerificationError, parse_bundle, parse_statement
-
-SIGNATURE_ENTRY = "litert_engine.signature.v1"
+from engine.secure.bundle import SIGNATURE_ENTRY, Statement, VerificationError, parse_bundle, parse_statement
 
 
 def content_digest(model: Model) -> str:
