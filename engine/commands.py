@@ -26,7 +26,7 @@ from engine.runtime.litert import RUNTIME_CHOICES
 from engine.secure import cli as secure_cli
 from engine.summary import format_summary, summarize
 
-if TYPE_CHECKING:  # each command imports what it runs on use: inspect, sign and verify import no validation
+if TYPE_CHECKING:  # imported where used: compress without --validate does not load the validation code
     from engine.runtime.validate import ValidationReport
 
 DEMO_MODEL = "face_detection_short_range"
