@@ -199,6 +199,21 @@ def _layout(name: str) -> tuple[frozenset[int], tuple[tuple[str, int, str, Any, 
 
 
 @functools.cache
+def _field_names(name: str) -> frozenset[str]:
+    return frozenset(f["name"] for f in TABLES[name]["fields"])
+
+
+@functools.cache
+def _encoding(name: str) -> tuple[tuple[tuple[str, dict[str, Any]], ...], tuple[tuple[str, str, int, Any, Any], ...]]:
+    """A table's fields as the encoder walks them: the references (tables, vectors, strings, unions) it builds
+    first, then every field in schema order (name, kind, slot, scalar flags, default) for the table itself."""
+    fields = TABLES[name]["fields"]
+    references = tuple((f["name"], f) for f in fields if f["kind"] not in ("scalar", "union_type"))
+    slots = tuple((f["name"], f["kind"], f["id"], _FLAGS.get(f.get("type", "")), f.get("default")) for f in fields)
+    return references, slots
+
+
+@functools.cache
 def _u16s(count: int) -> struct.Struct:
     return struct.Struct(f"<{count}H")
 
@@ -230,33 +245,33 @@ class _Encoder:
         self.holes: list[tuple[int, np.ndarray]] = []  # (distance of a vector's data from the buffer's end, bytes)
 
     def table(self, name: str, value: dict[str, Any]) -> int:
-        schema = TABLES[name]
-        unknown = set(value) - {f["name"] for f in schema["fields"]}
+        unknown = value.keys() - _field_names(name)
         if unknown:
             raise EngineError(f"internal: {name} has no field(s) {sorted(unknown)} in the schema")
         offsets: dict[str, int] = {}
         union_types: dict[str, int] = {}
-        for field in schema["fields"]:
-            item = value.get(field["name"])
-            if item is None or field["kind"] in ("scalar", "union_type"):
+        references, slots = _encoding(name)
+        for fname, field in references:  # children first: a flatbuffer is built bottom-up
+            item = value.get(fname)
+            if item is None:
                 continue
             if field["kind"] == "union":
                 member, fields = item
-                union_types[field["name"] + "_type"] = _union_value(field["union"], member)
-                offsets[field["name"]] = self.table(member, fields)
+                union_types[fname + "_type"] = _union_value(field["union"], member)
+                offsets[fname] = self.table(member, fields)
             else:
-                offsets[field["name"]] = self.reference(name, field, item)
+                offsets[fname] = self.reference(name, field, item)
         b = self.builder
-        b.StartObject(schema["slots"])
-        for field in schema["fields"]:
-            kind, fname = field["kind"], field["name"]
+        b.StartObject(TABLES[name]["slots"])
+        for fname, kind, slot, flags, default in slots:
             if kind == "scalar":
-                item = value.get(fname, field["default"])
-                b.PrependSlot(_FLAGS[field["type"]], field["id"], item, field["default"])
+                item = value.get(fname, default)
+                if item != default:  # the builder writes nothing for a default: skip its checks too
+                    b.PrependSlot(flags, slot, item, default)
             elif kind == "union_type":
-                b.PrependSlot(_FLAGS["uint8"], field["id"], union_types.get(fname, 0), 0)
+                b.PrependSlot(_FLAGS["uint8"], slot, union_types.get(fname, 0), 0)
             elif fname in offsets:
-                b.PrependUOffsetTRelativeSlot(field["id"], offsets[fname], 0)
+                b.PrependUOffsetTRelativeSlot(slot, offsets[fname], 0)
         return b.EndObject()
 
     def reference(self, table: str, field: dict[str, Any], item: Any) -> int:
@@ -274,9 +289,12 @@ class _Encoder:
             children = [self.table(field["table"], child) for child in item]
         else:
             children = [b.CreateString(child, errors="surrogateescape") for child in item]
+        # The offsets in one write, as the builder's PrependUOffsetTRelative would place them one by one: the
+        # vector's start is aligned and has room (StartVector), and each offset counts from its own position.
         b.StartVector(4, len(children), 4)
-        for child in reversed(children):
-            b.PrependUOffsetTRelative(child)
+        count, end = len(children), b.Offset()
+        b.head -= 4 * count
+        struct.pack_into(f"<{count}I", b.Bytes, b.head, *(end + 4 * (count - i) - c for i, c in enumerate(children)))
         return b.EndVector()
 
     def numbers(self, array: np.ndarray, alignment: int) -> int:
