@@ -1,0 +1,41 @@
+"""The writer's bytes are pinned.  An embedded signature signs the writer's serialization of a model
+(engine.secure.embedded), so a change in the layout, however harmless to LiteRT, would make every model signed
+before fail verification; speed-ups of the writer must keep these digests.  A deliberate layout change updates
+them and says so (docs/cli.md's canonical form then needs a version)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from engine import model_to_bytes, read_model
+from tests.secure.conftest import small_model
+
+SMALL_MODEL_SHA256 = "7bd6a29000537ea9cf0851554a158a9d9911e9adc327ce9dcc6522e8d5c88658"
+# sha256 of model_to_bytes(read_model(file)) for each MediaPipe model (2026-12-03: the same before and after that
+# day's writer speed-up).
+REWRITTEN_SHA256 = {
+    "face_detection_full_range_sparse": "20beb1b0d8ea2cefbda3f37ddc14465a8025edaf525cd43c5a0e3b11f06495fb",
+    "face_detection_short_range": "1f91db7db3b286255ab320e508340459a87838f8f5cdfff2015eb54597d1c8ff",
+    "face_landmark": "bd12ecd56a74f0d4fc3f2b013a2505fa9df99bc813ae093c33e71ec40ce00e0b",
+    "face_landmark_with_attention": "7f0dff1cc85b0e9403c241d7968e31dd6804061186b79e33a511b574bc491d97",
+    "hand_landmark_full": "5e0a1729f4cb7e6409d46d602586c6172f7a5436d732dd0bc5c6fde2a8de00b0",
+    "hand_landmark_lite": "c991e9a9e0b6a4716f412f11933aa5808c7118cf1c111dcc14702c7fa12e5876",
+    "hand_recrop": "1c1569e6b4b0a6e1817ab6864a2a88dc22d6dac621c55d20a4a8c6d4dce11d84",
+    "iris_landmark": "dc1349d344924f904c3f7bbb33bb37530da18006c321ce7c1e9a885bce852de7",
+    "palm_detection_full": "9b295caa2294dce845e8ce2706408a1cb60d71cf7c1bc2a02f59da43bf596c2b",
+    "palm_detection_lite": "a4ab7b872cc363feabde5abdc0b8645b65f69819e6d78f6487a7e35bfd233b15",
+    "pose_detection": "50660e037c9036055b2cce7d1804b0eb16065ff50f91a2a6df6e274ecec646f2",
+    "pose_landmark_full": "60bab2a5972fc23ebac6d5c294eaf3c3366c3f6f3e72885c0d924d591b5dc1d1",
+    "selfie_segmentation": "c2ce18d3997234fb860d91b2c60c4445ba0502ccbd13f92fa5fc8a2ed674781c",
+    "selfie_segmentation_landscape": "f127f6fc1954276585043fedba4717e2c88284ff7b8ff4401284056e1d222a66",
+}
+
+
+def test_a_built_model_serializes_to_the_pinned_bytes() -> None:
+    assert hashlib.sha256(model_to_bytes(small_model())).hexdigest() == SMALL_MODEL_SHA256
+
+
+def test_every_mediapipe_model_rewrites_to_the_pinned_bytes(mediapipe: dict[str, Path]) -> None:
+    got = {name: hashlib.sha256(model_to_bytes(read_model(path))).hexdigest() for name, path in mediapipe.items()}
+    assert got == REWRITTEN_SHA256
