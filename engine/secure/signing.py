@@ -19,6 +19,7 @@ from engine.files import file_digest
 from engine.secure.atomic import atomic_output, refuse_overwriting_input
 from engine.secure.bundle import (
     MAX_BUNDLE_BYTES,
+    SIGNATURE_ENTRY,
     Bundle,
     VerificationError,
     pae,
@@ -255,12 +256,10 @@ def verify_embedded(model: str | os.PathLike[str], public_key: str | os.PathLike
     from engine.secure import embedded
 
     content, raw = embedded.read_signed(model)
-    bundle = _authenticate(raw, f"the {embedded.SIGNATURE_ENTRY!r} entry", key, str(public_key))
+    bundle = _authenticate(raw, f"the {SIGNATURE_ENTRY!r} entry", key, str(public_key))
     statement = parse_statement(bundle.payload)
     embedded.check_content(content, statement, model)
-    return Verified(
-        Path(model), f"embedded ({embedded.SIGNATURE_ENTRY})", bundle.key_hint, statement.digest, statement.name
-    )
+    return Verified(Path(model), f"embedded ({SIGNATURE_ENTRY})", bundle.key_hint, statement.digest, statement.name)
 
 
 def verify(
