@@ -37,7 +37,9 @@ on held-out samples in the default runtime, stay within the budget of the float 
    holds.
 6. **Alternatives.**  For int8, the uniform int16x8 model is tried when the int8 answer needed float islands, and
    taken with ``optimize="size"`` when it meets the budget in fewer bytes (never for latency: XNNPACK has no 16x8
-   kernels).  With ``optimize="latency"`` the finalists that meet the budget are timed together (default runtime,
+   kernels).  It is judged only when smaller than the int8 answer, and for an SQNR budget first on 2 held-out
+   samples: more than 6 dB below the target there, not on the rest (the builtin 16x8 kernels it runs in are
+   15-42x slower than the int8 candidates).  With ``optimize="latency"`` the finalists that meet the budget are timed together (default runtime,
    one thread, interleaved, median) and the fastest is taken.
 7. **Final.**  The chosen assignment is compressed once more as the user asked (written to ``output``), re-measured
    on the held-out samples, and reported against the budget; ``save_recipe`` writes it as a recipe (and, for
@@ -93,6 +95,8 @@ _BAND = 4  # the units promoted last before the predicted answer, measured alone
 _BATCH = 8  # units the ranking measures alone before it predicts again
 _STAKE_SHARE = 0.75  # the units holding this share of the bytes at stake, measured alone by the ranking
 _RANKING_SAMPLES = 8  # held-out samples judging each ranking candidate, at most
+_SCREEN_SAMPLES = 2  # held-out samples judging the int16x8 alternative first
+_SCREEN_MARGIN_DB = 6.0  # below the target by more than this on those, it is not judged on the rest
 
 
 @dataclass(frozen=True)
@@ -244,9 +248,7 @@ class _Search:
         self.testing: GroupTesting | None = None  # the ranking's group testing (step 2)
         self.isolated: np.ndarray | None = None  # [units, outputs] isolated noise, measured or estimated
         held = len(judge.data.held_out)
-        self.ranking_samples = (
-            None if held <= _RANKING_SAMPLES else sorted({round(x) for x in np.linspace(0, held - 1, _RANKING_SAMPLES)})
-        )
+        self.ranking_samples = None if held <= _RANKING_SAMPLES else _evenly_spaced(held, _RANKING_SAMPLES)
 
     def passes(self, m: Measurement) -> bool:
         if m.error is not None:
@@ -488,7 +490,7 @@ def budgeted_compress(
     search.steps.append(Step(f"uniform {mode}", 0, m0.sqnr_db, judge.drop_points(m0), m0.bytes, ok0))
     equalization = None
     if full_integer and base.options.get("equalize") is None and not ok0:
-        equalization = _equalization(builder, search, m0)
+        equalization = _equalization(builder, search, m0, uniform_bytes)
         if equalization.taken:
             base, m0, ok0 = builder.recipe, equalization.measured, search.passes(equalization.measured)
     search.uniform = m0
@@ -772,8 +774,14 @@ class _Equalization:
     measured: Measurement
     taken: bool
     plain_sqnr_db: float
+    unchanged: bool = False
 
     def note(self, judge: Judge) -> str:
+        if self.unchanged:
+            return (
+                "activation equalization (--equalize) leaves the uniform model byte for byte the same (no activation "
+                "is worth rescaling): not judged again, not taken"
+            )
         return (
             "with activation equalization (--equalize) the uniform model measures "
             f"{_figures(_measured(judge, self.measured))}, against {_db(self.plain_sqnr_db)} dB without: "
@@ -781,12 +789,15 @@ class _Equalization:
         )
 
 
-def _equalization(builder: Builder, search: _Search, plain: Measurement) -> _Equalization:
+def _equalization(builder: Builder, search: _Search, plain: Measurement, plain_bytes: bytes) -> _Equalization:
     """Measure the uniform model with activation equalization (engine/passes/full_integer/smooth.py, chosen by
-    predicted noise, so it may change nothing) and make it the answer when it meets the budget: judged, never
-    assumed."""
+    predicted noise, so it may change nothing: then the same bytes, not judged again) and make it the answer when
+    it meets the budget: judged, never assumed."""
     equalized = builder.recipe.with_options(equalize=True)
-    m = search.judge.measure(builder.candidate(equalized))
+    candidate = builder.candidate(equalized)
+    if candidate == plain_bytes:
+        return _Equalization(plain, False, plain.sqnr_db, unchanged=True)
+    m = search.judge.measure(candidate)
     # Taken only when it meets the budget as it is: an island search from the equalized model measured worse
     # wherever it was tried (hand_landmark_full int8 -> 30 dB: 61 of 63 ops float, 1.38x the input's bytes and
     # 1.62x float latency, against 0.92x and 0.98x from the plain model).
@@ -811,12 +822,32 @@ def _int16x8(
     except EngineError as exc:
         report.notes.append(f"int16x8 not tried: {exc}")
         return None
+    mixed = search.cache[chosen][0].bytes
+    if len(candidate) >= mixed:
+        report.notes.append(
+            f"uniform int16x8 not judged: its {len(candidate):,} bytes are no fewer than the int8 assignment's "
+            f"{mixed:,}, so it could not be taken"
+        )
+        return None
+    # Judged first on a few held-out samples: the builtin 16x8 kernels run 15-42x slower than the int8 candidates,
+    # and an SQNR budget that int16x8 misses by a wide margin there is not worth the full judgement.
+    held = len(judge.data.held_out)
+    if search.budget.max_accuracy_drop is None and held > _SCREEN_SAMPLES:
+        screen = judge.measure(candidate, samples=_evenly_spaced(held, _SCREEN_SAMPLES))
+        search.steps.append(Step(f"uniform int16x8 (whole-model alternative) on {_SCREEN_SAMPLES} held-out samples",
+                                 0, screen.sqnr_db, None, screen.bytes, False))  # fmt: skip
+        if screen.error is None and screen.sqnr_db < search.target_db - _SCREEN_MARGIN_DB:
+            report.notes.append(
+                f"uniform int16x8 tried as a whole-model alternative: worst output SQNR {_db(screen.sqnr_db)} dB on "
+                f"{_SCREEN_SAMPLES} of the {held} held-out samples, more than {_SCREEN_MARGIN_DB:g} dB below the "
+                "budget: not judged further, not taken"
+            )
+            return None
     m = judge.measure(candidate)
     ok = search.passes(m)
     search.steps.append(
         Step("uniform int16x8 (whole-model alternative)", 0, m.sqnr_db, judge.drop_points(m), m.bytes, ok)
     )
-    mixed = search.cache[chosen][0].bytes
     better = ok and m.bytes < mixed
     report.notes.append(
         f"uniform int16x8 tried as a whole-model alternative: {_figures(_measured(judge, m))}; "
@@ -881,6 +912,11 @@ def _fastest(
         + f"; the fastest is taken ({candidate_ms[best]:.3g} ms)"
     )
     return passing[best]
+
+
+def _evenly_spaced(count: int, taken: int) -> list[int]:
+    """``taken`` positions of ``count`` held-out samples, evenly spaced, the first and last included."""
+    return sorted({round(x) for x in np.linspace(0, count - 1, taken)})
 
 
 def _first_inputs(judge: Judge) -> dict[str, np.ndarray]:

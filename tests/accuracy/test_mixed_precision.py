@@ -114,6 +114,26 @@ def test_full_integer_budget_reproduces_bytes_with_its_calibration_part(
     assert again.read_bytes() == out.read_bytes()
 
 
+def test_int16x8_alternative_is_judged_on_a_few_samples_first(small: tuple[Path, np.ndarray]) -> None:
+    """The uniform int16x8 model (builtin kernels, 15-42x slower than the int8 candidates) is judged on 2 held-out
+    samples first: far below the budget there (int16x8 reaches ~35 dB on this net), it is not judged on the rest;
+    within reach, it is judged on all of them like any candidate."""
+    path, x = small
+    _, report = engine.compress(path, quantize="int8", calibration=x, target_sqnr=50)
+    search = report.search
+    (screen,) = [s for s in search.steps if "int16x8" in s.what]
+    assert screen.what == "uniform int16x8 (whole-model alternative) on 2 held-out samples"
+    assert screen.sqnr_db < 50 - 6 and not screen.passed
+    assert any(n.endswith("more than 6 dB below the budget: not judged further, not taken") for n in search.notes)
+    assert search.met and "int16x8" not in search.chosen
+
+    _, report = engine.compress(path, quantize="int8", calibration=x, target_sqnr=36)
+    search = report.search
+    steps = [s for s in search.steps if "int16x8" in s.what]
+    assert [s.what for s in steps] == [screen.what, "uniform int16x8 (whole-model alternative)"]
+    assert steps[0].sqnr_db > 36 - 6  # within reach on the 2 samples: judged on all
+
+
 def test_ranking_says_which_isolated_noises_were_measured_alone(small: tuple[Path, np.ndarray]) -> None:
     """int8 (integer or float island: two rungs) group-tests the ranking: the ops are judged together, then the
     ones the predicted answer hangs on alone; every ranking row and decision says which its figure is, and the
