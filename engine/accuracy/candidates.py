@@ -27,6 +27,7 @@ import pickle
 import re
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,8 @@ LADDERS: dict[str, tuple[Rung, ...]] = {
     "int16x8": ("int16x8", None),
 }
 DEFAULT_HOLDOUT = 0.25
+_MAX_JUDGE_WORKERS = 4
+_PARALLEL_JUDGE_MAX_BYTES = 64 << 20
 _SPLIT_SEED = 0
 
 
@@ -247,30 +250,48 @@ class Judge:
 
     def measure(self, candidate: bytes, samples: Sequence[int] | None = None) -> Measurement:
         """Run ``candidate`` on every held-out sample (default runtime, one thread), or only on the held-out samples
-        at the positions ``samples`` (the noise then pooled over those; no accuracy)."""
+        at the positions ``samples`` (the noise then pooled over those; no accuracy).  The samples are shared among
+        up to `judge_workers` interpreters running at once, each on one thread, so every output is the one a
+        single one-thread interpreter gives."""
         start = time.perf_counter()
         self.runs += 1
         outputs = len(self._outputs)
-        chosen = range(len(self.reference)) if samples is None else list(samples)
+        chosen = list(range(len(self.reference)) if samples is None else samples)
+        power = np.zeros((outputs, len(chosen)))
+        firsts: list[Any] = [None] * len(chosen)  # the first output of each sample
         try:
-            cand = interpreter(candidate, "candidate", preserve_all=False, num_threads=1, xnnpack=True)
-            in_pairs = match_tensors(self._inputs, cand.get_input_details(), "input")
-            out_pairs = match_tensors(self._outputs, cand.get_output_details(), "output")
-            power = np.zeros((outputs, len(chosen)))
-            firsts = []
-            for j, s in enumerate(chosen):
-                sample = self.data.held_out[s]
-                feeds = [(c, cast_input(arr, r, c)) for (r, c), arr in zip(in_pairs, sample, strict=True)]
-                invoke(cand, feeds, "candidate")
-                for k, (_, c) in enumerate(out_pairs):
-                    value = as_float(cand.get_tensor(c["index"]), c)
-                    ref = self.reference[s][k]
-                    if value.shape != ref.shape:
-                        raise EngineError(f"output {c['name']!r} has shape {list(value.shape)}, not {list(ref.shape)}")
-                    with np.errstate(over="ignore", invalid="ignore"):
-                        power[k, j] = float(np.sum(np.square(ref - value)))
-                    if k == 0:
-                        firsts.append(value)
+            # Built one at a time: building one silences the process's stderr while LiteRT announces XNNPACK.
+            workers = [
+                interpreter(candidate, "candidate", preserve_all=False, num_threads=1, xnnpack=True)
+                for _ in range(judge_workers(len(candidate), len(chosen)))
+            ]
+            in_pairs = match_tensors(self._inputs, workers[0].get_input_details(), "input")
+            out_pairs = match_tensors(self._outputs, workers[0].get_output_details(), "output")
+
+            def run_share(w: int) -> None:
+                cand = workers[w]
+                for j in range(w, len(chosen), len(workers)):
+                    sample = self.data.held_out[chosen[j]]
+                    feeds = [(c, cast_input(arr, r, c)) for (r, c), arr in zip(in_pairs, sample, strict=True)]
+                    invoke(cand, feeds, "candidate")
+                    for k, (_, c) in enumerate(out_pairs):
+                        value = as_float(cand.get_tensor(c["index"]), c)
+                        ref = self.reference[chosen[j]][k]
+                        if value.shape != ref.shape:
+                            raise EngineError(
+                                f"output {c['name']!r} has shape {list(value.shape)}, not {list(ref.shape)}"
+                            )
+                        with np.errstate(over="ignore", invalid="ignore"):
+                            power[k, j] = float(np.sum(np.square(ref - value)))
+                        if k == 0:
+                            firsts[j] = value
+
+            if len(workers) == 1:
+                run_share(0)
+            else:
+                with ThreadPoolExecutor(len(workers)) as pool:  # LiteRT's invoke releases the GIL
+                    for done in [pool.submit(run_share, w) for w in range(len(workers))]:
+                        done.result()
         except InterpreterError as exc:
             self.seconds += time.perf_counter() - start
             return Measurement(np.full(outputs, np.inf), float("-inf"), dict.fromkeys(self.output_names, float("-inf")),
@@ -286,6 +307,16 @@ class Judge:
         if m.accuracy is None or self.float_accuracy is None:
             return None
         return 100.0 * (self.float_accuracy - m.accuracy)
+
+
+def judge_workers(model_bytes: int, samples: int) -> int:
+    """How many one-thread interpreters judge a candidate at once: one per CPU this process may use, at most
+    `_MAX_JUDGE_WORKERS` and one per sample; one for a model over `_PARALLEL_JUDGE_MAX_BYTES`, since each
+    interpreter's XNNPACK packs its own copy of the weights."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if model_bytes > _PARALLEL_JUDGE_MAX_BYTES:
+        return 1
+    return max(1, min(cpus, _MAX_JUDGE_WORKERS, samples))
 
 
 # ----------------------------------------------------------------------------------------------- units

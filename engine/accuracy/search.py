@@ -39,8 +39,8 @@ on held-out samples in the default runtime, stay within the budget of the float 
    taken with ``optimize="size"`` when it meets the budget in fewer bytes (never for latency: XNNPACK has no 16x8
    kernels).  It is judged only when smaller than the int8 answer, and for an SQNR budget first on 2 held-out
    samples: more than 6 dB below the target there, not on the rest (the builtin 16x8 kernels it runs in are
-   15-42x slower than the int8 candidates).  With ``optimize="latency"`` the finalists that meet the budget are timed together (default runtime,
-   one thread, interleaved, median) and the fastest is taken.
+   15-42x slower than the int8 candidates).  With ``optimize="latency"`` the finalists that meet the budget are
+   timed together (default runtime, one thread, interleaved, median) and the fastest is taken.
 7. **Final.**  The chosen assignment is compressed once more as the user asked (written to ``output``), re-measured
    on the held-out samples, and reported against the budget; ``save_recipe`` writes it as a recipe (and, for
    full-integer modes, the calibration part beside it) from which ``compress`` reproduces the same bytes.

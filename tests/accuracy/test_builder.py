@@ -52,3 +52,37 @@ def test_mediapipe_candidates_are_fresh_compress_bytes(mode: str) -> None:
     """hand_landmark_lite keeps its weights as float16 behind DEQUANTIZE: folded, requantized and restored."""
     name = "hand_landmark_lite"
     _candidates_match_fresh_compress(mediapipe_model(name).read_bytes(), model_calibration(name, 8), mode)
+
+
+@pytest.mark.parametrize("mode", ["weight-int4", "int8"])
+def test_parallel_judging_gives_the_one_interpreter_figures(
+    mode: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The judge shares the held-out samples among several one-thread interpreters running at once: every noise
+    power and the accuracy are the ones a single interpreter gives, on all samples and on a subset (the ranking's);
+    a candidate that cannot load is one error either way."""
+    import engine.accuracy.candidates as candidates
+
+    path, x = small_net(tmp_path)
+    labels = np.arange(len(x)) % 10
+    data = load_data(read_model(path), x, labels, 0.25, is_full_integer(mode), "test")
+    compressed, _ = engine.compress(path, quantize=mode, min_elements=0, calibration=data.calibration)
+    candidate = bytes(model_to_bytes(compressed))
+    figures = {}
+    for workers in (1, 3):
+        monkeypatch.setattr(candidates, "judge_workers", lambda size, samples, n=workers: min(n, samples))
+        judge = candidates.Judge(path.read_bytes(), data)
+        every, some = judge.measure(candidate), judge.measure(candidate, samples=[0, 3, 5, 6, 11])
+        broken = judge.measure(candidate[: len(candidate) // 2])
+        assert broken.error is not None and broken.sqnr_db == float("-inf")
+        figures[workers] = (every.noise.tolist(), every.accuracy, some.noise.tolist(), some.accuracy)
+    assert figures[1] == figures[3]
+    assert figures[1][1] is not None and figures[1][3] is None  # accuracy on all held-out samples only
+
+
+def test_judge_workers_follow_cpus_samples_and_model_size() -> None:
+    from engine.accuracy.candidates import judge_workers
+
+    assert judge_workers(1 << 20, 1) == 1
+    assert 1 <= judge_workers(1 << 20, 8) <= 4
+    assert judge_workers(1 << 30, 8) == 1  # each interpreter packs its own copy of the weights
