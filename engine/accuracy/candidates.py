@@ -5,7 +5,8 @@ building one candidate model from a per-unit assignment.
   ranges of a full-integer model are fitted on it) and a held-out part that judges every candidate.  Weight modes
   fit nothing to data, so there every sample judges.
 * **Judge.**  `Judge` runs the float model once on the held-out samples in the default runtime (``Interpreter``
-  as users build it, XNNPACK applied, one thread), then each candidate on the same samples, and keeps per output
+  as users build it, XNNPACK applied, one thread), then each candidate on the same samples (shared among up to
+  4 such interpreters running at once, one per CPU: the same figures as one interpreter), and keeps per output
   the error power summed over the samples relative to the float output's power summed over them
   (``10 ** (-SQNR / 10)``: one SQNR per output over the held-out set, so that an output that is near zero on one
   sample, a presence score, does not decide alone), the worst output's SQNR, and with labels the top-1 accuracy
