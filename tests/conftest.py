@@ -11,13 +11,14 @@ A new test that reads a real model unmarked fails this check: ``LITERT_ENGINE_MO
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import pytest
 
 import engine
-from engine.recipe import is_full_integer
+from engine.recipe import TensorOptions, is_full_integer
 from engine.recipes import STANDARD_MODES
 from engine.zoo import CUSTOM_OP_MODELS, mediapipe_models, model_calibration
 
@@ -27,6 +28,24 @@ MODES = STANDARD_MODES
 Compressed = Callable[[str, str], tuple[Path, engine.Report]]
 # A test asking for any of these reads the real models, so it is in the slow tier.
 REAL_MODEL_FIXTURES = frozenset({"mediapipe", "runnable", "compressed"})
+
+
+def _with_defaults(options: Mapping[str, object]) -> dict[str, object]:
+    return {**{f.name: f.default for f in dataclasses.fields(TensorOptions)}, **options}
+
+
+def standard_mode(options: Mapping[str, object]) -> str | None:
+    """The ``MODES`` entry that asks for exactly ``options`` (``engine.compress`` keywords, defaults filled in),
+    or None: a test compressing a runnable model with such options reads ``compressed(name, mode)`` instead of
+    computing the same bytes and report again.  Full-integer modes are left out (their calibration is the
+    fixture's own)."""
+    fields = {f.name for f in dataclasses.fields(TensorOptions)}
+    if not fields.issuperset(options):
+        return None
+    for mode, asked in MODES.items():
+        if not is_full_integer(asked.get("quantize")) and _with_defaults(asked) == _with_defaults(options):
+            return mode
+    return None
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -14,6 +14,7 @@ from engine.graph.weights import find_weights
 from engine.quant import kernels
 from engine.recipe import Recipe
 from engine.zoo import model_photo
+from tests.conftest import Compressed, standard_mode
 from tests.runtimes import RUNTIMES, run_model, worst_sqnr
 
 # K -> worst output SQNR floor (dB) per model on one real photo with tensor-granularity clustering: measured
@@ -49,11 +50,17 @@ FLOORS: dict[int, dict[str, float]] = {
 
 
 @pytest.mark.parametrize("k", list(FLOORS))
-def test_clustered_models_share_at_most_k_values_and_run(k: int, runnable: dict[str, Path], tmp_path: Path) -> None:
+def test_clustered_models_share_at_most_k_values_and_run(
+    k: int, runnable: dict[str, Path], compressed: Compressed, tmp_path: Path
+) -> None:
+    shared = standard_mode({"cluster": k})  # K = 16 is "cluster-16": the session's file and report
     measured = {}
     for name, path in runnable.items():
-        out = tmp_path / f"{name}.tflite"
-        _, report = engine.compress(path, output=out, cluster=k)
+        if shared:
+            out, report = compressed(name, shared)
+        else:
+            out = tmp_path / f"{name}.tflite"
+            _, report = engine.compress(path, output=out, cluster=k)
         clustered = {t.name for t in report.compressed if t.clusters}
         assert clustered, name
         for w in find_weights(engine.read_model(out)):
@@ -75,14 +82,19 @@ def test_channel_granularity_shares_k_values_per_channel(runnable: dict[str, Pat
 
 
 @pytest.mark.parametrize("granularity", ["tensor", "channel"])
-def test_gather_storage_computes_the_same_weights(granularity: str, runnable: dict[str, Path], tmp_path: Path) -> None:
+def test_gather_storage_computes_the_same_weights(
+    granularity: str, runnable: dict[str, Path], compressed: Compressed, tmp_path: Path
+) -> None:
     path = runnable["iris_landmark"]  # float32 weights: both storages hold the same float32 centroids
     files, summaries = {}, {}
     for storage in ("values", "gather"):
-        files[storage] = tmp_path / f"{storage}.tflite"
-        _, report = engine.compress(
-            path, output=files[storage], cluster=16, cluster_storage=storage, cluster_granularity=granularity
-        )
+        options = {"cluster": 16, "cluster_storage": storage, "cluster_granularity": granularity}
+        shared = standard_mode(options)  # per tensor: "cluster-16" and "cluster-16-gather", the session's
+        if shared:
+            files[storage], report = compressed("iris_landmark", shared)
+        else:
+            files[storage] = tmp_path / f"{storage}.tflite"
+            _, report = engine.compress(path, output=files[storage], **options)
         summaries[storage] = report.format_text()
     # Values storage keeps float32 values: the summary says the file does not shrink for them, gzip does.
     assert "keep their float values" in summaries["values"] and "keep their float" not in summaries["gather"]
