@@ -212,28 +212,39 @@ def _fits(sample: tuple[int, ...], shape: tuple[int, ...]) -> bool:
     return len(sample) == len(shape) and all(s in (-1, n) for s, n in zip(shape, sample, strict=True))
 
 
-def runner_for(model: Model, tensors: list[Tensor], executor: type[LiteRTExecutor]) -> tuple[Executor, dict[int, int]]:
-    """An executor for ``model`` that can read ``tensors``, and the index of every tensor.
-
-    First choice: XNNPACK on a copy of the model whose outputs include the tensors (the values are the same
-    float32 computation up to summation order); where XNNPACK cannot run the graph, the builtin kernels with
-    every intermediate kept.
-    """
+def with_outputs(model: Model, tensors: list[Tensor]) -> tuple[bytes, dict[int, int]]:
+    """``model`` serialized with ``tensors`` added to its graph outputs, and the index of every tensor in it (the
+    model itself is left as it was)."""
     sg = model.main
     outputs = sg.outputs
     sg.outputs = [*outputs, *(t for t in dict.fromkeys(tensors) if t not in outputs)]
     try:
-        index = {id(t): i for i, t in enumerate(all_tensors(sg))}
-        with_outputs = bytes(model_to_bytes(model))
+        return bytes(model_to_bytes(model)), {id(t): i for i, t in enumerate(all_tensors(sg))}
     finally:
         sg.outputs = outputs
+
+
+def runner_for(
+    model: Model,
+    tensors: list[Tensor],
+    executor: type[LiteRTExecutor],
+    serialized: tuple[bytes, dict[int, int]] | None = None,
+) -> tuple[Executor, dict[int, int]]:
+    """An executor for ``model`` that can read ``tensors``, and the index of every tensor.
+
+    First choice: XNNPACK on a copy of the model whose outputs include the tensors (the values are the same
+    float32 computation up to summation order); where XNNPACK cannot run the graph, the builtin kernels with
+    every intermediate kept.  ``serialized``: that copy (`with_outputs`) when the caller has it already.
+    """
+    sg = model.main
+    serialized_copy, index = serialized if serialized is not None else with_outputs(model, tensors)
     # The interpreter holds the weights twice already (the serialized copy, XNNPACK's packed one): the input file's
     # pages behind them are dropped until a pass reads them again (268 MB of a 268 MB model's peak).
     for t in all_tensors(sg):
         if t.buffer is not None:
             release_pages(t.buffer.data)
     try:
-        runner = executor(with_outputs, xnnpack=True)
+        runner = executor(serialized_copy, xnnpack=True)
         runner.run({index[id(t)]: np.zeros(t.shape, t.dtype) for t in sg.inputs})
         return runner, index
     except EngineError:

@@ -30,10 +30,11 @@ from functools import cached_property
 
 import numpy as np
 
-from engine.format.ir import TENSOR_TYPES, Model, Operator, Subgraph, Tensor
+from engine.format.ir import TENSOR_TYPES, Model, Operator, Subgraph, Tensor, all_tensors
+from engine.format.reader import read_model
 from engine.passes.full_integer.rewrite import Bias
 from engine.quant.metrics import quantize_array
-from engine.runtime.calibrate import CalibrationData, LiteRTExecutor, runner_for
+from engine.runtime.calibrate import CalibrationData, LiteRTExecutor, runner_for, with_outputs
 
 _FLOAT32 = TENSOR_TYPES["FLOAT32"]
 # The samples bias correction runs the models on (the first of the calibration samples; each depth judged costs
@@ -104,7 +105,8 @@ def correct_biases(
     doc); returns what was done for the report."""
     biases = [b for b in biases if id(b.op) in reference.means]
     depths = _depths(model.main, biases)
-    state = _run(model, biases, reference, data, executor)
+    copy = _Serialized(model, biases)
+    state = _run(model, biases, reference, data, executor, copy)
     before, runs, kept, undone = state.errors, 1, 0, 0
     for depth in sorted(set(depths.values())):
         changed = []
@@ -116,7 +118,7 @@ def correct_biases(
         if not changed:
             continue
         deeper = [b for b in biases if depths[id(b.op)] > depth]  # what the next depths are corrected from
-        trial = _run(model, deeper, reference, data, executor)
+        trial = _run(model, deeper, reference, data, executor, copy)
         runs += 1
         if _better(trial.errors[_JUDGE], state.errors[_JUDGE]):
             state, kept = trial, kept + len(changed)
@@ -146,12 +148,42 @@ def _depths(sg: Subgraph, biases: list[Bias]) -> dict[int, int]:
     return {key: depth[key] for key in corrected}
 
 
+class _Serialized:
+    """The quantized model serialized once, with every corrected op's output among its graph outputs, and where
+    each bias's codes lie in those bytes: each run patches the current codes into a copy instead of serializing
+    the model again (which was most of a run's time on MediaPipe's models)."""
+
+    def __init__(self, model: Model, biases: list[Bias]) -> None:
+        self.biases = biases
+        self.data, self.index = with_outputs(model, [b.op.outputs[0] for b in biases])
+        tensors = all_tensors(read_model(self.data).main)  # the writer's tensor order, constants viewing the bytes
+        start = np.frombuffer(self.data, np.uint8).ctypes.data
+        self.places = []
+        for b in biases:
+            codes = tensors[self.index[id(b.tensor)]].buffer.data
+            self.places.append((codes.ctypes.data - start, codes.nbytes))
+
+    def current(self) -> tuple[bytes, dict[int, int]]:
+        """The bytes with every bias as it is now in the model, and the tensor index."""
+        patched = bytearray(self.data)
+        for b, (offset, size) in zip(self.biases, self.places, strict=True):
+            codes = np.ascontiguousarray(b.tensor.data).view(np.uint8).reshape(-1)
+            assert codes.size == size, b.tensor.name
+            patched[offset : offset + size] = codes.tobytes()
+        return bytes(patched), self.index
+
+
 def _run(
-    model: Model, biases: list[Bias], reference: FloatReference, data: CalibrationData, executor: type[LiteRTExecutor]
+    model: Model,
+    biases: list[Bias],
+    reference: FloatReference,
+    data: CalibrationData,
+    executor: type[LiteRTExecutor],
+    serialized: _Serialized,
 ) -> _Run:
     """Run the quantized model on the samples: its outputs' errors, and what ``biases``' ops output."""
     sg = model.main
-    runner, index = runner_for(model, [b.op.outputs[0] for b in biases], executor)
+    runner, index = runner_for(model, [b.op.outputs[0] for b in biases], executor, serialized.current())
     means = {id(b.op): np.empty((reference.count, b.scales.size)) for b in biases}
     active = {id(b.op): np.zeros(b.scales.size) for b in biases}
     errors = np.zeros((reference.count, len(sg.outputs)))
