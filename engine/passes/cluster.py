@@ -47,12 +47,14 @@ def cluster_weights(model: Model, recipe: Recipe) -> tuple[Model, list[TensorRep
         report = entry(weight, options)
         report.weight_sqnr_db = _weight_sqnr(rows, centroids, labels)  # before the shared values are made: a
         # large weight read from the file is then resident beside its labels only, never beside its new values
-        clustered = restore(_shared_values(centroids, labels))
         if options.cluster_storage == "gather":
             report.bytes_after = _install_gather(model, weight, centroids, labels)
             report.dtype_after, report.form = "UINT8", "gather"
             report.slow_form = "UINT8 indices rebuilt by CAST + GATHER at every run (a computed filter)"
         else:
+            shared = _holding(labels)
+            del labels  # now only in the tail of the shared values' buffer, which the shared values overwrite
+            clustered = restore(_shared_values(centroids, shared))
             stored = float_constant(weight, clustered.astype(weight.source.dtype, copy=False), options)
             install(model, weight, stored, direct=[])
             report.bytes_after, report.dtype_after, report.form = constant_bytes(stored), stored.type_name, "values"
@@ -84,13 +86,30 @@ def _cluster(rows: np.ndarray, options: TensorOptions) -> tuple[np.ndarray, np.n
     return np.stack([np.pad(b, (0, width - len(b)), mode="edge") for b in books]).astype(np.float32), labels
 
 
-def _shared_values(codebooks: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Each row's codebook entries at its labels (float32), indexed by the uint8 labels themselves a chunk at a
-    time: no intp copy of the labels (8 bytes a weight) nor a second copy of the result."""
+def _holding(labels: np.ndarray) -> np.ndarray:
+    """The float32 buffer of the shared values (``labels``' shape), holding a copy of the uint8 labels in its
+    last quarter: once the caller drops its labels, the labels and the values never take memory side by side
+    (untouched pages of the buffer are not resident until written)."""
     shared = np.empty(labels.shape, np.float32)
-    for i, (book, row_labels) in enumerate(zip(codebooks, labels, strict=True)):
-        for start in range(0, row_labels.size, _CHUNK):
-            shared[i, start : start + _CHUNK] = book[row_labels[start : start + _CHUNK]]
+    _tail(shared)[:] = labels.reshape(-1)
+    return shared
+
+
+def _tail(shared: np.ndarray) -> np.ndarray:
+    """The labels inside ``_holding``'s buffer: its last quarter as uint8, one per value."""
+    return shared.reshape(-1).view(np.uint8)[3 * shared.size :]
+
+
+def _shared_values(codebooks: np.ndarray, shared: np.ndarray) -> np.ndarray:
+    """Each row's codebook entries at its labels (float32), written over ``_holding``'s buffer from the front a
+    chunk at a time, indexed by the uint8 labels themselves (no intp copy of 8 bytes a weight).  The writes stay
+    behind the labels still to read: of N values, those before element e end at byte 4e, and the labels from e
+    on start at byte 3N + e >= 4e."""
+    labels, flat, n = _tail(shared), shared.reshape(-1), shared.shape[1]
+    for i, book in enumerate(codebooks):
+        for start in range(i * n, (i + 1) * n, _CHUNK):
+            stop = min(start + _CHUNK, (i + 1) * n)
+            flat[start:stop] = book[labels[start:stop]]
     return shared
 
 

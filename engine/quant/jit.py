@@ -563,10 +563,10 @@ def _fit_kernel(ordered, shift, init, start, clusters, uniforms, iterations, his
     return _means_numba(splits, sums1), edges
 
 
-def _fit_numba(a: _KMeansArguments) -> tuple[np.ndarray, np.ndarray]:
-    """`_fit_kernel` on prepared arguments."""
+def _fit_numba(a: _KMeansArguments, ordered: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`_fit_kernel` on prepared arguments and the sorted values."""
     init, start = (-1, a.init) if isinstance(a.init, np.ndarray) else (_KMEANS_INITS.index(a.init), np.zeros(0))
-    return _fit_kernel(a.ordered, a.shift, init, start, a.clusters, a.uniforms, a.iterations, a.history)
+    return _fit_kernel(ordered, a.shift, init, start, a.clusters, a.uniforms, a.iterations, a.history)
 
 
 @numba.njit(cache=True)

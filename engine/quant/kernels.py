@@ -480,12 +480,12 @@ _EVERY_RUN_BELOW = 1 << 16  # fewer values keep the prefix sums at every run (24
 
 
 class _KMeansArguments(NamedTuple):
-    """What the k-means kernels get: the checked flat values, their sorted copy (zeros removed if kept), the
-    checkpoint spacing (2**shift) and the options, resolved; ``history`` receives the splits after each iteration
-    (row 0: the start)."""
+    """What the k-means twins get: the checked flat values, the checkpoint spacing (2**shift) and the options,
+    resolved; ``history`` receives the splits after each iteration (row 0: the start).  The fits also get the
+    sorted copy (``_sorted_values``), which the shared glue makes and drops before labelling, so a large weight's
+    copy and its labels are never in memory together."""
 
     values: np.ndarray
-    ordered: np.ndarray
     shift: int
     clusters: int
     init: str | np.ndarray
@@ -618,11 +618,11 @@ def _cluster_error_numpy(values: np.ndarray, centroids: np.ndarray, labels: np.n
     return float(np.dot(d, d))
 
 
-def _fit_numpy(a: _KMeansArguments) -> tuple[np.ndarray, np.ndarray]:
+def _fit_numpy(a: _KMeansArguments, ordered: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """What `_fit_numba` returns, from the full prefix arrays."""
-    if not a.ordered.size:
+    if not ordered.size:
         return np.zeros(0), np.zeros(0)
-    r = _runs_numpy(a.ordered)
+    r = _runs_numpy(ordered)
     if isinstance(a.init, np.ndarray):
         start = a.init
     else:
@@ -632,11 +632,12 @@ def _fit_numpy(a: _KMeansArguments) -> tuple[np.ndarray, np.ndarray]:
     return _means_numpy(splits, r), r.ordered[splits[1:-1]]
 
 
-def _kmeans_with(fit: Callable[[_KMeansArguments], tuple[np.ndarray, np.ndarray]], label: Callable[..., np.ndarray],
-                 *args: Any) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-    """k-means on prepared arguments with one fit and labelling (Numba or numpy): the glue both twins share."""
+def _kmeans_with(fit: Callable[[_KMeansArguments, np.ndarray], tuple[np.ndarray, np.ndarray]],
+                 label: Callable[..., np.ndarray], *args: Any) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """k-means on prepared arguments with one fit and labelling (Numba or numpy): the glue both twins share.
+    The sorted copy exists only during the fit."""
     a = _KMeansArguments(*args)
-    centroids, edges = fit(a)
+    centroids, edges = fit(a, _sorted_values(a))
     edges = np.concatenate((edges, np.full((1 << edges.size.bit_length()) - 1 - edges.size, np.inf)))
     if a.zero_code:
         centroids = np.concatenate(([0.0], centroids))
@@ -654,13 +655,17 @@ def _cut(values: np.ndarray, lo: int, hi: int) -> np.ndarray:
     return values[: values.size - (hi - lo)]
 
 
-def _sorted_copy(values: np.ndarray) -> np.ndarray:
-    """``np.sort(values)`` (flat), copied a chunk at a time with the file pages behind each chunk released."""
-    ordered = np.empty_like(values)
-    for part, start in released_chunks(values, _CHUNK):
+def _sorted_values(a: _KMeansArguments) -> np.ndarray:
+    """The values to cluster, sorted (read-only, flat): without the zeros (both signs) when they keep code 0.
+    Copied a chunk at a time with the file pages behind each chunk released."""
+    ordered = np.empty_like(a.values)
+    for part, start in released_chunks(a.values, _CHUNK):
         ordered[start : start + part.size] = part
     ordered.sort()
-    return ordered
+    if a.zero_code:
+        zero = np.float32(0)  # a float64 key would make searchsorted copy the values to float64
+        ordered = _cut(ordered, *(int(np.searchsorted(ordered, zero, side)) for side in ("left", "right")))
+    return _frozen(ordered)
 
 
 # ----------------------------------------------------------------------------------------- public: k-means
@@ -706,14 +711,10 @@ def kmeans_1d(
         raise EngineError(f"iterations must be a non-negative integer, got {iterations!r}")
     if not _is_integer(seed):
         raise EngineError(f"seed must be an integer, got {seed!r}")
-    ordered = _sorted_copy(v)
-    zero = np.float32(0)  # a float64 key would make searchsorted copy the values to float64
-    zeros = int(np.searchsorted(ordered, zero, "left")), int(np.searchsorted(ordered, zero, "right"))  # and -0.0
-    zero_code = keep_zero and zeros[1] > zeros[0]
-    if zero_code:
-        ordered = _cut(ordered, *zeros)
+    clustered = np.count_nonzero(v) if keep_zero else v.size  # the values Lloyd sees (-0.0 is a zero too)
+    zero_code = clustered < v.size
     clusters = int(k) - zero_code
-    if clusters == 0 and ordered.size:
+    if clusters == 0 and clustered:
         raise EngineError("keep_zero spends one code on zero, so k must be at least 2 for values with non-zeros")
     if isinstance(init, str):
         if init not in _KMEANS_INITS:
@@ -724,9 +725,8 @@ def kmeans_1d(
             raise EngineError(f"start centroids must be 1 to {max(clusters, 1)} finite values, got shape {init.shape}")
     uniforms = np.random.default_rng(int(seed)).random(max(clusters, 1))
     history = np.full((int(iterations) + 1, clusters + 1), -1, np.int64)
-    shift = 0 if ordered.size < _EVERY_RUN_BELOW else (math.isqrt(ordered.size) // 4).bit_length() - 1
-    return _KMeansArguments(_frozen(v), _frozen(ordered), shift, clusters, init, uniforms, int(iterations), zero_code,
-                            history, shape)  # fmt: skip
+    shift = 0 if clustered < _EVERY_RUN_BELOW else (math.isqrt(clustered) // 4).bit_length() - 1
+    return _KMeansArguments(_frozen(v), shift, clusters, init, uniforms, int(iterations), zero_code, history, shape)
 
 
 @_twins("_cluster_error_numba", _cluster_error_numpy, returns="float")
@@ -751,7 +751,7 @@ def _lloyd_history(values: np.ndarray, k: int, *, twin: bool = False, **options:
     of its monotone error; options as for ``kmeans_1d``."""
     a = kmeans_1d._prepare(values, k, **options)
     (kmeans_1d._reference if twin else kmeans_1d._fast)(*a)
-    edges = a.ordered.astype(np.float64)
+    edges = _sorted_values(a).astype(np.float64)
     rows = [row[row >= 0] for row in a.history if row[0] >= 0]
     return [_labels_numpy(a.values, edges[s[1:-1]], a.zero_code, np.empty(a.values.size, np.uint8)) for s in rows]
 

@@ -7,10 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import engine
 from engine.errors import EngineError
 from engine.graph.weights import find_weights
+from engine.passes import cluster
 from engine.quant import kernels
 from engine.recipe import Recipe
 from engine.zoo import model_photo
@@ -132,6 +135,21 @@ def test_kmeans_keeps_pruned_zeros_out_of_the_clusters() -> None:
     rebuilt = centroids[labels]
     assert (rebuilt[::2] == 0).all() and (rebuilt[1::2] != 0).all()
     assert len(np.unique(rebuilt)) == 4
+
+
+@given(
+    st.integers(1, 5), st.integers(1, 40), st.integers(1, 256), st.integers(1, 64), st.randoms(use_true_random=False)
+)
+def test_shared_values_overwrite_their_labels_in_order(rows: int, n: int, k: int, chunk: int, rng) -> None:
+    """The shared values are written over the buffer that holds the labels in its tail (``cluster._holding``), so
+    both never take memory side by side: every value is its row's codebook entry at its label, whatever the
+    chunk and row sizes."""
+    labels = np.array([[rng.randrange(k) for _ in range(n)] for _ in range(rows)], np.uint8)
+    books = np.array([[rng.uniform(-1, 1) for _ in range(k)] for _ in range(rows)], np.float32)
+    expected = np.take_along_axis(books, labels.astype(np.intp), axis=1)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cluster, "_CHUNK", chunk)
+        assert np.array_equal(cluster._shared_values(books, cluster._holding(labels)), expected)
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,7 @@
 """1-D k-means (weight sharing): Numba against numpy twin, Lloyd's monotone error, brute-force optima, bad input."""
 
 import itertools
+import weakref
 
 import numpy as np
 import pytest
@@ -167,12 +168,30 @@ def test_large_inputs_are_sorted_and_labelled_in_chunks_exactly(monkeypatch: pyt
     v[rng.integers(0, v.size, 4000)] = 0.0
     v[rng.integers(0, v.size, 1000)] = -0.0
     prepared = k.kmeans_1d._prepare(v, 16, keep_zero=True)
-    assert prepared.zero_code and np.array_equal(prepared.ordered, np.sort(v[v != 0]))
+    assert prepared.zero_code and np.array_equal(k._sorted_values(prepared), np.sort(v[v != 0]))
     chunked = k.kmeans_1d(v, 16, keep_zero=True)
     monkeypatch.setattr(k, "_CHUNK", v.size)
     whole = k.kmeans_1d(v, 16, keep_zero=True)
     assert all(np.array_equal(a, b) for a, b in zip(chunked, whole, strict=True))
     assert (chunked[1][v == 0] == 0).all() and (chunked[1][v != 0] > 0).all()
+
+
+def test_the_sorted_copy_is_gone_before_labelling() -> None:
+    """The sorted copy (as large as the weight) is freed once the fit returns, so labelling a large weight never
+    holds it beside the labels: a weak reference taken in the fit is dead when the labelling starts."""
+    v = np.random.default_rng(3).standard_normal(5000).astype(np.float32)
+    copies: list[weakref.ref] = []
+
+    def fit(a: k._KMeansArguments, ordered: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        copies.append(weakref.ref(ordered.base if ordered.base is not None else ordered))
+        return k._fit_numpy(a, ordered)
+
+    def label(*args: np.ndarray) -> np.ndarray:
+        assert copies and copies[0]() is None, "the sorted copy is still alive while labelling"
+        return k._labels_numpy(*args)
+
+    got = k._kmeans_with(fit, label, *k.kmeans_1d._prepare(v, 16, keep_zero=True))
+    assert all(np.array_equal(a, b) for a, b in zip(got, k.kmeans_1d_numpy(v, 16, keep_zero=True), strict=True))
 
 
 def test_two_clusters_of_distinct_groups_are_found() -> None:
