@@ -36,6 +36,8 @@ _CHUNK = 1 << 20  # weights summed, or labels turned into values, at a time
 def cluster_weights(model: Model, recipe: Recipe) -> tuple[Model, list[TensorReport]]:
     """Share K values in every weight the recipe clusters; one report entry per weight."""
     chosen, reports = select(model, recipe, lambda options: options.cluster is not None)
+    if chosen:
+        kernels.load_in_background()  # while the first weight is read and sorted
     for weight, options in track(chosen, "clustering weights"):
         if options.cluster_storage == "gather" and options.cluster_granularity == "channel" and weight.channel_axis:
             reports.append(entry(weight, options, "gather storage per channel needs the channels on axis 0"))

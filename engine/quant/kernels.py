@@ -22,18 +22,21 @@ reaches ``NUMPY_FIRST_NS`` (about Numba's start-up: the rent-or-buy rule, never 
 choice), then compiled. A pass that knows its weights announces the work first (``expect``), and beyond the budget
 gets the compiled kernels from the start. So weight-int8 of a model of up to ~100 M weights (the 268 MB benchmark
 MLP: 0.7 s whole process) and full int8 or weight-int4 of a model of up to ~2 M weights (a MediaPipe hand model:
-0.5 s) never load Numba. The output bytes are the same either way (the tests prove the twins equal; the MSE search
-sums each row's errors in one stated order, ``_errors_numpy``, in both); ``signal_and_noise`` sums in another order
-and agrees to 1e-9, which only the reported weight SQNR sees.
+0.5 s) never load Numba. The output bytes are the same either way (the tests prove the twins equal; the MSE
+search sums each row's errors in one stated order, ``_errors_numpy``, in both); ``signal_and_noise`` sums in
+another order and agrees to 1e-9, which only the reported weight SQNR sees. A pass whose compiled kernels follow
+single-threaded numpy work (clustering's sort) starts loading Numba in a thread first (``load_in_background``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import inspect
 import math
 import sys
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic, NamedTuple, ParamSpec
 
@@ -103,6 +106,26 @@ class _StartUp:
         """Work of ``cost`` ns is coming: beyond the budget, run compiled from now on (loading Numba costs less)."""
         if cost > cls.left:
             cls.left = 0
+
+
+_loader: threading.Thread | None = None
+
+
+def load_in_background() -> None:
+    """Start importing Numba and its compiler in a thread (once per process), for a pass that will call compiled
+    kernels after single-threaded numpy work that releases the GIL (clustering's sort): the ~0.65 s load then
+    overlaps that work instead of following it.  Most of it is the first compiled call of the process (its typing
+    and code-generation set-up), so one small kernel is loaded; each later kernel loads in ~10 ms.  Not worth it
+    beside calibration, whose interpreter already keeps both cores busy (measured: no faster, 16 MB more)."""
+    global _loader
+    if _loader is None:
+        _loader = threading.Thread(target=_load_numba, name="load Numba")
+        _loader.start()  # not a daemon: a process that ends sooner waits for it rather than stop Numba midway
+
+
+def _load_numba() -> None:
+    with contextlib.suppress(Exception):  # the pass's own compiled call raises it again, where it is reported
+        quantize.compiled(np.zeros((1, 1), np.float32), np.ones(1, np.float32), 8)
 
 
 class _Twins(Generic[_P]):

@@ -341,6 +341,27 @@ assert 'engine.quant.jit' in sys.modules
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
 
 
+def test_numba_loads_in_the_background_once_and_the_results_do_not_change() -> None:
+    """``load_in_background`` (clustering starts it before its sort) imports Numba in one thread, once per
+    process; a compiled call made while it loads waits for it and gives the kernel's result."""
+    code = """
+import sys
+import numpy as np
+from engine.quant import kernels as k
+v = np.random.default_rng(0).standard_normal(10_000).astype(np.float32)
+k.load_in_background()
+loader = k._loader
+c, labels = k.kmeans_1d(v, 16)
+k.load_in_background()
+assert k._loader is loader and loader.name == "load Numba"
+loader.join()
+assert 'engine.quant.jit' in sys.modules
+twin = k.kmeans_1d_numpy(v, 16)
+assert np.array_equal(c, twin[0]) and np.array_equal(labels, twin[1])
+"""
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+
+
 def test_a_small_model_compresses_without_numba_to_the_same_bytes(tmp_path: Path) -> None:
     """weight-int8 and dynamic-int8 of a small model in a fresh process import no Numba and write the bytes the
     compiled kernels write (this process has them loaded)."""
