@@ -362,6 +362,27 @@ assert np.array_equal(c, twin[0]) and np.array_equal(labels, twin[1])
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
 
 
+def test_loading_the_kernels_leaves_scipy_blas_to_code_that_needs_it() -> None:
+    """The kernels load without SciPy's BLAS (Numba would import scipy.linalg for np.correlate alone), and compiled
+    code of the process that needs BLAS still gets it: np.dot in a user's own kernel compiles and is right."""
+    pytest.importorskip("scipy")
+    code = """
+import sys
+import numba
+import numpy as np
+from engine.quant import kernels as k
+k.kmeans_1d.compiled(np.arange(8, dtype=np.float32), 2)
+assert "scipy.linalg" not in sys.modules, "the kernels imported SciPy's BLAS"
+import numba.np.arraymath, numba.np.linalg
+assert numba.np.arraymath.ensure_blas is numba.np.linalg.ensure_blas
+dot = numba.njit(lambda a, b: np.dot(a, b))
+a, b = np.arange(6.0).reshape(2, 3), np.arange(12.0).reshape(3, 4)
+assert np.array_equal(dot(a, b), a @ b)
+assert "scipy.linalg.cython_blas" in sys.modules
+"""
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
+
+
 def test_a_small_model_compresses_without_numba_to_the_same_bytes(tmp_path: Path) -> None:
     """weight-int8 and dynamic-int8 of a small model in a fresh process import no Numba and write the bytes the
     compiled kernels write (this process has them loaded)."""
