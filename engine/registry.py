@@ -21,9 +21,9 @@ report read it, so a method (or mode) registered before a recipe is built is as 
   three initializations).  A fixed non-uniform 4-bit grid (``examples/plugins/nf4_codebook.py``) is one too.
 * ``OBSERVERS``: how full-integer calibration turns an activation's stream of values into a range.  An entry is a
   factory ``(argument) -> Observer`` (an ``engine.quant.observers.Observer`` subclass: ``update(values)`` as each
-  sample's values stream in, ``range(bits, symmetric) -> (lo, hi)`` at the end, holding 0); ``argument`` is the
-  text after ``NAME:`` in ``--observer NAME:ARGUMENT`` (``percentile:99.9``), or None.  Built-ins: ``minmax``,
-  ``percentile``, ``mse``, ``entropy``.
+  sample's values stream in, lent for the call (copy what it keeps), ``range(bits, symmetric) -> (lo, hi)`` at
+  the end, holding 0); ``argument`` is the text after ``NAME:`` in ``--observer NAME:ARGUMENT``
+  (``percentile:99.9``), or None.  Built-ins: ``minmax``, ``percentile``, ``mse``, ``entropy``.
 * ``ACTIVATION_SCHEMES``: the full-integer modes, by name (``--quantize NAME``).  An entry is an
   ``engine.quant.activations.ActivationScheme``: the LiteRT integer kernel family that runs the model ("int8" or
   "int16"), the code width and symmetry, and ``params(lo, hi) -> (scale, zero_point)`` for a calibrated range;

@@ -86,7 +86,8 @@ class Observer:
         return self._max
 
     def update(self, values: np.ndarray) -> None:
-        """Observe one sample's (or batch's) values, any shape. The observer is unchanged if they are refused."""
+        """Observe one sample's (or batch's) values, any shape. The observer is unchanged if they are refused.
+        The values are lent for the call (calibration passes the interpreter's own buffer): keep a copy, if any."""
         x = _values(values)
         if x.size == 0:
             return
@@ -98,7 +99,8 @@ class Observer:
         self._min, self._max, self._count = lo, hi, self._count + x.size
 
     def _observe(self, x: np.ndarray, lo: float, hi: float) -> None:
-        """Subclass hook: ``x`` (flat float32, finite), the extremes including it."""
+        """Subclass hook: ``x`` (flat float32, finite, lent for the call as in ``update``), the extremes
+        including it."""
 
     def range(self, bits: int = 8, symmetric: bool = False) -> tuple[float, float]:
         """The chosen [lo, hi] for a ``bits``-bit grid: lo <= 0 <= hi, within the seen extremes (and 0);

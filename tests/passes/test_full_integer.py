@@ -310,6 +310,40 @@ def test_several_inputs_and_outputs_calibrate_by_name(tmp_path: Path) -> None:
         engine.compress(source, quantize="int8", calibration={**data, "offset": data["offset"][:3]})
 
 
+def test_observers_read_the_interpreters_buffers_and_one_that_keeps_them_is_told(tmp_path: Path) -> None:
+    """Calibration lends each watched tensor's buffer to the observers (no copy): the ranges are those of the
+    copies, and a plugin observer that keeps the values it was lent gets one clear error, not a LiteRT one."""
+    from engine.quant.observers import MinMaxObserver
+    from engine.registry import OBSERVERS
+    from engine.runtime.calibrate import LiteRTExecutor
+
+    rng = np.random.default_rng(4)
+    b = GraphBuilder()
+    h = b.conv2d(b.input("x", (1, 8, 8, 3)), rng.normal(size=(6, 3, 3, 3)).astype(np.float32), activation="RELU")
+    b.output(b.conv2d(h, rng.normal(size=(4, 1, 1, 6)).astype(np.float32)), "y")
+    source = tmp_path / "net.tflite"
+    write_model(b.build(), source)
+    samples = rng.normal(size=(6, 1, 8, 8, 3)).astype(np.float32)
+
+    class Copying(LiteRTExecutor):
+        def borrow(self, index: int) -> np.ndarray:
+            return self.tensor(index)
+
+    lent, copied = tmp_path / "lent.tflite", tmp_path / "copied.tflite"
+    engine.compress(source, output=lent, quantize="int8", calibration=samples)
+    engine.compress(source, output=copied, quantize="int8", calibration=samples, executor=Copying)
+    assert lent.read_bytes() == copied.read_bytes()
+
+    class Keeping(MinMaxObserver):
+        def _observe(self, x: np.ndarray, lo: float, hi: float) -> None:
+            self.kept = x
+
+    if "keeping-for-test" not in OBSERVERS:  # registered once per session
+        OBSERVERS.register("keeping-for-test")(lambda argument: Keeping())
+    with pytest.raises(EngineError, match=r"an observer must copy what it keeps"):
+        engine.compress(source, quantize="int8", calibration=samples, observer="keeping-for-test")
+
+
 # Worst output SQNR (dB) of each observer on palm_detection_lite (held-out photo, 16 samples), measured
 # 2026-12-01 (benchmarks/calibration.py, README), floors about 3 dB below.
 # Measured: minmax 16.2, percentile (99.99) 18.2, percentile:99.9 13.5, mse 19.1, entropy 17.3.
