@@ -13,8 +13,9 @@ arguments once, cheaply, with numpy, and raises ``EngineError`` for bad input (N
 wrong shapes, codes out of range); the kernels then trust them.
 
 Start-up: importing this module does not import Numba. The first compiled call imports it and loads the cached
-kernels, about 0.65-0.8 s of a process (0.3 s import, the rest for its CPU target and the kernels;
-benchmarks/kernels.py measures it), more than a small model's whole quantization takes in numpy. So the kernels
+kernels, about 0.45 s of a process (0.65-0.8 s while Numba's numpy support also imported SciPy's BLAS, which
+engine.quant.jit now avoids; benchmarks/kernels.py measures it), more than a small model's whole quantization
+takes in numpy. So the kernels
 whose twins give exactly their codes and scales (``numpy_ns``: absmax and MSE scales, quantize, dequantize,
 signal_and_noise, int4/int2 packing) run as their twins, a tile at a time (``_tiles``: 0.6-3 ns an element for the
 one-pass ones, 10-12 for packing, ~300 for the 28-candidate MSE search), until their estimated cost in the process
@@ -82,8 +83,10 @@ def _lowest_ratio(bits: int) -> float:
     return max(0.05, 0.5 - 0.1 * (8 - bits))
 
 
-# Nanoseconds of numpy-twin work a process may do before it loads Numba instead: about what loading it costs
-# (module docstring).  Each numpy-first kernel states its twin's cost per element (``numpy_ns``).
+# Nanoseconds of numpy-twin work a process may do before it loads Numba instead: what loading it cost when set
+# (module docstring), now about 1.5x that; the per-element estimates (``numpy_ns``, each numpy-first kernel's) are
+# conservative too (weight-int8 of the 268 MB MLP: estimated 0.6 s, measured 0.45 s), so it stays until both
+# are measured again together.
 NUMPY_FIRST_NS = 700_000_000
 
 
