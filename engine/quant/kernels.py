@@ -14,18 +14,17 @@ wrong shapes, codes out of range); the kernels then trust them.
 
 Start-up: importing this module does not import Numba. The first compiled call imports it and loads the cached
 kernels, about 0.45 s of a process (0.65-0.8 s while Numba's numpy support also imported SciPy's BLAS, which
-engine.quant.jit now avoids; benchmarks/kernels.py measures it), more than a small model's whole quantization
-takes in numpy. So the kernels
-whose twins give exactly their codes and scales (``numpy_ns``: absmax and MSE scales, quantize, dequantize,
-signal_and_noise, int4/int2 packing) run as their twins, a tile at a time (``_tiles``: 0.6-3 ns an element for the
-one-pass ones, 10-12 for packing, ~300 for the 28-candidate MSE search), until their estimated cost in the process
-reaches ``NUMPY_FIRST_NS`` (about Numba's start-up: the rent-or-buy rule, never worse than twice the better
-choice), then compiled. A pass that knows its weights announces the work first (``expect``), and beyond the budget
-gets the compiled kernels from the start. So weight-int8 of a model of up to ~100 M weights (the 268 MB benchmark
-MLP: 0.7 s whole process) and full int8 or weight-int4 of a model of up to ~2 M weights (a MediaPipe hand model:
-0.5 s) never load Numba. The output bytes are the same either way (the tests prove the twins equal; the MSE
-search sums each row's errors in one stated order, ``_errors_numpy``, in both); ``signal_and_noise`` sums in
-another order and agrees to 1e-9, which only the reported weight SQNR sees. A pass whose compiled kernels follow
+engine.quant.jit now avoids; benchmarks/kernels.py measures it), more than a small model's whole quantization takes
+in numpy. So the kernels whose twins give exactly their codes and scales (``numpy_ns``: absmax and MSE scales,
+quantize, dequantize, signal_and_noise, int4/int2 packing) run as their twins, a tile at a time (``_tiles``: 0.6-3
+ns an element for the one-pass ones, 10-12 for packing, ~300 for the 28-candidate MSE search), until their estimated
+cost in the process reaches ``NUMPY_FIRST_NS`` (about Numba's start-up: the rent-or-buy rule, never worse than twice
+the better choice), then compiled. A pass that knows its weights announces the work first (``expect``), and beyond
+the budget gets the compiled kernels from the start. So weight-int8 of a model of up to ~100 M weights (the 268 MB
+benchmark MLP: 0.7 s whole process) and full int8 or weight-int4 of a model of up to ~2 M weights (a MediaPipe hand
+model: 0.5 s) never load Numba. The output bytes are the same either way (the tests prove the twins equal; the MSE
+search sums each row's errors in one stated order, ``_errors_numpy``, in both); ``signal_and_noise`` sums in another
+order and agrees to 1e-9, which only the reported weight SQNR sees. A pass whose compiled kernels follow
 single-threaded numpy work (clustering's sort) starts loading Numba in a thread first (``load_in_background``).
 """
 
@@ -116,7 +115,7 @@ _loader: threading.Thread | None = None
 
 def load_in_background() -> None:
     """Start importing Numba and its compiler in a thread (once per process), for a pass that will call compiled
-    kernels after single-threaded numpy work that releases the GIL (clustering's sort): the ~0.65 s load then
+    kernels after single-threaded numpy work that releases the GIL (clustering's sort): the ~0.45 s load then
     overlaps that work instead of following it.  Most of it is the first compiled call of the process (its typing
     and code-generation set-up), so one small kernel is loaded; each later kernel loads in ~10 ms.  Not worth it
     beside calibration, whose interpreter already keeps both cores busy (measured: no faster, 16 MB more)."""

@@ -77,7 +77,7 @@ class LiteRTExecutor:
         return self._interpreter.get_tensor(index)
 
     def borrow(self, index: int) -> np.ndarray:
-        """The interpreter's own buffer (``get_tensor`` copies: 0.1-0.2 s of calibrating a MobileNet on 100
+        """The interpreter's own buffer (``get_tensor`` copies: about 0.1 s of calibrating a MobileNet on 100
         samples).  LiteRT refuses the next run while a reference to it is left."""
         return self._interpreter.tensor(index)()
 
