@@ -137,7 +137,7 @@ class _Resolver:
         if index in self.buffers:
             return self.buffers[index]
         table = self.tree["buffers"] or []
-        if index >= len(table):
+        if not 0 <= index < len(table):
             raise EngineError(f"{where}: buffer index {index} is out of range (model has {len(table)} buffers)")
         entry = table[index]
         if entry["offset"] >= _EXTERNAL_OFFSET_MIN:
@@ -152,9 +152,9 @@ class _Resolver:
     def metadata_buffer(self, index: int) -> Buffer | None:
         """An entry of the deprecated ``metadata_buffer`` list.  ai-edge-quantizer leaves stale indices there when
         it rewrites a model's buffers (e.g. 579 in a model of 193); the runtime ignores the list, so an index that
-        points past the buffers reads as no buffer (written back as 0, the empty sentinel) instead of refusing a
-        model LiteRT loads."""
-        if index >= len(self.tree["buffers"] or []):
+        points past the buffers (or is negative: the list is int32) reads as no buffer (written back as 0, the empty
+        sentinel) instead of refusing a model LiteRT loads."""
+        if not 0 <= index < len(self.tree["buffers"] or []):
             return None
         return self.buffer(index, "metadata_buffer")
 

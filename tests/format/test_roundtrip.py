@@ -293,3 +293,13 @@ def test_source_file_is_never_modified(mediapipe: dict[str, Path], tmp_path: Pat
     write_model(model, source)
     assert structural_diff(read_model(mediapipe["face_landmark"]), read_model(source)) == []
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_stale_metadata_buffer_indices_read_as_no_buffer() -> None:
+    """The deprecated ``metadata_buffer`` list (int32, ignored by the runtime) may point past the buffers or be
+    negative (a fuzzed real model found the second): both read as no buffer, never an IndexError."""
+    tree = decode(model_to_bytes(_every_field_model()))
+    buffers = len(tree["buffers"])
+    tree["metadata_buffer"] = np.array([-109258, buffers + 5, 1], np.int32)
+    model = read_model(encode(tree))
+    assert model.metadata_buffer[:2] == [None, None] and model.metadata_buffer[2] is not None
