@@ -7,7 +7,8 @@ keeping every intermediate), and feeds each watched tensor's values to its ``Obs
 memory does not grow with the number of samples.
 
 The executor is a small interface (run one sample, read a tensor by index), so another runtime can replace
-LiteRT without touching the rest.
+LiteRT without touching the rest.  One that can lend a tensor's buffer without a copy may also offer
+``borrow(index)`` (LiteRTExecutor does), which the observers then read.
 
 ``load_samples`` reads and checks sample data for calibration and for validation (``--data``) alike: one
 format, one loader, one set of errors.
@@ -45,10 +46,6 @@ class Executor(Protocol):
     def tensor(self, index: int) -> np.ndarray:
         """The value tensor ``index`` of the main subgraph took in the last run."""
 
-    def borrow(self, index: int) -> np.ndarray:
-        """``tensor(index)`` without a copy where the runtime can lend it: valid until the next run, and for a
-        reader that keeps no reference to it (calibration's observers)."""
-
 
 class LiteRTExecutor:
     """The official interpreter.  ``xnnpack``: its default XNNPACK delegate, which computes only what a graph
@@ -77,8 +74,9 @@ class LiteRTExecutor:
         return self._interpreter.get_tensor(index)
 
     def borrow(self, index: int) -> np.ndarray:
-        """The interpreter's own buffer (``get_tensor`` copies: about 0.1 s of calibrating a MobileNet on 100
-        samples).  LiteRT refuses the next run while a reference to it is left."""
+        """``tensor(index)`` without a copy, for a reader that keeps no reference to it (the observers): the
+        interpreter's own buffer, valid until the next run (``get_tensor`` copies: about 0.1 s of calibrating a
+        MobileNet on 100 samples).  LiteRT refuses the next run while a reference to it is left."""
         return self._interpreter.tensor(index)()
 
 
@@ -289,12 +287,13 @@ def calibrate(
         return
     runner, index = runner_for(model, [t for t, _ in to_run.values()], executor)
     watched = [(index[key], t, obs) for key, (t, obs) in to_run.items()]
+    read = getattr(runner, "borrow", runner.tensor)  # an executor without it is read by copies
     inputs = [index[id(t)] for t in sg.inputs]
     for sample in track(range(data.count), "calibrating"):
         runner.run(dict(zip(inputs, data.sample(sample), strict=True)))
         for i, t, obs in watched:
             try:
-                obs.update(runner.borrow(i))
+                obs.update(read(i))
             except EngineError as exc:
                 raise EngineError(f"calibration: tensor {t.name!r}: {exc}") from None
     for key, (_, obs) in to_run.items():

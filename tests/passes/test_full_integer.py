@@ -7,6 +7,7 @@ import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -311,8 +312,9 @@ def test_several_inputs_and_outputs_calibrate_by_name(tmp_path: Path) -> None:
 
 
 def test_observers_read_the_interpreters_buffers_and_one_that_keeps_them_is_told(tmp_path: Path) -> None:
-    """Calibration lends each watched tensor's buffer to the observers (no copy): the ranges are those of the
-    copies, and a plugin observer that keeps the values it was lent gets one clear error, not a LiteRT one."""
+    """Calibration lends each watched tensor's buffer to the observers (no copy): the ranges are those of an
+    executor without ``borrow``, whose copies they read; a plugin observer that keeps the values it was lent gets
+    one clear error, not a LiteRT one."""
     from engine.quant.observers import MinMaxObserver
     from engine.registry import OBSERVERS
     from engine.runtime.calibrate import LiteRTExecutor
@@ -325,9 +327,15 @@ def test_observers_read_the_interpreters_buffers_and_one_that_keeps_them_is_told
     write_model(b.build(), source)
     samples = rng.normal(size=(6, 1, 8, 8, 3)).astype(np.float32)
 
-    class Copying(LiteRTExecutor):
-        def borrow(self, index: int) -> np.ndarray:
-            return self.tensor(index)
+    class Copying:  # only the Executor interface (run, tensor): the observers read copies
+        def __init__(self, model: bytes, **options: Any) -> None:
+            self._inner = LiteRTExecutor(model, **options)
+
+        def run(self, feeds: dict) -> None:
+            self._inner.run(feeds)
+
+        def tensor(self, index: int) -> np.ndarray:
+            return self._inner.tensor(index)
 
     lent, copied = tmp_path / "lent.tflite", tmp_path / "copied.tflite"
     engine.compress(source, output=lent, quantize="int8", calibration=samples)
