@@ -144,11 +144,19 @@ def _loads_and_runs(out: Path, expected: Reference) -> str:
 
 def _case(model: Model, options: dict[str, Any], folder: Path) -> str | None:
     """Write ``model`` and check one pass on it; None when LiteRT does not run the model itself."""
+    path, expected = _written(model, folder)
+    return None if expected is None else _checked(path, options, folder, expected)
+
+
+def _written(model: Model, folder: Path) -> tuple[Path, Reference | None]:
+    """``model`` written as the input, and its reference (None when LiteRT does not run it)."""
     path = folder / "input.tflite"
     write_model(model, path)
-    expected = reference(path)
-    if expected is None:
-        return None
+    return path, reference(path)
+
+
+def _checked(path: Path, options: dict[str, Any], folder: Path, expected: Reference) -> str:
+    """One pass on the written input, into a fresh output file."""
     out = folder / "output.tflite"
     out.unlink(missing_ok=True)
     return check(path, options, out, expected)
@@ -186,10 +194,15 @@ def real_cases() -> list[tuple[str, int, str]]:
     return [(model, seed, name) for model in REAL_MODELS for seed in (0, 1) for name in sorted(PASSES)]
 
 
-def real_case(model_name: str, seed: int, name: str, folder: Path) -> str | None:
+def mutated(model_name: str, seed: int) -> Model:
+    """The real model with three seeded mutations."""
     model = read_model(mediapipe_model(model_name))
     mutate(model, np.random.default_rng(seed), count=3)
-    return _case(model, PASSES[name], folder)
+    return model
+
+
+def real_case(model_name: str, seed: int, name: str, folder: Path) -> str | None:
+    return _case(mutated(model_name, seed), PASSES[name], folder)
 
 
 @pytest.mark.slow  # reads MediaPipe models (engine.zoo)
@@ -199,12 +212,9 @@ def test_mutated_real_models(model_name: str, tmp_path: Path) -> None:
     written and run for its reference once, not once per pass (the same bytes give the same reference); its
     bytes are written anew before each pass, as ``_case`` does."""
     outcomes: Counter[str | None] = Counter()
-    path, out = tmp_path / "input.tflite", tmp_path / "output.tflite"
     for seed in sorted({s for m, s, _ in real_cases() if m == model_name}):
-        model = read_model(mediapipe_model(model_name))
-        mutate(model, np.random.default_rng(seed), count=3)
-        write_model(model, path)
-        data, expected = path.read_bytes(), reference(path)
+        path, expected = _written(mutated(model_name, seed), tmp_path)
+        data = path.read_bytes()
         for m, s, name in real_cases():
             if (m, s) != (model_name, seed):
                 continue
@@ -212,8 +222,7 @@ def test_mutated_real_models(model_name: str, tmp_path: Path) -> None:
                 outcomes[None] += 1
                 continue
             path.write_bytes(data)
-            out.unlink(missing_ok=True)
-            outcomes[check(path, PASSES[name], out, expected)] += 1
+            outcomes[_checked(path, PASSES[name], tmp_path, expected)] += 1
     assert None not in outcomes and sum(outcomes.values()) == 2 * len(PASSES), outcomes
 
 
