@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -46,6 +47,18 @@ def standard_mode(options: Mapping[str, object]) -> str | None:
         if not is_full_integer(asked.get("quantize")) and _with_defaults(asked) == _with_defaults(options):
             return mode
     return None
+
+
+def compressed_or_shared(
+    compressed: Compressed, name: str, path: Path, options: Mapping[str, Any], out: Path
+) -> tuple[Path, engine.Report]:
+    """``engine.compress(path, output=out, **options)`` for the runnable model ``name``: the session's
+    ``compressed(name, mode)`` (the same bytes and report) when the options are a standard mode, else ``out``."""
+    mode = standard_mode(options)
+    if mode:
+        return compressed(name, mode)
+    _, report = engine.compress(path, output=out, **options)
+    return out, report
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -17,7 +17,7 @@ from engine.passes import cluster
 from engine.quant import kernels
 from engine.recipe import Recipe
 from engine.zoo import model_photo
-from tests.conftest import Compressed, standard_mode
+from tests.conftest import Compressed, compressed_or_shared
 from tests.runtimes import RUNTIMES, run_model, worst_sqnr
 
 # K -> worst output SQNR floor (dB) per model on one real photo with tensor-granularity clustering: measured
@@ -56,14 +56,9 @@ FLOORS: dict[int, dict[str, float]] = {
 def test_clustered_models_share_at_most_k_values_and_run(
     k: int, runnable: dict[str, Path], compressed: Compressed, tmp_path: Path
 ) -> None:
-    shared = standard_mode({"cluster": k})  # K = 16 is "cluster-16": the session's file and report
     measured = {}
-    for name, path in runnable.items():
-        if shared:
-            out, report = compressed(name, shared)
-        else:
-            out = tmp_path / f"{name}.tflite"
-            _, report = engine.compress(path, output=out, cluster=k)
+    for name, path in runnable.items():  # K = 16 is "cluster-16": the session's file and report
+        out, report = compressed_or_shared(compressed, name, path, {"cluster": k}, tmp_path / f"{name}.tflite")
         clustered = {t.name for t in report.compressed if t.clusters}
         assert clustered, name
         for w in find_weights(engine.read_model(out)):
@@ -92,12 +87,10 @@ def test_gather_storage_computes_the_same_weights(
     files, summaries = {}, {}
     for storage in ("values", "gather"):
         options = {"cluster": 16, "cluster_storage": storage, "cluster_granularity": granularity}
-        shared = standard_mode(options)  # per tensor: "cluster-16" and "cluster-16-gather", the session's
-        if shared:
-            files[storage], report = compressed("iris_landmark", shared)
-        else:
-            files[storage] = tmp_path / f"{storage}.tflite"
-            _, report = engine.compress(path, output=files[storage], **options)
+        # per tensor these are the session's "cluster-16" and "cluster-16-gather"
+        files[storage], report = compressed_or_shared(
+            compressed, "iris_landmark", path, options, tmp_path / f"{storage}.tflite"
+        )
         summaries[storage] = report.format_text()
     # Values storage keeps float32 values: the summary says the file does not shrink for them, gzip does.
     assert "keep their float values" in summaries["values"] and "keep their float" not in summaries["gather"]

@@ -13,7 +13,7 @@ from engine.errors import EngineError
 from engine.graph.weights import find_weights
 from engine.recipe import Recipe
 from engine.zoo import model_photo
-from tests.conftest import Compressed, standard_mode
+from tests.conftest import Compressed, compressed_or_shared
 from tests.runtimes import RUNTIMES, run_model, worst_sqnr
 
 # (pattern, sparsity, scope) -> worst output SQNR floor (dB) per model on one real photo: measured 2026-11-23,
@@ -101,14 +101,9 @@ def test_pruned_models_have_the_asked_sparsity_and_run(
     options = {"prune": sparsity, "prune_pattern": pattern, "prune_scope": scope, "sparse_format": "dense"}
     if pattern == "channel":  # zeroed at full size, so the zeros can be counted; removal computes the same
         options["prune_channels"] = "zero"
-    shared = standard_mode(options)  # unstructured 0.5 per layer is "prune-0.5": the session's file and report
     measured = {}
-    for name, path in runnable.items():
-        if shared:
-            out, report = compressed(name, shared)
-        else:
-            out = tmp_path / f"{name}.tflite"
-            _, report = engine.compress(path, output=out, **options)
+    for name, path in runnable.items():  # unstructured 0.5 per layer is "prune-0.5": the session's file and report
+        out, report = compressed_or_shared(compressed, name, path, options, tmp_path / f"{name}.tflite")
         pruned = [t for t in report.compressed if t.sparsity is not None]
         assert pruned, name
         written = {w.name: w for w in find_weights(engine.read_model(out))}
