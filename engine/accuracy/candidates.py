@@ -6,7 +6,8 @@ building one candidate model from a per-unit assignment.
   fit nothing to data, so there every sample judges.
 * **Judge.**  `Judge` runs the float model once on the held-out samples in the default runtime (``Interpreter``
   as users build it, XNNPACK applied, one thread), then each candidate on the same samples (shared among up to
-  4 such interpreters running at once, one per CPU: the same figures as one interpreter), and keeps per output
+  4 such interpreters running at once, one per CPU, as many as the measured cost of building one pays for: the
+  same figures as one interpreter), and keeps per output
   the error power summed over the samples relative to the float output's power summed over them
   (``10 ** (-SQNR / 10)``: one SQNR per output over the held-out set, so that an output that is near zero on one
   sample, a presence score, does not decide alone), the worst output's SQNR, and with labels the top-1 accuracy
@@ -27,7 +28,7 @@ import os
 import pickle
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,8 +40,8 @@ from engine.errors import EngineError
 from engine.format.ir import Model
 from engine.format.reader import read_model
 from engine.format.writer import model_to_bytes
-from engine.quant.uniform import remembering_scales
 from engine.recipe import LEVEL_OPTIONS, WEIGHT_MODES, Recipe, is_full_integer
+from engine.remembered import remembering
 from engine.runtime.calibrate import CalibrationData, CalibrationSource, input_specs, load_calibration, load_samples
 from engine.runtime.litert import (
     InterpreterError,
@@ -222,6 +223,7 @@ class Judge:
         self.data = data
         self.runs = 0
         self.seconds = 0.0
+        self._spent = [0.0, 0, 0.0, 0]  # seconds building interpreters, how many; seconds running samples, how many
         ref = interpreter(float_bytes, "float model", preserve_all=False, num_threads=1, xnnpack=True)
         self._inputs = ref.get_input_details()
         self._outputs = ref.get_output_details()
@@ -262,10 +264,14 @@ class Judge:
         firsts: list[Any] = [None] * len(chosen)  # the first output of each sample
         try:
             # Built one at a time: building one silences the process's stderr while LiteRT announces XNNPACK.
+            built = time.perf_counter()
             workers = [
                 interpreter(candidate, "candidate", preserve_all=False, num_threads=1, xnnpack=True)
-                for _ in range(judge_workers(len(candidate), len(chosen)))
+                for _ in range(judge_workers(len(candidate), len(chosen), self._costs()))
             ]
+            self._spent[0] += time.perf_counter() - built
+            self._spent[1] += len(workers)
+            ran = time.perf_counter()
             in_pairs = match_tensors(self._inputs, workers[0].get_input_details(), "input")
             out_pairs = match_tensors(self._outputs, workers[0].get_output_details(), "output")
 
@@ -293,6 +299,9 @@ class Judge:
                 with ThreadPoolExecutor(len(workers)) as pool:  # LiteRT's invoke releases the GIL
                     for done in [pool.submit(run_share, w) for w in range(len(workers))]:
                         done.result()
+            # Wall time of the runs times the interpreters sharing them: what one would have taken.
+            self._spent[2] += (time.perf_counter() - ran) * len(workers)
+            self._spent[3] += len(chosen)
         except InterpreterError as exc:
             self.seconds += time.perf_counter() - start
             return Measurement(np.full(outputs, np.inf), float("-inf"), dict.fromkeys(self.output_names, float("-inf")),
@@ -303,6 +312,11 @@ class Judge:
         per_output = {name: noise_db(noise[k]) for k, name in enumerate(self.output_names)}
         return Measurement(noise, noise_db(noise), per_output, accuracy, len(candidate))
 
+    def _costs(self) -> tuple[float, float] | None:
+        """(seconds to build one interpreter, seconds to run one sample on one), as measured so far."""
+        build, built, run, ran = self._spent
+        return (build / built, run / ran) if built and ran else None
+
     def drop_points(self, m: Measurement) -> float | None:
         """Accuracy lost against the float model on the held-out samples, in percentage points."""
         if m.accuracy is None or self.float_accuracy is None:
@@ -310,14 +324,21 @@ class Judge:
         return 100.0 * (self.float_accuracy - m.accuracy)
 
 
-def judge_workers(model_bytes: int, samples: int) -> int:
-    """How many one-thread interpreters judge a candidate at once: one per CPU this process may use, at most
+def judge_workers(model_bytes: int, samples: int, costs: tuple[float, float] | None = None) -> int:
+    """How many one-thread interpreters judge a candidate at once: at most one per CPU this process may use,
     `_MAX_JUDGE_WORKERS` and one per sample; one for a model over `_PARALLEL_JUDGE_MAX_BYTES`, since each
-    interpreter's XNNPACK packs its own copy of the weights."""
+    interpreter's XNNPACK packs its own copy of the weights.  Interpreters are built one after another (LiteRT
+    holds the GIL while XNNPACK packs the weights), so with ``costs`` (seconds to build one, seconds to run a
+    sample on one) the count is the one with the least wall time, ``w * build + ceil(samples / w) * run``: one
+    when building costs more than the runs it would share."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if model_bytes > _PARALLEL_JUDGE_MAX_BYTES:
         return 1
-    return max(1, min(cpus, _MAX_JUDGE_WORKERS, samples))
+    most = max(1, min(cpus, _MAX_JUDGE_WORKERS, samples))
+    if costs is None:
+        return most
+    build, run = costs
+    return min(range(1, most + 1), key=lambda w: w * build + -(-samples // w) * run)
 
 
 # ----------------------------------------------------------------------------------------------- units
@@ -351,10 +372,11 @@ class Builder:
         # Every candidate is the same float model compressed another way, so what does not depend on the way is
         # done once for the whole search: the model parsed once (each build gets its own copy, since compress
         # edits the model it is given), the samples loaded once and remembering their activation statistics (each
-        # activation observed once), and each weight's scale search remembered (``remembering_scales``).
+        # activation observed once), and each weight's scale search and each folded constant decoder remembered
+        # (``engine.remembered``).
         float_model = read_model(self.source)
         self._parsed = pickle.dumps(float_model, protocol=pickle.HIGHEST_PROTOCOL)
-        self._scales: dict[tuple, np.ndarray] = {}
+        self._remembered: dict[Hashable, np.ndarray | None] = {}
         self._data = None
         if self.calibration is not None:
             self._data = load_calibration(self.calibration, float_model)
@@ -407,7 +429,7 @@ class Builder:
         if self._data is not None and (recipe.fits_to_data() or is_full_integer(recipe.options.get("quantize"))):
             options.setdefault("calibration", self._data)
         try:
-            with remembering_scales(self._scales):
+            with remembering(self._remembered):
                 return compress(self.float_model(), recipe, **options)
         finally:
             self.seconds += time.perf_counter() - start

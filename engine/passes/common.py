@@ -8,6 +8,8 @@ float tensor's name, so every reader (weighted op or not) stays correct.
 
 from __future__ import annotations
 
+import hashlib
+import pickle
 from collections.abc import Callable
 from dataclasses import replace
 
@@ -20,6 +22,7 @@ from engine.graph.ops import DENSIFY_INPUTS, RULES, dequantize_version
 from engine.graph.weights import Weight, densify, find_weights
 from engine.quant.pruning import parse_pattern
 from engine.recipe import DEFAULT_MIN_ELEMENTS, Recipe, TensorOptions
+from engine.remembered import remembered
 from engine.report import TensorReport
 
 _FLOAT32 = TENSOR_TYPES["FLOAT32"]
@@ -174,13 +177,28 @@ def fold_decoder(sg: Subgraph, op: Operator) -> Tensor | None:
     source, output = op.inputs[0], op.outputs[0]
     if output is None or not source.is_constant or source.type in PACKED_BITS or source.external_buffer is not None:
         return None
-    value = _dequantized(source) if op.name == "DEQUANTIZE" else _densified(source, output)
+    value = remembered(lambda: _decoder_key(op.name, source, output), lambda: _decoded(op.name, source, output))
     if value is None:
         return None
-    output.data = value.astype(np.float32) if op.name == "DEQUANTIZE" else value
+    output.data = value
     output.quantization = None if op.name == "DEQUANTIZE" else source.quantization
     sg.remove_operator(op)
     return source
+
+
+def _decoded(decoder: str, source: Tensor, output: Tensor) -> np.ndarray | None:
+    if decoder == "DEQUANTIZE":
+        value = _dequantized(source)
+        return None if value is None else value.astype(np.float32)
+    return _densified(source, output)
+
+
+def _decoder_key(decoder: str, source: Tensor, output: Tensor) -> tuple:
+    """What a decoder's result depends on: its kind, the shapes, the stored type, quantization and sparsity (by
+    their pickle's hash) and the stored bytes (by their hash)."""
+    data = np.ascontiguousarray(source.data)
+    layout = pickle.dumps((source.type, source.shape, output.shape, source.quantization, source.sparsity, data.dtype))
+    return ("decoded", decoder, hashlib.sha256(layout).digest(), hashlib.sha256(data).digest())
 
 
 def _dequantized(t: Tensor) -> np.ndarray | None:

@@ -12,9 +12,7 @@ modes), full_integer (int8 / 16x8 weights) and cluster (rows of a channel) share
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,34 +23,25 @@ from engine.quant import kernels
 from engine.quant.metrics import power_ratio_db
 from engine.quant.rounding import LayerInputs, RoundingProblem, compensation_target, times_hessian
 from engine.registry import ROUNDING_METHODS, SCALE_METHODS
+from engine.remembered import remembered
 
-# Scale searches remembered while `remembering_scales` is active: a caller that quantizes the same weights many
-# times (the accuracy search builds every candidate from one model) finds each weight's scales once.  Keyed by
-# (method, bits, rows' shape, sha256 of the rows), for the built-in methods only: a plugin's may not be pure.
-_REMEMBERED_SCALES: ContextVar[dict[tuple, np.ndarray] | None] = ContextVar("remembered_scales", default=None)
+# The built-in scale searches are pure, so a caller that quantizes the same weights many times (the accuracy
+# search builds every candidate from one model) finds each weight's scales once inside `engine.remembered`'s
+# block.  A plugin's method may not be pure: it always runs.
 _PURE_SCALE_METHODS = frozenset({"minmax", "mse"})
 
 
-@contextmanager
-def remembering_scales(memo: dict[tuple, np.ndarray]) -> Iterator[None]:
-    """Within the block, ``quantize_weight`` keeps the scales its built-in scale searches find in ``memo`` and
-    takes them from there for the same rows (the caller owns ``memo``, and with it how long they are kept)."""
-    token = _REMEMBERED_SCALES.set(memo)
-    try:
-        yield
-    finally:
-        _REMEMBERED_SCALES.reset(token)
-
-
 def _scales(method: str, rows: np.ndarray, bits: int) -> np.ndarray:
-    """The rows' scales by ``method`` (``rows`` contiguous float32), remembered where `remembering_scales` asks."""
-    memo = _REMEMBERED_SCALES.get()
-    if memo is None or method not in _PURE_SCALE_METHODS:
+    """The rows' scales by ``method`` (``rows`` contiguous float32), remembered where ``remembering`` asks."""
+
+    def compute() -> np.ndarray:
         return np.asarray(SCALE_METHODS.call(method, rows, bits), np.float32)
-    key = (method, bits, rows.shape, hashlib.sha256(rows).digest())
-    if key not in memo:
-        memo[key] = np.asarray(SCALE_METHODS.call(method, rows, bits), np.float32)
-    return memo[key].copy()
+
+    if method not in _PURE_SCALE_METHODS:
+        return compute()
+    found = remembered(lambda: ("scales", method, bits, rows.shape, hashlib.sha256(rows).digest()), compute)
+    assert found is not None
+    return found
 
 
 def as_rows(

@@ -70,7 +70,7 @@ def test_parallel_judging_gives_the_one_interpreter_figures(
     candidate = bytes(model_to_bytes(compressed))
     figures = {}
     for workers in (1, 3):
-        monkeypatch.setattr(candidates, "judge_workers", lambda size, samples, n=workers: min(n, samples))
+        monkeypatch.setattr(candidates, "judge_workers", lambda size, samples, costs=None, n=workers: min(n, samples))
         judge = candidates.Judge(path.read_bytes(), data)
         every, some = judge.measure(candidate), judge.measure(candidate, samples=[0, 3, 5, 6, 11])
         broken = judge.measure(candidate[: len(candidate) // 2])
@@ -86,3 +86,8 @@ def test_judge_workers_follow_cpus_samples_and_model_size() -> None:
     assert judge_workers(1 << 20, 1) == 1
     assert 1 <= judge_workers(1 << 20, 8) <= 4
     assert judge_workers(1 << 30, 8) == 1  # each interpreter packs its own copy of the weights
+    # Building is sequential: a second interpreter pays only when the runs it takes over cost more than building.
+    assert judge_workers(1 << 20, 8, costs=(0.04, 0.008)) == 1  # 0.104 s alone, 0.112 s with two
+    assert judge_workers(1 << 20, 2, costs=(0.001, 0.05)) == min(2, judge_workers(1 << 20, 2))
+    many = judge_workers(1 << 20, 8)
+    assert judge_workers(1 << 20, 8, costs=(0.0, 0.05)) == many

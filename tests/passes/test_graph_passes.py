@@ -3,6 +3,7 @@ compute exactly what the input model does, which LiteRT checks bit for bit on th
 
 from __future__ import annotations
 
+import copy
 from collections import Counter
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from engine.format.reader import read_model
 from engine.format.writer import model_to_bytes, write_model
 from engine.passes.fold import fold_constant_decoders
 from engine.passes.fuse import fuse_activations
+from engine.remembered import remembered, remembering
 from engine.zoo import CUSTOM_OP_MODELS, MODEL_SHA256, mediapipe_model, model_photo
 from tests.runtimes import RUNTIMES, run_model
 
@@ -35,6 +37,43 @@ def test_folding_and_fusing_keep_real_models_bit_identical(name: str) -> None:
         before = run_model(mediapipe_model(name), model_photo(name), runtime)
         after = run_model(rewritten, model_photo(name), runtime)
         assert all(np.array_equal(before[k], after[k]) for k in before), runtime
+
+
+def test_remembered_computes_once_per_key_inside_the_block_and_hands_out_copies() -> None:
+    calls = []
+
+    def compute() -> np.ndarray:
+        calls.append(1)
+        return np.arange(3.0)
+
+    assert remembered(lambda: "k", compute) is not None and len(calls) == 1
+    assert remembered(lambda: "k", compute) is not None and len(calls) == 2  # no block open: nothing kept
+    memo: dict = {}
+    with remembering(memo):
+        first = remembered(lambda: "k", compute)
+        assert first is not None
+        first[0] = 99.0  # an in-place edit of a result must not reach the next caller
+        again = remembered(lambda: "k", compute)
+        assert remembered(lambda: "none", lambda: None) is None and remembered(lambda: "none", compute) is None
+    assert len(calls) == 3 and again is not None and again.tolist() == [0.0, 1.0, 2.0] and set(memo) == {"k", "none"}
+
+
+@pytest.mark.slow  # reads a MediaPipe model (engine.zoo)
+def test_remembered_decoders_fold_each_copy_as_a_fresh_fold_does() -> None:
+    """The accuracy search folds copies of one model inside `remembering`: float16 and sparse (DENSIFY) decoders
+    come from the memo from the second copy on, and every copy writes the bytes a fold without it writes."""
+    source = read_model(mediapipe_model("pose_detection"))
+    assert {"DENSIFY", "DEQUANTIZE"} <= {op.name for op in source.main.operators}
+    expected = bytes(model_to_bytes(fold_constant_decoders(copy.deepcopy(source))[0]))
+    memo: dict = {}
+    with remembering(memo):
+        first, folded = fold_constant_decoders(copy.deepcopy(source))
+        assert len(memo) == len(folded)
+        for t in first.main.tensors:
+            if t.is_constant and np.asarray(t.data).dtype == np.float32:
+                np.asarray(t.data)[...] = 0.0  # a pass editing its copy in place
+        second = fold_constant_decoders(copy.deepcopy(source))[0]
+    assert len(memo) == len(folded) and bytes(model_to_bytes(second)) == expected
 
 
 def test_fusion_needs_a_fusable_producer_read_by_the_activation_alone(tmp_path: Path) -> None:
