@@ -38,19 +38,6 @@ _STRUCT = {
     "float64": struct.Struct("<d"),
 }
 _DTYPE = {name: np.dtype("<u1" if name == "bool" else "<" + np.dtype(name).str[1:]) for name in _STRUCT}
-_FLAGS = {
-    "bool": flatbuffers.number_types.BoolFlags,
-    "int8": flatbuffers.number_types.Int8Flags,
-    "uint8": flatbuffers.number_types.Uint8Flags,
-    "int16": flatbuffers.number_types.Int16Flags,
-    "uint16": flatbuffers.number_types.Uint16Flags,
-    "int32": flatbuffers.number_types.Int32Flags,
-    "uint32": flatbuffers.number_types.Uint32Flags,
-    "int64": flatbuffers.number_types.Int64Flags,
-    "uint64": flatbuffers.number_types.Uint64Flags,
-    "float32": flatbuffers.number_types.Float32Flags,
-    "float64": flatbuffers.number_types.Float64Flags,
-}
 BytesLike = bytes | bytearray | memoryview | mmap.mmap
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
@@ -206,10 +193,18 @@ def _field_names(name: str) -> frozenset[str]:
 @functools.cache
 def _encoding(name: str) -> tuple[tuple[tuple[str, dict[str, Any]], ...], tuple[tuple[str, str, int, Any, Any], ...]]:
     """A table's fields as the encoder walks them: the references (tables, vectors, strings, unions) it builds
-    first, then every field in schema order (name, kind, slot, scalar flags, default) for the table itself."""
+    first, then every field in schema order (name, kind: scalar, union_type or offset, slot, packer, default) for
+    the table itself."""
     fields = TABLES[name]["fields"]
     references = tuple((f["name"], f) for f in fields if f["kind"] not in ("scalar", "union_type"))
-    slots = tuple((f["name"], f["kind"], f["id"], _FLAGS.get(f.get("type", "")), f.get("default")) for f in fields)
+    slots = tuple(
+        (f["name"], "scalar", f["id"], _STRUCT[f["type"]], f.get("default"))
+        if f["kind"] == "scalar"
+        else (f["name"], f["kind"], f["id"], _STRUCT["uint8"], 0)
+        if f["kind"] == "union_type"
+        else (f["name"], "offset", f["id"], _U32, 0)
+        for f in fields
+    )
     return references, slots
 
 
@@ -261,18 +256,61 @@ class _Encoder:
                 offsets[fname] = self.table(member, fields)
             else:
                 offsets[fname] = self.reference(name, field, item)
+        return self._object(TABLES[name]["slots"], slots, value, offsets, union_types)
+
+    def _object(
+        self,
+        count: int,
+        slots: tuple[tuple[str, str, int, struct.Struct, Any], ...],
+        value: dict[str, Any],
+        offsets: dict[str, int],
+        union_types: dict[str, int],
+    ) -> int:
+        """Write one table's fields and vtable: the bytes flatbuffers.Builder's StartObject, PrependSlot,
+        PrependUOffsetTRelativeSlot and EndObject write (a field equal to its default omitted, each field aligned
+        to its width, equal vtables shared), in one pass over the fields instead of a dozen calls each.  The
+        buffer is zeroed memory written once, so alignment padding is skipped rather than written."""
         b = self.builder
-        b.StartObject(TABLES[name]["slots"])
-        for fname, kind, slot, flags, default in slots:
+        while b.head < 16 * len(slots) + 2 * count + 16:  # room for the widest fields, padding, vtable
+            before = len(b.Bytes)
+            b.GrowByteBuffer()
+            b.head += len(b.Bytes) - before
+        buf, head, size, widest = b.Bytes, b.head, len(b.Bytes), b.minalign
+        start = size - head
+        vtable = [0] * count
+        for fname, kind, slot, packer, default in slots:
             if kind == "scalar":
                 item = value.get(fname, default)
-                if item != default:  # the builder writes nothing for a default: skip its checks too
-                    b.PrependSlot(flags, slot, item, default)
             elif kind == "union_type":
-                b.PrependSlot(_FLAGS["uint8"], slot, union_types.get(fname, 0), 0)
+                item = union_types.get(fname, 0)
             elif fname in offsets:
-                b.PrependUOffsetTRelativeSlot(slot, offsets[fname], 0)
-        return b.EndObject()
+                item = offsets[fname]
+            else:
+                continue
+            if item == default:
+                continue
+            width = packer.size
+            widest = max(widest, width)
+            head -= ((head - size) & (width - 1)) + width
+            if kind == "offset":  # counted from its own position
+                item = size - head - item
+            packer.pack_into(buf, head, item)
+            vtable[slot] = size - head
+        widest = max(widest, 4)
+        head -= ((head - size) & 3) + 4  # the object's offset to its vtable, written below
+        at = size - head
+        while vtable and not vtable[-1]:
+            vtable.pop()
+        entries = [at - field if field else 0 for field in vtable]
+        key = (*reversed(entries), at - start)
+        shared = b.vtables.get(key)
+        if shared is None:
+            head -= 4 + 2 * len(entries)
+            struct.pack_into(f"<{len(entries) + 2}H", buf, head, 4 + 2 * len(entries), at - start, *entries)
+            shared = b.vtables[key] = size - head
+        _I32.pack_into(buf, size - at, shared - at)
+        b.head, b.minalign = head, widest
+        return at
 
     def reference(self, table: str, field: dict[str, Any], item: Any) -> int:
         b = self.builder

@@ -9,6 +9,7 @@ import hashlib
 from pathlib import Path
 
 from engine import model_to_bytes, read_model
+from engine.format.flatbuf import decode, encode
 from tests.secure.conftest import small_model
 
 SMALL_MODEL_SHA256 = "7bd6a29000537ea9cf0851554a158a9d9911e9adc327ce9dcc6522e8d5c88658"
@@ -39,3 +40,11 @@ def test_a_built_model_serializes_to_the_pinned_bytes() -> None:
 def test_every_mediapipe_model_rewrites_to_the_pinned_bytes(mediapipe: dict[str, Path]) -> None:
     got = {name: hashlib.sha256(model_to_bytes(read_model(path))).hexdigest() for name, path in mediapipe.items()}
     assert got == REWRITTEN_SHA256
+
+
+def test_a_buffer_grown_while_encoding_gives_the_same_bytes() -> None:
+    """The encoder writes into memory sized by a hint and grows it when a table does not fit: offsets count from
+    the end and padding from the written length, so a buffer grown several times from 1 KB gives the same bytes."""
+    tree = decode(model_to_bytes(small_model()))
+    grown = encode(tree, size_hint=1024)
+    assert len(grown) > 4 * 1024 and grown == encode(tree, size_hint=1 << 24)
