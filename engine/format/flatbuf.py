@@ -278,6 +278,7 @@ class _Encoder:
         buf, head, size, widest = b.Bytes, b.head, len(b.Bytes), b.minalign
         start = size - head
         vtable = [0] * count
+        top = -1  # the highest slot written: the vtable ends there
         for fname, kind, slot, packer, default in slots:
             if kind == "scalar":
                 item = value.get(fname, default)
@@ -290,18 +291,19 @@ class _Encoder:
             if item == default:
                 continue
             width = packer.size
-            widest = max(widest, width)
+            if width > widest:
+                widest = width
             head -= ((head - size) & (width - 1)) + width
             if kind == "offset":  # counted from its own position
                 item = size - head - item
             packer.pack_into(buf, head, item)
             vtable[slot] = size - head
+            if slot > top:
+                top = slot
         widest = max(widest, 4)
         head -= ((head - size) & 3) + 4  # the object's offset to its vtable, written below
         at = size - head
-        while vtable and not vtable[-1]:
-            vtable.pop()
-        entries = [at - field if field else 0 for field in vtable]
+        entries = [at - field if field else 0 for field in vtable[: top + 1]]
         key = (*reversed(entries), at - start)
         shared = b.vtables.get(key)
         if shared is None:
