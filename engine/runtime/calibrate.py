@@ -322,8 +322,8 @@ def unique_names(model: Model) -> set[str]:
 
 def fingerprint(model: Model) -> str:
     """A digest of what the float model computes: every subgraph's wiring, op codes and options, and every
-    tensor's name, shape, type, quantization and constant bytes.  Walking the IR costs milliseconds where
-    serializing the model (a Python flatbuffer encoder) cost 0.1 s a candidate."""
+    tensor's name, shape, type, quantization and constant bytes.  Walking the IR (pose_detection: 14 ms, most of
+    it hashing the weights) costs less than serializing the model to hash its bytes (30-40 ms)."""
     digest = hashlib.sha256()
     for sg in model.subgraphs:
         tensors = all_tensors(sg)
