@@ -110,6 +110,36 @@ def test_unknown_field_is_refused_not_dropped(small: bytes) -> None:
     assert f"Model field #{beyond} is set but not in the supported schema" in _error(bytes(data))
 
 
+def _lone_table(slot: int, table_size_extra: int = 0) -> bytes:
+    """A file whose root is a one-field table with a uint8 1 in ``slot`` (its vtable claims ``table_size_extra``
+    bytes fewer than the table holds when negative)."""
+    b = flatbuffers.Builder(64)
+    b.StartObject(slot + 1)
+    b.PrependUint8Slot(slot, 1, 0)
+    root = b.EndObject()
+    b.Finish(root, file_identifier=b"TFL3")
+    data = bytearray(b.Output())
+    if table_size_extra:
+        at = struct.unpack_from("<I", data, 0)[0]
+        vtable = at - struct.unpack_from("<i", data, at)[0]
+        struct.pack_into("<H", data, vtable + 2, struct.unpack_from("<H", data, vtable + 2)[0] + table_size_extra)
+    return bytes(data)
+
+
+def test_a_deprecated_field_inside_the_schemas_numbering_is_refused_not_dropped() -> None:
+    """ResizeBilinearOptions keeps slots 0 and 1 for deprecated fields: a value there is refused like one past
+    the schema, though a newer slot (2, align_corners) reads."""
+    assert decode(_lone_table(2), root="ResizeBilinearOptions")["align_corners"] is True
+    for slot in (0, 1):
+        with pytest.raises(EngineError, match=f"ResizeBilinearOptions field #{slot} is set but not in the supported"):
+            decode(_lone_table(slot), root="ResizeBilinearOptions")
+
+
+def test_a_field_past_its_tables_end_is_refused() -> None:
+    with pytest.raises(EngineError, match="field #0 lies outside its table"):
+        decode(_lone_table(0, table_size_extra=-4), root="AddOptions")
+
+
 @pytest.mark.slow  # reads MediaPipe models (engine.zoo)
 def test_unknown_union_member_is_refused(small: bytes) -> None:
     marker = 0xEE
