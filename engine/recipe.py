@@ -393,15 +393,23 @@ class Recipe:
                         "quantization)"
                     )
 
+    def _layers(self) -> tuple[dict[str, Any], ...]:
+        """The global options, then every per-op and per-tensor entry."""
+        return (self.options, *self.ops.values(), *self.tensors.values())
+
     def sets(self, option: str) -> bool:
         """Whether ``option`` is given anywhere (globally, by a flag or keyword, per op or per tensor pattern) rather
         than left to its default."""
-        return any(option in layer for layer in (self.options, *self.ops.values(), *self.tensors.values()))
+        return any(option in layer for layer in self._layers())
+
+    def given(self, option: str) -> set[Any]:
+        """Every value ``option`` is given anywhere (globally, per op, per tensor pattern): a pass whose values are
+        none of these has nothing to do, and need not resolve the recipe weight by weight."""
+        return {layer[option] for layer in self._layers() if option in layer}
 
     def fits_to_data(self) -> bool:
         """Whether a rounding method other than nearest is asked for anywhere: it reads calibration samples."""
-        layers = (self.options, *self.ops.values(), *self.tensors.values())
-        return any(layer.get("rounding", "nearest") != "nearest" for layer in layers)
+        return any(layer.get("rounding", "nearest") != "nearest" for layer in self._layers())
 
     def check_calibration(self, given: bool) -> None:
         """Calibration data is read by the full-integer modes and data-aware rounding, which cannot do without it."""

@@ -35,6 +35,8 @@ _CHUNK = 1 << 20  # weights summed, or labels turned into values, at a time
 
 def cluster_weights(model: Model, recipe: Recipe) -> tuple[Model, list[TensorReport]]:
     """Share K values in every weight the recipe clusters; one report entry per weight."""
+    if not recipe.sets("cluster"):
+        return model, []
     chosen, reports = select(model, recipe, lambda options: options.cluster is not None)
     if chosen:
         kernels.load_in_background()  # while the first weight is read and sorted

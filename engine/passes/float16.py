@@ -13,6 +13,8 @@ from engine.report import TensorReport
 
 def float16_weights(model: Model, recipe: Recipe) -> tuple[Model, list[TensorReport]]:
     """Cast every selected FLOAT32 weight to FLOAT16; weights already float16 are listed and left."""
+    if "float16" not in recipe.given("quantize"):
+        return model, []
     chosen, reports = select(model, recipe, lambda options: options.quantize == "float16")
     for weight, options in chosen:
         if weight.stored_type == "FLOAT16":

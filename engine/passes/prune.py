@@ -26,6 +26,8 @@ from engine.report import TensorReport
 
 def prune_weights(model: Model, recipe: Recipe) -> tuple[Model, list[TensorReport]]:
     """Zero the smallest weights of every weight the recipe prunes; one report entry per weight."""
+    if not recipe.sets("prune"):
+        return model, []
     chosen, reports = select(model, recipe, lambda options: options.prune is not None)
     layouts: list[tuple[Weight, TensorOptions]] = []
     layer_masks: dict[int, np.ndarray] = {}

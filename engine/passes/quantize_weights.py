@@ -71,6 +71,8 @@ class QuantizeWeights:
         of its own stage is fitted to its float weights instead (its inputs change once the stage is installed,
         and a correction for inputs it will not get made low-SQNR models worse: hand_landmark_lite 3.6 -> -3.4
         dB, pose_detection 11.8 -> 2.0 dB held out at 4 stages)."""
+        if not recipe.given("quantize") & set(INTEGER_MODES):
+            return model, []
         chosen, reports = select(model, recipe, lambda options: options.quantize in INTEGER_MODES)
         expect_weights((o.scale_method, w.elements) for w, o in chosen)
         asked = [(w, o) for w, o in chosen if o.rounding != "nearest"]
