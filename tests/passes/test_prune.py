@@ -188,3 +188,24 @@ def test_pruning_an_already_sparse_model_says_nothing_changed(runnable: dict[str
     assert len(already) == 27 and all("pruning to 50% changes nothing" in t.reason for t in already)
     _, report = engine.compress(path, prune=0.8)
     assert len(report.compressed) == 27
+
+
+def test_a_pass_asked_for_by_one_tensor_or_op_entry_alone_runs() -> None:
+    """The weight passes return at once when the recipe gives their option nowhere (Recipe.given): an option set
+    only in one tensor's or one op type's entry still reaches that weight."""
+    from engine.format.builder import GraphBuilder
+
+    rng = np.random.default_rng(0)
+    b = GraphBuilder()
+    x = b.input("x", (1, 64))
+    h = b.fully_connected(x, rng.normal(size=(64, 64)).astype(np.float32))
+    b.output(b.fully_connected(h, rng.normal(size=(8, 64)).astype(np.float32)), "y")
+    names = [w.name for w in find_weights(b.build())]
+    tensors = {f"^{names[0]}$": {"prune": 0.5}}
+    ops = {"FULLY_CONNECTED": {"cluster": 4}}
+    recipe = Recipe.from_dict({"quantize": "weight-int8", "min_elements": 0, "tensors": tensors, "ops": ops})
+    assert recipe.given("prune") == {0.5} and recipe.given("quantize") == {"weight-int8"} and not recipe.given("bits")
+    _, report = engine.compress(b.build(), recipe)
+    by_name = {t.name: t for t in report.tensors}
+    assert by_name[names[0]].sparsity is not None and by_name[names[0]].sparsity >= 0.5
+    assert by_name[names[1]].sparsity is None and all(by_name[n].clusters == 4 for n in names)
