@@ -11,13 +11,17 @@ from engine.format.builder import GraphBuilder
 from tests.runtimes import run_model
 
 
-def test_chained_identity_pools_are_computed_wrong_in_the_default_runtime_only() -> None:
-    """XNNPACK defines a 1x1 stride-1 pool as an unbounded clamp and, for two in a row after another delegated op,
-    leaves the graph output unwritten (uninitialized values, different from run to run).  tests/strategies.py
-    draws no such chain."""
+@pytest.mark.parametrize("between", [0, 2], ids=["pools in a row", "RELUs between them"])
+def test_chained_identity_pools_are_computed_wrong_in_the_default_runtime_only(between: int) -> None:
+    """XNNPACK defines a 1x1 stride-1 pool as an unbounded clamp and, for two in a chain after another delegated op
+    (in a row, or with RELUs, also clamps, between them), leaves the graph output unwritten (uninitialized values,
+    different from run to run).  tests/strategies.py draws no such chain."""
     b = GraphBuilder()
     x = b.input("x", (1, 2, 2, 1))
-    b.output(b.average_pool2d(b.average_pool2d(b.relu(x), 1, 1), 1, 1), "out")
+    y = b.average_pool2d(b.relu(x), 1, 1)
+    for _ in range(between):
+        y = b.relu(y)
+    b.output(b.average_pool2d(y, 1, 1), "out")
     data = model_to_bytes(b.build())
     inputs = {"x": np.array([-0.5, 0.25, 0.75, -1.0], np.float32).reshape(1, 2, 2, 1)}
     expected = np.maximum(inputs["x"], 0)
