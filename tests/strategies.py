@@ -59,28 +59,13 @@ def _depthwise(draw: Draw, b: GraphBuilder, rng: np.random.Generator, x: Tensor,
     return b.depthwise_conv2d(x, w, _bias(draw, rng, out), stride, padding, multiplier, activation, dilation)
 
 
-def _follows_identity_pool(b: GraphBuilder, x: Tensor) -> bool:
-    """Whether ``x`` is written by a 1x1, stride-1 pool (an identity op), directly or through RELU/RELU6 ops
-    (which XNNPACK, like those pools, runs as clamps)."""
-    while True:
-        producer = next((op for op in b.graph.operators if any(t is x for t in op.outputs)), None)
-        if producer is None:
-            return False
-        if producer.name in ("RELU", "RELU6"):
-            x = producer.inputs[0]
-            continue
-        if producer.name not in ("AVERAGE_POOL_2D", "MAX_POOL_2D"):
-            return False
-        fields = producer.builtin_options.fields
-        return all(fields[f] == 1 for f in ("filter_width", "filter_height", "stride_w", "stride_h"))
-
-
 def _pool(draw: Draw, b: GraphBuilder, rng: np.random.Generator, x: Tensor, _: list[Tensor]) -> Tensor:
     size, stride, _dilation, padding = _window(draw, x, 3)
-    if (size, stride) == (1, 1) and _follows_identity_pool(b, x):
-        # XNNPACK (ai-edge-litert 2.3.0) leaves the output of a chain of identity pools (RELUs between them
-        # included) unwritten; pinned by tests/runtime/test_xnnpack_faults.py, which fails when the runtime is fixed
-        # and this can go.
+    if (size, stride) == (1, 1):
+        # XNNPACK (ai-edge-litert 2.3.0) runs a 1x1 stride-1 pool as a clamp and leaves the output of some chains
+        # of clamps holding one unwritten (pool -> pool, pool -> RELU -> RELU -> pool; the generated-graph tests hit
+        # others, rarely, whose values depended on the process's memory); pinned by
+        # tests/runtime/test_xnnpack_faults.py, which fails when the runtime is fixed and this can go.
         size, padding = 2, "SAME"
     pool = b.max_pool2d if draw(st.booleans()) else b.average_pool2d
     return pool(x, size, stride, padding)

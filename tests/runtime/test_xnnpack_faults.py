@@ -15,7 +15,7 @@ from tests.runtimes import run_model
 def test_chained_identity_pools_are_computed_wrong_in_the_default_runtime_only(between: int) -> None:
     """XNNPACK defines a 1x1 stride-1 pool as an unbounded clamp and, for two in a chain after another delegated op
     (in a row, or with RELUs, also clamps, between them), leaves the graph output unwritten (uninitialized values,
-    different from run to run).  tests/strategies.py draws no such chain."""
+    different from run to run).  tests/strategies.py draws no 1x1 stride-1 pool at all."""
     b = GraphBuilder()
     x = b.input("x", (1, 2, 2, 1))
     y = b.average_pool2d(b.relu(x), 1, 1)
