@@ -223,7 +223,10 @@ class Judge:
         self.data = data
         self.runs = 0
         self.seconds = 0.0
-        self._spent = [0.0, 0, 0.0, 0]  # seconds building interpreters, how many; seconds running samples, how many
+        # What judging has cost so far: seconds building interpreters and how many; seconds running samples (as on
+        # one interpreter) and how many.
+        self._build_seconds, self._built = 0.0, 0
+        self._run_seconds, self._ran = 0.0, 0
         ref = interpreter(float_bytes, "float model", preserve_all=False, num_threads=1, xnnpack=True)
         self._inputs = ref.get_input_details()
         self._outputs = ref.get_output_details()
@@ -264,14 +267,14 @@ class Judge:
         firsts: list[Any] = [None] * len(chosen)  # the first output of each sample
         try:
             # Built one at a time: building one silences the process's stderr while LiteRT announces XNNPACK.
-            built = time.perf_counter()
+            build_start = time.perf_counter()
             workers = [
                 interpreter(candidate, "candidate", preserve_all=False, num_threads=1, xnnpack=True)
                 for _ in range(judge_workers(len(candidate), len(chosen), self._costs()))
             ]
-            self._spent[0] += time.perf_counter() - built
-            self._spent[1] += len(workers)
-            ran = time.perf_counter()
+            self._build_seconds += time.perf_counter() - build_start
+            self._built += len(workers)
+            runs_start = time.perf_counter()
             in_pairs = match_tensors(self._inputs, workers[0].get_input_details(), "input")
             out_pairs = match_tensors(self._outputs, workers[0].get_output_details(), "output")
 
@@ -300,8 +303,8 @@ class Judge:
                     for done in [pool.submit(run_share, w) for w in range(len(workers))]:
                         done.result()
             # Wall time of the runs times the interpreters sharing them: what one would have taken.
-            self._spent[2] += (time.perf_counter() - ran) * len(workers)
-            self._spent[3] += len(chosen)
+            self._run_seconds += (time.perf_counter() - runs_start) * len(workers)
+            self._ran += len(chosen)
         except InterpreterError as exc:
             self.seconds += time.perf_counter() - start
             return Measurement(np.full(outputs, np.inf), float("-inf"), dict.fromkeys(self.output_names, float("-inf")),
@@ -314,8 +317,9 @@ class Judge:
 
     def _costs(self) -> tuple[float, float] | None:
         """(seconds to build one interpreter, seconds to run one sample on one), as measured so far."""
-        build, built, run, ran = self._spent
-        return (build / built, run / ran) if built and ran else None
+        if not (self._built and self._ran):
+            return None
+        return self._build_seconds / self._built, self._run_seconds / self._ran
 
     def drop_points(self, m: Measurement) -> float | None:
         """Accuracy lost against the float model on the held-out samples, in percentage points."""

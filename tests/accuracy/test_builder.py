@@ -3,6 +3,7 @@ remembers each weight's scale search (engine/accuracy/candidates.py), which must
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -69,14 +70,23 @@ def test_parallel_judging_gives_the_one_interpreter_figures(
     compressed, _ = engine.compress(path, quantize=mode, min_elements=0, calibration=data.calibration)
     candidate = bytes(model_to_bytes(compressed))
     figures = {}
+    costs_given: list = []
+
+    def fixed(size: int, samples: int, costs: tuple[float, float] | None = None, n: int = 1) -> int:
+        costs_given.append(costs)
+        return min(n, samples)
+
     for workers in (1, 3):
-        monkeypatch.setattr(candidates, "judge_workers", lambda size, samples, costs=None, n=workers: min(n, samples))
+        monkeypatch.setattr(candidates, "judge_workers", functools.partial(fixed, n=workers))
         judge = candidates.Judge(path.read_bytes(), data)
         every, some = judge.measure(candidate), judge.measure(candidate, samples=[0, 3, 5, 6, 11])
         broken = judge.measure(candidate[: len(candidate) // 2])
         assert broken.error is not None and broken.sqnr_db == float("-inf")
         figures[workers] = (every.noise.tolist(), every.accuracy, some.noise.tolist(), some.accuracy)
     assert figures[1] == figures[3]
+    # Each judge measures its first candidate with nothing known, then hands what building and running cost.
+    assert costs_given[0] is None and costs_given[3] is None
+    assert all(c is not None and c[0] > 0 and c[1] > 0 for i, c in enumerate(costs_given) if i % 3)
     assert figures[1][1] is not None and figures[1][3] is None  # accuracy on all held-out samples only
 
 
