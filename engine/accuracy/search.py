@@ -55,6 +55,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -651,40 +652,83 @@ def _check_budget(target_sqnr: Any, max_accuracy_drop: Any, labels: Any, optimiz
 def _prefix_search(
     search: _Search, order: list[tuple[int, int]], rho: np.ndarray, scale: np.ndarray
 ) -> tuple[tuple[int, ...], dict[int, int]]:
-    """The shortest passing prefix of the promotion path found by galloping and bisection; also, per path step,
-    the prefix length whose measurement first included it."""
+    """The shortest passing prefix of the promotion path (`shortest_passing_prefix`); also, per path step, the
+    prefix length whose measurement first included it."""
     total = len(order)
-    measured: dict[int, bool] = {0: False}
-    predicted = search.predicted_prefix(order, rho, scale)  # an accuracy budget: where it reaches 30 dB
+    predicted = [search.predicted_db(rho, scale, search.levels_after(order, k)) for k in range(total + 1)]
 
-    def check(k: int, what: str) -> bool:
-        _, ok = search.judge_assignment(search.levels_after(order, k), what, k)
-        measured[k] = ok
-        return ok
+    def check(k: int, how: str) -> tuple[bool, float]:
+        m, ok = search.judge_assignment(search.levels_after(order, k), f"path prefix {k}/{total} ({how})", k)
+        return ok, m.sqnr_db
 
-    k = min(max(predicted, 1), total)
-    lo, hi = 0, None
-    while hi is None:
-        if check(k, f"path prefix {k}/{total} ({'predicted' if k == predicted else 'galloping'})"):
+    assert search.uniform is not None
+    best_k, judged = shortest_passing_prefix(
+        predicted,
+        search.predicted_prefix(order, rho, scale),  # an accuracy budget: where it reaches 30 dB
+        check,
+        search.budget.target_sqnr_db,
+        uniform_db=search.uniform.sqnr_db,
+    )
+    first_with = {step: next((k for k in sorted(judged) if k > step), best_k) for step in range(best_k)}
+    return search.levels_after(order, best_k), first_with
+
+
+def shortest_passing_prefix(
+    predicted_db: list[float],
+    start: int,
+    check: Callable[[int, str], tuple[bool, float]],
+    target_db: float | None,
+    uniform_db: float = -math.inf,
+) -> tuple[int, list[int]]:
+    """The shortest prefix ``k`` (1..len(predicted_db) - 1) that ``check(k, how)`` passes, assuming longer prefixes
+    pass once one does; returns it (the longest when none passes) and the prefixes judged, in order.
+
+    The first probe is ``start`` (the prediction).  With an SQNR target each next probe is *guided*: the shortest
+    prefix in the open bracket whose predicted SQNR, corrected by the measured-minus-predicted offset interpolated
+    between the prefixes judged so far (``uniform_db`` is prefix 0's), reaches the target.  An accurate prediction
+    thus ends in two probes (the answer and one shorter), where bisection takes about log2(length) more.  A guided
+    probe is followed by a plain one (doubling while nothing passes, else bisection) after two guided probes in a
+    row that did not halve the bracket, so the count stays within a small multiple of bisection's.  Without a
+    target (an accuracy budget) every probe is plain."""
+    total = len(predicted_db) - 1
+    offsets: dict[int, float] = {}
+    if math.isfinite(uniform_db) and math.isfinite(predicted_db[0]):
+        offsets[0] = uniform_db - predicted_db[0]
+    judged: list[int] = []
+    lo, hi = 0, None  # the longest failing and the shortest passing prefix so far (prefix 0 fails: the search ran)
+    k, how = min(max(start, 1), total), "predicted"
+    creeping = 0  # guided probes in a row that did not halve the bracket
+    while True:
+        width = (total if hi is None else hi) - lo
+        ok, measured_db = check(k, how)
+        judged.append(k)
+        if math.isfinite(measured_db) and math.isfinite(predicted_db[k]):
+            offsets[k] = measured_db - predicted_db[k]
+        if ok:
             hi = k
         else:
             lo = k
-            if k == total:
-                break
-            k = min(total, k + max(1, k))
-    if hi is not None:
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            if check(mid, f"path prefix {mid}/{total} (bisection)"):
-                hi = mid
-            else:
-                lo = mid
-    best_k = hi if hi is not None else total
-    first_with: dict[int, int] = {}
-    judged = sorted(measured)
-    for step in range(best_k):
-        first_with[step] = next((k for k in judged if k > step), best_k)
-    return search.levels_after(order, best_k), first_with
+        if (hi is not None and hi - lo <= 1) or (hi is None and lo == total):
+            break
+        upper = total if hi is None else hi - 1
+        plain = min(total, lo + max(1, lo)) if hi is None else (lo + hi) // 2
+        halved = 2 * ((total if hi is None else hi) - lo) <= width
+        creeping = creeping + 1 if how == "guided" and not halved else 0
+        if target_db is not None and creeping < 2:
+            points = sorted(offsets)
+            k = next(
+                (
+                    j
+                    for j in range(lo + 1, upper + 1)
+                    if predicted_db[j] + (float(np.interp(j, points, [offsets[p] for p in points])) if points else 0.0)
+                    >= target_db
+                ),
+                upper,
+            )
+            how = "guided"
+        else:
+            k, how = plain, "galloping" if hi is None else "bisection"
+    return (hi if hi is not None else total), judged
 
 
 def _ranking(search: _Search) -> list[dict[str, Any]]:
