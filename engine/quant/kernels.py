@@ -17,15 +17,17 @@ kernels, about 0.45 s of a process (0.65-0.8 s while Numba's numpy support also 
 engine.quant.jit now avoids; benchmarks/kernels.py measures it), more than a small model's whole quantization takes
 in numpy. So the kernels whose twins give exactly their codes and scales (``numpy_ns``: absmax and MSE scales,
 quantize, dequantize, signal_and_noise, int4/int2 packing) run as their twins, a tile at a time (``_tiles``: 0.6-3
-ns an element for the one-pass ones, 10-12 for packing, ~300 for the 28-candidate MSE search), until their estimated
-cost in the process reaches ``NUMPY_FIRST_NS`` (about Numba's start-up: the rent-or-buy rule, never worse than twice
-the better choice), then compiled. A pass that knows its weights announces the work first (``expect``), and beyond
-the budget gets the compiled kernels from the start. So weight-int8 of a model of up to ~100 M weights (the 268 MB
-benchmark MLP: 0.7 s whole process) and full int8 or weight-int4 of a model of up to ~2 M weights (a MediaPipe hand
-model: 0.5 s) never load Numba. The output bytes are the same either way (the tests prove the twins equal; the MSE
-search sums each row's errors in one stated order, ``_errors_numpy``, in both); ``signal_and_noise`` sums in another
-order and agrees to 1e-9, which only the reported weight SQNR sees. A pass whose compiled kernels follow
-single-threaded numpy work (clustering's sort) starts loading Numba in a thread first (``load_in_background``).
+ns an element for the one-pass ones, 10-12 for packing, ~300 for the 28-candidate MSE search, each stage's
+candidates summed in one stacked call; plus a fixed cost a call, ~50 us, ~1 ms for the MSE search, which decides on
+a model of many small tensors), until their estimated cost in the process reaches ``NUMPY_FIRST_NS`` (about Numba's
+start-up: the rent-or-buy rule, never worse than twice the better choice), then compiled. A pass that knows its
+weights announces the work first (``expect``), and beyond the budget gets the compiled kernels from the start. So
+weight-int8 of a model of up to ~100 M weights (the 268 MB benchmark MLP: 0.7 s whole process) and full int8 or
+weight-int4 of a model of up to ~2 M weights (a MediaPipe hand model: 0.5 s) never load Numba. The output bytes are
+the same either way (the tests prove the twins equal; the MSE search sums each row's errors in one stated order,
+``_errors_numpy``, in both); ``signal_and_noise`` sums in another order and agrees to 1e-9, which only the reported
+weight SQNR sees. A pass whose compiled kernels follow single-threaded numpy work (clustering's sort) starts loading
+Numba in a thread first (``load_in_background``).
 """
 
 from __future__ import annotations
@@ -64,6 +66,8 @@ _TILE = 16_384
 # The order of a row's error sum (_errors_numpy): _LANES interleaved lanes; the kernel computes _BLOCK terms at once.
 _LANES = 8
 _BLOCK = 64
+# Elements of the MSE search twin's stacked error sums (_best_of): several candidates of a small tensor at once.
+_STACKED = 1 << 20
 
 
 def _is_integer(value: object) -> bool:
@@ -148,11 +152,18 @@ class _Twins(Generic[_P]):
         reference: Callable[..., Any],
         returns: str,
         numpy_ns: float | None,
+        numpy_call_ns: float,
     ):
         functools.update_wrapper(self, prepare)
         self.__signature__ = inspect.signature(prepare).replace(return_annotation=returns)
         self._prepare, self._fast_name, self._reference = prepare, fast, reference
-        self.numpy_ns = numpy_ns
+        self.numpy_ns, self.numpy_call_ns = numpy_ns, numpy_call_ns
+
+    def numpy_cost(self, elements: int) -> float:
+        """Estimated ns of the twin on a tensor of ``elements``: per element, plus its fixed cost a call (numpy
+        calls, the Python around them), which decides on a model of many small tensors."""
+        assert self.numpy_ns is not None
+        return self.numpy_ns * elements + self.numpy_call_ns
 
     @property
     def _fast(self) -> Callable[..., Any]:
@@ -160,7 +171,7 @@ class _Twins(Generic[_P]):
 
     def __call__(self, *args: _P.args, **kwargs: _P.kwargs) -> Any:
         prepared = self._prepare(*args, **kwargs)
-        if self.numpy_ns is not None and _StartUp.take(self.numpy_ns * prepared[0].size):
+        if self.numpy_ns is not None and _StartUp.take(self.numpy_cost(prepared[0].size)):
             return self._reference(*prepared)
         return self._fast(*prepared)
 
@@ -174,19 +185,24 @@ class _Twins(Generic[_P]):
 
 
 def _twins(
-    fast: str, reference: Callable[..., Any], returns: str = "np.ndarray", numpy_ns: float | None = None
+    fast: str,
+    reference: Callable[..., Any],
+    returns: str = "np.ndarray",
+    numpy_ns: float | None = None,
+    numpy_call_ns: float = 50_000,
 ) -> Callable[[Callable[_P, tuple]], _Twins[_P]]:
     """Decorator: turn an argument-checking function into a public kernel (engine.quant.jit's ``fast``) with a
     numpy twin; ``returns`` is the public signature's return annotation (what the kernels return);
-    ``numpy_ns``: the twin gives exactly the kernel's result, at about this many ns an element, and runs first."""
-    return lambda prepare: _Twins(prepare, fast, reference, returns, numpy_ns)
+    ``numpy_ns``: the twin gives exactly the kernel's result, at about this many ns an element plus
+    ``numpy_call_ns`` a call, and runs first."""
+    return lambda prepare: _Twins(prepare, fast, reference, returns, numpy_ns, numpy_call_ns)
 
 
 def expect(work: Iterable[tuple[_Twins[Any], int]]) -> None:
     """Announce the kernel work a pass is about to do, (kernel, elements) pairs (a pass knows its weights before it
     starts): when the numpy twins would take longer than loading Numba, the compiled kernels run from the start
     rather than after the twins have spent the budget.  Results are the same either way."""
-    _StartUp.expect(sum(kernel.numpy_ns * elements for kernel, elements in work if kernel.numpy_ns is not None))
+    _StartUp.expect(sum(kernel.numpy_cost(elements) for kernel, elements in work if kernel.numpy_ns is not None))
 
 
 # ---------------------------------------------------------------------------------------------------- checks
@@ -325,32 +341,57 @@ def _absmax_numpy(groups: np.ndarray, qmax: int, out: np.ndarray) -> np.ndarray:
 
 
 def _mse_numpy(groups: np.ndarray, qmax: int, lowest: float, out: np.ndarray) -> np.ndarray:
-    """The search of ``_row_mse_scale``, one candidate at a time for all rows at once."""
+    """The search of ``_row_mse_scale`` for all rows at once, a stage's candidates together (`_best_of`)."""
     amax = _row_absmax_numpy(groups)
     best_s = _scales_numpy(amax, 1.0, qmax)
     live = best_s >= _TINY
     best_s[~live] = 1.0
     best_r = np.ones(len(groups))
     best_e = _errors_numpy(groups, best_s, qmax)
-
-    def consider(r: np.ndarray) -> None:
-        s = _scales_numpy(amax, r, qmax)
-        valid = live & (r <= 1.0) & (s >= _TINY)
-        e = _errors_numpy(groups, np.where(valid, s, np.float32(1.0)), qmax)
-        better = valid & (e < best_e)
-        best_s[better], best_r[better], best_e[better] = s[better], r[better], e[better]
-
     step = (1.0 - lowest) / (_COARSE - 1)
-    for k in range(1, _COARSE):
-        consider(np.full(len(groups), 1.0 - k * step))
+    coarse = np.repeat(1.0 - np.arange(1, _COARSE)[:, None] * step, len(groups), axis=1)
+    best = _best_of(groups, amax, live, qmax, coarse, best_s, best_r, best_e)
     for _ in range(_REFINE_STAGES):
         step /= _REFINE_POINTS + 1
-        center = best_r.copy()
-        for j in range(-_REFINE_POINTS, _REFINE_POINTS + 1):
-            if j != 0:
-                consider(center + j * step)
-    out[:] = best_s
+        offsets = np.array([j * step for j in range(-_REFINE_POINTS, _REFINE_POINTS + 1) if j != 0])
+        best = _best_of(groups, amax, live, qmax, best[1][None, :] + offsets[:, None], *best)
+    out[:] = best[0]
     return out
+
+
+def _best_of(
+    groups: np.ndarray,
+    amax: np.ndarray,
+    live: np.ndarray,
+    qmax: int,
+    ratios: np.ndarray,
+    best_s: np.ndarray,
+    best_r: np.ndarray,
+    best_e: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each row's best of its current (scale, ratio, error) and the candidate ``ratios`` [candidates, rows], as
+    the kernel's scan in candidate order keeps it: a candidate replaces the best only when its error is strictly
+    smaller, so the winner is the first minimum, the current best first.  The candidates' errors come from one
+    `_errors_numpy` call over the rows stacked once per candidate (a few at a time for a large tensor), so a
+    small tensor costs a few numpy calls a stage instead of a few per candidate."""
+    count, rows = ratios.shape
+    scales = _scales_numpy(amax[None, :], ratios, qmax)
+    valid = live[None, :] & (ratios <= 1.0) & (scales >= _TINY)
+    errors = np.empty((count, rows))
+    per_call = max(1, _STACKED // max(groups.size, 1))
+    for first in range(0, count, per_call):
+        chunk = slice(first, min(first + per_call, count))
+        trial = np.where(valid[chunk], scales[chunk], np.float32(1.0))
+        stacked = np.broadcast_to(groups, (trial.shape[0], *groups.shape)).reshape(trial.size, groups.shape[1])
+        errors[chunk] = _errors_numpy(stacked, trial.reshape(-1), qmax).reshape(trial.shape[0], rows)
+    errors[~valid] = np.inf
+    pick = np.argmin(np.concatenate((best_e[None, :], errors)), axis=0)
+    won = pick > 0
+    chosen = pick[won] - 1
+    columns = np.flatnonzero(won)
+    best_s, best_r, best_e = best_s.copy(), best_r.copy(), best_e.copy()
+    best_s[won], best_r[won], best_e[won] = scales[chosen, columns], ratios[chosen, columns], errors[chosen, columns]
+    return best_s, best_r, best_e
 
 
 def _quantize_numpy(groups: np.ndarray, scales: np.ndarray, qmax: int, out: np.ndarray) -> np.ndarray:
@@ -402,7 +443,7 @@ def absmax_scales(groups: np.ndarray, bits: int) -> tuple:
     return g, qmax(bits), np.empty(g.shape[0], np.float32)
 
 
-@_twins("_mse_numba", _mse_numpy, numpy_ns=300)
+@_twins("_mse_numba", _mse_numpy, numpy_ns=300, numpy_call_ns=1_000_000)
 def mse_scales(groups: np.ndarray, bits: int) -> tuple:
     """Per-row scale whose clipping range r * max|w| minimizes the squared reconstruction error.
 

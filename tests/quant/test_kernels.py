@@ -102,6 +102,16 @@ def test_mse_scales_of_long_rows(g: np.ndarray, bits: int) -> None:
     assert np.array_equal(k.mse_scales(g, bits), k.mse_scales_numpy(g, bits))
 
 
+@FAST
+@given(weights(max_rows=4, max_n=60), BITS, st.integers(1, 200))
+def test_mse_scales_of_a_tensor_larger_than_one_stacked_sum(g: np.ndarray, bits: int, stacked: int) -> None:
+    """The twin sums a stage's candidates stacked, a few at a time when the tensor is large (at most
+    ``_STACKED`` elements a call, shrunk here): the scales stay the kernel's."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(k, "_STACKED", stacked)
+        assert np.array_equal(k.mse_scales(g, bits), k.mse_scales_numpy(g, bits))
+
+
 def test_error_sum_order() -> None:
     """The order both implementations sum a row's squared errors in, stated as a plain loop: lane j mod 8 while
     j < n - n mod 8, the lanes in order, then the tail.  Magnitudes 1e-8..1e8 make any other order differ."""
@@ -309,9 +319,11 @@ k.signal_and_noise(g, codes, s)
 k.pack_int4(np.clip(codes, -8, 7))
 k.mse_scales(g, 4)
 assert 'numba' not in sys.modules, 'numba imported by small calls'
-spent = sum(f.numpy_ns for f in (k.absmax_scales, k.quantize, k.signal_and_noise, k.pack_int4, k.mse_scales))
-assert k._StartUp.left == k.NUMPY_FIRST_NS - spent * g.size, k._StartUp.left
-k._StartUp.left = 1000  # as if the budget were nearly spent
+used = (k.absmax_scales, k.quantize, k.signal_and_noise, k.pack_int4, k.mse_scales)
+spent = sum(f.numpy_ns * g.size + f.numpy_call_ns for f in used)
+assert k._StartUp.left == k.NUMPY_FIRST_NS - spent, k._StartUp.left
+assert k.mse_scales.numpy_cost(9) > 100 * k.mse_scales.numpy_ns * 9  # a small tensor: the call's own cost
+k._StartUp.left = 1000 + k.quantize.numpy_call_ns  # as if the budget were nearly spent
 big = np.ones((1, 1000 // k.quantize.numpy_ns + 1), np.float32)
 assert np.array_equal(k.quantize(big, np.ones(1, np.float32), 8), k.quantize.numpy(big, np.ones(1, np.float32), 8))
 assert 'engine.quant.jit' in sys.modules, 'the call over the budget did not run compiled'
@@ -334,7 +346,7 @@ g = np.ones((4, 16), np.float32)
 k.expect([(k.mse_scales, 1000), (k.quantize, 1000)])
 k.mse_scales(g, 4)
 assert 'numba' not in sys.modules
-k.expect([(k.mse_scales, k.NUMPY_FIRST_NS // k.mse_scales.numpy_ns + 1)])
+k.expect([(k.mse_scales, 9)] * (k.NUMPY_FIRST_NS // k.mse_scales.numpy_cost(9) + 1))  # many small tensors
 k.mse_scales(g, 4)
 assert 'engine.quant.jit' in sys.modules
 """
