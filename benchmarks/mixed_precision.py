@@ -20,6 +20,11 @@ judged on every sample.  Rows:
 * ``--target-sqnr`` searches for each target and family (weight-int4, weight-int4 with ``--rounding gptq``, int8):
   size, default-runtime latency, the re-measured SQNR, search time and candidates judged.
 
+Search time against a plain int8 run (issue 13's goal, at most 10x), two ways, in one table: in process (the
+search's own seconds against the ``int8`` row's warm ``engine.compress``), and whole process: the int8 searches run
+as the command a user types (``python -m engine compress M -o OUT --quantize int8 --calibration crops.npy
+--target-sqnr T``, start to exit) against the same command without ``--target-sqnr`` (median of 3).
+
 Latency: every form of a model timed together with the float model (engine.runtime.latency.measure_latency: 1
 thread, interleaved, median of 20), as a ratio to float.  Writes benchmarks/results/mixed_precision.json and .md;
 ``--plot PNG`` draws one size/SQNR panel per model with its Pareto front (docs/mixed-precision.png, which the README
@@ -29,6 +34,7 @@ shows, comes from the full run with ``--plot docs/mixed-precision.png``).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -37,7 +43,7 @@ from typing import Any
 
 import harness  # noqa: F401  (puts the worktree's engine first)
 import numpy as np
-from harness import db, environment, markdown_table, results_argument, save
+from harness import db, environment, markdown_table, results_argument, run_process, save
 from models import judged_models
 
 import engine
@@ -102,12 +108,39 @@ def bench_model(name: str, path: Path, value_range: tuple[float, float], args: a
             record(f"{family}, first+last float", out, fi, {})
         except engine.EngineError as exc:
             rows.append({"form": f"{family}, first+last float", "error": str(exc)})
+    crops_file = tmp / f"{name}.crops.npy"
+    np.save(crops_file, crops)
+    plain_command = [sys.executable, "-m", "engine", "compress", str(path), "-o", str(tmp / f"{name}.plain.tflite"),
+                     "--quantize", "int8", "--calibration", str(crops_file)]  # fmt: skip
+    plain_runs = [_process(plain_command, tmp / f"{name}.plain.tflite", tmp) for _ in range(3)]
+    if any(ran["error"] for ran in plain_runs):
+        raise RuntimeError(f"{name}: the plain int8 command failed: {plain_runs[0]['error']}")
+    plain_process = [ran["wall_s"] for ran in plain_runs]
     for family in args.families:
         mode, _, rounding = family.partition("+")  # weight-int4+gptq: the family with data-aware rounding
         fi = mode == "int8" or bool(rounding)  # fitted to the calibration part: judged on the held-out one
         options = {"quantize": mode, **({"rounding": rounding} if rounding else {})}
         for target in args.targets:
             out = tmp / f"{name}.{family}.{target:g}.tflite"
+            if mode == "int8":  # the command a user runs, whole process, against the plain int8 command
+                report_file = tmp / f"{name}.{target:g}.report.json"
+                command = [*plain_command[:5], "-o", str(out), *plain_command[7:], "--target-sqnr", f"{target:g}",
+                           "--report", str(report_file)]  # fmt: skip
+                ran = _process(command, out, tmp)
+                if ran["error"] is not None:
+                    rows.append({"form": f"{family} -> {target:g} dB", "error": ran["error"]})
+                    continue
+                s = json.loads(report_file.read_text())["search"]
+                figures = {
+                    "seconds": s["seconds"],
+                    "process_seconds": ran["wall_s"],
+                    "runs": s["runs"],
+                    "met": s["met"],
+                    "chosen": s["chosen"],
+                    "searched_sqnr_db": s["final"]["sqnr_db"],
+                }
+                record(f"{family} -> {target:g} dB", out, fi, figures)
+                continue
             t = time.perf_counter()
             try:
                 _, report = engine.compress(path, **options, calibration=crops, target_sqnr=target, output=out)
@@ -122,7 +155,41 @@ def bench_model(name: str, path: Path, value_range: tuple[float, float], args: a
     for row in rows:
         if row["form"] in by_label:
             row["latency_ratio"] = by_label[row["form"]]
-    return {"float_ms": times[0], "bytes": path.stat().st_size, "rows": rows}
+    return {"float_ms": times[0], "bytes": path.stat().st_size, "rows": rows,
+            "plain_int8_process_s": float(np.median(plain_process))}  # fmt: skip
+
+
+def _cost_table(results: dict[str, Any], targets: list[float]) -> str:
+    """Per model: the int8 searches' time over the plain int8 run's, in process (the engine's own seconds: the
+    search's against a warm ``compress``) and whole process (the two commands a user runs, start to exit)."""
+    table = []
+    for name, r in results["models"].items():
+        rows = {row["form"]: row for row in r["rows"]}
+        plain = rows.get("int8", {}).get("seconds")
+        cells = [name, f"{plain:.2f} / {r['plain_int8_process_s']:.2f}" if plain else "-"]
+        for target in targets:
+            row = rows.get(f"int8 -> {target:g} dB", {})
+            if "process_seconds" not in row or not plain:
+                cells.append("-")
+                continue
+            whole = row["process_seconds"] / r["plain_int8_process_s"]
+            cells.append(
+                f"{row['seconds']:.1f} / {row['process_seconds']:.1f} s: {row['seconds'] / plain:.1f}x / {whole:.1f}x"
+            )
+        table.append(cells)
+    header = ["model", "plain int8 s (in process / whole process)", *(f"int8 -> {t:g} dB" for t in targets)]
+    return markdown_table(header, table)
+
+
+def _process(command: list[str], output: Path, tmp: Path) -> dict[str, Any]:
+    """``command`` in a fresh process (harness.run_process); exit code 4 (a budget not met, the best model
+    written) is a result, not an error."""
+    logs = tmp / "logs"
+    logs.mkdir(exist_ok=True)
+    ran = run_process(command, output, logs, require_output=True)
+    if ran["returncode"] == 4 and output.is_file():
+        ran["error"] = None
+    return ran
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
@@ -190,7 +257,7 @@ def main() -> None:
         for name, (path, value_range) in judged_models(names, tmp).items():
             print(f"{name} ...", file=sys.stderr)
             results["models"][name] = bench_model(name, path, value_range, args, tmp)
-    lines = []
+    lines = ["### Search time against a plain int8 run", "", _cost_table(results, args.targets), ""]
     for name, r in results["models"].items():
         lines += [f"### {name} ({r['bytes']:,} bytes, float {r['float_ms']:.3g} ms)", ""]
         table = [
