@@ -176,10 +176,6 @@ class GroupTesting:
         leaf = self._leaf_of(unit)
         return leaf.measured and len(leaf.members) == 1
 
-    def unexplained(self, unit: int) -> np.ndarray:
-        """Per output: the noise known only for the group ``unit`` is in (its own, once it is measured alone)."""
-        return self._leaf_of(unit).noise
-
     def estimate(self, unit: int) -> Estimate:
         return Estimate(self.alone(unit), len(self._leaf_of(unit).members))
 

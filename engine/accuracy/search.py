@@ -22,10 +22,7 @@ on held-out samples in the default runtime, stay within the budget of the float 
    noise where there is one, else equally); then the units the answer hangs on are measured alone: the units
    holding three quarters of the bytes at stake (float against first rung), and those the predicted answer (step
    4's first prefix) leaves on the first rung or promotes last (4), of the units whose rung changes the bytes, 8
-   at a time, most bytes first, the prediction redone after each batch until it leaves no such unit estimated
-   (of those left on the first rung, only the ones that could be worth promoting: `_Search._deciding`), or until
-   the units it would measure next hold at most 5% of the bytes at stake (``_SETTLED_SHARE``: on the MediaPipe
-   models at 25/30/35 dB, 16% fewer candidates than measuring on to the last, the same bytes added in all).
+   at a time, most bytes first, the prediction redone after each batch until it leaves no such unit estimated.
    The rest keep estimates: a group's noise minus its members measured alone, shared (never below their share of
    the last candidate measured with them, for the units whose rung changes no bytes: over-estimated they are
    promoted early at no cost, under-estimated their noise would be missing from the prediction).  Ranking
@@ -98,8 +95,6 @@ _LATENCY_RUNS = 20
 _ACCURACY_TARGET_DB = 30.0  # an accuracy budget's stand-in SQNR where predictions need one
 _BAND = 4  # the units promoted last before the predicted answer, measured alone by the ranking
 _BATCH = 8  # units the ranking measures alone before it predicts again
-_LEAF_MARGIN = 2.0  # a unit measured alone may measure up to this much more than the noise left to its group
-_SETTLED_SHARE = 0.05  # the ranking ends once the units it would measure alone next hold no more of the bytes at stake
 _STAKE_SHARE = 0.75  # the units holding this share of the bytes at stake, measured alone by the ranking
 _RANKING_SAMPLES = 8  # held-out samples judging each ranking candidate, at most
 _SCREEN_SAMPLES = 2  # held-out samples judging the int16x8 alternative first
@@ -301,7 +296,6 @@ class _Search:
         # them only promotes them early, at no cost, where under-estimating them hides noise from the prediction.
         cautious = [_stake(u) == 0 for u in self.units]
         proxy = [_proxy(u) for u in self.units]
-        total_stake = sum(_stake(u) for u in self.units)
         testing = GroupTesting(len(self.units), self._group_noise, proxy, group=group, cautious=cautious)
         self.testing = testing
         testing.start(lambda groups: track(groups, f"ranking {len(self.units)} units in {len(groups)} candidates"))
@@ -309,8 +303,8 @@ class _Search:
             self.isolated = testing.noise()
             rho = self._rho(self.isolated)
             scale = self.interaction_scale(rho)
-            deciding = [i for i in self._deciding(*self.valued_path(rho, scale), rho, scale) if not testing.alone(i)]
-            if sum(_stake(self.units[i]) for i in deciding) <= _SETTLED_SHARE * total_stake:
+            deciding = [i for i in self._deciding(self.path(rho, scale), rho, scale) if not testing.alone(i)]
+            if not deciding:
                 return rho, scale
             # A batch at a time, the most bytes at stake first: the prediction redone after each.
             deciding.sort(key=lambda i: _stake(self.units[i]), reverse=True)
@@ -347,31 +341,14 @@ class _Search:
             ratio = np.where(predicted_uniform > 0, self.uniform.noise / predicted_uniform, 1.0)
         return np.clip(np.nan_to_num(ratio, nan=1.0, posinf=100.0), 0.01, 100.0)
 
-    def _deciding(
-        self, order: list[tuple[int, int]], values: list[float], rho: np.ndarray, scale: np.ndarray
-    ) -> list[int]:
+    def _deciding(self, order: list[tuple[int, int]], rho: np.ndarray, scale: np.ndarray) -> list[int]:
         """The units the answer hangs on, of those whose rung changes the bytes: the ones the predicted answer
-        leaves on the first rung that could be worth promoting in its place, the last ``_BAND`` it promotes, and
-        those holding ``_STAKE_SHARE`` of all the bytes at stake.
-
-        A unit left on the first rung could take a promoted one's place only if its value (noise removed per byte)
-        could beat the least valuable promotion of the answer.  Its noise is at most what is still unexplained of
-        its group's (with the ranking's ``_LEAF_MARGIN``: measured alone, units often add up to more than their
-        group), so a unit whose group could not pay for it even then is left estimated: measuring it alone
-        cannot change the answer."""
+        leaves on the first rung, the last ``_BAND`` it promotes, and those holding ``_STAKE_SHARE`` of all the
+        bytes at stake."""
         k = self.predicted_prefix(order, rho, scale)
         levels = self.levels_after(order, k)
         stakes = [_stake(u) for u in self.units]
-        taken = [v for v in values[:k] if v > 0]
-        threshold = min(taken) if taken else 0.0
-        assert self.testing is not None
-
-        def could_matter(i: int) -> bool:
-            cost = max(self.units[i].bytes[1] - self.units[i].bytes[0], 0) + _MIN_COST
-            bound = _LEAF_MARGIN * float(np.max(scale * self.testing.unexplained(i), initial=0.0)) / cost
-            return not threshold or not math.isfinite(bound) or bound >= threshold
-
-        kept = [i for i, level in enumerate(levels) if level == 0 and stakes[i] and could_matter(i)]
+        kept = [i for i, level in enumerate(levels) if level == 0 and stakes[i]]
         last: list[int] = []
         for i, _ in reversed(order[:k]):
             if len(last) == _BAND:
@@ -389,15 +366,10 @@ class _Search:
 
     def path(self, rho: np.ndarray, scale: np.ndarray) -> list[tuple[int, int]]:
         """Every promotion (unit index, new rung), greedily by predicted worst-cell noise removed per byte added."""
-        return self.valued_path(rho, scale)[0]
-
-    def valued_path(self, rho: np.ndarray, scale: np.ndarray) -> tuple[list[tuple[int, int]], list[float]]:
-        """`path`, and each promotion's value when it was taken: worst-cell noise removed per byte added (negative
-        once nothing is left to gain at the worst cell)."""
         n = len(self.units)
         levels = [0] * n
         total = scale * rho[np.arange(n), 0].sum(axis=0)
-        order, values = [], []
+        order = []
         while True:
             movable = [i for i in range(n) if levels[i] < self.levels - 1]
             if not movable:
@@ -417,8 +389,7 @@ class _Search:
             total = total - scale * (rho[best, levels[best]] - rho[best, levels[best] + 1])
             levels[best] += 1
             order.append((best, levels[best]))
-            values.append(best_value)
-        return order, values
+        return order
 
     def levels_after(self, order: list[tuple[int, int]], k: int) -> tuple[int, ...]:
         levels = [0] * len(self.units)

@@ -6,7 +6,6 @@ classifiers (trained) and the MediaPipe models are in the slow tier."""
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -150,8 +149,10 @@ def test_ranking_says_which_isolated_noises_were_measured_alone(small: tuple[Pat
     # One candidate for the group of all six, one per unit measured alone (the remainder is a difference).
     assert search.ranking_runs == 1 + len(alone) < search.units
     assert search.runs == search.ranking_runs + len(search.steps) + 1  # and the final re-measure
+    # The ops whose rung changes the bytes are what the answer hangs on: here all four are measured alone.
     how = {r["unit"]: r["measured_alone"] for r in search.ranking}
-    assert any(how.values()) and not all(how.values())
+    weighted = {"conv2d_1/output", "conv2d_2/output", "fully_connected_1/output", "fully_connected_2/output"}
+    assert all(how[name] for name in weighted)
     text = search.format_text()
     assert f"ranking: {search.ranking_runs} candidates x 8 samples for 6 ops ({len(alone)} measured alone" in text
     for d in search.decisions:
@@ -163,27 +164,6 @@ def test_ranking_says_which_isolated_noises_were_measured_alone(small: tuple[Pat
     search = report.search
     assert search.ranking_runs == search.units == 4
     assert all(r["measured_alone"] for r in search.ranking)
-
-
-def test_units_left_estimated_could_not_change_the_answer(
-    small: tuple[Path, np.ndarray], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The ranking leaves an op estimated when even all of its group's unexplained noise could not make it worth
-    promoting before the answer's least valuable promotion: measuring every op alone gives the same model."""
-    from engine.accuracy import search as search_module
-
-    path, x = small
-    saved = 0
-    for target in (36, 42):  # uniform int8 measures 34.6 dB
-        _, lean = engine.compress(path, quantize="int8", calibration=x, target_sqnr=target)
-        monkeypatch.setattr(search_module, "_LEAF_MARGIN", math.inf)  # every op the answer leaves on int8, alone
-        _, thorough = engine.compress(path, quantize="int8", calibration=x, target_sqnr=target)
-        monkeypatch.undo()
-        assert lean.search.assignment == thorough.search.assignment
-        assert lean.search.final == thorough.search.final
-        assert lean.search.ranking_runs <= thorough.search.ranking_runs
-        saved += thorough.search.ranking_runs - lean.search.ranking_runs
-    assert saved > 0  # the ops left estimated were left at no cost to the answer
 
 
 def test_impossible_budget_says_so_and_writes_the_best_model(
