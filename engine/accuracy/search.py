@@ -717,16 +717,10 @@ def shortest_passing_prefix(
         creeping = creeping + 1 if how == "guided" and not halved else 0
         if target_db is not None and creeping < 2:
             points = sorted(offsets)
-            k = next(
-                (
-                    j
-                    for j in range(lo + 1, upper + 1)
-                    if predicted_db[j] + (float(np.interp(j, points, [offsets[p] for p in points])) if points else 0.0)
-                    >= target_db
-                ),
-                upper,
-            )
-            how = "guided"
+            correction = np.interp(np.arange(lo + 1, upper + 1), points, [offsets[p] for p in points]) if points else 0
+            corrected = np.asarray(predicted_db[lo + 1 : upper + 1]) + correction
+            reaching = np.flatnonzero(corrected >= target_db)
+            k, how = (lo + 1 + int(reaching[0]) if reaching.size else upper), "guided"
         else:
             k, how = plain, "galloping" if hi is None else "bisection"
     return (hi if hi is not None else total), judged
