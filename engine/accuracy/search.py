@@ -663,9 +663,10 @@ def _prefix_search(
         return ok, m.sqnr_db
 
     assert search.uniform is not None
+    start = next((k for k, db in enumerate(predicted) if db >= search.target_db), total)  # as predicted_prefix
     best_k, judged = shortest_passing_prefix(
         predicted,
-        search.predicted_prefix(order, rho, scale),  # an accuracy budget: where it reaches 30 dB
+        start,  # an accuracy budget: where it reaches 30 dB
         check,
         search.budget.target_sqnr_db,
         uniform_db=search.uniform.sqnr_db,

@@ -15,7 +15,7 @@ from engine.accuracy.search import shortest_passing_prefix
 TARGET = 30.0
 
 
-class Path:
+class PromotionPath:
     """A promotion path whose measured SQNR rises with the prefix; ``check`` records the prefixes judged."""
 
     def __init__(self, measured_db: list[float]) -> None:
@@ -52,23 +52,23 @@ def test_finds_the_shortest_passing_prefix_whatever_the_prediction(
     measured = list(np.cumsum(np.r_[5.0, rng.uniform(0.0, 2 * slope, total)]))  # rises with every promotion
     predicted = [m - bias - wobble * math.sin(k / 7) for k, m in enumerate(measured)]
     start = next((k for k in range(total + 1) if predicted[k] >= TARGET), total)
-    path = Path(measured)
+    path = PromotionPath(measured)
     best, judged = shortest_passing_prefix(predicted, start, path.check, TARGET, uniform_db=measured[0])
     assert best == path.answer()
     assert judged == path.judged
     assert len(judged) <= _bisection_bound(total)
     # Without a target (an accuracy budget) the same answer by galloping and bisection alone.
-    plain = Path(measured)
+    plain = PromotionPath(measured)
     assert shortest_passing_prefix(predicted, start, plain.check, None)[0] == best
     assert len(plain.judged) <= 2 * math.ceil(math.log2(total + 1)) + 2
 
 
 def test_an_accurate_prediction_costs_two_candidates() -> None:
     measured = [10.0 + 0.25 * k for k in range(161)]  # passes from prefix 80
-    path = Path(measured)
+    path = PromotionPath(measured)
     best, judged = shortest_passing_prefix(measured, 80, path.check, TARGET, uniform_db=measured[0])
     assert (best, judged) == (80, [80, 79])
-    bisection = Path(measured)
+    bisection = PromotionPath(measured)
     shortest_passing_prefix(measured, 80, bisection.check, None)
     assert len(bisection.judged) >= 7  # what the guidance saves: log2(80) more candidates
 
@@ -77,7 +77,7 @@ def test_an_offset_prediction_is_corrected_by_what_was_measured() -> None:
     measured = [10.0 + 0.25 * k for k in range(161)]
     predicted = [m - 3.0 * k / 80 for k, m in enumerate(measured)]  # exact for the uniform model, then pessimistic
     start = next(k for k, p in enumerate(predicted) if p >= TARGET)
-    path = Path(measured)
+    path = PromotionPath(measured)
     best, judged = shortest_passing_prefix(predicted, start, path.check, TARGET, uniform_db=measured[0])
     assert start > 90 and best == 80
     assert len(judged) <= 4
@@ -85,9 +85,9 @@ def test_an_offset_prediction_is_corrected_by_what_was_measured() -> None:
 
 def test_no_passing_prefix_ends_on_the_whole_path() -> None:
     measured = [5.0 + 0.01 * k for k in range(41)]
-    path = Path(measured)
+    path = PromotionPath(measured)
     best, judged = shortest_passing_prefix(measured, 40, path.check, TARGET, uniform_db=measured[0])
     assert best == 40 and judged == [40]
-    path = Path(measured)
+    path = PromotionPath(measured)
     best, judged = shortest_passing_prefix(measured, 3, path.check, TARGET, uniform_db=measured[0])
     assert best == 40 and judged[-1] == 40 and len(judged) <= _bisection_bound(40)
