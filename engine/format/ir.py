@@ -322,16 +322,17 @@ class Subgraph:
 
     def insert_operator(self, index: int, op: Operator) -> Operator:
         """Insert ``op`` at ``index`` (execution order) and register any tensor it uses that is new."""
-        known = {id(t) for t in self.tensors}
         for t in op.tensors():
-            if id(t) not in known:
+            if t not in self.tensors:  # by identity (Tensor compares so): a scan in C, not a set of every tensor
                 self.tensors.append(t)
-                known.add(id(t))
         self.operators.insert(index, op)
         return op
 
     def remove_operator(self, op: Operator) -> None:
-        self.operators = [o for o in self.operators if o is not op]
+        """Remove ``op`` (found by identity); the list is replaced, not edited, for callers still walking the old."""
+        if op in self.operators:
+            at = self.operators.index(op)
+            self.operators = self.operators[:at] + self.operators[at + 1 :]
 
     def replace_uses(self, old: Tensor, new: Tensor) -> None:
         """Make every reader of ``old`` (operators and subgraph outputs) read ``new`` instead."""
