@@ -56,6 +56,7 @@ def compress(
     share_identical_buffers: bool = False,
     passes: Sequence[Pass] | None = None,
     executor: type[LiteRTExecutor] = LiteRTExecutor,
+    keep_decoded: bool = False,
     **options: Any,
 ) -> tuple[Model, Report]:
     """Compress a model (edited in place when one is given) and report what changed.
@@ -72,7 +73,9 @@ def compress(
     about 0.1 s per MB of float32).  ``passes`` is the pipeline, run in order (each ``(Model, Recipe) -> (Model,
     [TensorReport])``; default ``pipeline(calibration, executor)``), so a research pass joins the run and its
     report; the full-integer step follows it, running the float model for calibration and bias correction with
-    ``executor`` (``engine.runtime.calibrate.Executor``; default LiteRT).
+    ``executor`` (``engine.runtime.calibrate.Executor``; default LiteRT).  ``keep_decoded`` (full-integer modes):
+    float ops' constants stay float32 rather than behind the input's decoders (float16, sparse): the same outputs, a
+    larger file that LiteRT loads faster.
 
     With ``target_sqnr`` or ``max_accuracy_drop`` (and ``labels``, ``optimize``, ``save_recipe``, ``holdout``,
     ``max_runs``) it searches the mixed precision that keeps that budget instead: ``engine.accuracy.search``.
@@ -82,7 +85,8 @@ def compress(
 
         return budgeted_compress(
             model_or_path, recipe, output=output, exclude=exclude, calibration=calibration,
-            share_identical_buffers=share_identical_buffers, passes=passes, executor=executor, **options,
+            share_identical_buffers=share_identical_buffers, passes=passes, executor=executor,
+            keep_decoded=keep_decoded, **options,
         )  # fmt: skip
     source = None if isinstance(model_or_path, Model) else Path(model_or_path)
     if source is not None and output is not None and same_file(source, output):
@@ -94,7 +98,7 @@ def compress(
     report = Report(recipe=recipe.to_dict())
     report.bytes_by_dtype_before = _bytes_by_dtype(model)
     by_weight = {(t.subgraph, t.name): t for t in _left_alone(model, recipe)}
-    full_integer = FullInteger(calibration, executor)
+    full_integer = FullInteger(calibration, executor, keep_decoded)
     steps = pipeline(calibration, executor) if passes is None else tuple(passes)
     for run in (*steps, full_integer):
         model, entries = run(model, recipe)

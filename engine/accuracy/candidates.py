@@ -438,8 +438,8 @@ class Builder:
         finally:
             self.seconds += time.perf_counter() - start
 
-    def candidate(self, recipe: Recipe) -> bytes:
-        model, _ = self.build(recipe)
+    def candidate(self, recipe: Recipe, **extra: Any) -> bytes:
+        model, _ = self.build(recipe, **extra)
         return bytes(model_to_bytes(model))
 
 

@@ -316,7 +316,9 @@ class _Search:
             raise _OutOfRuns
         names = "|".join(anchored(self.units[i].name)[1:-1] for i in members)
         recipe = self.builder.recipe_for({}, exclude=[f"^(?!(?:{names})$)"])
-        return self.judge.measure(self.builder.candidate(recipe), self.ranking_samples).noise
+        # Judged and dropped: float ops keep decoded (float32) constants, the same outputs from an interpreter that
+        # builds several times faster than with float16 constants behind DEQUANTIZE (engine.api.compress).
+        return self.judge.measure(self.builder.candidate(recipe, keep_decoded=True), self.ranking_samples).noise
 
     def _rho(self, isolated: np.ndarray) -> np.ndarray:
         """Every rung's predicted noise from the first rung's (a refused candidate's infinite noise counts as 1e6)."""
@@ -447,6 +449,7 @@ def budgeted_compress(
     share_identical_buffers: bool = False,
     passes: Any = None,
     executor: Any = None,
+    keep_decoded: bool = False,
     **options: Any,
 ) -> tuple[Model, Any]:
     """``engine.compress`` with a budget (see the module docstring); returns the final model and its ``Report``,
@@ -475,7 +478,9 @@ def budgeted_compress(
     judge = Judge(source, data)
     if labels is not None:
         judge.check_labels()
-    compress_options = {k: v for k, v in (("passes", passes), ("executor", executor)) if v is not None}
+    compress_options = {
+        k: v for k, v in (("passes", passes), ("executor", executor), ("keep_decoded", keep_decoded or None)) if v
+    }
     builder = Builder(source, base, ladder, data.calibration, compress_options)
 
     if full_integer:

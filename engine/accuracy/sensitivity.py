@@ -169,8 +169,9 @@ def analyze(
     alone, all_but = [], []
     for unit in track(units, f"analyzing {len(units)} {'op' if full_integer else 'weight'}s"):
         only = builder.recipe_for({}, exclude=[f"^(?!{anchored(unit.name)[1:-1]}$)"])
-        alone.append(judge.measure(builder.candidate(only)))
-        all_but.append(judge.measure(builder.candidate(builder.recipe_for({unit.name: 1}))))
+        # Judged and dropped: float ops may keep decoded constants (the same outputs, a faster interpreter build).
+        alone.append(judge.measure(builder.candidate(only, keep_decoded=True)))
+        all_but.append(judge.measure(builder.candidate(builder.recipe_for({unit.name: 1}), keep_decoded=True)))
     harm = np.array([float(np.mean(np.where(np.isfinite(m.noise), m.noise, 1e6))) for m in alone])
     total = float(harm.sum()) or 1.0
     rows = [
@@ -197,7 +198,7 @@ def analyze(
         if k >= len(rows):
             break
         worst = {r.unit: 1 for r in rows[:k]}
-        m = judge.measure(builder.candidate(builder.recipe_for(worst)))
+        m = judge.measure(builder.candidate(builder.recipe_for(worst), keep_decoded=True))
         share = sum(r.noise_share for r in rows[:k])
         result.worst_k.append({"k": k, "noise_share": share, "sqnr_db": m.sqnr_db, "drop": judge.drop_points(m)})
     result.runs = judge.runs
