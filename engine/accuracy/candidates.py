@@ -24,6 +24,7 @@ building one candidate model from a per-unit assignment.
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import re
@@ -41,7 +42,7 @@ from engine.format.ir import Model
 from engine.format.reader import read_model
 from engine.format.writer import model_to_bytes
 from engine.recipe import LEVEL_OPTIONS, WEIGHT_MODES, Recipe, is_full_integer
-from engine.remembered import remembering
+from engine.remembered import immutable, remembering
 from engine.runtime.calibrate import CalibrationData, CalibrationSource, input_specs, load_calibration, load_samples
 from engine.runtime.litert import (
     InterpreterError,
@@ -375,12 +376,14 @@ class Builder:
     def __post_init__(self) -> None:
         # Every candidate is the same float model compressed another way, so what does not depend on the way is
         # done once for the whole search: the model parsed once (each build gets its own copy, since compress
-        # edits the model it is given), the samples loaded once and remembering their activation statistics (each
-        # activation observed once), and each weight's scale search and each folded constant decoder remembered
-        # (``engine.remembered``).
+        # edits the model it is given; the copies share the constant arrays, read-only views of the input's
+        # bytes, since passes replace constants rather than edit them), the samples loaded once and remembering
+        # their activation statistics (each activation observed once), and each weight's scale search, each
+        # folded constant decoder and each constant's hash remembered (``engine.remembered``).
         float_model = read_model(self.source)
-        self._parsed = pickle.dumps(float_model, protocol=pickle.HIGHEST_PROTOCOL)
-        self._remembered: dict[Hashable, np.ndarray | None] = {}
+        self._shared: list[np.ndarray] = []
+        self._parsed = _pickled(float_model, self._shared)
+        self._remembered: dict[Hashable, object] = {}
         self._data = None
         if self.calibration is not None:
             self._data = load_calibration(self.calibration, float_model)
@@ -388,7 +391,7 @@ class Builder:
 
     def float_model(self) -> Model:
         """A fresh copy of the input model, as ``read_model(self.source)`` gives it."""
-        return pickle.loads(self._parsed)
+        return _unpickled(self._parsed, self._shared)
 
     def entry(self, rung: Rung) -> dict[str, Any]:
         """The per-tensor options that put a unit on ``rung``."""
@@ -441,6 +444,29 @@ class Builder:
     def candidate(self, recipe: Recipe, **extra: Any) -> bytes:
         model, _ = self.build(recipe, **extra)
         return bytes(model_to_bytes(model))
+
+
+def _pickled(model: Model, shared: list[np.ndarray]) -> bytes:
+    """``model`` pickled with its immutable arrays left out: appended to ``shared``, pickled by index."""
+    out = io.BytesIO()
+    pickler = pickle.Pickler(out, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def persistent_id(obj: object) -> int | None:
+        if isinstance(obj, np.ndarray) and immutable(obj):
+            shared.append(obj)
+            return len(shared) - 1
+        return None
+
+    pickler.persistent_id = persistent_id  # type: ignore[method-assign]
+    pickler.dump(model)
+    return out.getvalue()
+
+
+def _unpickled(data: bytes, shared: list[np.ndarray]) -> Model:
+    """The model `_pickled` wrote, holding the ``shared`` arrays themselves."""
+    unpickler = pickle.Unpickler(io.BytesIO(data))
+    unpickler.persistent_load = shared.__getitem__  # type: ignore[method-assign]
+    return unpickler.load()
 
 
 def weight_units(builder: Builder) -> tuple[list[Unit], dict[int, Any]]:

@@ -9,6 +9,7 @@ input file when the model was read from one.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -210,7 +211,7 @@ class Tensor:
         flat = raw.view(self.dtype)
         if self.sparsity is not None or self.shape is None:
             return flat
-        if flat.size != int(np.prod(self.shape, dtype=np.int64)):
+        if flat.size != math.prod(self.shape):
             raise EngineError(f"tensor {self.name!r}: buffer holds {flat.size} values, shape {self.shape} needs more")
         return flat.reshape(self.shape)
 

@@ -22,7 +22,7 @@ from engine.graph.ops import DENSIFY_INPUTS, RULES, dequantize_version
 from engine.graph.weights import Weight, densify, find_weights
 from engine.quant.pruning import parse_pattern
 from engine.recipe import DEFAULT_MIN_ELEMENTS, Recipe, TensorOptions
-from engine.remembered import remembered
+from engine.remembered import digest, remembered
 from engine.report import TensorReport
 
 _FLOAT32 = TENSOR_TYPES["FLOAT32"]
@@ -194,11 +194,17 @@ def _decoded(decoder: str, source: Tensor, output: Tensor) -> np.ndarray | None:
 
 
 def _decoder_key(decoder: str, source: Tensor, output: Tensor) -> tuple:
-    """What a decoder's result depends on: its kind, the shapes, the stored type, quantization and sparsity (by
-    their pickle's hash) and the stored bytes (by their hash)."""
-    data = np.ascontiguousarray(source.data)
-    layout = pickle.dumps((source.type, source.shape, output.shape, source.quantization, source.sparsity, data.dtype))
-    return ("decoded", decoder, hashlib.sha256(layout).digest(), hashlib.sha256(data).digest())
+    """What a decoder's result depends on: its kind, the shapes, the stored type, the quantization's arrays (by
+    their hashes), the sparsity and quantization details (by their pickle's hash: rare) and the stored bytes."""
+    data, q = source.data, source.quantization
+    layout: tuple = (source.type, source.shape, output.shape, data.dtype.str)
+    if q is not None:
+        arrays = (q.scale, q.zero_point, q.min, q.max)
+        layout += (q.quantized_dimension, *(None if a is None else (a.dtype.str, a.shape, digest(a)) for a in arrays))
+    if (q is not None and q.details is not None) or source.sparsity is not None:
+        rare = (None if q is None else q.details, source.sparsity)
+        layout += (hashlib.sha256(pickle.dumps(rare)).digest(),)
+    return ("decoded", decoder, layout, digest(data))
 
 
 def _dequantized(t: Tensor) -> np.ndarray | None:

@@ -11,7 +11,6 @@ modes), full_integer (int8 / 16x8 weights) and cluster (rows of a channel) share
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,7 +22,7 @@ from engine.quant import kernels
 from engine.quant.metrics import power_ratio_db
 from engine.quant.rounding import LayerInputs, RoundingProblem, compensation_target, times_hessian
 from engine.registry import ROUNDING_METHODS, SCALE_METHODS
-from engine.remembered import remembered
+from engine.remembered import digest, remembered
 
 # The built-in scale searches are pure, so a caller that quantizes the same weights many times (the accuracy
 # search builds every candidate from one model) finds each weight's scales once inside `engine.remembered`'s
@@ -39,7 +38,7 @@ def _scales(method: str, rows: np.ndarray, bits: int) -> np.ndarray:
 
     if method not in _PURE_SCALE_METHODS:
         return compute()
-    found = remembered(lambda: ("scales", method, bits, rows.shape, hashlib.sha256(rows).digest()), compute)
+    found = remembered(lambda: ("scales", method, bits, rows.shape, digest(rows)), compute)
     assert found is not None
     return found
 

@@ -34,6 +34,7 @@ from engine.format.writer import model_to_bytes
 from engine.progress import track
 from engine.quant.metrics import quantize_array
 from engine.quant.observers import Observer
+from engine.remembered import digest
 from engine.runtime.litert import interpreter
 
 
@@ -323,8 +324,9 @@ def unique_names(model: Model) -> set[str]:
 def fingerprint(model: Model) -> str:
     """A digest of what the float model computes: every subgraph's wiring, op codes and options, and every
     tensor's name, shape, type, quantization and constant bytes.  Walking the IR (pose_detection: 14 ms, most of
-    it hashing the weights) costs less than serializing the model to hash its bytes (30-40 ms)."""
-    digest = hashlib.sha256()
+    it hashing the weights, which `digest` does once per array in the search) costs less than serializing the
+    model to hash its bytes (30-40 ms)."""
+    hasher = hashlib.sha256()
     for sg in model.subgraphs:
         tensors = all_tensors(sg)
         index = {id(t): i for i, t in enumerate(tensors)}
@@ -332,24 +334,25 @@ def fingerprint(model: Model) -> str:
             q = t.quantization
             parts = (q.scale, q.zero_point) if q is not None else ()
             buffer = t.buffer.data if t.buffer is not None else None
-            digest.update(repr((t.name, t.shape, t.type, t.is_variable, t.sparsity is not None)).encode())
-            digest.update(b"".join(_stable(part, index) for part in (*parts, buffer)))
+            hasher.update(repr((t.name, t.shape, t.type, t.is_variable, t.sparsity is not None)).encode())
+            hasher.update(b"".join(_stable(part, index) for part in (*parts, buffer)))
         for op in sg.operators:
             options = op.builtin_options
             fields = [] if options is None else [options.type, *sorted(options.fields.items())]
             code = (op.opcode.builtin_code, op.opcode.custom_code, op.opcode.version)
             for part in (code, op.inputs, op.outputs, fields, op.custom_options):
-                digest.update(_stable(part, index))
-        digest.update(_stable((sg.inputs, sg.outputs), index))
-    return digest.hexdigest()
+                hasher.update(_stable(part, index))
+        hasher.update(_stable((sg.inputs, sg.outputs), index))
+    return hasher.hexdigest()
 
 
 def _stable(value: object, index: dict[int, int]) -> bytes:
-    """``value`` as bytes for a digest: tensors by index, arrays by their bytes, containers element by element."""
+    """``value`` as bytes for a digest: tensors by index, arrays by their bytes' digest, containers element by
+    element."""
     if isinstance(value, Tensor):
         return b"T%d;" % index.get(id(value), -1)
     if isinstance(value, np.ndarray):
-        return repr((value.dtype.str, value.shape)).encode() + np.ascontiguousarray(value).tobytes()
+        return repr((value.dtype.str, value.shape)).encode() + digest(value)
     if isinstance(value, list | tuple):
         return b"(" + b",".join(_stable(v, index) for v in value) + b")"
     return repr(value).encode() + b";"

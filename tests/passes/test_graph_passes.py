@@ -4,6 +4,7 @@ compute exactly what the input model does, which LiteRT checks bit for bit on th
 from __future__ import annotations
 
 import copy
+import hashlib
 from collections import Counter
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from engine.format.reader import read_model
 from engine.format.writer import model_to_bytes, write_model
 from engine.passes.fold import fold_constant_decoders
 from engine.passes.fuse import fuse_activations
-from engine.remembered import remembered, remembering
+from engine.remembered import digest, immutable, remembered, remembering
 from engine.zoo import CUSTOM_OP_MODELS, MODEL_SHA256, mediapipe_model, model_photo
 from tests.runtimes import RUNTIMES, run_model
 
@@ -39,7 +40,7 @@ def test_folding_and_fusing_keep_real_models_bit_identical(name: str) -> None:
         assert all(np.array_equal(before[k], after[k]) for k in before), runtime
 
 
-def test_remembered_computes_once_per_key_inside_the_block_and_hands_out_copies() -> None:
+def test_remembered_computes_once_per_key_inside_the_block_and_hands_out_read_only_results() -> None:
     calls = []
 
     def compute() -> np.ndarray:
@@ -52,10 +53,31 @@ def test_remembered_computes_once_per_key_inside_the_block_and_hands_out_copies(
     with remembering(memo):
         first = remembered(lambda: "k", compute)
         assert first is not None
-        first[0] = 99.0  # an in-place edit of a result must not reach the next caller
+        with pytest.raises(ValueError, match="read-only"):
+            first[0] = 99.0  # an in-place edit of a result fails instead of reaching the next caller
         again = remembered(lambda: "k", compute)
         assert remembered(lambda: "none", lambda: None) is None and remembered(lambda: "none", compute) is None
     assert len(calls) == 3 and again is not None and again.tolist() == [0.0, 1.0, 2.0] and set(memo) == {"k", "none"}
+
+
+def test_digest_is_the_bytes_hash_and_is_remembered_only_for_memory_no_one_can_write() -> None:
+    def sha(a: np.ndarray) -> bytes:
+        return hashlib.sha256(np.ascontiguousarray(a)).digest()
+
+    frozen = np.frombuffer(np.arange(12, dtype=np.float32).tobytes(), np.float32).reshape(3, 4)
+    writable = np.arange(12, dtype=np.float32).reshape(3, 4)
+    guarded = writable.view()
+    guarded.flags.writeable = False  # read-only, but its owner is not
+    memo: dict = {}
+    with remembering(memo):
+        for a in (frozen, frozen.T, frozen[1:], writable, guarded):
+            assert digest(a) == sha(a)
+        remembered_views = {k for k in memo if k[0] == "digest"}
+        assert len(remembered_views) == 3 and immutable(frozen.T) and not immutable(guarded)
+        writable[0, 0] = guarded[0, 0] + 1  # the unremembered ones see the edit
+        assert digest(guarded) == sha(guarded) and digest(writable) == sha(writable)
+        assert digest(frozen.T) == sha(frozen.T) and len(memo) == 3  # a view of the same memory: remembered
+    assert digest(frozen) == sha(frozen) and len(memo) == 3  # outside the block: computed, not kept
 
 
 @pytest.mark.slow  # reads a MediaPipe model (engine.zoo)
@@ -68,12 +90,14 @@ def test_remembered_decoders_fold_each_copy_as_a_fresh_fold_does() -> None:
     memo: dict = {}
     with remembering(memo):
         first, folded = fold_constant_decoders(copy.deepcopy(source))
-        assert len(memo) == len(folded)
+        decoded = [k for k in memo if k[0] == "decoded"]
+        assert len(decoded) == len(folded)
         for t in first.main.tensors:
             if t.is_constant and np.asarray(t.data).dtype == np.float32:
-                np.asarray(t.data)[...] = 0.0  # a pass editing its copy in place
+                with pytest.raises(ValueError, match="read-only"):
+                    np.asarray(t.data)[...] = 0.0  # a pass editing its copy in place fails loudly
         second = fold_constant_decoders(copy.deepcopy(source))[0]
-    assert len(memo) == len(folded) and bytes(model_to_bytes(second)) == expected
+    assert [k for k in memo if k[0] == "decoded"] == decoded and bytes(model_to_bytes(second)) == expected
 
 
 def test_fusion_needs_a_fusable_producer_read_by_the_activation_alone(tmp_path: Path) -> None:
