@@ -13,6 +13,7 @@ string, table or vector is ``None``.  Encoding takes the same form back.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import mmap
 import struct
@@ -42,6 +43,12 @@ BytesLike = bytes | bytearray | memoryview | mmap.mmap
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
 _I32 = struct.Struct("<i")
+_U32 = struct.Struct("<I")
+# Integer vectors given as Python lists up to this length are packed by struct; longer ones go through numpy.
+_PACKED_LIST_MAX = 64
+_INTEGER_CODES = {("i", 1): "b", ("i", 2): "h", ("i", 4): "i", ("i", 8): "q"}
+_INTEGER_CODES.update({("u", width): code.upper() for (_, width), code in _INTEGER_CODES.items()})
+_struct = functools.lru_cache(maxsize=None)(struct.Struct)
 _MAX_DEPTH = 64
 # Vectors at least this large are written from the array itself rather than copied into the builder.
 _HOLE_MIN_BYTES = 1 << 16
@@ -324,6 +331,12 @@ class _Encoder:
         if kind == "vector":
             dtype = _DTYPE[field["element"]]
             alignment = max(dtype.itemsize, self.alignments.get((table, field["name"]), 1))
+            if isinstance(item, list | tuple):
+                if dtype.kind in "iu" and len(item) <= _PACKED_LIST_MAX:
+                    with contextlib.suppress(struct.error):  # not integers in range: numpy converts, or refuses
+                        code = _INTEGER_CODES[dtype.kind, dtype.itemsize]
+                        return self._packed(f"<{len(item)}{code}", item, alignment)
+                item = np.array(item, dtype)
             return self.numbers(np.asarray(item).astype(dtype, copy=False).reshape(-1), alignment)
         if kind == "vector_table":
             children = [self.table(field["table"], child) for child in item]
@@ -341,14 +354,44 @@ class _Encoder:
         """A vector of numbers: small ones copied into the builder, large ones left as a hole to fill later."""
         b = self.builder
         array = np.ascontiguousarray(array).reshape(-1)
-        b.StartVector(array.itemsize, array.size, alignment)
+        self._vector_room(array.nbytes, alignment)
         b.head -= array.nbytes
         if array.nbytes >= _HOLE_MIN_BYTES:
             self.holes.append((len(b.Bytes) - b.head, array.view(np.uint8)))
         else:
             # A memoryview slice copies in place (a bytearray slice would copy the value twice).
             memoryview(b.Bytes)[b.head : b.head + array.nbytes] = memoryview(array).cast("B")
-        return b.EndVector()
+        return self._vector_length(array.size)
+
+    def _packed(self, layout: str, values: list[Any] | tuple[Any, ...], alignment: int) -> int:
+        """A short vector of Python integers packed straight into the builder (no numpy array on the way)."""
+        packer = _struct(layout)
+        b = self.builder
+        self._vector_room(packer.size, alignment)
+        packer.pack_into(b.Bytes, b.head - packer.size, *values)  # raises before anything moves
+        b.head -= packer.size
+        return self._vector_length(len(values))
+
+    def _vector_room(self, nbytes: int, alignment: int) -> None:
+        """What flatbuffers.Builder.StartVector does, without its calls: room and alignment for ``nbytes`` of
+        elements after their uint32 length, padding skipped (the buffer is zeroed memory written once)."""
+        b = self.builder
+        for size in (4, alignment):
+            if size > b.minalign:
+                b.minalign = size
+            pad = (b.head - len(b.Bytes) - nbytes) & (size - 1)
+            while b.head < pad + size + nbytes:
+                before = len(b.Bytes)
+                b.GrowByteBuffer()
+                b.head += len(b.Bytes) - before
+            b.head -= pad
+
+    def _vector_length(self, count: int) -> int:
+        """What flatbuffers.Builder.EndVector does: the length before the elements (room already made)."""
+        b = self.builder
+        b.head -= 4
+        _U32.pack_into(b.Bytes, b.head, count)
+        return len(b.Bytes) - b.head
 
     def pieces(self) -> list[memoryview]:
         """The finished buffer as consecutive pieces: builder memory between holes, and the holes' arrays."""

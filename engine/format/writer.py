@@ -242,8 +242,8 @@ class _TreeBuilder:
     def subgraph(self, sg: Subgraph, i: int, large: dict[int, tuple[int, int]]) -> dict[str, Any]:
         index = self.tensor_index[i]
 
-        def refs(tensors: Iterable[Tensor | None]) -> np.ndarray:
-            return np.array([-1 if t is None else index[id(t)] for t in tensors], np.int32)
+        def refs(tensors: Iterable[Tensor | None]) -> list[int]:
+            return [-1 if t is None else index[id(t)] for t in tensors]
 
         operators = []
         for op in sg.operators:
@@ -275,14 +275,14 @@ class _TreeBuilder:
 
     def tensor(self, t: Tensor, index: dict[int, int]) -> dict[str, Any]:
         return {
-            "shape": None if t.shape is None else np.array(t.shape, np.int32),
+            "shape": t.shape,
             "type": t.type,
             "buffer": self.layout.buffer_index(t.buffer),
             "name": t.name,
             "quantization": _quantization(t.quantization, index),
             "is_variable": t.is_variable,
             "sparsity": _sparsity(t.sparsity),
-            "shape_signature": None if t.shape_signature is None else np.array(t.shape_signature, np.int32),
+            "shape_signature": t.shape_signature,
             "has_rank": t.has_rank,
             "variant_tensors": None
             if t.variant_tensors is None

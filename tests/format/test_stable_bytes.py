@@ -8,6 +8,11 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from engine import model_to_bytes, read_model
 from engine.format.flatbuf import decode, encode
 from tests.secure.conftest import small_model
@@ -48,3 +53,18 @@ def test_a_buffer_grown_while_encoding_gives_the_same_bytes() -> None:
     tree = decode(model_to_bytes(small_model()))
     grown = encode(tree, size_hint=1024)
     assert len(grown) > 4 * 1024 and grown == encode(tree, size_hint=1 << 24)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(-(2**31), 2**31 - 1), max_size=80), st.sampled_from([1024, 1 << 16]))
+def test_integer_vectors_given_as_lists_encode_as_arrays_do(values: list[int], hint: int) -> None:
+    """Short integer lists (shapes, operator inputs) are packed by struct, longer ones go through numpy: the bytes
+    are the ones an int32 array gives, in a buffer grown on the way or not."""
+    array = np.array(values, np.int32)
+    as_list = encode({"name": "t", "shape": values, "shape_signature": tuple(values)}, "Tensor", size_hint=hint)
+    assert as_list == encode({"name": "t", "shape": array, "shape_signature": array}, "Tensor", size_hint=hint)
+
+
+def test_an_integer_list_out_of_range_is_refused_as_an_array_would_be() -> None:
+    with pytest.raises(OverflowError):
+        encode({"shape": [1, 2**31]}, root="Tensor")
