@@ -159,6 +159,70 @@ def bench_model(name: str, path: Path, value_range: tuple[float, float], args: a
             "plain_int8_process_s": float(np.median(plain_process))}  # fmt: skip
 
 
+def markdown(results: dict[str, Any], targets: list[float]) -> str:
+    """The goals, the search costs, then one table per model."""
+    lines = ["### Goals (issue 13)", "", _goals_table(results), ""]
+    lines += ["### Search time against a plain int8 run", "", _cost_table(results, targets), ""]
+    for name, r in results["models"].items():
+        lines += [f"### {name} ({r['bytes']:,} bytes, float {r['float_ms']:.3g} ms)", ""]
+        table = [
+            [row["form"], f"{row['ratio']:.2f}x" if "ratio" in row else "-", db(row.get("sqnr_db")),
+             f"{row['latency_ratio']:.2f}x" if "latency_ratio" in row else "-",
+             f"{row['seconds']:.1f}" if "seconds" in row else "-", row.get("runs", "-"),
+             ("met" if row["met"] else "NOT MET") if "met" in row else row.get("error", "")[:60]]
+            for row in r["rows"]
+        ]  # fmt: skip
+        lines += [markdown_table(["form", "size", "SQNR dB", "latency", "time s", "candidates", ""], table), ""]
+    return "\n".join(lines)
+
+
+def _goals_table(results: dict[str, Any]) -> str:
+    """Per model, issue 13's goals read off the rows: the smallest weight-mode form (uniform or searched) and the
+    fastest full-integer form measuring at least 30 dB, and the slowest int8 search as the commands a user types
+    against the plain int8 command."""
+
+    def best(rows: list[dict[str, Any]], prefixes: tuple[str, ...], figure: str) -> dict[str, Any] | None:
+        good = [r for r in rows if r["form"].startswith(prefixes) and figure in r and _at_least(r.get("sqnr_db"), 30)]
+        return min(good, key=lambda r: r[figure], default=None)
+
+    table, misses = [], {"size": 0, "latency": 0, "time": 0}
+    for name, r in results["models"].items():
+        small = best(r["rows"], ("weight-",), "ratio")
+        fast = best(r["rows"], ("int8", "int16x8"), "latency_ratio")
+        ratios = [row["process_seconds"] / r["plain_int8_process_s"]
+                  for row in r["rows"] if row["form"].startswith("int8 ->") and "process_seconds" in row]  # fmt: skip
+        slowest = max(ratios, default=None)
+        marks = {"size": small is not None and small["ratio"] <= 0.6,
+                 "latency": fast is not None and fast["latency_ratio"] <= 1.0,
+                 "time": slowest is not None and slowest <= 10}  # fmt: skip
+        for goal, met in marks.items():
+            misses[goal] += not met
+        cells = ["-" if small is None else f"{small['ratio']:.2f}x ({small['form']})",
+                 "-" if fast is None else f"{fast['latency_ratio']:.3f}x ({fast['form']})",
+                 "-" if slowest is None else f"{slowest:.1f}x"]  # fmt: skip
+        verdicts = ["met" if met else "NOT met" for met in marks.values()]
+        table.append([name, cells[0], verdicts[0], cells[1], verdicts[1], cells[2], verdicts[2]])
+    header = ["model", "smallest weight form >= 30 dB", "<= 0.6x", "fastest full-integer form >= 30 dB", "<= 1.0x",
+              "slowest int8 search, whole process", "<= 10x"]  # fmt: skip
+    count = len(results["models"])
+    summary = (f"Met on {count - misses['size']} of {count} models (size), {count - misses['latency']} of {count} "
+               f"(latency), {count - misses['time']} of {count} (search time).")  # fmt: skip
+    return markdown_table(header, table) + "\n\n" + summary
+
+
+def _non_finite(value: Any) -> Any:
+    """A results file read back: the non-finite floats it holds as strings ("inf", ...) as floats again."""
+    if isinstance(value, dict):
+        return {k: _non_finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_non_finite(v) for v in value]
+    return float(value) if value in ("inf", "-inf", "nan") else value
+
+
+def _at_least(value: Any, floor: float) -> bool:
+    return isinstance(value, int | float) and value >= floor
+
+
 def _cost_table(results: dict[str, Any], targets: list[float]) -> str:
     """Per model: the int8 searches' time over the plain int8 run's, in process (the engine's own seconds: the
     search's against a warm ``compress``) and whole process (the two commands a user runs, start to exit)."""
@@ -246,29 +310,26 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=32, help="crops per model (default 32)")
     parser.add_argument("--quick", action="store_true", help="2 models, target 30, weight-int4 only")
     parser.add_argument("--plot", type=Path, metavar="PNG", help="draw every model's size/SQNR Pareto plot here")
+    parser.add_argument("--render", action="store_true",
+                        help="measure nothing: the tables (and --plot) again from the --json results")  # fmt: skip
     args = parser.parse_args()
     args.targets = [30.0] if args.quick else [float(t) for t in args.targets.split(",")]
     args.families = ["weight-int4"] if args.quick else args.families.split(",")
     names = ["face_detection_short_range", "palm_detection_lite"] if args.quick else None
     names = args.models.split(",") if args.models else names
+    if args.render:
+        results = _non_finite(json.loads(args.json.read_text()))
+        args.json.with_suffix(".md").write_text(markdown(results, args.targets) + "\n")
+        if args.plot:
+            plot(results, args.plot)
+        return
     results: dict[str, Any] = {"environment": environment(), "models": {}}
     with tempfile.TemporaryDirectory() as folder:
         tmp = Path(folder)
         for name, (path, value_range) in judged_models(names, tmp).items():
             print(f"{name} ...", file=sys.stderr)
             results["models"][name] = bench_model(name, path, value_range, args, tmp)
-    lines = ["### Search time against a plain int8 run", "", _cost_table(results, args.targets), ""]
-    for name, r in results["models"].items():
-        lines += [f"### {name} ({r['bytes']:,} bytes, float {r['float_ms']:.3g} ms)", ""]
-        table = [
-            [row["form"], f"{row['ratio']:.2f}x" if "ratio" in row else "-", db(row.get("sqnr_db")),
-             f"{row['latency_ratio']:.2f}x" if "latency_ratio" in row else "-",
-             f"{row['seconds']:.1f}" if "seconds" in row else "-", row.get("runs", "-"),
-             ("met" if row["met"] else "NOT MET") if "met" in row else row.get("error", "")[:60]]
-            for row in r["rows"]
-        ]  # fmt: skip
-        lines += [markdown_table(["form", "size", "SQNR dB", "latency", "time s", "candidates", ""], table), ""]
-    save(results, "\n".join(lines), args.json)
+    save(results, markdown(results, args.targets), args.json)
     if args.plot:
         plot(results, args.plot)
 
