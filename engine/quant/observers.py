@@ -91,12 +91,16 @@ class Observer:
         x = _values(values)
         if x.size == 0:
             return
-        lo, hi = float(x.min()), float(x.max())  # NaN propagates through both, so this checks them all
-        if not (math.isfinite(lo) and math.isfinite(hi)):
-            raise EngineError("activation values contain NaN or infinity (as float32); they cannot be calibrated")
-        lo, hi = min(lo, self._min), max(hi, self._max)
+        lo, hi = self._extremes(float(x.min()), float(x.max()))
         self._observe(x, lo, hi)
         self._min, self._max, self._count = lo, hi, self._count + x.size
+
+    def _extremes(self, lo: float, hi: float) -> tuple[float, float]:
+        """The extremes seen so far including a sample whose own are ``lo`` and ``hi`` (NaN propagates through
+        numpy's min and max, so checking these two checks every value)."""
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            raise EngineError("activation values contain NaN or infinity (as float32); they cannot be calibrated")
+        return min(lo, self._min), max(hi, self._max)
 
     def _observe(self, x: np.ndarray, lo: float, hi: float) -> None:
         """Subclass hook: ``x`` (flat float32, finite, lent for the call as in ``update``), the extremes
