@@ -6,8 +6,10 @@ format function on arrays that passes call to re-encode what they produce.
 Layouts, as TFLite documents them (``traversal_order`` lists the levels, a blocked dimension adds a level
 whose original dimension ``block_map`` names) and as LiteRT's converter writes them:
 
-- unblocked, rank n: traversal order [0..n-1], no block map, every dimension DENSE but the last, which is CSR
-  (MediaPipe's sparse OHWI filters: O, H, W dense, I CSR; [out, in] matrices: [DENSE, CSR]);
+- unblocked, rank n: no block map, every level DENSE but the last, which is CSR; traversal order [0..n-1]
+  (MediaPipe's sparse OHWI filters: O, H, W dense, I CSR; [out, in] matrices: [DENSE, CSR]), or with one
+  dimension moved to the end when indexing it takes fewer bytes (both runtimes decode either; a CSR level inside
+  a block, the other way to narrow the indices, crashes both with SIGFPE);
 - blocked R x C (2-D [out, in] only): traversal order [0, 1, 2, 3], block map [0, 1], levels out/R DENSE,
   in/C CSR (the block columns holding a nonzero), then the block's R rows and C columns DENSE, so each kept
   block stores all R*C of its values, zeros included.
@@ -82,11 +84,13 @@ def encode_sparse(dense: np.ndarray, block: tuple[int, int] | None = None) -> tu
     if dense.ndim == 0:
         raise EngineError("a scalar cannot be stored sparse")
     if block is None:
-        rows = dense.reshape(int(np.prod(dense.shape[:-1])), dense.shape[-1])
+        last = _csr_dimension(dense.shape, int(np.count_nonzero(_stored(dense))))
+        order = [*(d for d in range(dense.ndim) if d != last), last]
+        moved = dense if last == dense.ndim - 1 else np.transpose(dense, order)
+        rows = moved.reshape(int(np.prod(moved.shape[:-1])), moved.shape[-1])
         mask = _stored(rows)
-        dims = [DimensionMetadata(DENSE, int(d)) for d in dense.shape[:-1]]
-        order = np.arange(dense.ndim, dtype=np.int32)
-        return rows[mask], SparsityParams(order, None, [*dims, _csr(mask)])
+        dims = [DimensionMetadata(DENSE, int(d)) for d in moved.shape[:-1]]
+        return rows[mask], SparsityParams(np.array(order, np.int32), None, [*dims, _csr(mask)])
     r, c = (int(b) for b in block)
     if dense.ndim != 2 or r < 1 or c < 1 or dense.shape[0] % r or dense.shape[1] % c:
         raise EngineError(f"block {block} does not tile a 2-D weight of shape {dense.shape}")
@@ -96,6 +100,24 @@ def encode_sparse(dense: np.ndarray, block: tuple[int, int] | None = None) -> tu
             DimensionMetadata(DENSE, c)]  # fmt: skip
     order = np.arange(4, dtype=np.int32)
     return blocks[mask].reshape(-1), SparsityParams(order, np.array([0, 1], np.int32), dims)
+
+
+def _csr_dimension(shape: tuple[int, ...], stored: int) -> int:
+    """The dimension the CSR level indexes, traversed last (the others DENSE, in order): the last one, unless
+    another needs fewer index bytes (segments: one per node of the levels above, plus the end; indices: one per
+    stored value, as wide as that dimension needs).  MediaPipe's 1x1 filters [O, 1, 1, I] with I > 255 and
+    O <= 256 index O in one byte instead of I in two: a third of pose_detection's index bytes."""
+
+    def cost(d: int) -> int:
+        segments = int(np.prod(shape)) // max(1, shape[d]) + 1
+        return segments * _index_width(stored) + stored * _index_width(shape[d] - 1)
+
+    last = len(shape) - 1
+    return min(range(len(shape)), key=lambda d: (cost(d), d != last))
+
+
+def _index_width(top: int) -> int:
+    return int(np.dtype(_index_type(max(0, top))[1]).itemsize)
 
 
 def index_bytes(sparsity: SparsityParams) -> int:

@@ -23,9 +23,10 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from engine.errors import EngineError
-from engine.format.ir import TENSOR_TYPES, Buffer, Model, Operator, QuantizationParams, Table, Tensor
+from engine.format.ir import TENSOR_TYPES, Buffer, Model, Operator, QuantizationParams, SparsityParams, Table, Tensor
+from engine.format.sparse import encode_sparse, index_bytes, sparse_bytes
 from engine.graph.ops import DEQUANTIZE_INPUTS, RULES, XNNPACK_FOLDED_DEQUANTIZE
-from engine.graph.weights import Weight, channel_axis_of, sparse_positions
+from engine.graph.weights import Weight, channel_axis_of
 from engine.passes.common import entry, install, select
 from engine.passes.fuse import unfuse_activation
 from engine.progress import track
@@ -50,7 +51,7 @@ class _Encoding:
     params: QuantizationParams
     stored_bytes: int
     weight_sqnr_db: float
-    sparse: bool
+    sparsity: SparsityParams | None  # stored sparse (behind DENSIFY) in this layout
 
 
 class QuantizeWeights:
@@ -152,11 +153,11 @@ def _quantize(
         report = entry(weight, options)
         stored = Tensor(
             f"{weight.name}_{dtype.lower()}",
-            weight.source.shape if encoding.sparse else weight.shape,
+            weight.source.shape if encoding.sparsity is not None else weight.shape,
             TENSOR_TYPES[dtype],
             encoding.buffer,
             encoding.params,
-            sparsity=weight.source.sparsity if encoding.sparse else None,
+            sparsity=encoding.sparsity,
         )
         install(model, weight, stored, direct)
         report.bits, report.granularity, report.scale = options.level_bits, granularity, options.scale_method
@@ -295,13 +296,16 @@ def _encode(
             quantized_dimension=weight.channel_axis if granularity == "channel" else 0,
         )
         params_bytes = scales.size * 12
-    sparse = False
-    if sparse_ok and container == 8 and _sparse_int8_bytes(weight) < flat.size:
-        assert weight.source.data is not None
-        flat, sparse = flat[sparse_positions(weight.source, weight.shape, weight.source.data.size)], True
+    sparsity = None
+    if sparse_ok and container == 8 and weight.source.sparsity is not None:
+        # The codes in the sparse layout that costs the fewest bytes (engine.format.sparse), which need not be the
+        # source's: MediaPipe's 1x1 filters index their input channels in two bytes where one does for outputs.
+        values, layout = encode_sparse(quantized.codes.reshape(weight.shape))
+        if sparse_bytes(values, layout) < flat.size:
+            flat, sparsity = values, layout
     data = _PACKERS[container](flat) if container in _PACKERS else flat
-    stored_bytes = data.nbytes + params_bytes + (weight.index_bytes if sparse else 0)
-    return _Encoding(Buffer.of(data), params, int(stored_bytes), quantized.sqnr_db, sparse)
+    stored_bytes = data.nbytes + params_bytes + (0 if sparsity is None else index_bytes(sparsity))
+    return _Encoding(Buffer.of(data), params, int(stored_bytes), quantized.sqnr_db, sparsity)
 
 
 def _sparse_int8_bytes(weight: Weight) -> float:

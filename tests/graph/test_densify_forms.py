@@ -131,6 +131,23 @@ def test_claimed_forms_decode_exactly(
         np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.parametrize("type_name", sorted(DENSIFY_INPUTS))
+@pytest.mark.parametrize(("shape", "reader"), [((8, 300), _fully_connected), ((8, 1, 1, 300), _conv2d)])
+@BOTH_RUNTIMES
+def test_a_dimension_moved_last_decodes_exactly(
+    type_name: str, shape: tuple[int, ...], reader: Reader, runtime: str
+) -> None:
+    """300 input channels index in two bytes, 8 outputs in one: the encoder traverses the outputs last (the
+    traversal order permuted), which both runtimes decode exactly."""
+    _, sparsity = encode_sparse(_weight(type_name, shape, None, 0).data)
+    assert sparsity.traversal_order.tolist()[-1] == 0
+    assert sparsity.dim_metadata[-1].array_indices.type == "Uint8Vector"
+    reference, candidate = _compare(type_name, shape, None, reader, runtime)
+    assert candidate is not None, "a permuted traversal order failed to load or run"
+    for want, got in zip(reference, candidate, strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
 @pytest.mark.parametrize("block", [None, (1, 4)])
 @pytest.mark.parametrize("type_name", UNCLAIMED_TYPES)
 @BOTH_RUNTIMES
