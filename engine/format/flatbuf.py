@@ -43,7 +43,6 @@ BytesLike = bytes | bytearray | memoryview | mmap.mmap
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
 _I32 = struct.Struct("<i")
-_U32 = struct.Struct("<I")
 # Integer vectors given as Python lists up to this length are packed by struct; longer ones go through numpy.
 _PACKED_LIST_MAX = 64
 _INTEGER_CODES = {("i", 1): "b", ("i", 2): "h", ("i", 4): "i", ("i", 8): "q"}

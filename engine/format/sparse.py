@@ -84,11 +84,12 @@ def encode_sparse(dense: np.ndarray, block: tuple[int, int] | None = None) -> tu
     if dense.ndim == 0:
         raise EngineError("a scalar cannot be stored sparse")
     if block is None:
-        last = _csr_dimension(dense.shape, int(np.count_nonzero(_stored(dense))))
+        keep = _stored(dense)  # its one forced value, when all are zero, is the first in any traversal order
+        last = _csr_dimension(dense.shape, int(np.count_nonzero(keep)))
         order = [*(d for d in range(dense.ndim) if d != last), last]
-        moved = dense if last == dense.ndim - 1 else np.transpose(dense, order)
+        moved, keep = np.transpose(dense, order), np.transpose(keep, order)  # views; no copy in the identity order
         rows = moved.reshape(int(np.prod(moved.shape[:-1])), moved.shape[-1])
-        mask = _stored(rows)
+        mask = keep.reshape(rows.shape)
         dims = [DimensionMetadata(DENSE, int(d)) for d in moved.shape[:-1]]
         return rows[mask], SparsityParams(np.array(order, np.int32), None, [*dims, _csr(mask)])
     r, c = (int(b) for b in block)
