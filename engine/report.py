@@ -139,7 +139,8 @@ class Report:
                 for part in (
                     f"pruned {t.prune_pattern}" if t.prune_pattern else None,
                     f"clustered ({t.form})" if t.clusters and not t.mode else "clustered" if t.clusters else None,
-                    f"{t.mode} ({t.form}, {t.dtype_after}, {t.granularity})" if t.mode else None,
+                    f"{t.mode} ({', '.join(filter(None, (t.form, t.dtype_after, t.granularity)))})" if t.mode else None,
+                    t.reason,  # what a compressed weight got instead of what was asked, or besides it
                     f"{t.rounding} rounding" if t.rounding else None,
                     "sparse" if t.sparsity is not None and t.form == "sparse" else None,
                     "equalized" if t.equalized else None,
