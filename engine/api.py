@@ -28,7 +28,7 @@ from engine.passes.quantize_weights import QuantizeWeights
 from engine.recipe import Recipe
 from engine.report import Report, TensorReport
 from engine.runtime.calibrate import CalibrationSource, LiteRTExecutor
-from engine.summary import summarize
+from engine.summary import constant_bytes_by_dtype
 
 Pass = Callable[[Model, Recipe], tuple[Model, list[TensorReport]]]
 
@@ -96,7 +96,7 @@ def compress(
     model = read_model(source) if source is not None else model_or_path
     assert isinstance(model, Model)
     report = Report(recipe=recipe.to_dict())
-    report.bytes_by_dtype_before = _bytes_by_dtype(model)
+    report.bytes_by_dtype_before = constant_bytes_by_dtype(model)
     by_weight = {(t.subgraph, t.name): t for t in _left_alone(model, recipe)}
     full_integer = FullInteger(calibration, executor, keep_decoded)
     steps = pipeline(calibration, executor) if passes is None else tuple(passes)
@@ -107,7 +107,7 @@ def compress(
             by_weight[key] = by_weight[key].then(t) if key in by_weight else t
     report.integer = full_integer.report
     report.tensors = sorted(by_weight.values(), key=lambda t: (t.subgraph, t.name))
-    report.bytes_by_dtype_after = _bytes_by_dtype(model)
+    report.bytes_by_dtype_after = constant_bytes_by_dtype(model)
     if output is not None:
         report.file_bytes_after = write_model(model, output, share_identical_buffers=share_identical_buffers)
         if source is not None:
@@ -125,10 +125,6 @@ def _recipe(recipe: Recipe | dict | str | os.PathLike[str] | None, exclude: list
     elif not isinstance(recipe, Recipe):
         recipe = Recipe.load(recipe)
     return recipe.with_options(exclude, **options) if options or exclude else recipe
-
-
-def _bytes_by_dtype(model: Model) -> dict[str, int]:
-    return {dtype: entry["bytes"] for dtype, entry in summarize(model)["constants_by_dtype"].items()}
 
 
 def _left_alone(model: Model, recipe: Recipe) -> list[TensorReport]:

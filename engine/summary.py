@@ -35,6 +35,22 @@ def _elements(t: Tensor) -> int:
     return int(np.prod(t.shape, dtype=np.int64)) if t.shape is not None else 0
 
 
+def stored_bytes(t: Tensor) -> int:
+    """Bytes of a constant's data in the file (in the file's external buffer, if it lives there)."""
+    return t.external_buffer.length if t.external_buffer is not None else int(t.buffer.data.size)
+
+
+def constant_bytes_by_dtype(model: Model) -> dict[str, int]:
+    """Bytes of constant data by stored type, types in sorted order: ``summarize``'s ``constants_by_dtype``
+    without the rest of the summary, for a report made on every build of the accuracy search."""
+    by_dtype: Counter[str] = Counter()
+    for sg in model.subgraphs:
+        for t in all_tensors(sg):
+            if t.is_constant:
+                by_dtype[t.type_name] += stored_bytes(t)
+    return dict(sorted(by_dtype.items()))
+
+
 def summarize(model: Model, file_size: int | None = None) -> dict[str, Any]:
     """A JSON-ready description of the model: graph interface, ops, constants by dtype, sparsity, metadata."""
     ops: Counter[str] = Counter()
@@ -52,7 +68,7 @@ def summarize(model: Model, file_size: int | None = None) -> dict[str, Any]:
         for t in tensors:
             if not t.is_constant:
                 continue
-            stored = t.external_buffer.length if t.external_buffer is not None else int(t.buffer.data.size)
+            stored = stored_bytes(t)
             entry = by_dtype.setdefault(t.type_name, {"tensors": 0, "bytes": 0})
             entry["tensors"] += 1
             entry["bytes"] += stored
