@@ -128,14 +128,28 @@ def quantize_weight(
     if floor is not None:
         scales = np.maximum(scales, floor).astype(np.float32)
     if rounding == "nearest" or inputs is None:
-        code_rows = kernels.quantize(rows, scales, bits)
-    else:
-        code_rows = _fitted_codes(target, rows, restore, scales, bits, (granularity, axis), rounding, inputs)
-        if granularity == "channel" and axis is not None and axis % values.ndim == inputs.axis and floor is None:
-            scales = _refit_scales(rows, code_rows, scales, inputs.hessian)
+        code_rows, signal, noise = _nearest(rows, scales, bits)
+        return QuantizedWeight(restore(code_rows), scales, power_ratio_db(signal, noise), restore, code_rows)
+    code_rows = _fitted_codes(target, rows, restore, scales, bits, (granularity, axis), rounding, inputs)
+    if granularity == "channel" and axis is not None and axis % values.ndim == inputs.axis and floor is None:
+        scales = _refit_scales(rows, code_rows, scales, inputs.hessian)
     reference = rows if target is values else as_rows(values, granularity, axis)[0]
     signal, noise = kernels.signal_and_noise(reference, code_rows, scales)
     return QuantizedWeight(restore(code_rows), scales, power_ratio_db(signal, noise), restore, code_rows)
+
+
+def _nearest(rows: np.ndarray, scales: np.ndarray, bits: int) -> tuple[np.ndarray, float, float]:
+    """Each value rounded to its nearest level, and the weight's signal and noise powers; remembered, like the
+    scales, where ``remembering`` asks (the accuracy search quantizes each weight alike in most of its builds)."""
+
+    def key(what: str) -> tuple:  # built only inside the block
+        return (what, bits, rows.shape, digest(rows), digest(scales))
+
+    codes = remembered(lambda: key("nearest codes"), lambda: kernels.quantize(rows, scales, bits))
+    assert codes is not None
+    powers = remembered(lambda: key("weight powers"), lambda: np.array(kernels.signal_and_noise(rows, codes, scales)))
+    assert powers is not None
+    return codes, float(powers[0]), float(powers[1])
 
 
 def _fitted_codes(

@@ -16,6 +16,7 @@ from engine.format.reader import read_model
 from engine.format.writer import model_to_bytes, write_model
 from engine.passes.fold import fold_constant_decoders
 from engine.passes.fuse import fuse_activations
+from engine.quant.uniform import quantize_weight
 from engine.remembered import digest, immutable, remembered, remembering
 from engine.zoo import CUSTOM_OP_MODELS, MODEL_SHA256, mediapipe_model, model_photo
 from tests.runtimes import RUNTIMES, run_model
@@ -58,6 +59,27 @@ def test_remembered_computes_once_per_key_inside_the_block_and_hands_out_read_on
         again = remembered(lambda: "k", compute)
         assert remembered(lambda: "none", lambda: None) is None and remembered(lambda: "none", compute) is None
     assert len(calls) == 3 and again is not None and again.tolist() == [0.0, 1.0, 2.0] and set(memo) == {"k", "none"}
+
+
+@pytest.mark.parametrize(("granularity", "axis"), [("channel", 0), ("channel", 3), ("tensor", None)])
+def test_quantized_weights_are_remembered_as_computed_fresh(granularity: str, axis: int | None) -> None:
+    """Inside `remembering` each weight's scales, nearest codes and SQNR are computed once and handed out
+    read-only, equal to what a run without the block computes (a floor changes the key: other codes)."""
+    values = np.random.default_rng(3).normal(size=(8, 3, 3, 5)).astype(np.float32)
+    fresh = quantize_weight(values, 8, granularity, axis, "mse", positive=True)
+    memo: dict = {}
+    with remembering(memo):
+        first = quantize_weight(values, 8, granularity, axis, "mse", positive=True)
+        kept = len(memo)
+        again = quantize_weight(values, 8, granularity, axis, "mse", positive=True)
+        floored = quantize_weight(values, 8, granularity, axis, "mse", positive=True, floor=np.float32(0.05))
+    assert len(memo) > kept  # the floored scales are another key
+    for q in (first, again):
+        assert np.array_equal(q.codes, fresh.codes) and np.array_equal(q.scales, fresh.scales)
+        assert q.sqnr_db == fresh.sqnr_db
+        with pytest.raises(ValueError, match="read-only"):
+            q.codes[...] = 0
+    assert np.all(floored.scales >= np.float32(0.05)) and not np.array_equal(floored.codes, fresh.codes)
 
 
 def test_digest_is_the_bytes_hash_and_is_remembered_only_for_memory_no_one_can_write() -> None:
