@@ -105,16 +105,23 @@ def encode_sparse(dense: np.ndarray, block: tuple[int, int] | None = None) -> tu
 
 def _csr_dimension(shape: tuple[int, ...], stored: int) -> int:
     """The dimension the CSR level indexes, traversed last (the others DENSE, in order): the last one, unless
-    another needs fewer index bytes (segments: one per node of the levels above, plus the end; indices: one per
-    stored value, as wide as that dimension needs).  MediaPipe's 1x1 filters [O, 1, 1, I] with I > 255 and
+    another needs fewer index bytes (``_csr_index_bytes``).  MediaPipe's 1x1 filters [O, 1, 1, I] with I > 255 and
     O <= 256 index O in one byte instead of I in two: a third of pose_detection's index bytes."""
-
-    def cost(d: int) -> int:
-        segments = int(np.prod(shape)) // max(1, shape[d]) + 1
-        return segments * _index_width(stored) + stored * _index_width(shape[d] - 1)
-
     last = len(shape) - 1
-    return min(range(len(shape)), key=lambda d: (cost(d), d != last))
+    return min(range(len(shape)), key=lambda d: (_csr_index_bytes(shape, stored, d), d != last))
+
+
+def _csr_index_bytes(shape: tuple[int, ...], stored: int, d: int) -> int:
+    """Index bytes of ``stored`` values with the CSR level on dimension ``d``: segments, one per node of the
+    levels above plus the end, and indices, one per stored value, as wide as that dimension needs."""
+    segments = int(np.prod(shape)) // max(1, shape[d]) + 1
+    return segments * _index_width(stored) + stored * _index_width(shape[d] - 1)
+
+
+def fewest_index_bytes(shape: tuple[int, ...], stored: int) -> int:
+    """The index bytes ``encode_sparse`` (unblocked) writes for ``stored`` values of a tensor of ``shape``, known
+    before encoding it: at most that (an index vector whose largest value is small takes a narrower type)."""
+    return _csr_index_bytes(shape, stored, _csr_dimension(shape, stored))
 
 
 def _index_width(top: int) -> int:

@@ -244,8 +244,12 @@ def _is_read(sg: Subgraph, tensors: list[Tensor | None]) -> bool:
 
 def drop_unused(sg: Subgraph, candidates: list[Tensor]) -> None:
     """Remove ``candidates`` from the tensor list when no op or subgraph input/output uses them any more."""
-    used = {id(t) for op in sg.operators for t in op.tensors()} | {id(t) for t in (*sg.inputs, *sg.outputs)}
-    gone = {id(t) for t in candidates if id(t) not in used}
+    used = {id(t) for t in (*sg.inputs, *sg.outputs)}
+    for op in sg.operators:  # map(id, ...) per list: loops in C, where op.tensors() is a generator a tensor
+        used.update(map(id, op.inputs))
+        used.update(map(id, op.outputs))
+        used.update(map(id, op.intermediates or ()))
+    gone = {id(t) for t in candidates} - used
     sg.tensors = [t for t in sg.tensors if id(t) not in gone]
 
 

@@ -14,7 +14,7 @@ from engine import model_to_bytes, read_model
 from engine.errors import EngineError
 from engine.format.builder import GraphBuilder
 from engine.format.ir import SparsityParams, Table, Tensor
-from engine.format.sparse import encode_sparse, index_vector, sparse_bytes
+from engine.format.sparse import encode_sparse, fewest_index_bytes, index_bytes, index_vector, sparse_bytes
 from engine.graph.weights import densify, find_weights
 
 DTYPES = [np.float32, np.float16, np.int8]
@@ -168,6 +168,24 @@ def test_the_csr_dimension_is_the_one_indexed_in_fewest_bytes() -> None:
     assert sparsity.traversal_order.tolist() == [1, 0] and sparsity.dim_metadata[0].dense_size == 300
     assert sparse_bytes(values, sparsity) == 720 * 4 + 301 * 2 + 720 * 1
     np.testing.assert_array_equal(_decoded(values, sparsity, dense.shape), dense)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    shape=st.lists(st.integers(1, 300), min_size=1, max_size=4).filter(lambda s: int(np.prod(s)) <= 20_000),
+    density=st.floats(0.0, 1.0),
+    seed=st.integers(0, 2**16),
+)
+def test_fewest_index_bytes_bounds_what_encode_sparse_writes(shape: list[int], density: float, seed: int) -> None:
+    """The float16 pass decides from ``fewest_index_bytes`` whether re-encoding can pay, before encoding: never
+    less than encode_sparse writes (indices that stay small may take narrower vectors), and equal when the last
+    index of every dimension is used."""
+    dense = (np.random.default_rng(seed).random(shape) < density).astype(np.float32)
+    values, sparsity = encode_sparse(dense)
+    assert index_bytes(sparsity) <= fewest_index_bytes(tuple(shape), values.size)
+    dense[...] = 1
+    values, sparsity = encode_sparse(dense)
+    assert index_bytes(sparsity) == fewest_index_bytes(tuple(shape), values.size)
 
 
 @pytest.mark.parametrize("block", [None, (2, 4)])
