@@ -11,6 +11,7 @@ modes), full_integer (int8 / 16x8 weights) and cluster (rows of a channel) share
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,7 +31,7 @@ from engine.remembered import digest, remembered
 _PURE_SCALE_METHODS = frozenset({"minmax", "mse"})
 
 
-def _scales(method: str, rows: np.ndarray, bits: int) -> np.ndarray:
+def _scales(method: str, rows: np.ndarray, bits: int, rows_digest: Callable[[], bytes]) -> np.ndarray:
     """The rows' scales by ``method`` (``rows`` contiguous float32), remembered where ``remembering`` asks."""
 
     def compute() -> np.ndarray:
@@ -38,7 +39,7 @@ def _scales(method: str, rows: np.ndarray, bits: int) -> np.ndarray:
 
     if method not in _PURE_SCALE_METHODS:
         return compute()
-    found = remembered(lambda: ("scales", method, bits, rows.shape, digest(rows)), compute)
+    found = remembered(lambda: ("scales", method, bits, rows.shape, rows_digest()), compute)
     assert found is not None
     return found
 
@@ -115,7 +116,9 @@ def quantize_weight(
         channels, back = as_rows(values, "channel", inputs.axis)
         target = back(compensation_target(channels, inputs)).astype(np.float32)
     rows, restore = as_rows(target, granularity, axis)
-    scales = _scales(method, np.ascontiguousarray(rows, np.float32), bits)
+    rows = np.ascontiguousarray(rows, np.float32)  # as the kernels read them
+    rows_digest = functools.cache(lambda: digest(rows))  # hashed once a call (new arrays are hashed each time)
+    scales = _scales(method, rows, bits, rows_digest)
     if scales.shape != (rows.shape[0],) or not np.all(np.isfinite(scales) & (scales >= 0)):
         raise EngineError(
             f"scale method {method!r} returned {scales.shape} scales for {rows.shape[0]} rows, or a "
@@ -128,7 +131,7 @@ def quantize_weight(
     if floor is not None:
         scales = np.maximum(scales, floor).astype(np.float32)
     if rounding == "nearest" or inputs is None:
-        code_rows, signal, noise = _nearest(rows, scales, bits)
+        code_rows, signal, noise = _nearest(rows, scales, bits, rows_digest)
         return QuantizedWeight(restore(code_rows), scales, power_ratio_db(signal, noise), restore, code_rows)
     code_rows = _fitted_codes(target, rows, restore, scales, bits, (granularity, axis), rounding, inputs)
     if granularity == "channel" and axis is not None and axis % values.ndim == inputs.axis and floor is None:
@@ -138,12 +141,14 @@ def quantize_weight(
     return QuantizedWeight(restore(code_rows), scales, power_ratio_db(signal, noise), restore, code_rows)
 
 
-def _nearest(rows: np.ndarray, scales: np.ndarray, bits: int) -> tuple[np.ndarray, float, float]:
+def _nearest(
+    rows: np.ndarray, scales: np.ndarray, bits: int, rows_digest: Callable[[], bytes]
+) -> tuple[np.ndarray, float, float]:
     """Each value rounded to its nearest level, and the weight's signal and noise powers; remembered, like the
     scales, where ``remembering`` asks (the accuracy search quantizes each weight alike in most of its builds)."""
 
     def key(what: str) -> tuple:  # built only inside the block
-        return (what, bits, rows.shape, digest(rows), digest(scales))
+        return (what, bits, rows.shape, rows_digest(), digest(scales))
 
     codes = remembered(lambda: key("nearest codes"), lambda: kernels.quantize(rows, scales, bits))
     assert codes is not None
