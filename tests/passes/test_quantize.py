@@ -14,6 +14,7 @@ from engine.format.builder import GraphBuilder
 from engine.graph.weights import find_weights
 from engine.quant import kernels
 from engine.recipe import DEFAULT_MIN_ELEMENTS, WEIGHT_MODES, Recipe
+from engine.summary import summarize
 from engine.zoo import CUSTOM_OP_MODELS, model_photo
 from tests.conftest import Compressed
 from tests.runtimes import RUNTIMES, run_model, worst_sqnr
@@ -266,6 +267,20 @@ def test_float16_re_encodes_sparse_float16_weights_losslessly(
     for runtime in RUNTIMES:
         before, after = run_model(runnable[name], photo, runtime), run_model(out, photo, runtime)
         assert all(np.array_equal(before[k], after[k]) for k in before), runtime
+
+
+@pytest.mark.parametrize("mode", ["weight-int8", "weight-int4", "float16"])
+def test_the_report_counts_constant_bytes_by_dtype_as_the_summary_of_each_file(mode: str, tmp_path: Path) -> None:
+    model, _ = _shared_weight_model()
+    source, out = tmp_path / "in.tflite", tmp_path / "out.tflite"
+    engine.write_model(model, source)
+    _, report = engine.compress(source, output=out, quantize=mode, min_elements=0)
+
+    def by_dtype(path: Path) -> dict[str, int]:
+        return {d: e["bytes"] for d, e in summarize(engine.read_model(path))["constants_by_dtype"].items()}
+
+    assert report.bytes_by_dtype_before == by_dtype(source) and report.bytes_by_dtype_after == by_dtype(out)
+    assert report.bytes_by_dtype_after != report.bytes_by_dtype_before
 
 
 def test_weights_in_every_subgraph_are_found_and_compressed() -> None:
