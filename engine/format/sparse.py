@@ -55,6 +55,11 @@ def _stored(dense: np.ndarray) -> np.ndarray:
     return keep
 
 
+def kept_count(values: np.ndarray) -> int:
+    """How many of ``values`` (a dense tensor, or a sparse constant's stored values) ``encode_sparse`` keeps."""
+    return int(np.count_nonzero(_stored(np.asarray(values))))
+
+
 def _csr(mask: np.ndarray) -> DimensionMetadata:
     """A CSR level over the columns of 2-D ``mask``: one segment per row, the kept columns' indices."""
     segments = np.concatenate([[0], np.cumsum(mask.sum(axis=1), dtype=np.int64)])

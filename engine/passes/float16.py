@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from engine.format.ir import Model, SparsityParams, Tensor
-from engine.format.sparse import constant_bytes, encode_sparse, fewest_index_bytes, sparse_bytes
+from engine.format.sparse import constant_bytes, encode_sparse, fewest_index_bytes, kept_count, sparse_bytes
 from engine.graph.weights import Weight, densify
 from engine.passes.common import entry, install, select
 from engine.quant.metrics import weight_sqnr_db
@@ -63,8 +63,7 @@ def _smaller_layout(weight: Weight, half: np.ndarray) -> tuple[np.ndarray, Spars
     if source.sparsity is None:
         return None
     own = sparse_bytes(half, source.sparsity)
-    kept = max(1, int(np.count_nonzero((half != 0) | np.signbit(half))))  # what encode_sparse keeps
+    kept = kept_count(half)
     if kept * half.itemsize + fewest_index_bytes(weight.shape, kept) >= own:
         return None  # known without encoding (most of a sparse model's weights already are in their best layout)
-    values, layout = encode_sparse(densify(half, weight.shape, source))
-    return values, layout
+    return encode_sparse(densify(half, weight.shape, source))

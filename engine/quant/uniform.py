@@ -147,12 +147,12 @@ def _nearest(
     """Each value rounded to its nearest level, and the weight's signal and noise powers; remembered, like the
     scales, where ``remembering`` asks (the accuracy search quantizes each weight alike in most of its builds)."""
 
-    def key(what: str) -> tuple:  # built only inside the block
-        return (what, bits, rows.shape, rows_digest(), digest(scales))
-
-    codes = remembered(lambda: key("nearest codes"), lambda: kernels.quantize(rows, scales, bits))
+    key = functools.cache(lambda: (bits, rows.shape, rows_digest(), digest(scales)))  # built only inside the block
+    codes = remembered(lambda: ("nearest codes", *key()), lambda: kernels.quantize(rows, scales, bits))
     assert codes is not None
-    powers = remembered(lambda: key("weight powers"), lambda: np.array(kernels.signal_and_noise(rows, codes, scales)))
+    powers = remembered(
+        lambda: ("weight powers", *key()), lambda: np.array(kernels.signal_and_noise(rows, codes, scales))
+    )
     assert powers is not None
     return codes, float(powers[0]), float(powers[1])
 

@@ -14,7 +14,14 @@ from engine import model_to_bytes, read_model
 from engine.errors import EngineError
 from engine.format.builder import GraphBuilder
 from engine.format.ir import SparsityParams, Table, Tensor
-from engine.format.sparse import encode_sparse, fewest_index_bytes, index_bytes, index_vector, sparse_bytes
+from engine.format.sparse import (
+    encode_sparse,
+    fewest_index_bytes,
+    index_bytes,
+    index_vector,
+    kept_count,
+    sparse_bytes,
+)
 from engine.graph.weights import densify, find_weights
 
 DTYPES = [np.float32, np.float16, np.int8]
@@ -182,6 +189,7 @@ def test_fewest_index_bytes_bounds_what_encode_sparse_writes(shape: list[int], d
     index of every dimension is used."""
     dense = (np.random.default_rng(seed).random(shape) < density).astype(np.float32)
     values, sparsity = encode_sparse(dense)
+    assert kept_count(dense) == kept_count(values) == values.size
     assert index_bytes(sparsity) <= fewest_index_bytes(tuple(shape), values.size)
     dense[...] = 1
     values, sparsity = encode_sparse(dense)
