@@ -13,7 +13,9 @@ float) measures about the sum of their isolated noises.  `GroupTesting`:
    the weight modes, each weight's own quantization noise on the first rung, which the passes report; equal
    shares without one).
 4. **Isolation on demand.**  `isolate` measures alone the units a decision depends on (the search asks for those
-   its answer hangs on); the rest of their group keeps the group's noise minus theirs, re-shared.
+   its answer hangs on); the rest of their group keeps the group's noise minus theirs, re-shared.  `separate`
+   measures a part of a group together (the search: the members its answer leaves quantized, whose noise counts
+   only as a sum), the rest likewise keeping the difference.
 
 Real noise powers add only roughly: a unit measured alone often measures more than its share of a group measured
 together (int8 ops in a row share the activation between them, which alone is quantized on both sides), so a
@@ -143,6 +145,34 @@ class GroupTesting:
                 else:
                     self._settle(_Leaf(rest, self.run(rest), True))
         return self.runs - before
+
+    def separate(self, parts: Iterable[Sequence[int]]) -> int:
+        """Measure each of ``parts`` (units of one group whose noise is known only together: a proper part, or
+        the whole group when its noise is a difference, not a measurement) as one candidate; the rest of that
+        group keeps the group's noise minus the part's.  Returns how many candidates that took.  Cheaper than
+        `isolate` where a decision hangs on the part's noise as a whole."""
+        before = self.runs
+        for part in parts:
+            members = [int(i) for i in part]
+            leaf = self._leaf_of(members[0])
+            rest = [j for j in leaf.members if j not in members]
+            if len(rest) + len(members) != len(leaf.members) or not (rest or not leaf.measured):
+                raise ValueError(f"{members} is not a part of one group that is not measured as it is")
+            self._leaves.remove(leaf)
+            measured = self.run(members)
+            self._settle(_Leaf(members, measured, True))
+            if not rest:
+                continue
+            if np.all(np.isfinite(leaf.noise)) and np.all(np.isfinite(measured)):
+                self._settle(_Leaf(rest, np.maximum(leaf.noise - measured, 0.0), False))
+            else:  # a difference of infinities says nothing
+                self._settle(_Leaf(rest, self.run(rest), True))
+        return self.runs - before
+
+    def groups(self) -> list[tuple[list[int], bool]]:
+        """The units whose noise is known only together, group by group (a unit measured alone is a group), each
+        with whether its noise was measured as it is (else it is a difference of two measurements)."""
+        return [(list(leaf.members), leaf.measured) for leaf in self._leaves]
 
     def _shares(self, leaf: _Leaf) -> np.ndarray:
         """[members, outputs]: ``leaf``'s noise shared among its members in proportion to the proxy."""

@@ -90,6 +90,32 @@ def test_shares_follow_the_proxy_and_isolation_measures_alone() -> None:
     assert testing.noise()[3, 0] == pytest.approx(4e-4)
 
 
+def test_separating_a_part_measures_it_together_and_leaves_the_rest_the_difference() -> None:
+    """What the search asks where its answer splits a group: the part's noise as one candidate (exact as a sum),
+    the rest the group's minus it (a group known only as a difference may be measured whole); anything else is
+    refused."""
+    noise = np.array([[1.0], [2.0], [3.0], [4.0], [5.0], [6.0]]) * 1e-4
+    table = Table(noise)
+    testing = GroupTesting(6, table.measure, group=3)
+    testing.start()
+    assert testing.groups() == [([0, 1, 2], True), ([3, 4, 5], True)]
+    assert testing.separate([[0, 2], [4]]) == 2
+    assert table.calls[-2:] == [[0, 2], [4]]
+    assert sorted(testing.groups()) == [([0, 2], True), ([1], False), ([3, 5], False), ([4], True)]
+    estimates = testing.noise()[:, 0]
+    assert estimates[[0, 2]].sum() == pytest.approx(4e-4) and estimates[1] == pytest.approx(2e-4)
+    assert estimates[4] == pytest.approx(5e-4) and testing.alone(4)
+    assert estimates[[3, 5]].sum() == pytest.approx(10e-4)
+    assert not testing.alone(1) and testing.estimate(1).group == 1  # the group's noise minus the part's
+    assert estimates.sum() == pytest.approx(noise.sum())
+    for bad in ([0, 2], [1, 3]):  # a whole group measured as it is; members of two groups
+        with pytest.raises(ValueError, match="not a part of one group that is not measured as it is"):
+            testing.separate([bad])
+    assert testing.separate([[3, 5]]) == 1  # a difference measured: no rest
+    assert testing.groups()[-1] == ([3, 5], True) and table.calls[-1] == [3, 5]
+    assert testing.noise()[[3, 5], 0].sum() == pytest.approx(10e-4)
+
+
 def test_a_refused_candidate_is_bisected_down_to_its_culprit() -> None:
     """A candidate the runtime refuses measures inf: halves are then measured (a difference of infinities says
     nothing) until the unit that breaks it is alone; the others keep finite estimates."""
