@@ -49,8 +49,11 @@ _INTEGER_CODES = {("i", 1): "b", ("i", 2): "h", ("i", 4): "i", ("i", 8): "q"}
 _INTEGER_CODES.update({("u", width): code.upper() for (_, width), code in _INTEGER_CODES.items()})
 _struct = functools.lru_cache(maxsize=None)(struct.Struct)
 _MAX_DEPTH = 64
-# Vectors at least this large are written from the array itself rather than copied into the builder.
+# Vectors at least this large are written from the array itself rather than copied into the builder (and never
+# shared with an equal one).
 _HOLE_MIN_BYTES = 1 << 16
+# Vectors each written on their own even when equal to another: a buffer's data, laid out by the writer.
+_UNSHARED = frozenset({("Buffer", "data")})
 
 
 def corrupt(where: str, problem: str) -> EngineError:
@@ -235,7 +238,7 @@ def decode(data: BytesLike, root: str = "Model") -> dict[str, Any]:
 class _Encoder:
     """Builds a flatbuffer bottom-up from the dict form; large numpy vectors are copied once, in place."""
 
-    def __init__(self, size_hint: int, alignments: dict[tuple[str, str], int]) -> None:
+    def __init__(self, size_hint: int, alignments: dict[tuple[str, str], int], share_vectors: bool) -> None:
         self.builder = flatbuffers.Builder(0)
         size = max(1024, min(size_hint, flatbuffers.Builder.MAX_BUFFER_SIZE))
         # Anonymous mapped memory is zeroed lazily: a generous hint costs nothing, and the pages left for
@@ -244,6 +247,8 @@ class _Encoder:
         self.builder.head = size
         self.alignments = alignments
         self.holes: list[tuple[int, np.ndarray]] = []  # (distance of a vector's data from the buffer's end, bytes)
+        self.share_vectors = share_vectors
+        self.written: dict[tuple, int] = {}  # a small vector's content -> where it was written
 
     def table(self, name: str, value: dict[str, Any]) -> int:
         unknown = value.keys() - _field_names(name)
@@ -330,13 +335,23 @@ class _Encoder:
         if kind == "vector":
             dtype = _DTYPE[field["element"]]
             alignment = max(dtype.itemsize, self.alignments.get((table, field["name"]), 1))
+            if not self.share_vectors or (table, field["name"]) in _UNSHARED:
+                return self._vector(item, dtype, alignment)
+            # Equal small vectors are written once and referenced by every table that holds one (a flatbuffer
+            # may point several offsets at one vector): a per-channel tensor's zero points, all zeros, are 8 bytes
+            # a channel, 5% of a weight-int8 hand_landmark_lite, and repeat at every channel count.  A list is
+            # known by its values (converting it first could wrap one out of range), an array by its bytes.
             if isinstance(item, list | tuple):
-                if dtype.kind in "iu" and len(item) <= _PACKED_LIST_MAX:
-                    with contextlib.suppress(struct.error):  # not integers in range: numpy converts, or refuses
-                        code = _INTEGER_CODES[dtype.kind, dtype.itemsize]
-                        return self._packed(f"<{len(item)}{code}", item, alignment)
-                item = np.array(item, dtype)
-            return self.numbers(np.asarray(item).astype(dtype, copy=False).reshape(-1), alignment)
+                key: tuple = (dtype.str, alignment, "values", tuple(item))
+            else:
+                item = np.asarray(item).astype(dtype, copy=False).reshape(-1)
+                if item.nbytes >= _HOLE_MIN_BYTES:
+                    return self._vector(item, dtype, alignment)
+                key = (dtype.str, alignment, "bytes", item.tobytes())
+            offset = self.written.get(key)
+            if offset is None:
+                offset = self.written[key] = self._vector(item, dtype, alignment)
+            return offset
         if kind == "vector_table":
             children = [self.table(field["table"], child) for child in item]
         else:
@@ -348,6 +363,15 @@ class _Encoder:
         b.head -= 4 * count
         struct.pack_into(f"<{count}I", b.Bytes, b.head, *(end + 4 * (count - i) - c for i, c in enumerate(children)))
         return b.EndVector()
+
+    def _vector(self, item: Any, dtype: np.dtype, alignment: int) -> int:
+        if isinstance(item, list | tuple):
+            if dtype.kind in "iu" and len(item) <= _PACKED_LIST_MAX:
+                with contextlib.suppress(struct.error):  # not integers in range: numpy converts, or refuses
+                    code = _INTEGER_CODES[dtype.kind, dtype.itemsize]
+                    return self._packed(f"<{len(item)}{code}", item, alignment)
+            item = np.array(item, dtype)
+        return self.numbers(np.asarray(item).astype(dtype, copy=False).reshape(-1), alignment)
 
     def numbers(self, array: np.ndarray, alignment: int) -> int:
         """A vector of numbers: small ones copied into the builder, large ones left as a hole to fill later."""
@@ -419,14 +443,16 @@ def encode_pieces(
     *,
     size_hint: int = 1 << 20,
     alignments: dict[tuple[str, str], int] | None = None,
+    share_vectors: bool = True,
 ) -> list[memoryview]:
     """Encode the dict form of a table tree as a finished flatbuffer with the TFLite file identifier.
 
     ``alignments`` maps (table, vector field) to the byte alignment of that vector's data, e.g. 16 for
-    buffer data so kernels can read it in place.  The result is the file as consecutive pieces, so large
-    arrays go from their own memory to the file without an intermediate copy.
+    buffer data so kernels can read it in place.  ``share_vectors``: equal small vectors of numbers (not buffer
+    data) are written once, every table holding one pointing at it.  The result is the file as consecutive
+    pieces, so large arrays go from their own memory to the file without an intermediate copy.
     """
-    encoder = _Encoder(size_hint, alignments or {})
+    encoder = _Encoder(size_hint, alignments or {}, share_vectors)
     try:
         root_offset = encoder.table(root, tree)
         encoder.builder.Finish(root_offset, file_identifier=FILE_IDENTIFIER)

@@ -331,23 +331,25 @@ def _align(n: int) -> int:
     return -(-n // ALIGNMENT) * ALIGNMENT
 
 
-def _serialize(model: Model, share_identical_buffers: bool, external_buffers: bool | None) -> list[memoryview]:
+def _serialize(
+    model: Model, share_identical_buffers: bool, external_buffers: bool | None, share_equal_vectors: bool = True
+) -> list[memoryview]:
     """The file as consecutive pieces: the flatbuffer, then (offset/size form only) the data after it."""
     if not model.subgraphs:
         raise EngineError("cannot write a model with no subgraphs")
     layout = _plan(model, share_identical_buffers, external_buffers)
     builder = _TreeBuilder(model, layout)
-    alignments = {("Buffer", "data"): ALIGNMENT}
+    options: dict[str, Any] = {"alignments": {("Buffer", "data"): ALIGNMENT}, "share_vectors": share_equal_vectors}
     if not layout.external:
         hint = layout.data_size + _index_size(model) + _GRAPH_ROOM
-        return flatbuf.encode_pieces(builder.tree(), size_hint=hint, alignments=alignments)
-    sizing = len(flatbuf.encode(builder.tree(), alignments=alignments))
+        return flatbuf.encode_pieces(builder.tree(), size_hint=hint, **options)
+    sizing = len(flatbuf.encode(builder.tree(), **options))
     blobs = builder.external_blobs()
     offsets, position = [], _align(sizing)
     for blob in blobs:
         offsets.append(position)
         position = _align(position + blob.size)
-    pieces = flatbuf.encode_pieces(builder.tree(offsets), alignments=alignments)
+    pieces = flatbuf.encode_pieces(builder.tree(offsets), **options)
     position = sum(len(p) for p in pieces)
     if position != sizing:
         raise EngineError("internal: flatbuffer size changed between the sizing and final passes")
@@ -358,16 +360,22 @@ def _serialize(model: Model, share_identical_buffers: bool, external_buffers: bo
 
 
 def model_to_bytes(
-    model: Model, *, share_identical_buffers: bool = False, external_buffers: bool | None = None
+    model: Model,
+    *,
+    share_identical_buffers: bool = False,
+    external_buffers: bool | None = None,
+    share_equal_vectors: bool = True,
 ) -> bytes:
-    """Serialize ``model``; ``external_buffers`` forces (True) or forbids (False) the offset/size form."""
-    return b"".join(_serialize(model, share_identical_buffers, external_buffers))
+    """Serialize ``model``; ``external_buffers`` forces (True) or forbids (False) the offset/size form;
+    ``share_equal_vectors`` writes equal small vectors (zero points, shapes, ...) once (False: each on its own,
+    the layout of the engine before 2026-12-04, which embedded signatures keep as their canonical form)."""
+    return b"".join(_serialize(model, share_identical_buffers, external_buffers, share_equal_vectors))
 
 
-def model_pieces(model: Model) -> list[memoryview]:
+def model_pieces(model: Model, *, share_equal_vectors: bool = True) -> list[memoryview]:
     """The bytes ``model_to_bytes(model)`` returns, as consecutive pieces (large arrays are views of their own
     memory): to hash or compare a serialized model without making one copy of it (engine.secure)."""
-    return _serialize(model, False, None)
+    return _serialize(model, False, None, share_equal_vectors)
 
 
 def write_model(
@@ -376,13 +384,14 @@ def write_model(
     *,
     share_identical_buffers: bool = False,
     external_buffers: bool | None = None,
+    share_equal_vectors: bool = True,
 ) -> int:
     """Write ``model`` to ``path`` atomically (temporary file, then rename); returns the size in bytes.
 
     A failure leaves no partial file behind, and writing over the model's own source file is safe.
     """
     path = Path(path)
-    pieces = _serialize(model, share_identical_buffers, external_buffers)
+    pieces = _serialize(model, share_identical_buffers, external_buffers, share_equal_vectors)
     size = 0
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")

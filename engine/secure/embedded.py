@@ -4,13 +4,16 @@ The bundle signs the model's canonical content, the model without that entry:
 
 1. read the file and remove the metadata entry named ``SIGNATURE_ENTRY`` (a signed file has exactly one, the
    last entry); if no metadata entry remains, the model has no ``metadata`` field at all;
-2. serialize what remains with the engine's writer (``engine.model_to_bytes``, default options);
+2. serialize what remains with the engine's writer, equal vectors each written on its own
+   (``engine.model_to_bytes(model, share_equal_vectors=False)``: the writer's layout before it shared them, so
+   models signed before verify the same);
 3. the SHA-256 of those bytes is the digest of the statement's single resource ``"."``.
 
 So re-signing gives the same content digest, and the bundle with the canonical bytes saved as a file is an
-ordinary ``model_signing`` signature of that file.  Verification also requires the signed file itself to be
-exactly what the writer produces for it (``model_to_bytes(read_model(file))``): bytes the reader would skip
-(alignment padding, unreferenced space) cannot change unnoticed.  Nothing here needs ``cryptography``.
+ordinary ``model_signing`` signature of that file.  The signed file itself is written in that layout, and
+verification requires it to be exactly what the writer produces for it so (``model_to_bytes(read_model(file),
+share_equal_vectors=False)``): bytes the reader would skip (alignment padding, unreferenced space) cannot change
+unnoticed.  Nothing here needs ``cryptography``.
 """
 
 from __future__ import annotations
@@ -30,9 +33,9 @@ from engine.secure.bundle import SIGNATURE_ENTRY, Statement, VerificationError, 
 
 
 def content_digest(model: Model) -> str:
-    """SHA-256 (hex) of the model as the writer serializes it, hashed piece by piece (no joined copy)."""
+    """SHA-256 (hex) of the model in the canonical layout, hashed piece by piece (no joined copy)."""
     digest = hashlib.sha256()
-    for piece in model_pieces(model):
+    for piece in model_pieces(model, share_equal_vectors=False):
         digest.update(piece)
     return digest.hexdigest()
 
@@ -64,7 +67,7 @@ def write_signed(content: Model, bundle: bytes, target: str | os.PathLike[str]) 
     """Write ``content`` (a canonical content) with ``bundle`` as its signature entry to ``target``."""
     entry = Metadata(SIGNATURE_ENTRY, Buffer(np.frombuffer(bundle, np.uint8).copy()))
     content.metadata = [*(content.metadata or []), entry]
-    write_model(content, target)
+    write_model(content, target, share_equal_vectors=False)
 
 
 def read_signed(path: str | os.PathLike[str]) -> tuple[Model, bytes]:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import tflite
 
+import engine
 from engine import (
     Buffer,
     DimensionMetadata,
@@ -91,6 +92,23 @@ def test_writer_is_deterministic_and_idempotent(mediapipe: dict[str, Path]) -> N
     once = model_to_bytes(read_model(path))
     assert model_to_bytes(read_model(path)) == once
     assert model_to_bytes(read_model(once)) == once
+
+
+def test_equal_small_vectors_are_written_once(mediapipe: dict[str, Path]) -> None:
+    """The writer points every table holding an equal small vector (here each per-channel weight's zero points,
+    all zeros, 8 bytes a channel) at one copy: the same model, read back field for field, smaller, a fixed point
+    of the writer, and computing the same in both runtimes as the layout with each vector on its own."""
+    model = engine.compress(mediapipe["hand_landmark_lite"], quantize="weight-int8")[0]
+    shared, separate = model_to_bytes(model), model_to_bytes(model, share_equal_vectors=False)
+    scales = [t.quantization.scale for t in model.main.tensors if t.quantization is not None]
+    channels = sum(scale.size for scale in scales if scale is not None and scale.size > 1)
+    assert channels > 8000
+    assert len(separate) - len(shared) > 6 * channels  # of 8 bytes a channel: one vector per channel count left
+    assert structural_diff(read_model(shared), read_model(separate)) == []
+    assert model_to_bytes(read_model(shared)) == shared
+    assert model_to_bytes(read_model(shared), share_equal_vectors=False) == separate
+    feed = photo_input(model.main.inputs[0].shape, "float32", 0, value_range=INPUT_RANGES["hand_landmark_lite"])
+    _assert_same_outputs(separate, shared, feed)
 
 
 def test_buffer_data_is_16_byte_aligned(mediapipe: dict[str, Path]) -> None:

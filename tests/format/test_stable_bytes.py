@@ -1,7 +1,9 @@
-"""The writer's bytes are pinned.  An embedded signature signs the writer's serialization of a model
-(engine.secure.embedded), so a change in the layout, however harmless to LiteRT, would make every model signed
-before fail verification; speed-ups of the writer must keep these digests.  A deliberate layout change updates
-them and says so (docs/cli.md's canonical form then needs a version)."""
+"""The writer's bytes are pinned.  An embedded signature signs the writer's serialization of a model in its
+canonical layout (engine.secure.embedded: equal vectors each written on its own, ``share_equal_vectors=False``),
+so a change in that layout, however harmless to LiteRT, would make every model signed before fail verification;
+speed-ups of the writer must keep these digests.  A deliberate change of that layout updates them and says so
+(docs/cli.md's canonical form then needs a version).  The default layout shares equal small vectors: pinned
+too, and always the same model as the canonical one."""
 
 from __future__ import annotations
 
@@ -13,13 +15,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine import model_to_bytes, read_model
+from engine import model_to_bytes, read_model, structural_diff
 from engine.format.flatbuf import decode, encode
 from tests.secure.conftest import small_model
 
 SMALL_MODEL_SHA256 = "7bd6a29000537ea9cf0851554a158a9d9911e9adc327ce9dcc6522e8d5c88658"
-# sha256 of model_to_bytes(read_model(file)) for each MediaPipe model (2026-12-03: the same before and after that
-# day's writer speed-up).
+SMALL_MODEL_SHARED_SHA256 = "9e42d71751ec563128d6668a5a00563f5ea2c91848b4c123446e8478713ce964"
+# sha256 of model_to_bytes(read_model(file), share_equal_vectors=False) for each MediaPipe model (2026-12-03: the
+# same before and after that day's writer speed-up; the writer's only layout until 2026-12-04).
 REWRITTEN_SHA256 = {
     "face_detection_full_range_sparse": "20beb1b0d8ea2cefbda3f37ddc14465a8025edaf525cd43c5a0e3b11f06495fb",
     "face_detection_short_range": "1f91db7db3b286255ab320e508340459a87838f8f5cdfff2015eb54597d1c8ff",
@@ -39,11 +42,18 @@ REWRITTEN_SHA256 = {
 
 
 def test_a_built_model_serializes_to_the_pinned_bytes() -> None:
-    assert hashlib.sha256(model_to_bytes(small_model())).hexdigest() == SMALL_MODEL_SHA256
+    canonical = model_to_bytes(small_model(), share_equal_vectors=False)
+    shared = model_to_bytes(small_model())
+    assert hashlib.sha256(canonical).hexdigest() == SMALL_MODEL_SHA256
+    assert hashlib.sha256(shared).hexdigest() == SMALL_MODEL_SHARED_SHA256
+    assert len(shared) <= len(canonical) and structural_diff(read_model(shared), read_model(canonical)) == []
 
 
 def test_every_mediapipe_model_rewrites_to_the_pinned_bytes(mediapipe: dict[str, Path]) -> None:
-    got = {name: hashlib.sha256(model_to_bytes(read_model(path))).hexdigest() for name, path in mediapipe.items()}
+    got = {
+        name: hashlib.sha256(model_to_bytes(read_model(path), share_equal_vectors=False)).hexdigest()
+        for name, path in mediapipe.items()
+    }
     assert got == REWRITTEN_SHA256
 
 

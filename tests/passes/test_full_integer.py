@@ -624,7 +624,8 @@ def test_float_islands_keep_the_input_storage(tmp_path: Path) -> None:
     out, report = _calibrated(name, tmp_path, "all-float", exclude=["."])
     assert report.integer.restored_decoders == report.integer.folded_decoders > 0
     source = mediapipe_model(name)
-    assert abs(out.stat().st_size - source.stat().st_size) < 0.01 * source.stat().st_size
+    rewritten = len(engine.model_to_bytes(read_model(source)))  # the input's storage in the writer's layout
+    assert abs(out.stat().st_size - rewritten) < 0.01 * rewritten
     assert Counter(op.name for op in read_model(out).main.operators) == Counter(
         op.name for op in read_model(source).main.operators
     )

@@ -164,8 +164,9 @@ def test_embedded_round_trip_and_canonical_content(model: Path, keys: tuple[Path
     assert signed == tmp_path / "model.signed.tflite" and model.read_bytes() == before
     result = verify(signed, public)  # no model.signed.tflite.sig: the embedded signature is checked
     assert result.signature == f"embedded ({SIGNATURE_ENTRY})"
-    # The signed content is the model without the entry, serialized by the writer: here the input itself.
-    assert result.digest == hashlib.sha256(before).hexdigest()
+    # The signed content is the model without the entry, serialized by the writer in the canonical layout.
+    canonical = model_to_bytes(read_model(model), share_equal_vectors=False)
+    assert result.digest == hashlib.sha256(canonical).hexdigest() != hashlib.sha256(before).hexdigest()
     entries = read_model(signed).metadata
     assert [m.name for m in entries] == ["min_runtime_version", SIGNATURE_ENTRY]
     # Re-signing the signed model signs the same content.
@@ -176,14 +177,17 @@ def test_embedded_round_trip_and_canonical_content(model: Path, keys: tuple[Path
 def test_embedded_content_without_metadata_has_no_metadata_field(model: Path, keys: tuple[Path, Path]) -> None:
     bare = read_model(model)
     bare.metadata = []  # an empty list is written as an empty vector: the canonical form drops it
-    write_model(bare, model)
+    write_model(bare, model, share_equal_vectors=False)
     signed = sign_embedded(model, keys[0])
     content = read_model(signed)
     take_signature(content, strict=True)
     assert content.metadata is None
     without = read_model(model)
     without.metadata = None
-    assert verify_embedded(signed, keys[1]).digest == hashlib.sha256(model_to_bytes(without)).hexdigest()
+    assert (
+        verify_embedded(signed, keys[1]).digest
+        == hashlib.sha256(model_to_bytes(without, share_equal_vectors=False)).hexdigest()
+    )
 
 
 def test_signed_model_runs_unchanged_in_litert(model: Path, keys: tuple[Path, Path]) -> None:
@@ -205,7 +209,7 @@ def test_embedded_failures_are_named(model: Path, keys: tuple[Path, Path], other
     changed = read_model(signed)  # a weight changed, the old signature kept: canonical layout, wrong content
     weights = next(t for t in changed.main.tensors if t.is_constant)
     weights.data = weights.data + 1
-    write_model(changed, signed)
+    write_model(changed, signed, share_equal_vectors=False)
     assert _reason(verify_embedded, signed, public) == "digest mismatch"
 
     padding = good.index(b"\0" * 4, len(good) // 2)  # a byte the reader skips: the layout is no longer canonical
@@ -218,16 +222,16 @@ def test_embedded_failures_are_named(model: Path, keys: tuple[Path, Path], other
     twice = read_model(good)
     entry = twice.metadata[-1]
     twice.metadata = [entry, *twice.metadata]
-    write_model(twice, signed)
+    write_model(twice, signed, share_equal_vectors=False)
     assert _reason(verify_embedded, signed, public) == "malformed bundle"
     twice.metadata = [entry, twice.metadata[1]]
-    write_model(twice, signed)
+    write_model(twice, signed, share_equal_vectors=False)
     with pytest.raises(VerificationError, match="not the last metadata entry"):
         verify_embedded(signed, public)
 
     altered = read_model(good)
     altered.metadata[-1] = Metadata(SIGNATURE_ENTRY, Buffer.of(np.frombuffer(b"{}", np.uint8)))
-    write_model(altered, signed)
+    write_model(altered, signed, share_equal_vectors=False)
     assert _reason(verify_embedded, signed, public) == "malformed bundle"
 
 
@@ -245,7 +249,7 @@ def test_inspect_shows_signer_and_status(
     changed = read_model(signed)
     weights = next(t for t in changed.main.tensors if t.is_constant)
     weights.data = weights.data * 2
-    write_model(changed, signed)
+    write_model(changed, signed, share_equal_vectors=False)
     assert main(["inspect", str(signed)]) == 0
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("signed (embedded"))
     assert f"signer key sha256:{hint}" in line and "digest mismatch" in line
@@ -306,5 +310,11 @@ def test_process_level_behaviour(model: Path, keys: tuple[Path, Path]) -> None:
 
 
 def test_content_digest_is_the_writer_bytes(model: Path) -> None:
+    """In the canonical layout (equal vectors each on its own), which models signed before 2026-12-04 have."""
     content = read_model(model)
-    assert content_digest(content) == hashlib.sha256(model_to_bytes(content)).hexdigest()
+    canonical = model_to_bytes(content, share_equal_vectors=False)
+    assert (
+        content_digest(content)
+        == hashlib.sha256(canonical).hexdigest()
+        != hashlib.sha256(model_to_bytes(content)).hexdigest()
+    )
