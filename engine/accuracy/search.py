@@ -25,7 +25,7 @@ on held-out samples in the default runtime, stay within the budget of the float 
    first, the prediction redone after each batch until it leaves no such unit estimated.  The predicted answer's
    noise is the sum of the units it leaves on the first rung, so where it splits a group still known only
    together, or keeps one whose noise is a difference (sub-additive noise can take that to zero), that group's
-   first-rung part is measured as one candidate (not one per member: iris_landmark at 35 dB ranked in 52
+   first-rung part is measured as one candidate (not one per member: iris_landmark at 35 dB ranked in 53
    candidates instead of 89, the same answer), until the answer leaves only measured groups on the first rung.
    The rest keep estimates: a group's noise minus its members measured alone, shared (never below their share of
    the last candidate measured with them, for the units whose rung changes no bytes: over-estimated they are

@@ -332,7 +332,7 @@ def _align(n: int) -> int:
 
 
 def _serialize(
-    model: Model, share_identical_buffers: bool, external_buffers: bool | None, share_equal_vectors: bool = True
+    model: Model, share_identical_buffers: bool, external_buffers: bool | None, share_equal_vectors: bool
 ) -> list[memoryview]:
     """The file as consecutive pieces: the flatbuffer, then (offset/size form only) the data after it."""
     if not model.subgraphs:
