@@ -129,22 +129,7 @@ class GroupTesting:
 
     def isolate(self, units: Iterable[int]) -> int:
         """Measure each of ``units`` alone unless it already is; returns how many candidates that took."""
-        before = self.runs
-        for i in units:
-            if self.alone(i):
-                continue
-            leaf = self._leaf_of(i)
-            self._leaves.remove(leaf)
-            alone = self.run([i])
-            self._leaves.append(_Leaf([i], alone, True))
-            self._note(self._leaves[-1])
-            rest = [j for j in leaf.members if j != i]
-            if rest:
-                if np.all(np.isfinite(leaf.noise)) and np.all(np.isfinite(alone)):
-                    self._settle(_Leaf(rest, np.maximum(leaf.noise - alone, 0.0), False))
-                else:
-                    self._settle(_Leaf(rest, self.run(rest), True))
-        return self.runs - before
+        return self.separate([i] for i in units if not self.alone(i))
 
     def separate(self, parts: Iterable[Sequence[int]]) -> int:
         """Measure each of ``parts`` (units of one group whose noise is known only together: a proper part, or
