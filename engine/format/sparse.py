@@ -129,6 +129,13 @@ def fewest_index_bytes(shape: tuple[int, ...], stored: int) -> int:
     return _csr_index_bytes(shape, stored, _csr_dimension(shape, stored))
 
 
+def sparse_int8_saves(values: np.ndarray) -> bool:
+    """Whether int8 codes that keep the zeros of ``values`` take fewer bytes stored sparse (unblocked) than
+    dense: where they do, data-aware rounding keeps those zeros (``quantize_weight(keep_zeros=True)``)."""
+    stored = kept_count(values)
+    return stored + fewest_index_bytes(np.shape(values), stored) < np.size(values)
+
+
 def _index_width(top: int) -> int:
     return int(np.dtype(_index_type(max(0, top))[1]).itemsize)
 

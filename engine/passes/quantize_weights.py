@@ -24,7 +24,7 @@ import numpy as np
 
 from engine.errors import EngineError
 from engine.format.ir import TENSOR_TYPES, Buffer, Model, Operator, QuantizationParams, SparsityParams, Table, Tensor
-from engine.format.sparse import encode_sparse, index_bytes, sparse_bytes
+from engine.format.sparse import encode_sparse, index_bytes, sparse_bytes, sparse_int8_saves
 from engine.graph.ops import DEQUANTIZE_INPUTS, RULES, XNNPACK_FOLDED_DEQUANTIZE
 from engine.graph.weights import Weight, channel_axis_of
 from engine.passes.common import entry, install, select
@@ -271,8 +271,10 @@ def _encode(
     bits = options.level_bits
     assert bits is not None
     block = options.block_size if _kind(granularity) == "block" else None
+    values = weight.decode()
+    stays_sparse = sparse_ok and container == 8 and weight.source.sparsity is not None
     quantized = quantize_weight(
-        weight.decode(),
+        values,
         bits,
         granularity,
         weight.channel_axis,
@@ -280,6 +282,7 @@ def _encode(
         float16_scales=block is not None,
         rounding=options.rounding,
         inputs=layer,
+        keep_zeros=stays_sparse and layer is not None and sparse_int8_saves(values),
     )
     scales = quantized.scales
     flat = quantized.codes.reshape(-1)
@@ -297,7 +300,7 @@ def _encode(
         )
         params_bytes = scales.size * 12
     sparsity = None
-    if sparse_ok and container == 8 and weight.source.sparsity is not None:
+    if stays_sparse:
         # The codes in the sparse layout that costs the fewest bytes (engine.format.sparse), which need not be the
         # source's: MediaPipe's 1x1 filters index their input channels in two bytes where one does for outputs.
         values, layout = encode_sparse(quantized.codes.reshape(weight.shape))

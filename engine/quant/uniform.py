@@ -101,6 +101,7 @@ def quantize_weight(
     float16_scales: bool = False,
     rounding: str = "nearest",
     inputs: LayerInputs | None = None,
+    keep_zeros: bool = False,
 ) -> QuantizedWeight:
     """Quantize ``values`` (float32) to ``bits``-bit symmetric levels by rows of ``granularity``.
 
@@ -110,7 +111,8 @@ def quantize_weight(
     ``engine.registry.ROUNDING_METHODS``, fitted to what the layer read (``inputs``); per-channel scales are then
     refit to the codes (the scale minimizing the layer's output error for them), unless a floor binds them.
     Inputs with a ``cross`` moment (``--gradual``) make the fit aim at ``compensation_target`` rather than at
-    ``values``; the weight SQNR is against ``values`` either way."""
+    ``values``; the weight SQNR is against ``values`` either way.  ``keep_zeros``: the fit leaves the zeros of
+    ``values`` at code 0 (a pruned weight that is to stay sparse: moving error onto them would make it dense)."""
     target = values
     if rounding != "nearest" and inputs is not None and inputs.cross is not None:
         channels, back = as_rows(values, "channel", inputs.axis)
@@ -133,7 +135,8 @@ def quantize_weight(
     if rounding == "nearest" or inputs is None:
         code_rows, signal, noise = _nearest(rows, scales, bits, rows_digest)
         return QuantizedWeight(restore(code_rows), scales, power_ratio_db(signal, noise), restore, code_rows)
-    code_rows = _fitted_codes(target, rows, restore, scales, bits, (granularity, axis), rounding, inputs)
+    zeros = values == 0 if keep_zeros else None
+    code_rows = _fitted_codes(target, rows, restore, scales, bits, (granularity, axis), rounding, inputs, zeros)
     if granularity == "channel" and axis is not None and axis % values.ndim == inputs.axis and floor is None:
         scales = _refit_scales(rows, code_rows, scales, inputs.hessian)
     reference = rows if target is values else as_rows(values, granularity, axis)[0]
@@ -166,16 +169,19 @@ def _fitted_codes(
     grouping: tuple[str, int | None],
     rounding: str,
     inputs: LayerInputs,
+    zeros: np.ndarray | None = None,
 ) -> np.ndarray:
     """Codes in the rows of ``grouping`` (granularity, axis) from a rounding method, which sees the weight by
-    output channel."""
+    output channel; ``zeros`` (the weight's shape): codes held at 0."""
     qmax = 2 ** (bits - 1) - 1
     weight, channel_restore = as_rows(values, "channel", inputs.axis)
     steps, _ = as_rows(restore(np.broadcast_to(scales[:, None], rows.shape)), "channel", inputs.axis)
-    problem = RoundingProblem(np.ascontiguousarray(weight, np.float32), np.ascontiguousarray(steps), qmax, inputs)
-    codes = np.asarray(ROUNDING_METHODS.call(rounding, problem))
+    held = None if zeros is None else as_rows(zeros, "channel", inputs.axis)[0]
+    problem = RoundingProblem(np.ascontiguousarray(weight, np.float32), np.ascontiguousarray(steps), qmax, inputs, held)
+    codes = np.array(ROUNDING_METHODS.call(rounding, problem))
     if codes.shape != weight.shape or np.abs(codes).max(initial=0) > qmax:
         raise EngineError(f"rounding method {rounding!r} returned codes of shape {codes.shape} or beyond +-{qmax}")
+    problem.keep_zeros(codes)  # whatever the method did with them
     return as_rows(channel_restore(codes.astype(np.int8)), *grouping)[0]
 
 

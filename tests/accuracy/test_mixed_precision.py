@@ -72,6 +72,32 @@ def test_weight_budget_holds_and_recipe_reproduces_bytes(small: tuple[Path, np.n
     assert again.read_bytes() == out.read_bytes()
 
 
+def test_the_answer_is_never_larger_than_a_uniform_rung_that_meets_the_budget(
+    small: tuple[Path, np.ndarray], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A promotion path that misleads (each weight in turn all the way to float, as noise that does not add up can
+    make the greedy path do) ends above uniform weight-int8; the search then judges that rung, takes it and tries
+    demoting from there."""
+    from engine.accuracy import search
+
+    def misleading(self: search._Search, rho: np.ndarray, scale: np.ndarray) -> list[tuple[int, int]]:
+        return [(i, level) for i in range(len(self.units)) for level in range(1, self.levels)]
+
+    monkeypatch.setattr(search._Search, "path", misleading)
+    path, x = small
+    uniform8 = tmp_path / "int8.tflite"
+    engine.compress(path, quantize="weight-int8", min_elements=0, output=uniform8)
+    out = tmp_path / "mixed.tflite"
+    _, report = engine.compress(path, quantize="weight-int4", min_elements=0, calibration=x, target_sqnr=30, output=out)
+    found = report.search
+    path_answers = [s for s in found.steps if s.what.startswith("path prefix") and s.passed]
+    assert path_answers and min(s.bytes for s in path_answers) > uniform8.stat().st_size
+    assert any(s.what == "uniform weight-int8" and s.passed for s in found.steps)
+    assert any("every weight on weight-int8 met the budget" in n for n in found.notes)
+    assert found.met and out.stat().st_size <= uniform8.stat().st_size
+    assert pooled_sqnr_db(path, out, x) >= 30
+
+
 @pytest.mark.slow  # a GPTQ fit per candidate: 20 s
 def test_weight_budget_with_data_aware_rounding(small: tuple[Path, np.ndarray], tmp_path: Path) -> None:
     """--rounding gptq in a weight family: every rung's uniform run takes the options that mean something there

@@ -59,6 +59,44 @@ def test_codes_in_range_and_never_worse_than_nearest(seed: int, rows: int, k: in
         assert problem.output_error(codes) <= problem.output_error(problem.nearest()) * (1 + 1e-9)
 
 
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 2**31),
+    rows=st.integers(1, 8),
+    k=st.integers(1, 40),
+    bits=st.sampled_from([4, 8]),
+    density=st.floats(0.1, 0.9),
+    per_row=st.booleans(),
+)
+def test_held_zeros_stay_zero_and_the_rest_is_never_worse_than_nearest(
+    seed: int, rows: int, k: int, bits: int, density: float, per_row: bool
+) -> None:
+    """A pruned weight that stays sparse: the methods move the rounding error only onto the weights that are kept
+    (one H for all rows, or one per row as for depthwise filters)."""
+    base = _problem(seed, rows, k, 2 ** (bits - 1) - 1, rank=3)
+    zeros = np.random.default_rng(seed).random(base.weight.shape) > density
+    weight = np.where(zeros, 0, base.weight).astype(np.float32)
+    hessian = np.repeat(base.inputs.hessian, rows, axis=0) if per_row else base.inputs.hessian
+    problem = RoundingProblem(weight, base.scales, base.qmax, LayerInputs(0, hessian, base.inputs.vectors), zeros)
+    for method in (gptq, adaround):
+        codes = method(problem)
+        assert np.abs(codes).max() <= problem.qmax and not codes[zeros].any()
+        assert problem.output_error(codes) <= problem.output_error(problem.nearest()) * (1 + 1e-9)
+
+
+def test_gptq_moves_error_onto_the_kept_weights_only() -> None:
+    """Held at zero, the pruned weights still pass their neighbours the error: a better fit than nearest rounding,
+    though not as good as GPTQ free to make the weight dense."""
+    base = _problem(7, 16, 64, 127, rank=8)
+    zeros = np.random.default_rng(7).random(base.weight.shape) < 0.75
+    weight = np.where(zeros, 0, base.weight).astype(np.float32)
+    held = RoundingProblem(weight, base.scales, 127, base.inputs, zeros)
+    free = RoundingProblem(weight, base.scales, 127, base.inputs)
+    codes, dense = gptq(held), gptq(free)
+    assert not codes[zeros].any() and dense[zeros].any()
+    assert held.output_error(dense) < held.output_error(codes) < 0.5 * held.output_error(held.nearest())
+
+
 def test_adaround_rounds_each_weight_down_or_up() -> None:
     problem = _problem(6, 16, 64, 7, rank=8)
     codes = adaround(problem)

@@ -11,7 +11,7 @@ import numpy as np
 
 from engine.errors import EngineError
 from engine.format.ir import TENSOR_TYPES, Buffer, Model, Operator, QuantizationParams, Subgraph, Table, Tensor
-from engine.format.sparse import encode_sparse, sparse_bytes
+from engine.format.sparse import encode_sparse, sparse_bytes, sparse_int8_saves
 from engine.graph.ops import (
     BIAS_TYPES,
     DENSIFY_INTEGER_READERS,
@@ -114,6 +114,7 @@ class _Rewriter:
             values = np.asarray(t.data, np.float32)
             resolved = self.recipe.resolve(op.name, t.name or "")
             method, layer = resolved.scale_method, self.layer_inputs.get(id(t))
+            sparse = op.name in DENSIFY_INTEGER_READERS and resolved.sparse_format == "tflite"
             quantized = quantize_weight(
                 values,
                 8,
@@ -124,6 +125,7 @@ class _Rewriter:
                 positive=True,
                 rounding=resolved.rounding if layer is not None else "nearest",
                 inputs=layer,
+                keep_zeros=sparse and layer is not None and sparse_int8_saves(values),
             )
             scales = quantized.scales
             q = Tensor(f"{t.name}/int8")
@@ -133,10 +135,7 @@ class _Rewriter:
             )
             entry = _weight_entry(t, q, quantized, self.mode, method)
             entry.rounding = resolved.rounding if layer is not None else None
-            if (
-                op.name in DENSIFY_INTEGER_READERS
-                and self.recipe.resolve(op.name, t.name or "").sparse_format == "tflite"
-            ):
+            if sparse:
                 q = self._sparse(q, op, entry)
             self.constants[key] = q
             self.entries.append(entry)

@@ -45,16 +45,25 @@ class LayerInputs:
 class RoundingProblem:
     """One weight to round: ``weight`` float32 [C, K] (rows by output channel), ``scales`` float32 [C, K] (each
     weight's step: per tensor, channel or block, already chosen by the scale method), levels in [-qmax, qmax],
-    and what its layer read (``inputs``)."""
+    and what its layer read (``inputs``).  ``zeros`` (bool [C, K], or None): codes that must stay 0, the pruned
+    weights of a weight that stays sparse; a method moves the error only onto the others (the caller zeroes
+    them again whatever a method returns)."""
 
     weight: np.ndarray
     scales: np.ndarray
     qmax: int
     inputs: LayerInputs
+    zeros: np.ndarray | None = None
 
     def nearest(self) -> np.ndarray:
         """Nearest rounding (as the engine's kernels do it), the starting point of every method and the fallback."""
-        return nearest_codes(self.weight, self.scales, self.qmax)
+        return self.keep_zeros(nearest_codes(self.weight, self.scales, self.qmax))
+
+    def keep_zeros(self, codes: np.ndarray) -> np.ndarray:
+        """``codes`` with the ``zeros`` set to 0 (in place)."""
+        if self.zeros is not None:
+            codes[self.zeros] = 0
+        return codes
 
     def output_error(self, codes: np.ndarray) -> float:
         """The layer's summed squared output error over the inputs it was fitted on, sum_c e_c^T H_c e_c with

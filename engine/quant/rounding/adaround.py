@@ -67,5 +67,7 @@ def adaround(problem: RoundingProblem) -> np.ndarray:
         velocity = 0.999 * velocity + 0.001 * grad**2
         v -= LEARNING_RATE * (moment / (1 - 0.9**step)) / (np.sqrt(velocity / (1 - 0.999**step)) + 1e-8)
     h = np.clip(1 / (1 + np.exp(-v)) * (_ZETA - _GAMMA) + _GAMMA, 0, 1)
-    codes = np.clip(floor + (h >= 0.5), -problem.qmax, problem.qmax).astype(np.int32)
+    # Held zeros are set after the fit, not during it: holding them changed 39 k of pose_detection's 5 M int8 codes
+    # (21 of its zeros the fit moves) and cost 0.8 dB on held-out photos.
+    codes = problem.keep_zeros(np.clip(floor + (h >= 0.5), -problem.qmax, problem.qmax).astype(np.int32))
     return codes if problem.output_error(codes) <= problem.output_error(nearest) else nearest

@@ -25,17 +25,25 @@ def gptq(problem: RoundingProblem) -> np.ndarray:
     """Codes [C, K] by GPTQ with act-order; never worse than nearest on the fitting data (checked, falling back)."""
     hessian = problem.inputs.hessian
     if hessian.shape[0] == 1:
-        codes = _gptq_rows(problem.weight, problem.scales, problem.qmax, hessian[0])
+        codes = _gptq_rows(problem.weight, problem.scales, problem.qmax, hessian[0], problem.zeros)
     else:
-        codes = _gptq_each_row(problem.weight, problem.scales, problem.qmax, hessian)
+        codes = _gptq_each_row(problem.weight, problem.scales, problem.qmax, hessian, problem.zeros)
+    codes = problem.keep_zeros(codes)  # the columns left to nearest rounding too
     nearest = problem.nearest()
     return codes if problem.output_error(codes) <= problem.output_error(nearest) else nearest
 
 
 def _gptq_rows(
-    weight: np.ndarray, scales: np.ndarray, qmax: int, hessian: np.ndarray, act_order: bool = True
+    weight: np.ndarray,
+    scales: np.ndarray,
+    qmax: int,
+    hessian: np.ndarray,
+    zeros: np.ndarray | None = None,
+    act_order: bool = True,
 ) -> np.ndarray:
-    """GPTQ on rows sharing one H: weight and scales [R, K], H [K, K] -> codes [R, K]."""
+    """GPTQ on rows sharing one H: weight and scales [R, K], H [K, K] -> codes [R, K]; ``zeros`` [R, K]: codes
+    held at 0, their error pushed onto the columns after them like any other (as SparseGPT does for a mask)."""
+    keep = np.zeros(weight.shape, bool) if zeros is None else zeros
     w = weight.astype(np.float64).copy()
     s = np.where(scales > 0, scales, 1.0).astype(np.float64)
     h = hessian.astype(np.float64).copy()
@@ -46,7 +54,7 @@ def _gptq_rows(
     diag_mean = float(np.mean(np.diag(h)))
     h[np.diag_indices(k)] += DAMPING * diag_mean
     order = np.argsort(-np.diag(h), kind="stable") if act_order else np.arange(k)
-    w, s, h = w[:, order], s[:, order], h[np.ix_(order, order)]
+    w, s, h, keep = w[:, order], s[:, order], h[np.ix_(order, order)], keep[:, order]
     try:
         upper = np.linalg.cholesky(np.linalg.inv(h)).T  # H^-1 = U^T U, U upper triangular
     except np.linalg.LinAlgError:  # numerically singular even when damped: nearest (the caller compares anyway)
@@ -58,7 +66,7 @@ def _gptq_rows(
         errors = np.zeros_like(block)
         for i in range(end - start):
             column = block[:, i]
-            q = nearest_codes(column, s[:, start + i], qmax)
+            q = np.where(keep[:, start + i], 0, nearest_codes(column, s[:, start + i], qmax))
             codes[:, start + i] = q
             error = (column - q * s[:, start + i]) / upper[start + i, start + i]
             block[:, i:] -= np.outer(error, upper[start + i, start + i : end])
@@ -70,9 +78,12 @@ def _gptq_rows(
     return result
 
 
-def _gptq_each_row(weight: np.ndarray, scales: np.ndarray, qmax: int, hessian: np.ndarray) -> np.ndarray:
+def _gptq_each_row(
+    weight: np.ndarray, scales: np.ndarray, qmax: int, hessian: np.ndarray, zeros: np.ndarray | None = None
+) -> np.ndarray:
     """GPTQ with one H per row (depthwise filters: K is the kernel's area, so no blocks and no act-order), all rows
-    at once: weight and scales [C, K], H [C, K, K] -> codes [C, K]."""
+    at once: weight and scales [C, K], H [C, K, K] -> codes [C, K]; ``zeros`` as in `_gptq_rows`."""
+    keep = np.zeros(weight.shape, bool) if zeros is None else zeros
     w = weight.astype(np.float64).copy()
     s = np.where(scales > 0, scales, 1.0).astype(np.float64)
     h = hessian.astype(np.float64).copy()
@@ -87,7 +98,7 @@ def _gptq_each_row(weight: np.ndarray, scales: np.ndarray, qmax: int, hessian: n
         return nearest_codes(weight, scales, qmax)
     codes = np.zeros(w.shape, np.int32)
     for i in range(k):
-        q = nearest_codes(w[:, i], s[:, i], qmax)
+        q = np.where(keep[:, i], 0, nearest_codes(w[:, i], s[:, i], qmax))
         codes[:, i] = q
         error = (w[:, i] - q * s[:, i]) / upper[:, i, i]
         w[:, i:] -= error[:, None] * upper[:, i, i:]
