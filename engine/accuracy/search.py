@@ -42,8 +42,8 @@ on held-out samples in the default runtime, stay within the budget of the float 
    holds.  Then, with several integer rungs, each higher rung short of float applied to every unit (uniform
    weight-int8, float16, ...) is judged where its bytes are below the answer's, the lowest first, and the first
    that meets the budget is taken and demoted in turn: the greedy path, guided by noise that does not add up,
-   can end above it (pose_detection, weight-int4 with gptq at 25 dB: 1,966,144 bytes, where every weight on
-   weight-int8 met the budget in 1,908,640).
+   can end above it (pose_detection, weight-int4 with gptq at 25 dB, before GPTQ kept pruned weights sparse:
+   1,966,144 bytes, where every weight on weight-int8 met the budget in 1,908,640).
 6. **Alternatives.**  For int8, the uniform int16x8 model is tried when the int8 answer needed float islands, and
    taken with ``optimize="size"`` when it meets the budget in fewer bytes (never for latency: XNNPACK has no 16x8
    kernels).  It is judged only when smaller than the int8 answer, and for an SQNR budget first on 2 held-out

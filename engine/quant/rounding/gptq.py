@@ -43,7 +43,7 @@ def _gptq_rows(
 ) -> np.ndarray:
     """GPTQ on rows sharing one H: weight and scales [R, K], H [K, K] -> codes [R, K]; ``zeros`` [R, K]: codes
     held at 0, their error pushed onto the columns after them like any other (as SparseGPT does for a mask)."""
-    keep = np.zeros(weight.shape, bool) if zeros is None else zeros
+    held = np.zeros(weight.shape, bool) if zeros is None else zeros
     w = weight.astype(np.float64).copy()
     s = np.where(scales > 0, scales, 1.0).astype(np.float64)
     h = hessian.astype(np.float64).copy()
@@ -54,7 +54,7 @@ def _gptq_rows(
     diag_mean = float(np.mean(np.diag(h)))
     h[np.diag_indices(k)] += DAMPING * diag_mean
     order = np.argsort(-np.diag(h), kind="stable") if act_order else np.arange(k)
-    w, s, h, keep = w[:, order], s[:, order], h[np.ix_(order, order)], keep[:, order]
+    w, s, h, held = w[:, order], s[:, order], h[np.ix_(order, order)], held[:, order]
     try:
         upper = np.linalg.cholesky(np.linalg.inv(h)).T  # H^-1 = U^T U, U upper triangular
     except np.linalg.LinAlgError:  # numerically singular even when damped: nearest (the caller compares anyway)
@@ -66,7 +66,7 @@ def _gptq_rows(
         errors = np.zeros_like(block)
         for i in range(end - start):
             column = block[:, i]
-            q = np.where(keep[:, start + i], 0, nearest_codes(column, s[:, start + i], qmax))
+            q = np.where(held[:, start + i], 0, nearest_codes(column, s[:, start + i], qmax))
             codes[:, start + i] = q
             error = (column - q * s[:, start + i]) / upper[start + i, start + i]
             block[:, i:] -= np.outer(error, upper[start + i, start + i : end])
@@ -83,7 +83,7 @@ def _gptq_each_row(
 ) -> np.ndarray:
     """GPTQ with one H per row (depthwise filters: K is the kernel's area, so no blocks and no act-order), all rows
     at once: weight and scales [C, K], H [C, K, K] -> codes [C, K]; ``zeros`` as in `_gptq_rows`."""
-    keep = np.zeros(weight.shape, bool) if zeros is None else zeros
+    held = np.zeros(weight.shape, bool) if zeros is None else zeros
     w = weight.astype(np.float64).copy()
     s = np.where(scales > 0, scales, 1.0).astype(np.float64)
     h = hessian.astype(np.float64).copy()
@@ -98,7 +98,7 @@ def _gptq_each_row(
         return nearest_codes(weight, scales, qmax)
     codes = np.zeros(w.shape, np.int32)
     for i in range(k):
-        q = np.where(keep[:, i], 0, nearest_codes(w[:, i], s[:, i], qmax))
+        q = np.where(held[:, i], 0, nearest_codes(w[:, i], s[:, i], qmax))
         codes[:, i] = q
         error = (w[:, i] - q * s[:, i]) / upper[:, i, i]
         w[:, i:] -= error[:, None] * upper[:, i, i:]
