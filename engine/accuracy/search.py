@@ -801,8 +801,8 @@ def _uniform_rung(
     answer, ok = search.cache[chosen]
     answer_bytes = answer.bytes if ok else math.inf
     predicted_answer = sum(u.bytes[level] for u, level in zip(search.units, chosen, strict=True)) if ok else math.inf
-    for level in range(1, search.levels - 1):
-        if search.builder.ladder[level] is None or sum(u.bytes[level] for u in search.units) >= predicted_answer:
+    for level in range(1, search.levels - 1):  # the ladder's last rung is float, the only None
+        if sum(u.bytes[level] for u in search.units) >= predicted_answer:
             continue
         rung = rung_name(search.builder.ladder[level])
         levels = tuple(level for _ in search.units)
