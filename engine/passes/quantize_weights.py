@@ -271,10 +271,11 @@ def _encode(
     bits = options.level_bits
     assert bits is not None
     block = options.block_size if _kind(granularity) == "block" else None
-    values = weight.decode()
     stays_sparse = sparse_ok and container == 8 and weight.source.sparsity is not None
+    # Decoded again for the check rather than kept: the float copy lives only as long as the quantization.
+    keep_zeros = stays_sparse and layer is not None and sparse_int8_saves(weight.decode())
     quantized = quantize_weight(
-        values,
+        weight.decode(),
         bits,
         granularity,
         weight.channel_axis,
@@ -282,7 +283,7 @@ def _encode(
         float16_scales=block is not None,
         rounding=options.rounding,
         inputs=layer,
-        keep_zeros=stays_sparse and layer is not None and sparse_int8_saves(values),
+        keep_zeros=keep_zeros,
     )
     scales = quantized.scales
     flat = quantized.codes.reshape(-1)
