@@ -37,6 +37,8 @@ def measured(name: str, results: dict[str, Any]) -> str:
     if "total_s" in results:
         run += f" ({results['total_s']:.0f} s)"
     machine = f"{env['machine']}, {env['cpus']} CPUs" + (f" ({env['cpu']})" if env.get("cpu") else "")
+    if "int8_features" in env:  # recorded since 2026-12-04: int8 latency depends on them
+        machine += f", int8 instructions: {', '.join(env['int8_features']) or 'none of note'}"
     parts = [f"Measured {env['date']} by {run} on {machine}"]
     if "load_average" in env:
         end = f" and {env['load_average_end'][0]:.2f} at the end" if "load_average_end" in env else ""
