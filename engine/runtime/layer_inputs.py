@@ -134,7 +134,10 @@ def _read_layer_inputs(
                 state[1] += grouped.shape[1]
                 if teacher is not None:
                     reference = _vectors(op, weight, teacher.value(activation(op)), limits[id(weight.value)], replay)
-                    cross = np.matmul(reference.transpose(1, 2, 0), grouped)
+                    # Equal vectors (every layer before the first quantized one): the cross moment is H itself,
+                    # bit for bit; BLAS computes X^T X (syrk) and X_f^T X (gemm) with different roundings.
+                    same = np.array_equal(reference, grouped.transpose(1, 0, 2))
+                    cross = product if same else np.matmul(reference.transpose(1, 2, 0), grouped)
                     state[2] = cross if state[2] is None else state[2] + cross
     result = {}
     for weight in weights:
