@@ -51,15 +51,18 @@ def versions() -> dict[str, str | None]:
     return found
 
 
+def _cpuinfo(*keys: str) -> str | None:
+    """The value of the first /proc/cpuinfo line starting with one of ``keys`` (Linux), else None."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return None
+    return next((line.partition(":")[2].strip() for line in lines if line.startswith(keys)), None)
+
+
 def cpu_model() -> str:
     """The processor's name (Linux), else what ``platform`` knows: two "2-core" machines can differ 2x."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return platform.processor()
+    return _cpuinfo("model name") or platform.processor()
 
 
 # CPU features that decide which int8 kernels XNNPACK runs, hence whether int8 beats float: VNNI (x86) and the dot
@@ -70,12 +73,7 @@ INT8_FEATURES = ("avx2", "avx_vnni", "avx512_vnni", "asimddp", "i8mm")
 def int8_features() -> list[str]:
     """Which of ``INT8_FEATURES`` the processor has (Linux; empty elsewhere): the same "AMD EPYC" ran int8
     MobileNet at 1.14x float without VNNI and 0.36x with it."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    lines = (line for line in text.splitlines() if line.startswith(("flags", "Features")))
-    flags = next(lines, "").partition(":")[2].split()
+    flags = (_cpuinfo("flags", "Features") or "").split()
     return [feature for feature in INT8_FEATURES if feature in flags]
 
 
