@@ -18,7 +18,10 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import math
+import mmap
 import os
+import struct
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -36,6 +39,12 @@ from engine.quant.metrics import quantize_array
 from engine.quant.observers import Observer
 from engine.remembered import digest
 from engine.runtime.litert import interpreter
+
+# A zip member's local header before its name and extra field; the readers of the .npy headers by format version.
+_LOCAL_HEADER = 30
+_NPY_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+# Values the finiteness check of sample data reads at a time.
+_FINITE_CHUNK = 1 << 20
 
 
 class Executor(Protocol):
@@ -185,16 +194,55 @@ def _read(source: CalibrationSource, inputs: int, what: str) -> dict[str, np.nda
     if path.suffix not in (".npz", ".npy"):
         raise EngineError(f"{what} {path}: must be .npz (keyed by input name) or .npy")
     try:
-        loaded = np.load(path, allow_pickle=False)
-        if isinstance(loaded, np.ndarray):
-            return loaded
-        with loaded:
-            arrays = {name: loaded[name] for name in loaded.files}
+        if path.suffix == ".npy":
+            return np.load(path, mmap_mode="r", allow_pickle=False).view(np.ndarray)
+        arrays = _mapped_npz(path)
+        if arrays is None:
+            with np.load(path, allow_pickle=False) as loaded:
+                arrays = {name: loaded[name] for name in loaded.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise EngineError(f"{what} {path}: cannot read it: {exc}") from None
     if not arrays:
         raise EngineError(f"{what} {path}: holds no arrays")
     return next(iter(arrays.values())) if len(arrays) == 1 and inputs == 1 else arrays
+
+
+def _mapped_npz(path: Path) -> dict[str, np.ndarray] | None:
+    """The arrays of an uncompressed .npz (``np.savez``'s) as read-only views of the file mapped into memory, or
+    None when a member is compressed, encrypted or not a plain .npy (``np.load`` reads those).
+
+    A sample is then read from the OS's file cache when it is used instead of being copied out of the archive
+    first: ``np.load`` spent ~0.15 s of a 1.6 s full-int8 run of a MobileNet on its 60 MB of samples, and data
+    larger than memory can still calibrate.  The views are unaligned (members start where the zip headers end),
+    which numpy and the interpreter's ``set_tensor`` take as they are."""
+    with zipfile.ZipFile(path) as archive, path.open("rb") as f:
+        places = []
+        for info in archive.infolist():
+            if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1 or not info.filename.endswith(".npy"):
+                return None
+            f.seek(info.header_offset)
+            local = f.read(_LOCAL_HEADER)
+            if len(local) != _LOCAL_HEADER or local[:4] != b"PK\x03\x04":
+                return None
+            name_length, extra_length = struct.unpack("<HH", local[26:30])
+            start = info.header_offset + _LOCAL_HEADER + name_length + extra_length
+            f.seek(start)
+            version = np.lib.format.read_magic(f)
+            if version not in _NPY_HEADERS:
+                return None
+            shape, fortran, dtype = _NPY_HEADERS[version](f)
+            offset = f.tell()
+            count = math.prod(shape)
+            if dtype.hasobject or offset + count * dtype.itemsize > start + info.file_size:
+                return None
+            places.append((info.filename[: -len(".npy")], shape, fortran, dtype, offset, count))
+        if not places or os.fstat(f.fileno()).st_size == 0:
+            return None
+        mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    return {
+        name: np.frombuffer(mapped, dtype, count, offset).reshape(shape, order="F" if fortran else "C")
+        for name, shape, fortran, dtype, offset, count in places
+    }
 
 
 def _checked(array: np.ndarray, spec: InputSpec, what: str) -> np.ndarray:
@@ -215,9 +263,16 @@ def _checked(array: np.ndarray, spec: InputSpec, what: str) -> np.ndarray:
     kinds = "f" if spec.dtype.kind == "f" else "fiub" if spec.quantization is not None else "iub"
     if array.dtype.kind not in kinds:
         raise EngineError(f"{what} for input {name!r} is {array.dtype}; the input is {spec.dtype.name.upper()}")
-    if array.dtype.kind == "f" and not np.isfinite(array).all():
+    if array.dtype.kind == "f" and not _all_finite(array):
         raise EngineError(f"{what} for input {name!r} contains NaN or infinite values")
     return array
+
+
+def _all_finite(array: np.ndarray) -> bool:
+    """Whether every value is finite, read a few MB at a time (no mask the size of the data, which may be a
+    mapped file larger than memory)."""
+    rows = max(1, _FINITE_CHUNK // max(1, math.prod(array.shape[1:])))
+    return all(np.isfinite(array[i : i + rows]).all() for i in range(0, len(array), rows))
 
 
 def _fits(sample: tuple[int, ...], shape: tuple[int, ...]) -> bool:
