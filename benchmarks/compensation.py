@@ -118,12 +118,12 @@ def judged(command: list[str], out: Path, logs: Path, judge: Judge) -> dict[str,
 
 
 def measure(
-    name: str, path: Path, value_range: tuple[float, float], samples: int, tmp: Path, quantizer: bool
+    name: str, path: Path, value_range: tuple[float, float], samples: int, seed: int, tmp: Path, quantizer: bool
 ) -> dict[str, Any]:
     """Every form of one model: held-out SQNR, size, whole-process time and peak RSS; with ``quantizer``, the
     comparisons with ai-edge-quantizer too."""
     model = read_model(path)
-    photos = calibration_photos(model.main.inputs[0].shape, samples, value_range=value_range, seed=1)
+    photos = calibration_photos(model.main.inputs[0].shape, samples, value_range=value_range, seed=seed)
     data = load_data(model, photos, None, 0.25, True, "benchmark")
     fit = tmp / f"{name}.fit.npy"
     np.save(fit, next(iter(data.calibration.values())))
@@ -250,6 +250,7 @@ def render(results: dict[str, Any]) -> str:
         and r["forms"][f"{mode} nearest"].get("sqnr_db") is not None
     ]
     parts = [
+        f"{results['samples']} photo crops a model (seed {results.get('seed', 1)}): 75% to fit on, 25% held out.",
         "### Held-out output SQNR (dB, worst output pooled over the held-out samples, default runtime)",
         markdown_table(header, sqnr),
         "### Whole-process time (s)",
@@ -340,6 +341,7 @@ def main() -> int:
     results_argument(parser, "compensation")
     parser.add_argument("--models", help="comma-separated model names (default: all)")
     parser.add_argument("--samples", type=int, default=64, help="photo crops per model (default 64)")
+    parser.add_argument("--seed", type=int, default=1, help="seed of the photo crops (default 1)")
     parser.add_argument("--no-quantizer", action="store_true", help="skip the ai-edge-quantizer comparisons")
     parser.add_argument(
         "--child-quantizer", nargs=4, metavar=("MODEL", "DATA", "OUT", "RECIPE"), help=argparse.SUPPRESS
@@ -348,12 +350,14 @@ def main() -> int:
     if args.child_quantizer:
         return quantizer_child(*args.child_quantizer)
     started = time.perf_counter()
-    results: dict[str, Any] = {"environment": environment(), "samples": args.samples, "models": {}}
+    results: dict[str, Any] = {"environment": environment(), "samples": args.samples, "seed": args.seed, "models": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for name, (path, value_range) in judged_models(
             args.models.split(",") if args.models else None, Path(tmp)
         ).items():
-            results["models"][name] = measure(name, path, value_range, args.samples, Path(tmp), not args.no_quantizer)
+            results["models"][name] = measure(
+                name, path, value_range, args.samples, args.seed, Path(tmp), not args.no_quantizer
+            )
         results["digits"] = digits_int8(Path(tmp))
     results["total_s"] = time.perf_counter() - started
     save(results, render(results), args.json)
