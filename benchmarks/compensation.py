@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/compensation.py [--json PATH] [--models a,b] [--samples N]
+    python benchmarks/compensation.py [--json PATH] [--models a,b] [--samples N] [--seed S] [--draws N]
 
 For each MediaPipe model LiteRT runs and the MobileNet-sized net of benchmarks/full_integer.py, ``--samples``
 photo crops (``engine.zoo.calibration_photos``, default 64: 48 to fit on and 16 held out; at 32 the MobileNet's
@@ -35,6 +35,12 @@ the engine's defaults, row "int8 nearest") with compensation (``--rounding gptq`
 ranges as well; activation equalization, ``--equalize``): on the MobileNet-sized net (rows above) and on the
 two numpy-trained digits classifiers of the tests (``tests/digits.py``, ``tests/digits_attention.py``: calibrated
 on 128 training digits, judged on the 540 test digits: output SQNR against float and accuracy, default runtime).
+
+The MobileNet-sized net is measured on ``--draws`` crop draws (default 3: seeds ``--seed``, 1 by default, and the
+next two), every row above each time, and its goals are judged on each draw and on their mean: its weights are
+random, so its softmax output is nearly one-hot and its SQNR on 16 held-out crops mostly counts the crops whose top
+class changed; its margins moved by up to 4 dB between draws (2026-12-04), where the MediaPipe models' did not
+come near their goals' edges.  The main tables show the first draw.
 
 Writes benchmarks/results/compensation.json and .md.
 """
@@ -97,6 +103,9 @@ EQUAL_SIZE: dict[str, tuple[str, dict[str, Any], tuple[str, ...], float]] = {
     "FULLY_CONNECTED int4": ("wi4 GPTQ", FC_ONLY[4], ("gptq",), 3.0),
     "FULLY_CONNECTED int8": ("wi8 GPTQ", FC_ONLY[8], ("gptq",), 3.0),
 }
+# Models measured on several crop draws (``--draws``): the MobileNet-sized net's random weights make its softmax
+# output SQNR on 16 held-out crops count top-1 flips, so its margins move by several dB from one draw to the next.
+DRAWN = ("mobilenet_v1_224",)
 ROUNDING_FLAGS = {
     "nearest": [],
     "gptq": ["--rounding", "gptq"],
@@ -268,7 +277,55 @@ def render(results: dict[str, Any]) -> str:
         parts.append(render_against_quantizer(compared))
     if results.get("digits"):
         parts.append(render_digits(results["digits"], results["models"].get("mobilenet_v1_224")))
+    for name, draws in results.get("draws", {}).items():
+        parts.append(render_draws(name, {str(results.get("seed", 1)): results["models"][name], **draws}))
     return "\n\n".join(parts)
+
+
+def int8_gain(sqnr: dict[str, float | None]) -> tuple[float | None, str | None]:
+    """The best full-int8 form's held-out SQNR (``sqnr`` by ``DIGITS_FORMS`` form) minus the converter's method's
+    (int8 nearest), and which form."""
+    base = sqnr["int8 nearest"]
+    ours = [(v, f) for f, v in sqnr.items() if f != "int8 nearest" and v is not None]
+    if base is None or not ours:
+        return None, None
+    value, form = max(ours)
+    return value - base, form
+
+
+def render_draws(name: str, draws: dict[str, dict[str, Any]]) -> str:
+    """Each goal's gain on every crop draw of ``name`` (seed: its ``measure``), with the mean and the worst: a goal
+    met on one draw only is not met."""
+    goals = {comparison: spec[3] for comparison, spec in EQUAL_SIZE.items()}
+    goals["full int8 vs converter"] = 3.0
+    gains: dict[str, list[float | None]] = {goal: [] for goal in goals}
+    rows = []
+    for seed, measured in draws.items():
+        compared = measured.get("against_quantizer") or {}
+        row = [seed]
+        for goal in goals:
+            if goal in EQUAL_SIZE:
+                rows_of = compared.get(goal)
+                gain, best = best_gain(rows_of, EQUAL_SIZE[goal][2]) if rows_of else (None, None)
+            else:
+                gain, best = int8_gain({f: measured["forms"][f].get("sqnr_db") for f in DIGITS_FORMS})
+            gains[goal].append(gain)
+            row.append(f"{gain:+.1f} ({best})" if gain is not None else "-")
+        rows.append(row)
+    summary = []
+    for goal, target in goals.items():
+        known = [g for g in gains[goal] if g is not None]
+        if not known:
+            continue
+        mean = sum(known) / len(known)
+        hits = sum(g >= target for g in known)
+        summary.append(f"- {goal}: +{target:g} dB met on {hits} of {len(known)} draws; mean {mean:+.1f}, worst "
+                       f"{min(known):+.1f}; held on every draw: {'yes' if min(known) >= target else 'no'}")  # fmt: skip
+    return "\n\n".join([
+        f"### {name} on {len(draws)} crop draws (held-out SQNR gain, dB, over the quantizer or the converter's method)",
+        markdown_table(["seed", *goals], rows),
+        "\n".join(summary),
+    ])  # fmt: skip
 
 
 def best_gain(rows: dict[str, Any], roundings: tuple[str, ...]) -> tuple[float | None, str | None]:
@@ -325,10 +382,10 @@ def render_digits(digits: dict[str, Any], mobilenet: dict[str, Any] | None) -> s
     if mobilenet:
         tables["mobilenet_v1_224"] = {f: mobilenet["forms"][f].get("sqnr_db") for f in DIGITS_FORMS}
     for net, sqnr in tables.items():
-        base = sqnr["int8 nearest"]
-        best = max((v, f) for f, v in sqnr.items() if f != "int8 nearest" and v is not None)
-        lines.append(f"- {net}: {best[1]} {best[0] - base:+.1f} dB over the converter's method "
-                     f"({'met' if best[0] - base >= 3 else 'not met'})")  # fmt: skip
+        gain, form = int8_gain(sqnr)
+        if gain is not None:
+            lines.append(f"- {net}: {form} {gain:+.1f} dB over the converter's method "
+                         f"({'met' if gain >= 3 else 'not met'})")  # fmt: skip
     return "\n\n".join([
         "### Full int8 against the converter's method (minmax ranges, per-channel, nearest: row int8 nearest)",
         markdown_table(header, rows),
@@ -342,6 +399,8 @@ def main() -> int:
     parser.add_argument("--models", help="comma-separated model names (default: all)")
     parser.add_argument("--samples", type=int, default=64, help="photo crops per model (default 64)")
     parser.add_argument("--seed", type=int, default=1, help="seed of the photo crops (default 1)")
+    parser.add_argument("--draws", type=int, default=3,
+                        help=f"crop draws (seeds SEED, SEED+1, ...) for {', '.join(DRAWN)} (default 3)")  # fmt: skip
     parser.add_argument("--no-quantizer", action="store_true", help="skip the ai-edge-quantizer comparisons")
     parser.add_argument(
         "--child-quantizer", nargs=4, metavar=("MODEL", "DATA", "OUT", "RECIPE"), help=argparse.SUPPRESS
@@ -358,6 +417,11 @@ def main() -> int:
             results["models"][name] = measure(
                 name, path, value_range, args.samples, args.seed, Path(tmp), not args.no_quantizer
             )
+            if name in DRAWN and args.draws > 1:
+                results.setdefault("draws", {})[name] = {
+                    str(seed): measure(name, path, value_range, args.samples, seed, Path(tmp), not args.no_quantizer)
+                    for seed in range(args.seed + 1, args.seed + args.draws)
+                }
         results["digits"] = digits_int8(Path(tmp))
     results["total_s"] = time.perf_counter() - started
     save(results, render(results), args.json)
