@@ -436,6 +436,12 @@ def _unpack_numpy(packed: np.ndarray, bits: int, out: np.ndarray) -> np.ndarray:
 # function (returning the kernel's result) with the numpy twin as ``.numpy``.
 
 
+def check_weights(values: np.ndarray) -> None:
+    """Refuse, as every kernel here would, weights that cannot be quantized (NaN, infinity, beyond ±1e38), without
+    quantizing them: for a pass that checks a model before its slow steps."""
+    _checked_groups(np.asarray(values, np.float32).reshape(1, -1))
+
+
 @_twins("_absmax_numba", _absmax_numpy, numpy_ns=1)
 def absmax_scales(groups: np.ndarray, bits: int) -> tuple:
     """Per-row scale max|w| / qmax ("minmax"): no weight is clipped. Returns float32[rows]."""

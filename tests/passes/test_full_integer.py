@@ -3,6 +3,7 @@ and hand-built graphs, checked in LiteRT's two runtimes (``tests/runtimes.py``).
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -236,6 +237,32 @@ def _cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "engine", *map(str, args)], capture_output=True, text=True, timeout=300
     )
+
+
+class _NoRuns:
+    """An executor that fails the test if the model is ever run."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        raise AssertionError("the model ran before its constants were checked")
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, 3e38])
+def test_a_constant_the_kernels_refuse_is_named_before_calibration(tmp_path: Path, bad: float) -> None:
+    """A weight with NaN, infinity or a value whose dequantized form would overflow is refused naming the op and
+    the tensor, before a sample runs (``plan.check_quantizable``), and nothing is written."""
+    model = _with_hard_swish()
+    conv = next(op for op in model.main.operators if op.name == "CONV_2D")
+    weight = conv.inputs[1]
+    values = np.array(weight.data, np.float32)
+    values.flat[5] = bad
+    weight.data = values
+    out = tmp_path / "bad.tflite"
+    data = np.zeros((2, 1, 8, 8, 3), np.float32)
+    with pytest.raises(
+        EngineError, match=rf"CONV_2D constant {re.escape(repr(weight.name))}: weights (contain NaN|beyond)"
+    ):
+        engine.compress(model, output=out, quantize="int8", calibration=data, executor=_NoRuns)
+    assert not out.exists()
 
 
 def test_cli_refuses_bad_calibration_data_cleanly(tmp_path: Path) -> None:

@@ -3,8 +3,6 @@ what LiteRT would crash on, refused before the model is handed to it."""
 
 from __future__ import annotations
 
-import numpy as np
-
 from engine.errors import EngineError
 from engine.format.ir import TENSOR_TYPES, Model, Operator, Tensor
 from engine.graph.ops import I8, INTEGER_KERNELS, RULES, OpRule
@@ -112,6 +110,6 @@ def check_quantizable(model: Model, integer: list[Operator]) -> None:
         for t in op.inputs:
             if t is not None and t.type == _FLOAT32 and t.is_constant:
                 try:
-                    kernels.absmax_scales(np.asarray(t.data, np.float32).reshape(1, -1), 8)
+                    kernels.check_weights(t.data)
                 except EngineError as exc:
                     raise EngineError(f"{op.name} constant {t.name!r}: {exc}") from None
