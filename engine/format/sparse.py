@@ -136,6 +136,15 @@ def sparse_int8_saves(values: np.ndarray) -> bool:
     return stored + fewest_index_bytes(np.shape(values), stored) < np.size(values)
 
 
+def sparse_cannot_save(values: np.ndarray, block: tuple[int, int] | None = None) -> bool:
+    """Whether ``values`` stored sparse (by ``block``s, or unblocked) certainly take at least the bytes they take
+    dense, known without encoding them (seconds on a large weight): every nonzero is stored, with an index of at
+    least one byte per stored value (per block)."""
+    nonzero = int(np.count_nonzero(values))
+    per_index = 1 if block is None else block[0] * block[1]
+    return nonzero * values.itemsize + -(-nonzero // per_index) >= values.nbytes
+
+
 def _index_width(top: int) -> int:
     return int(np.dtype(_index_type(max(0, top))[1]).itemsize)
 

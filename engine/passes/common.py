@@ -17,7 +17,7 @@ import numpy as np
 
 from engine.format.ir import PACKED_BITS, TENSOR_TYPES, Model, Operator, Subgraph, Tensor
 from engine.format.reader import release_pages
-from engine.format.sparse import encode_sparse, sparse_bytes
+from engine.format.sparse import encode_sparse, sparse_bytes, sparse_cannot_save
 from engine.graph.ops import DENSIFY_INPUTS, RULES, dequantize_version
 from engine.graph.weights import Weight, densify, find_weights
 from engine.quant.pruning import parse_pattern
@@ -268,10 +268,7 @@ def float_constant(weight: Weight, values: np.ndarray, options: TensorOptions) -
     block = (pattern.a, pattern.b) if options.prune is not None and pattern.kind == "block" else None
     if block not in DENSIFY_INPUTS[stored.type_name] or values.ndim != 2:
         block = None
-    nonzero = np.count_nonzero(values)
-    # Sparse stores every nonzero and an index of at least one byte per stored value (per block): when that alone
-    # is as large as the dense values (no zeros, or too few), encoding it (seconds on a large weight) cannot win.
-    if nonzero * values.itemsize + -(-nonzero // (1 if block is None else block[0] * block[1])) >= values.nbytes:
+    if sparse_cannot_save(values, block):
         return stored
     packed, sparsity = encode_sparse(values, block)
     if sparse_bytes(packed, sparsity) < values.nbytes:

@@ -21,6 +21,7 @@ from engine.format.sparse import (
     index_vector,
     kept_count,
     sparse_bytes,
+    sparse_cannot_save,
 )
 from engine.graph.weights import densify, find_weights
 
@@ -194,6 +195,19 @@ def test_fewest_index_bytes_bounds_what_encode_sparse_writes(shape: list[int], d
     dense[...] = 1
     values, sparsity = encode_sparse(dense)
     assert index_bytes(sparsity) == fewest_index_bytes(tuple(shape), values.size)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(_sparse_arrays(blocked=False), _sparse_arrays(blocked=True)))
+def test_sparse_cannot_save_is_a_lower_bound(case: tuple[np.ndarray, tuple[int, int] | None]) -> None:
+    """The passes skip encoding a weight when ``sparse_cannot_save`` says so: whenever it does, the encoding is
+    indeed no smaller than the dense bytes (a fully dense array always says so)."""
+    dense, block = case
+    if sparse_cannot_save(dense, block):
+        values, sparsity = encode_sparse(dense, block)
+        assert sparse_bytes(values, sparsity) >= dense.nbytes
+    if dense.size and np.count_nonzero(dense) == dense.size:
+        assert sparse_cannot_save(dense, block)
 
 
 @pytest.mark.parametrize("block", [None, (2, 4)])

@@ -11,7 +11,7 @@ import numpy as np
 
 from engine.errors import EngineError
 from engine.format.ir import TENSOR_TYPES, Buffer, Model, Operator, QuantizationParams, Subgraph, Table, Tensor
-from engine.format.sparse import encode_sparse, kept_count, sparse_bytes, sparse_int8_saves
+from engine.format.sparse import encode_sparse, sparse_bytes, sparse_cannot_save, sparse_int8_saves
 from engine.graph.ops import (
     BIAS_TYPES,
     DENSIFY_INTEGER_READERS,
@@ -148,7 +148,7 @@ class _Rewriter:
         LiteRT's integer CONV_2D and FULLY_CONNECTED read the densified int8 weight bit for bit like the dense one
         (builtin and XNNPACK, measured).  Returns the tensor the op reads."""
         codes = np.asarray(q.data)
-        if 2 * kept_count(codes) >= codes.size:  # each stored int8 also takes an index byte or more: cannot save
+        if sparse_cannot_save(codes):
             return q
         packed, sparsity = encode_sparse(codes)
         size = sparse_bytes(packed, sparsity)
