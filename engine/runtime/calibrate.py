@@ -236,7 +236,7 @@ def _mapped_npz(path: Path) -> dict[str, np.ndarray] | None:
             if dtype.hasobject or offset + count * dtype.itemsize > start + info.file_size:
                 return None
             places.append((info.filename[: -len(".npy")], shape, fortran, dtype, offset, count))
-        if not places or os.fstat(f.fileno()).st_size == 0:
+        if not places:
             return None
         mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
     return {
