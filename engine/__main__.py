@@ -1,7 +1,5 @@
 """Entry point for ``python -m engine``."""
 
-import sys
+from engine.cli import run
 
-from engine.cli import main
-
-sys.exit(main())
+run()

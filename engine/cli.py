@@ -18,10 +18,12 @@ Exit codes, the same for every command:
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from engine.errors import EngineError
 from engine.registry import load_plugin
@@ -90,3 +92,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_ERROR
+
+
+def run(argv: Sequence[str] | None = None) -> NoReturn:
+    """The command-line process (``python -m engine``, the ``litert-engine`` script): `main`, then exit without
+    the interpreter's last garbage collection over everything it loaded. With Numba's compiler loaded that pass
+    took 0.14-0.25 s of a 1.5 s full-int8 run (0.02 s with the objects frozen). The command is done and its files
+    are closed by then; reference counting and atexit handlers still run at exit as usual, and only objects in
+    reference cycles are left to the OS. ``main`` itself, which tests and programs call in-process, leaves the
+    collector alone."""
+    code = main(argv)
+    gc.freeze()
+    sys.exit(code)

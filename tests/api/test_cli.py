@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import stat
@@ -13,9 +14,11 @@ import numpy as np
 import pytest
 
 import engine
-from engine import read_model, structural_diff
+from engine import cli, read_model, structural_diff
 from engine.cli import main
 from engine.errors import EngineError
+from engine.format.builder import GraphBuilder
+from engine.format.writer import write_model
 from engine.zoo import mediapipe_model
 
 
@@ -298,3 +301,25 @@ def test_readme_python_example_runs_as_written(mediapipe: dict[str, Path], tmp_p
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "int8.tflite").exists() and (tmp_path / "mixed.tflite").exists()
     assert read_model(tmp_path / "full.int8.tflite").main.inputs[0].type_name == "INT8"  # io="int8"
+
+
+def test_the_process_entry_exits_with_mains_code_and_freezes_the_collector_only_there(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``run`` (``python -m engine``, the ``litert-engine`` script) exits with ``main``'s code and freezes the
+    garbage collector just before, so the interpreter's last collection skips everything loaded; ``main``, which
+    programs call in-process, leaves the collector alone."""
+    frozen: list[int] = []
+    monkeypatch.setattr(gc, "freeze", lambda: frozen.append(1))
+    missing = tmp_path / "missing.tflite"
+    assert main(["inspect", str(missing)]) == 1 and not frozen
+    with pytest.raises(SystemExit) as exited:
+        cli.run(["inspect", str(missing)])
+    assert exited.value.code == 1 and frozen == [1]
+    path = tmp_path / "tiny.tflite"
+    b = GraphBuilder()
+    b.output(b.op("RELU", [b.input("x", (1, 4))], [(1, 4)])[0], "y")
+    write_model(b.build(), path)
+    with pytest.raises(SystemExit) as exited:
+        cli.run(["inspect", str(path)])
+    assert exited.value.code == 0 and frozen == [1, 1]
