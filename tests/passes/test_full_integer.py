@@ -379,6 +379,34 @@ def test_observers_read_the_interpreters_buffers_and_one_that_keeps_them_is_told
         engine.compress(source, quantize="int8", calibration=samples, observer="keeping-for-test")
 
 
+def test_observers_of_relu6_outputs_stop_reading_and_the_file_is_the_same(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Calibration tells the observer of a fused RELU6's output that its values lie in [0, 6]: once min-max has
+    seen both, that tensor is no longer read, while the unbounded output is read for every sample; the written
+    file is byte for byte the one calibration without the promise writes."""
+    from engine.quant import observers
+
+    rng = np.random.default_rng(7)
+    b = GraphBuilder()
+    x = b.input("x", (1, 8, 8, 3))
+    h = b.conv2d(x, (rng.normal(size=(6, 3, 3, 3)) * 3).astype(np.float32), activation="RELU6")
+    b.output(b.conv2d(h, rng.normal(size=(4, 1, 1, 6)).astype(np.float32)), "y")
+    source = tmp_path / "net.tflite"
+    write_model(b.build(), source)
+    samples = rng.normal(size=(12, 1, 8, 8, 3)).astype(np.float32)
+    reads: Counter = Counter()
+    values = observers._values
+    monkeypatch.setattr(observers, "_values", lambda v: reads.update([np.size(v)]) or values(v))
+    promised = tmp_path / "promised.tflite"
+    engine.compress(source, output=promised, quantize="int8", calibration=samples)
+    assert reads[8 * 8 * 4] == 12 and 1 <= reads[8 * 8 * 6] < 12, reads  # y every sample, RELU6's output not
+    monkeypatch.setattr(observers.Observer, "assume_within", lambda self, lo, hi: None)
+    plain = tmp_path / "plain.tflite"
+    engine.compress(source, output=plain, quantize="int8", calibration=samples)
+    assert promised.read_bytes() == plain.read_bytes()
+
+
 # Worst output SQNR (dB) of each observer on palm_detection_lite (held-out photo, 16 samples), measured
 # 2026-12-01 (benchmarks/calibration.py, README), floors about 3 dB below.
 # Measured: minmax 16.2, percentile (99.99) 18.2, percentile:99.9 13.5, mse 19.1, entropy 17.3.

@@ -4,6 +4,7 @@ scores against plain loops, and each method's behaviour on known distributions."
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 
 import numpy as np
 import pytest
@@ -329,6 +330,57 @@ def test_nan_and_infinity_are_refused_and_leave_the_observer_as_it_was(spec: str
     assert observer.count == 2 and observer.range() == before
     with pytest.raises(EngineError, match="real numbers"):
         observer.update(np.array(["a"]))
+
+
+@FEW
+@given(
+    st.sampled_from(SPECS),
+    st.sampled_from([(0.0, 6.0), (-1.0, 1.0), (0.0, math.inf)]),
+    st.integers(0, 2**32 - 1),
+    st.integers(1, 6),
+)
+def test_values_promised_within_bounds_give_the_same_observer(spec: str, bounds, seed: int, updates: int) -> None:
+    """``assume_within`` (a fused RELU6's [0, 6]) changes nothing an observer reports for values that keep the
+    promise, including streams that reach a bound early, late or never."""
+    rng = np.random.default_rng(seed)
+    lo, hi = bounds
+    scales = rng.choice([0.5, 3.0, 10.0], updates)
+    arrays = [np.clip(rng.standard_normal(int(rng.integers(0, 300))) * s, lo, hi).astype(np.float32) for s in scales]
+    promised = make_observer(spec)
+    promised.assume_within(lo, hi)
+    for x in arrays:
+        promised.update(x)
+    plain = fed(spec, arrays)
+    assert (promised.count, promised.seen_min, promised.seen_max) == (plain.count, plain.seen_min, plain.seen_max)
+    for bits, symmetric in GRIDS:
+        assert promised.range(bits, symmetric) == plain.range(bits, symmetric)
+
+
+def test_an_extremes_only_observer_stops_reading_at_the_promised_bounds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once min-max has seen both promised bounds it reads no more values (only counts them); with one bound
+    reached (a RELU's 0) it still reads for the other; a histogram observer reads every update."""
+    reads: list[int] = []
+    values = obs._values
+    monkeypatch.setattr(obs, "_values", lambda x: reads.append(np.size(x)) or values(x))
+    full = np.array([0.0, 3.0, 6.0], np.float32)
+    minmax = make_observer("minmax")
+    minmax.assume_within(0.0, 6.0)
+    for x in (np.array([1.0, 2.0], np.float32), full, full[:2], np.array([5.0], np.float32)):
+        minmax.update(x)
+    assert reads == [2, 3] and minmax.count == 8 and (minmax.seen_min, minmax.seen_max) == (0.0, 6.0)
+    reads.clear()
+    relu = make_observer("minmax")
+    relu.assume_within(0.0, math.inf)
+    for x in (full, np.array([7.0], np.float32), np.array([np.nan], np.float32)):
+        with pytest.raises(EngineError, match="NaN") if np.isnan(x).any() else nullcontext():
+            relu.update(x)
+    assert reads == [3, 1, 1] and relu.seen_max == 7.0
+    reads.clear()
+    histogram = make_observer("percentile")
+    histogram.assume_within(0.0, 6.0)
+    for x in (full, full):
+        histogram.update(x)
+    assert reads == [3, 3]
 
 
 def test_bad_bits_and_symmetric_are_refused() -> None:

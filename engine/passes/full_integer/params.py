@@ -40,7 +40,8 @@ def observe(
     sg: Subgraph, integer: list[Operator], recipe: Recipe, integer_io: bool
 ) -> dict[int, tuple[Tensor, Observer]]:
     """An observer for every activation an integer op reads or writes (and the graph's I/O for an integer
-    interface), of the kind the recipe resolves for the tensor and the op that writes it."""
+    interface), of the kind the recipe resolves for the tensor and the op that writes it, told the bounds of a
+    fused activation's output (``Observer.assume_within``)."""
     producers = sg.producers()
     consumers = sg.consumers()
     watched: dict[int, Tensor] = {}
@@ -50,11 +51,14 @@ def observe(
                 watched[id(t)] = t
     if integer_io:
         watched.update({id(t): t for t in (*sg.inputs, *sg.outputs) if is_activation(t)})
+    bounds = _fused_bounds(integer)
     observers = {}
     for key, t in watched.items():
         writer = producers.get(key) or next(iter(consumers.get(key, [])), None)
         spec = recipe.resolve(writer.name if writer else "", t.name or "").observer
         observers[key] = (t, make_observer(spec))
+        if key in bounds:
+            observers[key][1].assume_within(*bounds[key])
     return observers
 
 
