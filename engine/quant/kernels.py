@@ -21,13 +21,14 @@ ns an element for the one-pass ones, 10-12 for packing, ~300 for the 28-candidat
 candidates summed in one stacked call; plus a fixed cost a call, ~50 us, ~1 ms for the MSE search, which decides on
 a model of many small tensors), until their estimated cost in the process reaches ``NUMPY_FIRST_NS`` (about Numba's
 start-up: the rent-or-buy rule, never worse than twice the better choice), then compiled. A pass that knows its
-weights announces the work first (``expect``), and beyond the budget gets the compiled kernels from the start. So
+weights announces the work first (``expect``), and beyond the budget gets the compiled kernels from the start,
+Numba loading in a thread meanwhile (full int8 announces before calibrating, which hides part of the load). So
 weight-int8 of a model of up to ~100 M weights (the 268 MB benchmark MLP: 0.7 s whole process) and full int8 or
 weight-int4 of a model of up to ~2 M weights (a MediaPipe hand model: 0.5 s) never load Numba. The output bytes are
 the same either way (the tests prove the twins equal; the MSE search sums each row's errors in one stated order,
 ``_errors_numpy``, in both); ``signal_and_noise`` sums in another order and agrees to 1e-9, which only the reported
-weight SQNR sees. A pass whose compiled kernels follow single-threaded numpy work (clustering's sort) starts loading
-Numba in a thread first (``load_in_background``).
+weight SQNR sees. Clustering, whose compiled kernels follow single-threaded numpy work (its sort), starts loading
+Numba in a thread first too (``load_in_background``).
 """
 
 from __future__ import annotations
@@ -108,10 +109,13 @@ class _StartUp:
         return True
 
     @classmethod
-    def expect(cls, cost: float) -> None:
-        """Work of ``cost`` ns is coming: beyond the budget, run compiled from now on (loading Numba costs less)."""
+    def expect(cls, cost: float) -> bool:
+        """Work of ``cost`` ns is coming: beyond the budget, run compiled from now on (loading Numba costs less),
+        and say so (True)."""
         if cost > cls.left:
             cls.left = 0
+            return True
+        return False
 
 
 _loader: threading.Thread | None = None
@@ -119,10 +123,11 @@ _loader: threading.Thread | None = None
 
 def load_in_background() -> None:
     """Start importing Numba and its compiler in a thread (once per process), for a pass that will call compiled
-    kernels after single-threaded numpy work that releases the GIL (clustering's sort): the ~0.45 s load then
-    overlaps that work instead of following it.  Most of it is the first compiled call of the process (its typing
-    and code-generation set-up), so one small kernel is loaded; each later kernel loads in ~10 ms.  Not worth it
-    beside calibration, whose interpreter already keeps both cores busy (measured: no faster, 16 MB more)."""
+    kernels after work that releases the GIL (clustering's sort, full int8's calibration in LiteRT): the ~0.35 s
+    load then overlaps that work instead of following it.  Most of it is the first compiled call of the process
+    (its typing and code-generation set-up), so one small kernel is loaded; each later kernel loads in ~10 ms.
+    Beside calibration, whose interpreter keeps both cores busy, about a third of it is saved (full int8 of the
+    MobileNet-sized net: 1.31 -> 1.23 s whole process)."""
     global _loader
     if _loader is None:
         _loader = threading.Thread(target=_load_numba, name="load Numba")
@@ -201,8 +206,10 @@ def _twins(
 def expect(work: Iterable[tuple[_Twins[Any], int]]) -> None:
     """Announce the kernel work a pass is about to do, (kernel, elements) pairs (a pass knows its weights before it
     starts): when the numpy twins would take longer than loading Numba, the compiled kernels run from the start
-    rather than after the twins have spent the budget.  Results are the same either way."""
-    _StartUp.expect(sum(kernel.numpy_cost(elements) for kernel, elements in work if kernel.numpy_ns is not None))
+    rather than after the twins have spent the budget, and Numba starts loading in the background (whatever the
+    pass does before its first kernel call overlaps it).  Results are the same either way."""
+    if _StartUp.expect(sum(kernel.numpy_cost(elements) for kernel, elements in work if kernel.numpy_ns is not None)):
+        load_in_background()
 
 
 # ---------------------------------------------------------------------------------------------------- checks

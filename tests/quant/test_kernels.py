@@ -336,8 +336,8 @@ assert k._StartUp.left == 0
 
 
 def test_expected_work_beyond_the_budget_runs_compiled_from_the_start() -> None:
-    """A pass that announces more twin work than loading Numba costs gets the compiled kernels at once; a small
-    announcement changes nothing."""
+    """A pass that announces more twin work than loading Numba costs gets the compiled kernels at once, and Numba
+    starts loading in the background at the announcement; a small announcement changes nothing."""
     code = """
 import sys
 import numpy as np
@@ -345,10 +345,12 @@ from engine.quant import kernels as k
 g = np.ones((4, 16), np.float32)
 k.expect([(k.mse_scales, 1000), (k.quantize, 1000)])
 k.mse_scales(g, 4)
-assert 'numba' not in sys.modules
+assert 'numba' not in sys.modules and k._loader is None
 k.expect([(k.mse_scales, 9)] * (k.NUMPY_FIRST_NS // k.mse_scales.numpy_cost(9) + 1))  # many small tensors
-k.mse_scales(g, 4)
+assert k._loader is not None, 'no background load at the announcement'
+k._loader.join()
 assert 'engine.quant.jit' in sys.modules
+assert np.array_equal(k.mse_scales(g, 4), k.mse_scales.numpy(g, 4))
 """
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
 
