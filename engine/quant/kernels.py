@@ -712,11 +712,12 @@ def _fit_numpy(a: _KMeansArguments, ordered: np.ndarray) -> tuple[np.ndarray, np
 
 
 def _kmeans_with(fit: Callable[[_KMeansArguments, np.ndarray], tuple[np.ndarray, np.ndarray]],
-                 label: Callable[..., np.ndarray], *args: Any) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-    """k-means on prepared arguments with one fit and labelling (Numba or numpy): the glue both twins share.
-    The sorted copy exists only during the fit."""
+                 label: Callable[..., np.ndarray], sort: Callable[[np.ndarray], np.ndarray],
+                 *args: Any) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """k-means on prepared arguments with one fit, labelling and sorted copy (Numba or numpy): the glue both
+    twins share.  The sorted copy exists only during the fit."""
     a = _KMeansArguments(*args)
-    centroids, edges = fit(a, _sorted_values(a))
+    centroids, edges = fit(a, _sorted_values(a, sort))
     edges = np.concatenate((edges, np.full((1 << edges.size.bit_length()) - 1 - edges.size, np.inf)))
     if a.zero_code:
         centroids = np.concatenate(([0.0], centroids))
@@ -734,13 +735,20 @@ def _cut(values: np.ndarray, lo: int, hi: int) -> np.ndarray:
     return values[: values.size - (hi - lo)]
 
 
-def _sorted_values(a: _KMeansArguments) -> np.ndarray:
-    """The values to cluster, sorted (read-only, flat): without the zeros (both signs) when they keep code 0.
-    Copied a chunk at a time with the file pages behind each chunk released."""
-    ordered = np.empty_like(a.values)
-    for part, start in released_chunks(a.values, _CHUNK):
+def _sorted_copy_numpy(values: np.ndarray) -> np.ndarray:
+    """A sorted copy of flat float32 ``values``, copied a chunk at a time with the file pages behind each chunk
+    released, then sorted by numpy."""
+    ordered = np.empty_like(values)
+    for part, start in released_chunks(values, _CHUNK):
         ordered[start : start + part.size] = part
     ordered.sort()
+    return ordered
+
+
+def _sorted_values(a: _KMeansArguments, sort: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """The values to cluster, sorted by ``sort`` (a sorted copy; read-only, flat): without the zeros (both signs)
+    when they keep code 0.  Which ±0 comes first may differ between sorts; nothing here depends on it."""
+    ordered = sort(a.values)
     if a.zero_code:
         zero = np.float32(0)  # a float64 key would make searchsorted copy the values to float64
         ordered = _cut(ordered, *(int(np.searchsorted(ordered, zero, side)) for side in ("left", "right")))
@@ -750,7 +758,7 @@ def _sorted_values(a: _KMeansArguments) -> np.ndarray:
 # ----------------------------------------------------------------------------------------- public: k-means
 
 
-@_twins("_kmeans_numba", functools.partial(_kmeans_with, _fit_numpy, _labels_numpy),
+@_twins("_kmeans_numba", functools.partial(_kmeans_with, _fit_numpy, _labels_numpy, _sorted_copy_numpy),
         returns="tuple[np.ndarray, np.ndarray]")  # fmt: skip
 def kmeans_1d(
     values: np.ndarray,
@@ -830,7 +838,7 @@ def _lloyd_history(values: np.ndarray, k: int, *, twin: bool = False, **options:
     of its monotone error; options as for ``kmeans_1d``."""
     a = kmeans_1d._prepare(values, k, **options)
     (kmeans_1d._reference if twin else kmeans_1d._fast)(*a)
-    edges = _sorted_values(a).astype(np.float64)
+    edges = _sorted_values(a, _sorted_copy_numpy).astype(np.float64)
     rows = [row[row >= 0] for row in a.history if row[0] >= 0]
     return [_labels_numpy(a.values, edges[s[1:-1]], a.zero_code, np.empty(a.values.size, np.uint8)) for s in rows]
 

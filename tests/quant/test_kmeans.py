@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.errors import EngineError
+from engine.quant import jit
 from engine.quant import kernels as k
 
 INITS = st.sampled_from(["linear", "density", "kmeans++"])
@@ -18,7 +19,6 @@ FAST = settings(deadline=None, max_examples=60)  # the first example compiles (o
 @pytest.fixture(autouse=True, scope="module")
 def compiled_kernels() -> None:
     """Load the Numba kernels, so that every public call here runs them (not a twin at start-up)."""
-    import engine.quant.jit  # noqa: F401
 
 
 @st.composite
@@ -168,7 +168,8 @@ def test_large_inputs_are_sorted_and_labelled_in_chunks_exactly(monkeypatch: pyt
     v[rng.integers(0, v.size, 4000)] = 0.0
     v[rng.integers(0, v.size, 1000)] = -0.0
     prepared = k.kmeans_1d._prepare(v, 16, keep_zero=True)
-    assert prepared.zero_code and np.array_equal(k._sorted_values(prepared), np.sort(v[v != 0]))
+    for sort in (k._sorted_copy_numpy, jit._radix_sorted_copy):
+        assert prepared.zero_code and np.array_equal(k._sorted_values(prepared, sort), np.sort(v[v != 0]))
     chunked = k.kmeans_1d(v, 16, keep_zero=True)
     monkeypatch.setattr(k, "_CHUNK", v.size)
     whole = k.kmeans_1d(v, 16, keep_zero=True)
@@ -190,8 +191,73 @@ def test_the_sorted_copy_is_gone_before_labelling() -> None:
         assert copies and copies[0]() is None, "the sorted copy is still alive while labelling"
         return k._labels_numpy(*args)
 
-    got = k._kmeans_with(fit, label, *k.kmeans_1d._prepare(v, 16, keep_zero=True))
+    got = k._kmeans_with(fit, label, k._sorted_copy_numpy, *k.kmeans_1d._prepare(v, 16, keep_zero=True))
     assert all(np.array_equal(a, b) for a, b in zip(got, k.kmeans_1d_numpy(v, 16, keep_zero=True), strict=True))
+
+
+@st.composite
+def sortable(draw: st.DrawFn) -> np.ndarray:
+    """Finite float32 values for the radix sort: any magnitude and sign, subnormals, both zeros, long runs of
+    equal values, and sizes around its small-bucket and chunk limits."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    n = draw(st.sampled_from([0, 1, 2, jit._SMALL_BUCKET, jit._SMALL_BUCKET + 1, 1000, 70_000]))
+    kind = draw(st.sampled_from(["normal", "bits", "few", "narrow"]))
+    if kind == "bits":  # every finite float32 pattern is as likely as any other
+        v = rng.integers(0, 2**32, n, dtype=np.uint32).view(np.float32)
+        v = np.where(np.isfinite(v), v, np.float32(0))
+    elif kind == "few":
+        v = rng.choice(np.array([0.0, -0.0, 1e-45, -1e-45, 1.0, -3e38], np.float32), n)
+    elif kind == "narrow":  # one top-11-bit bucket: larger than the scratch, sorted by Numba's sort
+        v = rng.uniform(0.5, 0.6, n).astype(np.float32)
+    else:
+        v = (rng.standard_normal(n) * 10.0 ** draw(st.integers(-30, 30))).astype(np.float32)
+    return v
+
+
+@FAST
+@given(sortable())
+def test_the_radix_sort_gives_numpys_order(v: np.ndarray) -> None:
+    """The radix sort used where numpy's is slow returns the values numpy's sort returns (-0 and +0 compare
+    equal; the radix puts -0 first), and leaves its input as it was."""
+    before = v.copy()
+    got = jit._radix_sorted_copy(v)
+    assert got.dtype == np.float32 and np.array_equal(got, np.sort(v))
+    assert np.array_equal(v.view(np.uint32), before.view(np.uint32))
+
+
+def test_kmeans_is_the_same_whichever_sort_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Above the radix sort's threshold, k-means gives the same centroids and labels with numpy's sort and the
+    radix sort, and the same as the numpy twin."""
+    rng = np.random.default_rng(11)
+    v = (rng.laplace(size=jit._RADIX_FROM + 4321) * 0.02).astype(np.float32)
+    v[rng.integers(0, v.size, 3000)] = 0.0
+    results = []
+    for slow in (False, True):
+        monkeypatch.setattr(jit, "_numpy_sort_is_slow", lambda slow=slow: slow)
+        results.append(k.kmeans_1d(v, 16, keep_zero=True))
+    results.append(k.kmeans_1d_numpy(v, 16, keep_zero=True))
+    for other in results[1:]:
+        assert all(np.array_equal(a, b) for a, b in zip(results[0], other, strict=True))
+
+
+ZEN4 = (
+    "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\nflags\t\t: fpu sse2 avx2 avx512f\n\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("cpuinfo", "numpy_avx512", "slow"),
+    [
+        (ZEN4, True, True),
+        (ZEN4, False, False),  # numpy's AVX-512 sort disabled (NPY_DISABLE_CPU_FEATURES) or not built
+        (ZEN4.replace(" avx512f", ""), True, False),  # Zen 3: family 25, no AVX-512
+        (ZEN4.replace("cpu family\t: 25", "cpu family\t: 26"), True, False),  # Zen 5
+        (ZEN4.replace("AuthenticAMD", "GenuineIntel").replace(": 25", ": 6"), True, False),
+        ("", True, False),
+    ],
+)
+def test_numpys_sort_is_replaced_only_on_zen4(cpuinfo: str, numpy_avx512: bool, slow: bool) -> None:
+    assert jit._slow_compress_store(cpuinfo, numpy_avx512) is slow
 
 
 def test_two_clusters_of_distinct_groups_are_found() -> None:
