@@ -11,7 +11,8 @@ Usage::
   10% subsample since the full fit is slow; the subsample's centroids are scored on all N weights (nearest
   centroid, not timed). Errors are float64 sums over all N, computed the same way for every row.
 * first use: a fresh interpreter with an empty ``NUMBA_CACHE_DIR`` calls each new kernel once on a tiny input
-  (compiling it), then a second one with the same cache (loading it) (``harness.numba_first_use``).
+  (compiling it), then a second one with the same cache (loading it) (``harness.numba_first_use``); the radix
+  sort that k-means of 1 M+ values uses on AMD Zen 4 (engine/quant/jit.py) is its own row.
 
 Writes benchmarks/results/kmeans.json and .md (``--json``: elsewhere).
 """
@@ -47,13 +48,18 @@ def _first_use() -> dict[str, float]:
     start = time.perf_counter()
     k.cluster_error(v, c, labels)
     times["cluster_error"] = time.perf_counter() - start
+    from engine.quant import jit
+
+    start = time.perf_counter()  # k-means of 1 M+ values sorts by radix where numpy's sort is slow (AMD Zen 4)
+    jit._radix_sorted_copy(v)
+    times["radix sort (Zen 4)"] = time.perf_counter() - start
     return times
 
 
 def _ours(v: np.ndarray, k: int) -> list[dict[str, Any]]:
     from engine.quant import kernels as kern
 
-    kern.kmeans_1d(v[:1000], k, init="kmeans++")  # load the compiled kernels
+    kern.kmeans_1d(v, k, init="kmeans++")  # load the compiled kernels, the radix sort's too where it is used
     rows = []
     for iterations in (50, 1000):
         for init in INITS:
